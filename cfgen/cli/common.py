@@ -1,0 +1,77 @@
+"""Shared option types, error handling and output for all commands (defined once)."""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import traceback
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+from cfgen.errors import CfgenError
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class Dtype(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class Format(str, Enum):
+    png = "png"
+    jpeg = "jpeg"
+    tiff = "tiff"
+    dicom = "dicom"
+    nifti = "nifti"
+
+
+ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="models.toml entry name or a model folder [default: the registry's default]")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder (report.json and one folder per scan)")]
+DeviceOpt = Annotated[Device, typer.Option(help="Where to run")]
+DtypeOpt = Annotated[Dtype, typer.Option(help="Weights/activations precision (scheduler maths stays float32)")]
+FormatOpt = Annotated[Optional[Format], typer.Option("--format", help="Output format [default: the input's]")]
+StepsOpt = Annotated[Optional[int], typer.Option(help="DDIM steps [default: model's, else 50]")]
+StrengthOpt = Annotated[Optional[float], typer.Option(help="Fraction of the steps to invert, 0..1 [default: 1]")]
+WindowOpt = Annotated[Optional[str], typer.Option(help="Intensity window mapped to the model range: auto, minmax, dtype, percentile or LOW,HIGH")]
+BatchOpt = Annotated[Optional[Path], typer.Option("--batch", help="CSV of jobs (image, prompt, optional source_prompt/caption, strength, seed, output)")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Redo items whose outputs exist")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Also print report.json to stdout")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary")]
+
+
+def fail(message: str, code: int) -> None:
+    typer.echo(f"cfgen: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def handle_errors(fn: Callable) -> Callable:
+    """Library errors -> one line on stderr and the error's exit code (CFGEN_DEBUG=1: traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any):
+        try:
+            return fn(*args, **kwargs)
+        except CfgenError as exc:
+            if os.environ.get("CFGEN_DEBUG"):
+                traceback.print_exc()
+            fail(str(exc).replace("\n", " "), exc.exit_code)
+        except KeyboardInterrupt:
+            typer.echo("cfgen: interrupted; re-run the same command to resume", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")

@@ -1,0 +1,127 @@
+"""`cfgen invert` and `cfgen edit`: one scan or a batch CSV, resumable, with a run report."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cfgen.cli.common import (BatchOpt, DeviceOpt, DtypeOpt, Device, Dtype, FormatOpt, JsonOpt, ModelOpt,
+                              OutOpt, OverwriteOpt, QuietOpt, StepsOpt, StrengthOpt, WindowOpt, handle_errors,
+                              print_json)
+from cfgen.errors import UsageError
+
+ScanArg = Annotated[Optional[str], typer.Argument(help="Scan: PNG/JPEG/TIFF, DICOM file, DICOM series folder, NIfTI")]
+SourceOpt = Annotated[Optional[str], typer.Option("--source-prompt", "-s", help="Text describing the scan as it is [default: empty; batch: source_prompt or caption column]")]
+
+
+def _run(command: str, scan: str | None, batch: Path | None, out: Path, model: str | None, device: Device,
+         dtype: Dtype, fmt, overwrite: bool, json_out: bool, quiet: bool, **given) -> None:
+    from cfgen.editing.jobs import jobs_from_csv, single_job
+    from cfgen.editing.params import EditParams
+    from cfgen.models.loader import entry_for
+    from cfgen.report import RunReport
+
+    if (scan is None) == (batch is None):
+        raise UsageError("give one scan or --batch CSV (not both, not neither)")
+    if scan is not None and not Path(scan).exists():
+        from cfgen.errors import ScanReadError
+
+        raise ScanReadError(f"{scan}: file not found")
+    if batch is not None and not batch.is_file():
+        from cfgen.errors import InputError
+
+        raise InputError(f"{batch}: CSV file not found")
+    t0 = time.perf_counter()
+    entry = entry_for(model)
+    params = EditParams.resolve(entry.defaults, **given)
+    params.check()
+    need_prompt = command == "edit"
+    if batch is not None:
+        jobs = jobs_from_csv(batch, params, need_prompt=need_prompt)
+    else:
+        if need_prompt and not params.prompt:
+            raise UsageError("--prompt is required: the text of the counterfactual")
+        jobs = [single_job(scan, params)]
+    report_params = {**params.as_dict(), "model": model or entry.name, "batch": str(batch) if batch else None,
+                     "format": fmt.value if fmt else None, "device": device.value, "dtype": dtype.value,
+                     "overwrite": overwrite}
+    report = RunReport(command, out, report_params)
+
+    from cfgen.editing.operations import OPERATIONS
+    from cfgen.editing.runner import run_jobs
+    from cfgen.models.loader import load_model
+
+    t1 = time.perf_counter()
+    loaded = load_model(model, device=device.value, dtype=dtype.value)
+    report.set_model(loaded.report_info(), loaded.device)
+    report.data["timings"]["model_load_s"] = round(time.perf_counter() - t1, 3)
+    from cfgen.cli.progress import run_progress
+
+    k = max(1, round(params.strength * params.steps))
+    with run_progress(len(jobs), 2 * k, quiet) as (on_item, on_step):
+        run_jobs(OPERATIONS[command], loaded, jobs, out, report, fmt=fmt.value if fmt else None,
+                 overwrite=overwrite, on_item=on_item, on_step=on_step)
+    report.data["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
+    report.write()
+    if json_out:
+        print_json(report.data)
+    elif not quiet:
+        s = report.data["summary"]
+        means = ", ".join(f"{k} {v['mean']:.4g}" for k, v in s["metrics"].items() if k != "difference_vmax")
+        typer.echo(f"{command}: {s['ok']} ok, {s['skipped']} skipped, {s['error']} failed in "
+                   f"{report.data['timings']['total_s']:.1f} s{'; ' + means if means else ''}; report: {report.path}",
+                   err=True)
+    if report.failed:
+        raise typer.Exit(1)
+
+
+@handle_errors
+def invert(
+    scan: ScanArg = None,
+    source_prompt: SourceOpt = None,
+    batch: BatchOpt = None,
+    out: OutOpt = Path("cfgen-out"),
+    model: ModelOpt = None,
+    steps: StepsOpt = None,
+    strength: StrengthOpt = None,
+    window: WindowOpt = None,
+    fmt: FormatOpt = None,
+    device: DeviceOpt = Device.auto,
+    dtype: DtypeOpt = Dtype.float32,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """DDIM-invert a scan under its source prompt; save the latents and the reconstruction with PSNR/SSIM."""
+    _run("invert", scan, batch, out, model, device, dtype, fmt, overwrite, json_out, quiet,
+         source_prompt=source_prompt, steps=steps, strength=strength, window=window)
+
+
+@handle_errors
+def edit(
+    scan: ScanArg = None,
+    prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Target text: what the counterfactual should show")] = None,
+    source_prompt: SourceOpt = None,
+    negative_prompt: Annotated[Optional[str], typer.Option(help="Text for the unconditional branch of guidance [default: empty]")] = None,
+    batch: BatchOpt = None,
+    out: OutOpt = Path("cfgen-out"),
+    model: ModelOpt = None,
+    steps: StepsOpt = None,
+    guidance: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale for regeneration [default: model's, else 7.5]")] = None,
+    strength: StrengthOpt = None,
+    eta: Annotated[Optional[float], typer.Option(help="DDIM eta: 0 = deterministic; >0 adds noise drawn from --seed")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for the random parts (eta > 0); recorded per item")] = None,
+    window: WindowOpt = None,
+    fmt: FormatOpt = None,
+    device: DeviceOpt = Device.auto,
+    dtype: DtypeOpt = Dtype.float32,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Counterfactual of a scan (or a CSV of scans) for a target prompt."""
+    _run("edit", scan, batch, out, model, device, dtype, fmt, overwrite, json_out, quiet,
+         prompt=prompt, source_prompt=source_prompt, negative_prompt=negative_prompt, steps=steps,
+         guidance=guidance, strength=strength, eta=eta, seed=seed, window=window)

@@ -1,0 +1,41 @@
+"""The root app: registers the commands, nothing else. ``cfgen --help`` imports no torch."""
+from __future__ import annotations
+
+import typer
+
+from cfgen import __version__
+from cfgen.cli import caption, edit, models
+
+app = typer.Typer(
+    name="cfgen",
+    help="Language-guided counterfactual editing of medical images with diffusion models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cfgen {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print the version and exit")) -> None:
+    """Exit codes: 0 ok; 1 bad input or failed items; 2 usage errors."""
+
+
+app.command("caption")(caption.caption)
+app.command("invert")(edit.invert)
+app.command("edit")(edit.edit)
+app.add_typer(models.app, name="models")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

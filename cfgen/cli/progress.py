@@ -1,0 +1,30 @@
+"""Rich progress for runs over many items and denoising steps (off with --quiet)."""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def run_progress(total_items: int, steps_per_item: int, quiet: bool) -> Iterator[tuple]:
+    """Yields (on_item, on_step) callbacks; both no-ops when quiet."""
+    if quiet:
+        yield (None, None)
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  transient=True) as prog:
+        items = prog.add_task("scans", total=total_items)
+        steps = prog.add_task("denoising steps", total=steps_per_item)
+
+        def on_step() -> None:
+            prog.advance(steps)
+
+        def on_item(job, item) -> None:
+            prog.advance(items)
+            prog.reset(steps)
+            if item["status"] == "error":
+                prog.console.print(f"[red]error[/red] {item['error']}")
+
+        yield (on_item, on_step)

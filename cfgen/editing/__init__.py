@@ -1,0 +1,1 @@
+"""Counterfactual editing: DDIM inversion under the source prompt, regeneration under the target."""

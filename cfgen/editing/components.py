@@ -1,0 +1,41 @@
+"""Text and image encoding with a loaded latent diffusion model."""
+from __future__ import annotations
+
+import torch
+
+
+@torch.no_grad()
+def encode_prompts(model, prompts: list[str]) -> torch.Tensor:
+    """Per-token embeddings the UNet cross-attends to (last hidden state, as SD v1.5)."""
+    tok = model.tokenizer
+    max_len = min(int(tok.model_max_length), int(model.entry.defaults.get("max_tokens", 77)))
+    batch = tok(prompts, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt")
+    enc = model.text_encoder
+    kwargs = {}
+    if "attention_mask" in batch and enc.config.model_type != "clip_text_model":
+        kwargs["attention_mask"] = batch["attention_mask"].to(model.device)
+    out = enc(batch["input_ids"].to(model.device), **kwargs)
+    return out.last_hidden_state.to(model.dtype)
+
+
+def token_count(model, prompt: str) -> int:
+    return len(model.tokenizer(prompt, truncation=False)["input_ids"])
+
+
+def _factors(vae) -> tuple[float, float]:
+    cfg = vae.config
+    return float(getattr(cfg, "scaling_factor", 1.0) or 1.0), float(getattr(cfg, "shift_factor", 0.0) or 0.0)
+
+
+@torch.no_grad()
+def encode_images(model, x: torch.Tensor) -> torch.Tensor:
+    """Deterministic latents: the posterior mean (identity preservation needs no sampling noise)."""
+    scale, shift = _factors(model.vae)
+    dist = model.vae.encode(x.to(model.device, model.dtype)).latent_dist
+    return (dist.mean - shift) * scale
+
+
+@torch.no_grad()
+def decode_latents(model, z: torch.Tensor) -> torch.Tensor:
+    scale, shift = _factors(model.vae)
+    return model.vae.decode(z / scale + shift).sample.float()

@@ -1,0 +1,124 @@
+"""Jobs: one per scan, from a single path or a batch CSV.
+
+Batch CSV columns: ``image`` (required), ``prompt``, and optional ``source_prompt`` (or
+``caption``, as written by ``cfgen caption``), ``negative_prompt``, ``strength``, ``seed``,
+``output`` (the item's folder name). Row values override the command-line values. Relative
+image paths are resolved against the CSV's folder. Output names may not leave the output
+folder; a bad row becomes an error item, and the batch goes on.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from cfgen.editing.params import EditParams
+from cfgen.errors import InputError, UsageError
+from cfgen.io.tables import read_csv
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_SCAN_SUFFIXES = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".ima")
+MAX_NAME = 120
+
+
+@dataclass
+class Job:
+    row: int | None  # CSV line number (None for a single scan)
+    image: str  # as given
+    path: Path  # resolved
+    name: str  # output folder name
+    params: EditParams
+    error: str | None = None
+
+    def label(self) -> str:
+        return f"line {self.row}" if self.row else self.image
+
+
+def default_name(image: str) -> str:
+    base = Path(image.rstrip("/\\")).name
+    low = base.lower()
+    for suf in _SCAN_SUFFIXES:
+        if low.endswith(suf):
+            base = base[: -len(suf)]
+            break
+    name = _SAFE.sub("_", base).strip("._") or "scan"
+    return name[:MAX_NAME]
+
+
+def check_name(name: str) -> str | None:
+    """Why an explicit output name is refused, or None."""
+    if not name:
+        return "output name is empty"
+    if "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
+        return f"output name '{name}' must be a plain folder name (no path separators, no leading '.')"
+    if _SAFE.search(name):
+        return f"output name '{name}' may only use letters, digits, '.', '_' and '-'"
+    if len(name) > MAX_NAME:
+        return f"output name is longer than {MAX_NAME} characters"
+    return None
+
+
+def single_job(image: str, params: EditParams) -> Job:
+    return Job(row=None, image=image, path=Path(image), name=default_name(image), params=params)
+
+
+def _row_params(row: dict[str, str], base: EditParams) -> EditParams:
+    p = replace(base)
+    for key in ("prompt", "negative_prompt"):
+        if row.get(key):
+            setattr(p, key, row[key])
+    src = row.get("source_prompt") or row.get("caption")
+    if src:
+        p.source_prompt = src
+    if row.get("strength"):
+        try:
+            p.strength = float(row["strength"])
+        except ValueError:
+            raise InputError(f"strength '{row['strength']}' is not a number") from None
+    if row.get("seed"):
+        try:
+            p.seed = int(row["seed"])
+        except ValueError:
+            raise InputError(f"seed '{row['seed']}' is not an integer") from None
+    try:
+        p.check()
+    except UsageError as exc:
+        raise InputError(str(exc).replace("--", "")) from None
+    return p
+
+
+def jobs_from_csv(csv_path: Path, base: EditParams, need_prompt: bool = True) -> list[Job]:
+    columns, rows = read_csv(csv_path)
+    if "image" not in columns:
+        raise InputError(f"{csv_path}: batch CSV needs an 'image' column; columns found: {', '.join(columns)}")
+    if need_prompt and "prompt" not in columns and not base.prompt:
+        raise InputError(f"{csv_path}: no 'prompt' column and no --prompt given; columns found: "
+                         f"{', '.join(columns)}")
+    folder = csv_path.parent
+    jobs: list[Job] = []
+    taken: dict[str, int] = {}
+    for i, row in enumerate(rows, start=2):
+        image = row.get("image", "")
+        job = Job(row=i, image=image, path=folder / image, name="", params=base)
+        explicit = row.get("output", "")
+        try:
+            if not image:
+                raise InputError("the 'image' cell is empty")
+            job.params = _row_params(row, base)
+            if need_prompt and not job.params.prompt:
+                raise InputError("no prompt for this row (empty 'prompt' and no --prompt)")
+            if explicit:
+                why = check_name(explicit)
+                if why:
+                    raise InputError(why)
+                if explicit in taken:
+                    raise InputError(f"output name '{explicit}' is also used on line {taken[explicit]}")
+                job.name = explicit
+            else:
+                name = default_name(image)
+                job.name = name if name not in taken else f"{name}-{i}"
+            taken[job.name] = i
+        except InputError as exc:
+            job.error = f"{csv_path} line {i}: {exc}"
+        jobs.append(job)
+    return jobs

@@ -1,0 +1,57 @@
+"""Editing parameters: resolved from the command line, the model's defaults and DEFAULTS.
+
+Light on purpose (no torch), so the CLI can validate options before loading anything.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from cfgen.errors import UsageError
+
+#: Defaults when neither the command line nor the model's models.toml entry sets a value.
+#: steps and the scheduler follow PRISM (REFERENCE.md); guidance 7.5 is SD v1.5's usual scale.
+DEFAULTS: dict[str, Any] = {"steps": 50, "guidance": 7.5, "strength": 1.0, "eta": 0.0, "seed": 0,
+                            "window": "auto", "negative_prompt": ""}
+
+MAX_PROMPT_CHARS = 2000
+
+
+@dataclass
+class EditParams:
+    prompt: str = ""
+    source_prompt: str = ""
+    negative_prompt: str = ""
+    steps: int = 50
+    guidance: float = 7.5
+    strength: float = 1.0
+    eta: float = 0.0
+    seed: int = 0
+    window: str = "auto"
+
+    @classmethod
+    def resolve(cls, model_defaults: dict[str, Any], **given: Any) -> "EditParams":
+        """Command-line values (None = unset) over the model's defaults over DEFAULTS."""
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in DEFAULTS.items() if k in names}
+        values.update({k: v for k, v in model_defaults.items() if k in names})
+        values.update({k: v for k, v in given.items() if v is not None and k in names})
+        return cls(**values)
+
+    def check(self, where: str = "") -> None:
+        pre = f"{where}: " if where else ""
+        if not 1 <= self.steps <= 500:
+            raise UsageError(f"{pre}--steps {self.steps}: must be between 1 and 500")
+        if not 0.0 < self.strength <= 1.0:
+            raise UsageError(f"{pre}--strength {self.strength}: must be in (0, 1]")
+        if not 0.0 <= self.guidance <= 100.0:
+            raise UsageError(f"{pre}--guidance {self.guidance}: must be between 0 and 100")
+        if not 0.0 <= self.eta <= 1.0:
+            raise UsageError(f"{pre}--eta {self.eta}: must be between 0 and 1")
+        for name in ("prompt", "source_prompt", "negative_prompt"):
+            if len(getattr(self, name)) > MAX_PROMPT_CHARS:
+                raise UsageError(f"{pre}{name.replace('_', '-')} is {len(getattr(self, name))} characters "
+                                 f"(limit {MAX_PROMPT_CHARS})")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,84 @@
+"""Scan <-> model tensor: intensity window, channel handling, resizing to the model's grid.
+
+Every step is recorded (``Prepared.record()``) so the report says exactly what was done.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cfgen.errors import InputError
+from cfgen.io.intensity import IntensityMap, choose_window
+from cfgen.io.scan import Scan
+
+
+@dataclass
+class Prepared:
+    x: torch.Tensor  # (1, C_model, R, R) in the model's value range
+    window: IntensityMap
+    channel_mode: str  # as-is | gray-to-rgb | rgb-to-gray
+    size: tuple[int, int]  # (H, W) of the scan
+    pad: tuple[int, int, int, int]  # top, bottom, left, right added to make it square
+
+    def record(self) -> dict:
+        return {"window": self.window.as_dict(), "channels": self.channel_mode,
+                "scan_size": list(self.size), "pad": list(self.pad),
+                "model_size": list(self.x.shape[2:])}
+
+
+def _channels(img: np.ndarray, model_channels: int, where) -> tuple[np.ndarray, str]:
+    c = img.shape[0]
+    if c == model_channels:
+        return img, "as-is"
+    if c == 1 and model_channels == 3:
+        return np.repeat(img, 3, axis=0), "gray-to-rgb"  # the model sees the gray value in R, G, B
+    if c == 3 and model_channels == 1:
+        lum = np.array([0.299, 0.587, 0.114], dtype=np.float32)[:, None, None]
+        return (img * lum).sum(axis=0, keepdims=True), "rgb-to-gray"
+    raise InputError(f"{where}: image has {c} channels; the model takes {model_channels}")
+
+
+def to_model(scan: Scan, resolution: int, channels: int, value_range: tuple[float, float],
+             window: str = "auto", dims: int = 2) -> Prepared:
+    if scan.spatial_dims != dims:
+        kind = "3D volume" if scan.spatial_dims == 3 else "2D image"
+        raise InputError(f"{scan.path}: {kind} of shape {tuple(scan.pixels.shape[1:])} needs a "
+                         f"{scan.spatial_dims}D model; this model is {dims}D")
+    win = choose_window(scan.pixels, scan.source_dtype, window, value_range, where=str(scan.path))
+    img, mode = _channels(win.to_model(scan.pixels), channels, scan.path)
+    h, w = img.shape[1:]
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    pad = (top, side - h - top, left, side - w - left)
+    x = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None]
+    # pad with the model's black so that non-square scans keep their aspect ratio
+    x = F.pad(x, (pad[2], pad[3], pad[0], pad[1]), value=value_range[0])
+    if side != resolution:
+        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=side > resolution,
+                          align_corners=False)
+    return Prepared(x=x, window=win, channel_mode=mode, size=(h, w), pad=pad)
+
+
+def from_model(y: torch.Tensor, prep: Prepared, scan_channels: int) -> np.ndarray:
+    """Model-space image (1, C_model, R, R) -> scan pixels (C_scan, H, W) in scan units."""
+    top, bottom, left, right = prep.pad
+    side = prep.size[0] + top + bottom
+    y = y.detach().float().cpu()
+    if y.shape[-1] != side:
+        y = F.interpolate(y, size=(side, side), mode="bilinear", antialias=y.shape[-1] > side,
+                          align_corners=False)
+    y = y[:, :, top: top + prep.size[0], left: left + prep.size[1]][0].numpy()
+    if prep.channel_mode == "gray-to-rgb":
+        y = y.mean(axis=0, keepdims=True)
+    elif prep.channel_mode == "rgb-to-gray" and scan_channels == 3:
+        y = np.repeat(y, 3, axis=0)
+    return prep.window.from_model(y).astype(np.float32)
+
+
+def unit(x: torch.Tensor | np.ndarray, value_range: tuple[float, float]):
+    """Model range -> [0, 1] (the range PRISM's L1 and our PSNR/SSIM are computed in)."""
+    lo, hi = value_range
+    return ((x - lo) / (hi - lo)).clip(0, 1)

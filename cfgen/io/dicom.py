@@ -1,0 +1,214 @@
+"""DICOM: single files through pydicom, series folders through SimpleITK.
+
+Counterfactuals are written as derived copies of the source header: ImageType DERIVED,
+new SOP Instance and Series UIDs, Synthetic Data (0008,001C) = YES, and the source's
+geometry (spacing, orientation, position) untouched.
+"""
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+from pathlib import Path
+
+import numpy as np
+
+from cfgen import __version__
+from cfgen.errors import InputError, ScanReadError
+from cfgen.io.atomic import atomic_dir, atomic_path
+from cfgen.io.scan import Scan, check_size
+
+CODECS_HINT = ("install the decoders with `pip install 'cfgen[dicom-codecs]'` "
+               "(pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg)")
+
+
+def _dcmread(path: Path, **kw):
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(path, **kw)
+    except InvalidDicomError:
+        raise ScanReadError(f"{path}: not a DICOM file (no DICM header)") from None
+    except Exception as exc:  # truncated files raise EOFError, ValueError, struct.error ...
+        raise ScanReadError(f"{path}: corrupt DICOM ({exc.__class__.__name__}: {exc})") from None
+
+
+def _modality_values(ds, path: Path) -> tuple[np.ndarray, dict]:
+    """Decoded pixels with the modality rescale applied; (frames?, rows, cols[, samples])."""
+    if "PixelData" not in ds:
+        raise ScanReadError(f"{path}: DICOM has no pixel data (not an image object)")
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    check_size((int(ds.Rows), int(ds.Columns), frames, int(getattr(ds, "SamplesPerPixel", 1))), path)
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:
+        ts = ds.file_meta.get("TransferSyntaxUID")
+        if ts is not None and ts.is_compressed:
+            raise ScanReadError(f"{path}: compressed DICOM ({ts.name}) cannot be decoded here: {CODECS_HINT}") from None
+        raise ScanReadError(f"{path}: cannot decode DICOM pixel data ({exc})") from None
+    if "ModalityLUTSequence" in ds:
+        raise ScanReadError(f"{path}: DICOM Modality LUT Sequence is not supported (only linear rescale)")
+    slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
+    intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
+    values = arr.astype(np.float32) * slope + intercept
+    bits = int(ds.BitsStored)
+    signed = int(getattr(ds, "PixelRepresentation", 0)) == 1
+    smin, smax = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
+    info = {"slope": slope, "intercept": intercept, "bits_stored": bits, "signed": signed,
+            "stored_range": (smin, smax), "dtype": str(arr.dtype),
+            "photometric": str(ds.PhotometricInterpretation)}
+    if info["photometric"].startswith("YBR"):
+        info["photometric"] = "RGB"  # pydicom converts YBR to RGB when decoding
+    # MONOCHROME1 displays high values dark: flip so that every image the model sees is
+    # MONOCHROME2-like, and flip back on writing.
+    info["mono1_sum"] = (smin * slope + intercept) + (smax * slope + intercept)
+    if info["photometric"] == "MONOCHROME1":
+        values = info["mono1_sum"] - values
+    return values, info
+
+
+def read_dicom(path: Path) -> Scan:
+    ds = _dcmread(path)
+    values, info = _modality_values(ds, path)
+    samples = int(getattr(ds, "SamplesPerPixel", 1))
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if frames > 1:
+        if samples > 1:
+            raise ScanReadError(f"{path}: multi-frame colour DICOM is not supported")
+        pixels = np.transpose(values, (2, 1, 0))[None]  # (frames, rows, cols) -> (1, X, Y, Z)
+    else:
+        pixels = values[None] if samples == 1 else np.moveaxis(values, -1, 0)
+    spacing = getattr(ds, "PixelSpacing", None) or getattr(ds, "ImagerPixelSpacing", None)
+    spacing = tuple(float(v) for v in spacing) if spacing else None
+    return Scan(path=path, format="dicom", pixels=pixels.astype(np.float32), source_dtype=info["dtype"],
+                spacing=spacing, meta={"dataset": ds, "pixel": info})
+
+
+def _stored(values: np.ndarray, info: dict) -> np.ndarray:
+    if info["photometric"] == "MONOCHROME1":
+        values = info["mono1_sum"] - values
+    stored = np.round((values - info["intercept"]) / info["slope"])
+    smin, smax = info["stored_range"]
+    dtype = np.int16 if info["signed"] else np.uint16
+    if info["bits_stored"] <= 8:
+        dtype = np.int8 if info["signed"] else np.uint8
+    return np.clip(stored, smin, smax).astype(dtype)
+
+
+def mark_derived(ds, description: str, series_uid: str) -> None:
+    """Mark a dataset as a synthetic, derived image of a new series."""
+    image_type = list(getattr(ds, "ImageType", []) or [])
+    ds.ImageType = ["DERIVED", "SECONDARY"] + image_type[2:]
+    ds.SyntheticData = "YES"
+    ds.DerivationDescription = f"cfgen {__version__} synthetic counterfactual: {description}"[:1024]
+    ds.SeriesInstanceUID = series_uid
+    ds.SeriesDescription = ("cfgen CF " + str(getattr(ds, "SeriesDescription", "")))[:64]
+    ds.SoftwareVersions = f"cfgen {__version__}"
+    now = _dt.datetime.now()
+    ds.InstanceCreationDate = now.strftime("%Y%m%d")
+    ds.InstanceCreationTime = now.strftime("%H%M%S")
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+
+
+def _set_pixels(ds, arr: np.ndarray, info: dict) -> None:
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    if not ds.file_meta.TransferSyntaxUID.is_little_endian:
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.set_pixel_data(arr, info["photometric"], info["bits_stored"])
+
+
+def _save(ds, path: Path) -> None:
+    import pydicom
+
+    # the encoding follows the (possibly changed) transfer syntax, not the file read
+    pydicom.dcmwrite(path, ds, enforce_file_format=True, little_endian=True,
+                     implicit_vr=ds.file_meta.TransferSyntaxUID.is_implicit_VR)
+
+
+def write_dicom(template: Scan, pixels: np.ndarray, target: Path, description: str, window=None) -> Path:
+    from pydicom.uid import generate_uid
+
+    ds = copy.deepcopy(template.meta["dataset"])
+    info = template.meta["pixel"]
+    stored = _stored(pixels, info)
+    if template.spatial_dims == 3:
+        arr = np.transpose(stored[0], (2, 1, 0))  # (X, Y, Z) -> (frames, rows, cols)
+    else:
+        arr = stored[0] if stored.shape[0] == 1 else np.moveaxis(stored, 0, -1)
+    _set_pixels(ds, arr, info)
+    mark_derived(ds, description, generate_uid())
+    with atomic_path(target) as tmp:
+        _save(ds, tmp)
+    return target
+
+
+def _slice_positions(files: list[str], folder: Path) -> None:
+    """Refuse series with missing slices (a gap much larger than the usual spacing)."""
+    import pydicom
+
+    pos, normal = [], None
+    for f in files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
+            return
+        iop = np.array(ds.ImageOrientationPatient, dtype=float)
+        n = np.cross(iop[:3], iop[3:])
+        if normal is not None and not np.allclose(n, normal, atol=1e-3):
+            raise ScanReadError(f"{folder}: slices of the series have different orientations")
+        normal = n
+        pos.append(float(np.dot(n, np.array(ds.ImagePositionPatient, dtype=float))))
+    if len(pos) > 2:
+        gaps = np.diff(np.sort(pos))
+        med = float(np.median(gaps))
+        if med > 0 and gaps.max() > 1.5 * med:
+            raise ScanReadError(f"{folder}: DICOM series has missing slices (a gap of {gaps.max():.2f} mm "
+                                f"where slices are {med:.2f} mm apart)")
+
+
+def read_dicom_series(folder: Path) -> Scan:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    ids = reader.GetGDCMSeriesIDs(str(folder))
+    if not ids:
+        raise ScanReadError(f"{folder}: no DICOM series found in this folder")
+    if len(ids) > 1:
+        raise ScanReadError(f"{folder}: folder holds {len(ids)} DICOM series; point to one series' folder")
+    files = list(reader.GetGDCMSeriesFileNames(str(folder), ids[0]))
+    _slice_positions(files, folder)
+    first = _dcmread(Path(files[0]), stop_before_pixels=True)
+    check_size((int(first.Rows), int(first.Columns), len(files)), folder)
+    reader.SetFileNames(files)
+    try:
+        img = reader.Execute()
+    except RuntimeError as exc:
+        raise ScanReadError(f"{folder}: cannot read DICOM series ({str(exc).strip().splitlines()[-1]})") from None
+    arr = sitk.GetArrayFromImage(img).astype(np.float32)  # (Z, Y, X), rescale applied
+    if arr.ndim != 3:
+        raise ScanReadError(f"{folder}: only single-channel DICOM series are supported")
+    pixels = np.transpose(arr, (2, 1, 0))[None]
+    bits = int(first.get("BitsAllocated", 16))
+    signed = int(first.get("PixelRepresentation", 0)) == 1
+    source_dtype = f"{'int' if signed else 'uint'}{8 if bits <= 8 else 16}"
+    return Scan(path=folder, format="dicom-series", pixels=pixels, source_dtype=source_dtype,
+                spacing=tuple(float(s) for s in img.GetSpacing()),
+                meta={"files": files, "origin": img.GetOrigin(), "direction": img.GetDirection()})
+
+
+def write_dicom_series(template: Scan, pixels: np.ndarray, target: Path, description: str, window=None) -> Path:
+    from pydicom.uid import generate_uid
+
+    series_uid = generate_uid()
+    files = template.meta["files"]
+    with atomic_dir(target) as tmp:
+        for z, f in enumerate(files):
+            ds = _dcmread(Path(f))
+            _, info = _modality_values(ds, Path(f))
+            if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
+                raise InputError(f"{f}: multi-frame files inside a series are not supported")
+            arr = _stored(pixels[:, :, :, z], info)[0].T  # (X, Y) -> (rows, cols)
+            _set_pixels(ds, arr, info)
+            mark_derived(ds, description, series_uid)
+            _save(ds, tmp / Path(f).name)
+    return target

@@ -1,0 +1,128 @@
+"""The Scan type and the format dispatch for reading and writing."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from cfgen.errors import InputError, ScanReadError, UsageError
+
+#: output format -> file suffix ("" = a folder)
+SUFFIXES = {"png": ".png", "jpeg": ".jpg", "tiff": ".tif", "dicom": ".dcm", "dicom-series": "",
+            "nifti": ".nii.gz"}
+
+#: refuse before allocating: the largest number of voxels cfgen will read from one scan
+MAX_VOXELS = 512 * 1024 * 1024
+
+
+@dataclass
+class Scan:
+    """A scan in memory.
+
+    ``pixels`` is float32 in the scan's own intensity units (HU for CT, stored values for
+    raster images), channels first: (C, H, W) for 2D in display orientation (rows top to
+    bottom), (C, X, Y, Z) for volumes in voxel order. ``meta`` holds what the writer of the
+    same format needs to give the output the input's geometry and header.
+    """
+
+    path: Path
+    format: str
+    pixels: np.ndarray
+    source_dtype: str
+    spacing: tuple[float, ...] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def spatial_dims(self) -> int:
+        return self.pixels.ndim - 1
+
+    @property
+    def channels(self) -> int:
+        return int(self.pixels.shape[0])
+
+    def info(self) -> dict[str, Any]:
+        return {"format": self.format, "shape": list(self.pixels.shape[1:]), "channels": self.channels,
+                "spatial_dims": self.spatial_dims, "dtype": self.source_dtype,
+                "spacing": list(self.spacing) if self.spacing else None}
+
+
+def check_size(shape: tuple[int, ...], where: Path) -> None:
+    n = int(np.prod([int(s) for s in shape], dtype=np.int64))
+    if n > MAX_VOXELS or min(shape) < 1:
+        raise InputError(f"{where}: image size {tuple(shape)} is outside what cfgen reads "
+                         f"(1..{MAX_VOXELS} voxels)")
+
+
+def _format_of(path: Path) -> str:
+    name = path.name.lower()
+    if path.is_dir():
+        return "dicom-series"
+    if name.endswith((".nii", ".nii.gz")):
+        return "nifti"
+    if name.endswith(".png"):
+        return "png"
+    if name.endswith((".jpg", ".jpeg")):
+        return "jpeg"
+    if name.endswith((".tif", ".tiff")):
+        return "tiff"
+    if name.endswith((".dcm", ".dicom", ".ima")):
+        return "dicom"
+    with open(path, "rb") as fh:  # DICOM files often have no extension: look for the magic
+        head = fh.read(132)
+    if len(head) == 132 and head[128:132] == b"DICM":
+        return "dicom"
+    raise ScanReadError(f"{path}: unknown scan format (expected .png, .jpg, .tif, .dcm, "
+                        ".nii/.nii.gz or a DICOM series folder)")
+
+
+def _readers() -> dict[str, Callable[[Path], Scan]]:
+    from cfgen.io import dicom, nifti, raster
+
+    return {"png": raster.read_raster, "jpeg": raster.read_raster, "tiff": raster.read_raster,
+            "dicom": dicom.read_dicom, "dicom-series": dicom.read_dicom_series, "nifti": nifti.read_nifti}
+
+
+def _writers() -> dict[str, Callable[..., Path]]:
+    from cfgen.io import dicom, nifti, raster
+
+    return {"png": raster.write_raster, "jpeg": raster.write_raster, "tiff": raster.write_raster,
+            "dicom": dicom.write_dicom, "dicom-series": dicom.write_dicom_series, "nifti": nifti.write_nifti}
+
+
+def read_scan(path: str | Path) -> Scan:
+    """Read any supported scan; errors name the file and the problem."""
+    path = Path(path)
+    if not path.exists():
+        raise ScanReadError(f"{path}: file not found")
+    if path.is_file() and path.stat().st_size == 0:
+        raise ScanReadError(f"{path}: file is empty")
+    fmt = _format_of(path)
+    scan = _readers()[fmt](path)
+    if not np.isfinite(scan.pixels).all():
+        raise ScanReadError(f"{path}: scan has NaN/Inf values")
+    return scan
+
+
+def output_path(stem: Path, fmt: str) -> Path:
+    return stem.with_name(stem.name + SUFFIXES[fmt])
+
+
+def write_scan(template: Scan, pixels: np.ndarray, stem: Path, fmt: str | None = None,
+               description: str = "cfgen synthetic image", window=None) -> Path:
+    """Write ``pixels`` (same layout and units as ``template.pixels``) as a new synthetic scan.
+
+    ``stem`` is the output path without suffix; the format defaults to the input's. The
+    file is marked synthetic in its own format and written atomically.
+    """
+    fmt = fmt or template.format
+    if fmt not in SUFFIXES:
+        raise UsageError(f"--format {fmt}: use one of {', '.join(SUFFIXES)}")
+    if fmt.startswith("dicom") and fmt != template.format:
+        raise UsageError(f"--format {fmt}: DICOM output needs a DICOM input of the same kind "
+                         f"({template.path} is {template.format}); cfgen writes DICOM as a "
+                         "derived copy of the source header")
+    if pixels.shape != template.pixels.shape:
+        raise ValueError(f"pixels {pixels.shape} do not match the template {template.pixels.shape}")
+    return _writers()[fmt](template, pixels, output_path(stem, fmt), description=description, window=window)

@@ -1,0 +1,56 @@
+"""CSV tables (labels, batch jobs): read with clear errors, write atomically or to stdout."""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from cfgen.errors import InputError
+from cfgen.io.atomic import write_atomic
+
+MAX_TABLE_BYTES = 512 * 1024 * 1024
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Header and rows (fully blank lines dropped); every value a stripped string."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: CSV file not found")
+    if path.stat().st_size > MAX_TABLE_BYTES:
+        raise InputError(f"{path}: CSV is larger than {MAX_TABLE_BYTES >> 20} MiB")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (byte {exc.start}); save the table as UTF-8 CSV") from None
+    try:
+        reader = csv.reader(io.StringIO(text, newline=""))
+        header = next(reader, None)
+        if not header or not any(h.strip() for h in header):
+            raise InputError(f"{path}: CSV is empty (no header row)")
+        columns = [h.strip() for h in header]
+        dupes = sorted({c for c in columns if columns.count(c) > 1 and c})
+        if dupes:
+            raise InputError(f"{path}: duplicate column(s) {', '.join(dupes)}")
+        rows = []
+        for rec in reader:
+            if not any(v.strip() for v in rec):
+                continue
+            if len(rec) > len(columns):
+                raise InputError(f"{path} line {reader.line_num}: {len(rec)} fields but the header has {len(columns)}")
+            rows.append({c: (rec[i].strip() if i < len(rec) else "") for i, c in enumerate(columns)})
+    except csv.Error as exc:
+        raise InputError(f"{path}: malformed CSV ({exc})") from None
+    return columns, rows
+
+
+def format_csv(columns: list[str], rows: list[dict[str, str]]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def write_csv(path: Path, columns: list[str], rows: list[dict[str, str]]) -> Path:
+    text = format_csv(columns, rows)
+    return write_atomic(Path(path), lambda p: p.write_text(text, encoding="utf-8"))

@@ -1,0 +1,1 @@
+"""Image metrics (identity preservation, reconstruction quality)."""

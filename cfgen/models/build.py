@@ -1,0 +1,97 @@
+"""Build a 2D latent diffusion model folder from architecture sizes (random weights).
+
+Used to start training from scratch (the demo models), for tests (tiny models saved in
+diffusers format, loaded through the same loader users use) and for cost benchmarks
+(SD v1.5-architecture components, whose cost does not depend on the weight values).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cfgen.models.registry import DEFAULT_SCHEDULER
+
+
+@dataclass(frozen=True)
+class LDM2DSpec:
+    resolution: int = 32
+    image_channels: int = 1
+    latent_channels: int = 4
+    vae_channels: tuple[int, ...] = (8, 16)
+    unet_channels: tuple[int, ...] = (16, 32)
+    layers_per_block: int = 1
+    attention_head_dim: int = 4
+    text_hidden: int = 16
+    text_layers: int = 1
+    text_heads: int = 2
+    max_tokens: int = 16
+    intensity: str = "minus1_1"
+    #: scale of the UNet's last convolution at initialisation; small values keep a fresh
+    #: model's noise predictions small and smooth (ADM zero-initialises this layer)
+    unet_out_scale: float = 1.0
+
+
+def char_clip_tokenizer(max_tokens: int):
+    """A CLIP BPE tokenizer over single characters: small, offline and deterministic."""
+    from transformers import CLIPTokenizer
+
+    chars = [chr(c) for c in range(33, 127)]
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_tokens)
+
+
+def build_ldm2d(folder: Path, spec: LDM2DSpec = LDM2DSpec(), seed: int = 0) -> Path:
+    """Write vae/, unet/, text_encoder/, tokenizer/, scheduler/ and cfgen.toml into folder."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from cfgen.models.loader import quiet_hf
+
+    quiet_hf()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    n_vae = len(spec.vae_channels)
+    vae = AutoencoderKL(
+        in_channels=spec.image_channels, out_channels=spec.image_channels,
+        latent_channels=spec.latent_channels, block_out_channels=spec.vae_channels,
+        down_block_types=("DownEncoderBlock2D",) * n_vae, up_block_types=("UpDecoderBlock2D",) * n_vae,
+        layers_per_block=spec.layers_per_block, norm_num_groups=min(spec.vae_channels[0], 32),
+        sample_size=spec.resolution,
+    )
+    n_unet = len(spec.unet_channels)
+    unet = UNet2DConditionModel(
+        sample_size=spec.resolution // 2 ** (n_vae - 1), in_channels=spec.latent_channels,
+        out_channels=spec.latent_channels, block_out_channels=spec.unet_channels,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n_unet - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (n_unet - 1) + ("UpBlock2D",),
+        layers_per_block=spec.layers_per_block, cross_attention_dim=spec.text_hidden,
+        attention_head_dim=spec.attention_head_dim, norm_num_groups=min(spec.unet_channels[0], 32),
+    )
+    with torch.no_grad():
+        unet.conv_out.weight.mul_(spec.unet_out_scale)
+        unet.conv_out.bias.mul_(spec.unet_out_scale)
+    tokenizer = char_clip_tokenizer(spec.max_tokens)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer.get_vocab()), hidden_size=spec.text_hidden,
+        intermediate_size=spec.text_hidden * 2, num_hidden_layers=spec.text_layers,
+        num_attention_heads=spec.text_heads, max_position_embeddings=spec.max_tokens,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    ))
+    scheduler = DDIMScheduler(**DEFAULT_SCHEDULER)
+    vae.save_pretrained(folder / "vae", safe_serialization=True)
+    unet.save_pretrained(folder / "unet", safe_serialization=True)
+    text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
+    tokenizer.save_pretrained(folder / "tokenizer")
+    scheduler.save_pretrained(folder / "scheduler")
+    (folder / "cfgen.toml").write_text(
+        'family = "latent-diffusion-2d"\n'
+        f"resolution = {spec.resolution}\nchannels = {spec.image_channels}\n"
+        f'intensity = "{spec.intensity}"\n'
+    )
+    return folder

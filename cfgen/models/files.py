@@ -1,0 +1,116 @@
+"""Model folders on disk: which files a family needs, safetensors-only checks, sha256.
+
+No torch here: these checks run before any weights are touched.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from cfgen.errors import ModelError
+
+#: For each component of a 2D latent diffusion folder: its config and its weight file(s).
+LDM2D_COMPONENTS: dict[str, tuple[str, str | None]] = {
+    "unet": ("config.json", "diffusion_pytorch_model.safetensors"),
+    "vae": ("config.json", "diffusion_pytorch_model.safetensors"),
+    "text_encoder": ("config.json", "model.safetensors"),
+    "tokenizer": ("tokenizer_config.json", None),
+    "scheduler": ("scheduler_config.json", None),
+}
+
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
+
+
+def _has_weights(folder: Path, weight_name: str) -> bool:
+    stem = weight_name.removesuffix(".safetensors")
+    return (folder / weight_name).is_file() or (folder / f"{stem}.safetensors.index.json").is_file()
+
+
+def missing_files(root: Path, components: dict[str, tuple[str, str | None]] = LDM2D_COMPONENTS,
+                  optional: tuple[str, ...] = ("scheduler",)) -> list[str]:
+    """Relative paths of required files that are absent (safetensors weights only).
+
+    A component that has only pickle weights is reported as an error of its own, since
+    cfgen never unpickles: that is a security boundary, not a missing file.
+    """
+    missing = []
+    for comp, (config, weights) in components.items():
+        folder = root / comp
+        if comp in optional and not folder.exists():
+            continue
+        if not (folder / config).is_file():
+            missing.append(f"{comp}/{config}")
+        if weights and not _has_weights(folder, weights):
+            pickles = sorted(p.name for p in folder.glob("*") if p.suffix in PICKLE_SUFFIXES) if folder.is_dir() else []
+            if pickles:
+                raise ModelError(
+                    f"{folder}: only pickle weights found ({', '.join(pickles)}); cfgen loads "
+                    "safetensors only because pickle files can run code when loaded: convert them "
+                    "once on a trusted machine (e.g. load with diffusers and save_pretrained(..., "
+                    "safe_serialization=True))"
+                )
+            missing.append(f"{comp}/{weights}")
+    return missing
+
+
+def weight_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*.safetensors") if p.is_file())
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _cache_file() -> Path:
+    base = os.environ.get("CFGEN_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "cfgen")
+    return Path(base) / "sha256.json"
+
+
+def hashes(root: Path, files: list[Path]) -> dict[str, str]:
+    """sha256 of each file, keyed by its path relative to root; cached by (path, size, mtime)."""
+    cache_path = _cache_file()
+    try:
+        cache = json.loads(cache_path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    out, changed = {}, False
+    for f in files:
+        st = f.stat()
+        key = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        if key not in cache:
+            cache[key] = sha256_file(f)
+            changed = True
+        out[f.relative_to(root).as_posix()] = cache[key]
+    if changed:
+        try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(cache))
+            os.replace(tmp, cache_path)
+        except OSError:
+            pass  # a read-only home only costs re-hashing next time
+    return out
+
+
+def verify_sha256(root: Path, expected: dict[str, str], name: str) -> dict[str, str]:
+    """Check the files models.toml pins; return the hashes of all weight files."""
+    for rel in expected:
+        if not (root / rel).is_file():
+            raise ModelError(f"{root / rel}: listed in models.toml for '{name}' but missing")
+    got = hashes(root, weight_files(root))
+    extra = [root / rel for rel in expected if rel not in got]
+    got.update(hashes(root, extra))
+    for rel, want in expected.items():
+        if got[rel] != want:
+            raise ModelError(
+                f"{root / rel}: sha256 mismatch for model '{name}' (expected {want[:12]}..., "
+                f"got {got[rel][:12]}...): the file is corrupt or not the published one"
+            )
+    return got

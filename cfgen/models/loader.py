@@ -1,0 +1,186 @@
+"""The one loader: ``--model`` (an entry name or a folder) -> ready components.
+
+A folder may carry a ``cfgen.toml`` with the same keys as a models.toml entry (family,
+resolution, channels, intensity, scheduler, defaults); without one, the family is inferred
+from the folder layout and the rest from the component configs.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from cfgen.errors import ModelError, UsageError
+from cfgen.models.files import missing_files, verify_sha256
+from cfgen.models.registry import ModelEntry, Registry, _entry_from_table, load_registry, resolve_model_name
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
+          "bfloat16": "bfloat16", "bf16": "bfloat16"}
+
+
+def resolve_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: CUDA is not available on this machine (use cpu or auto)")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str):
+    import torch
+
+    name = DTYPES.get(dtype)
+    if name is None:
+        raise UsageError(f"--dtype {dtype}: use one of float32, float16, bfloat16")
+    if name == "float16" and device == "cpu":
+        raise UsageError("--dtype float16 is not supported on cpu (use float32 or bfloat16)")
+    return getattr(torch, name)
+
+
+@dataclass
+class LoadedModel:
+    """Ready-to-use components of one model plus everything the run report needs."""
+
+    entry: ModelEntry
+    folder: Path
+    revision: str | None
+    sha256: dict[str, str]
+    components: dict[str, Any]
+    device: str
+    dtype: Any
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    def __getattr__(self, item: str):  # vae, unet, text_encoder, tokenizer, ...
+        comps = self.__dict__.get("components", {})
+        if item in comps:
+            return comps[item]
+        raise AttributeError(item)
+
+    def report_info(self) -> dict[str, Any]:
+        return {
+            "name": self.entry.name,
+            "family": self.entry.family,
+            "source": self.entry.describe_source(),
+            "revision": self.revision,
+            "folder": str(self.folder),
+            "sha256": dict(self.sha256),
+            "resolution": self.entry.resolution,
+            "channels": self.entry.channels,
+            "intensity": self.entry.intensity,
+        }
+
+
+def _folder_entry(folder: Path) -> ModelEntry:
+    cfg_file = folder / "cfgen.toml"
+    table: dict[str, Any] = {}
+    if cfg_file.is_file():
+        try:
+            table = tomllib.loads(cfg_file.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ModelError(f"{cfg_file}: not valid TOML ({exc})") from None
+    table.setdefault("family", "latent-diffusion-2d")
+    table["source"] = {"kind": "local", "path": str(folder)}
+    return _entry_from_table(folder.name, table, cfg_file)
+
+
+def entry_for(model: str | None, registry: Registry | None = None) -> ModelEntry:
+    """Registry entry for a name, or an ad-hoc entry for a model folder."""
+    if model and Path(model).is_dir():
+        return _folder_entry(Path(model).resolve())
+    registry = registry or load_registry()
+    return registry.get(resolve_model_name(registry, model))
+
+
+def locate(entry: ModelEntry) -> tuple[Path, str | None]:
+    if entry.source == "hub":
+        from cfgen.models.hub import hub_folder
+
+        return hub_folder(entry)
+    assert entry.path is not None
+    if not entry.path.is_dir():
+        raise ModelError(f"{entry.path}: model folder for '{entry.name}' does not exist")
+    return entry.path, entry.revision
+
+
+def quiet_hf() -> None:
+    """diffusers/transformers: errors only, no progress bars (cfgen draws its own)."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    for lib in (dlog, tlog):
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
+
+
+def _load_ldm2d(entry: ModelEntry, folder: Path, device: str, dtype) -> tuple[ModelEntry, dict[str, Any]]:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import AutoModel, AutoTokenizer
+
+    quiet_hf()
+    kw = {"use_safetensors": True}
+    try:
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype, **kw)
+        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype, **kw)
+        text_encoder = AutoModel.from_pretrained(folder / "text_encoder", trust_remote_code=False,
+                                                 dtype=dtype, **kw)
+        tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer", trust_remote_code=False)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise ModelError(f"{folder}: cannot load model '{entry.name}' ({first})") from None
+    for m in (vae, unet, text_encoder):
+        m.requires_grad_(False)
+        m.eval()
+        m.to(device)
+    sched = dict(entry.scheduler)
+    sched_file = folder / "scheduler" / "scheduler_config.json"
+    if sched_file.is_file() and entry.source == "local" and not (folder / "cfgen.toml").is_file():
+        import json
+
+        saved = json.loads(sched_file.read_text())
+        sched.update({k: v for k, v in saved.items() if k in sched})
+    vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    inferred = {"channels": int(vae.config.in_channels)}
+    if entry.source == "local" and not (folder / "cfgen.toml").is_file():
+        inferred["resolution"] = int(unet.config.sample_size) * vae_scale
+    entry = replace(entry, scheduler=sched, **inferred)
+    comps = {"vae": vae, "unet": unet, "text_encoder": text_encoder, "tokenizer": tokenizer,
+             "vae_scale_factor": vae_scale}
+    return entry, comps
+
+
+#: family -> loader(entry, folder, device, dtype) -> (entry with resolved values, components)
+FAMILY_LOADERS: dict[str, Callable[..., tuple[ModelEntry, dict[str, Any]]]] = {
+    "latent-diffusion-2d": _load_ldm2d,
+}
+
+
+def load_model(model: str | None = None, device: str = "auto", dtype: str = "float32",
+               registry: Registry | None = None) -> LoadedModel:
+    """Resolve, verify (files present, safetensors only, sha256) and load a model."""
+    entry = entry_for(model, registry)
+    folder, revision = locate(entry)
+    missing = missing_files(folder)
+    if missing:
+        raise ModelError(f"{folder}: model '{entry.name}' is incomplete, missing {', '.join(missing)}")
+    sha = verify_sha256(folder, entry.sha256, entry.name)
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    entry, comps = FAMILY_LOADERS[entry.family](entry, folder, dev, dt)
+    return LoadedModel(entry=entry, folder=folder, revision=revision, sha256=sha,
+                       components=comps, device=dev, dtype=dt)

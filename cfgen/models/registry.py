@@ -1,0 +1,202 @@
+"""The model registry: ``models.toml`` read as plain data. Imports no torch.
+
+Where entries come from, later files overriding earlier ones:
+1. the ``models.toml`` shipped in the package (the repository's top-level ``models.toml``);
+2. every file named in ``CFGEN_MODELS_TOML`` (``os.pathsep``-separated), for users' own entries.
+
+Relative ``path`` values in a file are resolved against that file's folder; ``package``
+sources against the installed ``cfgen`` package folder.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cfgen.errors import ModelError, UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+#: Families the loader knows, with what they are. Only families that work are listed.
+FAMILIES: dict[str, str] = {
+    "latent-diffusion-2d": "2D latent diffusion in diffusers format (VAE, UNet2DConditionModel, "
+    "text encoder + tokenizer, scheduler), Stable Diffusion v1.5-class",
+}
+
+SOURCE_KINDS = ("hub", "local", "package")
+
+#: Intensity conventions a model can declare: the range its pixels were trained in.
+VALUE_RANGES = {"minus1_1": (-1.0, 1.0), "0_1": (0.0, 1.0)}
+
+#: PRISM's edit scheduler (REFERENCE.md), the default for entries that give none.
+DEFAULT_SCHEDULER: dict[str, Any] = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "num_train_timesteps": 1000,
+}
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model: where its files are and how to use them."""
+
+    name: str
+    family: str
+    source: str  # hub | local | package
+    repo_id: str | None = None
+    revision: str | None = None
+    path: Path | None = None
+    description: str = ""
+    licence: str = "unknown"
+    resolution: int = 512
+    channels: int = 3
+    intensity: str = "minus1_1"
+    scheduler: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SCHEDULER))
+    defaults: dict[str, Any] = field(default_factory=dict)
+    sha256: dict[str, str] = field(default_factory=dict)
+    origin: str = ""  # the toml file the entry came from
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        return VALUE_RANGES[self.intensity]
+
+    def describe_source(self) -> str:
+        if self.source == "hub":
+            return f"hub {self.repo_id}@{self.revision or 'main'}"
+        return f"{self.source} {self.path}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "family": self.family,
+            "source": self.source,
+            "repo_id": self.repo_id,
+            "revision": self.revision,
+            "path": str(self.path) if self.path else None,
+            "description": self.description,
+            "licence": self.licence,
+            "resolution": self.resolution,
+            "channels": self.channels,
+            "intensity": self.intensity,
+            "scheduler": dict(self.scheduler),
+            "defaults": dict(self.defaults),
+            "sha256": dict(self.sha256),
+            "origin": self.origin,
+        }
+
+
+@dataclass
+class Registry:
+    entries: dict[str, ModelEntry]
+    default: str | None
+    files: list[Path]
+
+    def get(self, name: str) -> ModelEntry:
+        try:
+            return self.entries[name]
+        except KeyError:
+            known = ", ".join(sorted(self.entries)) or "none"
+            raise ModelError(
+                f"unknown model '{name}': not an entry in models.toml (known: {known}) "
+                "and not a model folder"
+            ) from None
+
+
+def packaged_registry_file() -> Path:
+    """The models.toml inside an installed wheel, or the checkout's top-level one."""
+    for candidate in (PACKAGE_DIR / "models" / "models.toml", PACKAGE_DIR.parent / "models.toml"):
+        if candidate.is_file():
+            return candidate
+    raise ModelError(f"models.toml not found beside the cfgen package ({PACKAGE_DIR})")
+
+
+def _entry_from_table(name: str, table: dict[str, Any], origin: Path) -> ModelEntry:
+    where = f"{origin}: [models.{name}]"
+    family = table.get("family")
+    if family not in FAMILIES:
+        raise ModelError(f"{where}: family '{family}' is not one of {', '.join(FAMILIES)}")
+    src = table.get("source")
+    if not isinstance(src, dict) or src.get("kind") not in SOURCE_KINDS:
+        raise ModelError(f"{where}: needs a [source] table with kind = one of {', '.join(SOURCE_KINDS)}")
+    kind = src["kind"]
+    path = None
+    if kind == "hub":
+        if not src.get("repo_id"):
+            raise ModelError(f"{where}: a hub source needs repo_id")
+    else:
+        if not src.get("path"):
+            raise ModelError(f"{where}: a {kind} source needs path")
+        base = PACKAGE_DIR if kind == "package" else origin.parent
+        path = (base / src["path"]).resolve()
+    intensity = table.get("intensity", "minus1_1")
+    if intensity not in VALUE_RANGES:
+        raise ModelError(f"{where}: intensity '{intensity}' is not one of {', '.join(VALUE_RANGES)}")
+    scheduler = dict(DEFAULT_SCHEDULER)
+    scheduler.update(table.get("scheduler", {}))
+    return ModelEntry(
+        name=name,
+        family=family,
+        source=kind,
+        repo_id=src.get("repo_id"),
+        revision=src.get("revision"),
+        path=path,
+        description=table.get("description", ""),
+        licence=table.get("licence", "unknown"),
+        resolution=int(table.get("resolution", 512)),
+        channels=int(table.get("channels", 3)),
+        intensity=intensity,
+        scheduler=scheduler,
+        defaults=dict(table.get("defaults", {})),
+        sha256={str(k): str(v).lower() for k, v in table.get("sha256", {}).items()},
+        origin=str(origin),
+    )
+
+
+def read_registry_file(path: Path) -> tuple[dict[str, ModelEntry], str | None]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{path}: registry file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path}: not valid TOML ({exc})") from None
+    models = data.get("models", {})
+    if not isinstance(models, dict):
+        raise ModelError(f"{path}: [models] must be a table of entries")
+    entries = {name: _entry_from_table(name, table, path) for name, table in models.items()}
+    return entries, data.get("default")
+
+
+def load_registry(extra: list[Path] | None = None) -> Registry:
+    files = [packaged_registry_file()]
+    env = os.environ.get("CFGEN_MODELS_TOML", "")
+    files += [Path(p) for p in env.split(os.pathsep) if p]
+    files += list(extra or [])
+    entries: dict[str, ModelEntry] = {}
+    default = None
+    for f in files:
+        more, dflt = read_registry_file(f)
+        entries.update(more)
+        default = dflt or default
+    if default is not None and default not in entries:
+        raise ModelError(f"{files[-1]}: default model '{default}' is not an entry")
+    return Registry(entries=entries, default=default, files=files)
+
+
+def resolve_model_name(registry: Registry, model: str | None) -> str:
+    """The entry name to use for ``--model`` (None = the registry default)."""
+    if model:
+        return model
+    if registry.default is None:
+        raise UsageError("no --model given and models.toml names no default model")
+    return registry.default

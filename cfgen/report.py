@@ -1,0 +1,70 @@
+"""The run report: ``report.json`` in every output folder, the machine-readable contract.
+
+Schema (documented in the README, version in ``schema``)::
+
+  {"schema": 1, "command": "edit", "cfgen_version": "...", "created": "ISO-8601",
+   "model": {"name", "source", "revision", "sha256": {file: hex}, ...},
+   "params": {...all effective options...}, "seed": 0, "device": "cpu",
+   "timings": {"total_s": ..., "model_load_s": ...},
+   "items": [{"input", "name", "status": "ok|error|skipped", "error", "seed",
+              "outputs": {kind: path relative to the output folder}, "metrics": {...}}],
+   "summary": {"ok": N, "error": N, "skipped": N, "metrics": {name: mean over ok+skipped}}}
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from pathlib import Path
+from typing import Any
+
+from cfgen import __version__
+from cfgen.io.atomic import write_json
+
+SCHEMA_VERSION = 1
+STATUSES = ("ok", "error", "skipped")
+
+
+def _mean_metrics(items: list[dict]) -> dict[str, Any]:
+    sums: dict[str, list[float]] = {}
+    for it in items:
+        if it.get("status") == "error":
+            continue
+        for k, v in (it.get("metrics") or {}).items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                sums.setdefault(k, []).append(float(v))
+    return {k: {"mean": sum(v) / len(v), "n": len(v)} for k, v in sorted(sums.items())}
+
+
+class RunReport:
+    def __init__(self, command: str, out_dir: Path, params: dict[str, Any]):
+        self.out_dir = Path(out_dir)
+        self.path = self.out_dir / "report.json"
+        self.data: dict[str, Any] = {
+            "schema": SCHEMA_VERSION, "command": command, "cfgen_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "model": None, "params": params, "seed": params.get("seed"), "device": None,
+            "timings": {}, "items": [], "summary": {},
+        }
+
+    def set_model(self, info: dict[str, Any], device: str) -> None:
+        self.data["model"] = info
+        self.data["device"] = device
+
+    def add_item(self, item: dict[str, Any]) -> None:
+        assert item.get("status") in STATUSES, item
+        self.data["items"].append(item)
+
+    def summarize(self) -> dict[str, Any]:
+        items = self.data["items"]
+        summary = {s: sum(1 for it in items if it["status"] == s) for s in STATUSES}
+        summary["metrics"] = _mean_metrics(items)
+        self.data["summary"] = summary
+        return summary
+
+    def write(self) -> Path:
+        self.summarize()
+        return write_json(self.path, self.data)
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for it in self.data["items"] if it["status"] == "error")

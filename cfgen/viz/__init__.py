@@ -1,0 +1,1 @@
+"""Figures: signed difference maps and original | counterfactual | difference panels."""

@@ -1,0 +1,66 @@
+"""Difference maps (diverging colour map, as the papers' figures) and comparison panels.
+
+Images are 2D arrays in [0, 1]; a signed difference is counterfactual - original in the
+same units, shown with blue for darker and red for brighter, symmetric around zero.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cfgen.io.atomic import atomic_path
+
+DIVERGING = "RdBu_r"
+
+
+def display_2d(pixels01: np.ndarray) -> np.ndarray:
+    """(C, H, W) in [0,1] -> (H, W) or (H, W, 3) for showing."""
+    return pixels01[0] if pixels01.shape[0] == 1 else np.moveaxis(pixels01[:3], 0, -1)
+
+
+def gray(pixels01: np.ndarray) -> np.ndarray:
+    return pixels01.mean(axis=0) if pixels01.ndim == 3 else pixels01
+
+
+def diff_scale(diff: np.ndarray) -> float:
+    """Symmetric colour limit: the 99.5th percentile of |difference|, at least 0.01."""
+    return float(max(np.percentile(np.abs(diff), 99.5), 0.01))
+
+
+def write_difference_png(diff: np.ndarray, target: Path, vmax: float) -> Path:
+    """A signed difference (H, W) as an RGB PNG through the diverging colour map."""
+    import matplotlib
+    from PIL import Image
+
+    cmap = matplotlib.colormaps[DIVERGING]
+    rgb = cmap(np.clip(diff / vmax, -1, 1) * 0.5 + 0.5)[..., :3]
+    im = Image.fromarray((rgb * 255).round().astype(np.uint8))
+    with atomic_path(target) as tmp:
+        im.save(tmp, format="PNG")
+    return target
+
+
+def write_panel_png(original: np.ndarray, counterfactual: np.ndarray, diff: np.ndarray, target: Path,
+                    vmax: float, titles: tuple[str, str] = ("original", "counterfactual")) -> Path:
+    """original | counterfactual | difference, with a colour bar for the difference."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    h, w = diff.shape
+    fig, axes = plt.subplots(1, 3, figsize=(9.6, 3.4 * h / max(w, 1) + 0.4), dpi=100)
+    cmap_img = "gray" if original.ndim == 2 else None
+    for ax, img, title in zip(axes[:2], (original, counterfactual), titles):
+        ax.imshow(img, cmap=cmap_img, vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+    im = axes[2].imshow(diff, cmap=DIVERGING, vmin=-vmax, vmax=vmax, interpolation="nearest")
+    axes[2].set_title("difference (CF - original)", fontsize=9)
+    for ax in axes:
+        ax.set_axis_off()
+    fig.colorbar(im, ax=axes[2], fraction=0.046, pad=0.04)
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return target

@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny diffusers models saved to disk and loaded through cfgen's loader,
+real medical files that ship with pydicom and nibabel, and a CLI runner."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cfgen.cli.main import app
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """1-channel, 32 px latent diffusion model in diffusers format (random, small outputs)."""
+    from cfgen.models.build import LDM2DSpec, build_ldm2d
+
+    return build_ldm2d(tmp_path_factory.mktemp("models") / "tiny", LDM2DSpec(unet_out_scale=0.1), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_rgb_model(tmp_path_factory) -> Path:
+    """3-channel variant: gray scans must be replicated to RGB and back."""
+    from cfgen.models.build import LDM2DSpec, build_ldm2d
+
+    return build_ldm2d(tmp_path_factory.mktemp("models") / "tiny_rgb",
+                       LDM2DSpec(image_channels=3, unet_out_scale=0.1), seed=1)
+
+
+@pytest.fixture
+def model_copy(tiny_model, tmp_path) -> Path:
+    """A private copy of the tiny model that a test may damage."""
+    return Path(shutil.copytree(tiny_model, tmp_path / "model"))
+
+
+@pytest.fixture(scope="session")
+def ct_small() -> Path:
+    from pydicom.data import get_testdata_file
+
+    return Path(get_testdata_file("CT_small.dcm"))
+
+
+@pytest.fixture(scope="session")
+def mr_small() -> Path:
+    from pydicom.data import get_testdata_file
+
+    return Path(get_testdata_file("MR_small.dcm"))
+
+
+@pytest.fixture(scope="session")
+def anatomical() -> Path:
+    import nibabel
+
+    return Path(nibabel.__file__).parent / "tests" / "data" / "anatomical.nii"
+
+
+@pytest.fixture
+def cli():
+    runner = CliRunner()
+
+    def run(*args: str, env: dict | None = None):
+        return runner.invoke(app, [str(a) for a in args], env=env, catch_exceptions=False)
+
+    return run

@@ -1,0 +1,87 @@
+"""The registry is pure data (no torch), merges user files, and fails with exact messages."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from cfgen.errors import ModelError
+from cfgen.models.registry import load_registry
+
+
+def test_registry_and_help_import_no_torch():
+    code = textwrap.dedent("""
+        import sys
+        from cfgen.models.registry import load_registry
+        reg = load_registry()
+        assert "sd15" in reg.entries and "prism" in reg.entries
+        from cfgen.cli.main import app
+        from typer.testing import CliRunner
+        res = CliRunner().invoke(app, ["--help"])
+        assert res.exit_code == 0 and "edit" in res.output
+        heavy = [m for m in ("torch", "diffusers", "monai", "transformers") if m in sys.modules]
+        print(heavy)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_entries_carry_prism_scheduler_and_hub_source():
+    e = load_registry().get("sd15")
+    assert e.source == "hub" and e.repo_id == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert e.scheduler["beta_schedule"] == "scaled_linear"
+    assert e.scheduler["beta_start"] == pytest.approx(0.00085) and e.scheduler["beta_end"] == pytest.approx(0.012)
+    assert e.scheduler["set_alpha_to_one"] is False and e.scheduler["steps_offset"] == 1
+    assert e.resolution == 512 and e.value_range == (-1.0, 1.0)
+
+
+def test_user_registry_file_is_merged(tmp_path, monkeypatch):
+    extra = tmp_path / "mine.toml"
+    extra.write_text('default = "mine"\n[models.mine]\nfamily = "latent-diffusion-2d"\nresolution = 64\n'
+                     'channels = 1\nsource = { kind = "local", path = "weights/mine" }\n')
+    monkeypatch.setenv("CFGEN_MODELS_TOML", str(extra))
+    reg = load_registry()
+    assert reg.default == "mine"
+    assert reg.get("mine").path == (tmp_path / "weights" / "mine").resolve()
+    assert "sd15" in reg.entries
+
+
+@pytest.mark.parametrize("body, message", [
+    ('[models.x]\nfamily = "gan"\nsource = { kind = "local", path = "." }\n', "family 'gan'"),
+    ('[models.x]\nfamily = "latent-diffusion-2d"\n', "needs a [source] table"),
+    ('[models.x]\nfamily = "latent-diffusion-2d"\nsource = { kind = "hub" }\n', "needs repo_id"),
+    ("[models.x\n", "not valid TOML"),
+])
+def test_bad_registry_names_the_file(tmp_path, monkeypatch, body, message):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(body)
+    monkeypatch.setenv("CFGEN_MODELS_TOML", str(bad))
+    with pytest.raises(ModelError) as err:
+        load_registry()
+    assert str(bad) in str(err.value) and message in str(err.value)
+
+
+def test_models_cli_lists_and_shows(cli):
+    res = cli("models", "--json")
+    assert res.exit_code == 0
+    names = {m["name"] for m in json.loads(res.stdout)["models"]}
+    assert {"sd15", "prism"} <= names
+    res = cli("models", "show", "prism")
+    assert res.exit_code == 0 and json.loads(res.stdout)["repo_id"] == "amar-kr/PRISM"
+    res = cli("models", "show", "nope")
+    assert res.exit_code == 1 and "unknown model 'nope'" in res.stderr and "sd15" in res.stderr
+
+
+def test_offline_hub_model_fails_fast_with_the_missing_files(cli, tmp_path, ct_small):
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "CFGEN_MODELS_DIR": str(tmp_path / "m")}
+    res = cli("edit", ct_small, "-p", "x", "-m", "sd15", "-o", tmp_path / "out", env=env)
+    assert res.exit_code == 1
+    err = res.stderr.strip()
+    assert len(err.splitlines()) == 1
+    assert "model 'sd15'" in err and "HF_HUB_OFFLINE" in err
+    assert "unet/diffusion_pytorch_model.safetensors" in err and "hf download" in err
+    assert str(tmp_path / "m" / "sd15") in err
+    assert not (tmp_path / "out").exists()

@@ -14,18 +14,20 @@ from cfgen.cli.main import app
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """1-channel, 32 px latent diffusion model in diffusers format (random, small outputs)."""
-    from cfgen.models.build import LDM2DSpec, build_ldm2d
+    from cfgen.models.build import PRESETS, build_ldm2d
 
-    return build_ldm2d(tmp_path_factory.mktemp("models") / "tiny", LDM2DSpec(unet_out_scale=0.1), seed=0)
+    return build_ldm2d(tmp_path_factory.mktemp("models") / "tiny", PRESETS["tiny"], seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_rgb_model(tmp_path_factory) -> Path:
     """3-channel variant: gray scans must be replicated to RGB and back."""
-    from cfgen.models.build import LDM2DSpec, build_ldm2d
+    from dataclasses import replace
+
+    from cfgen.models.build import PRESETS, build_ldm2d
 
     return build_ldm2d(tmp_path_factory.mktemp("models") / "tiny_rgb",
-                       LDM2DSpec(image_channels=3, unet_out_scale=0.1), seed=1)
+                       replace(PRESETS["tiny"], image_channels=3), seed=1)
 
 
 @pytest.fixture

@@ -13,6 +13,9 @@ from cfgen.cli.common import (BatchOpt, DeviceOpt, DtypeOpt, Device, Dtype, Form
 from cfgen.errors import UsageError
 
 ScanArg = Annotated[Optional[str], typer.Argument(help="Scan: PNG/JPEG/TIFF, DICOM file, DICOM series folder, NIfTI")]
+#: metrics worth a glance on the terminal (all of them are in report.json)
+SUMMARY_METRICS = ("l1", "changed_fraction", "psnr", "ssim", "vae_psnr", "inversion_psnr", "latent_rel_error")
+
 SourceOpt = Annotated[Optional[str], typer.Option("--source-prompt", "-s", help="Text describing the scan as it is [default: empty; batch: source_prompt or caption column]")]
 
 
@@ -65,11 +68,15 @@ def _run(command: str, scan: str | None, batch: Path | None, out: Path, model: s
                  overwrite=overwrite, on_item=on_item, on_step=on_step)
     report.data["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
     report.write()
+    for item in report.data["items"]:
+        if item["status"] == "error":
+            typer.echo(f"cfgen: error: {item['error']}", err=True)
     if json_out:
         print_json(report.data)
     elif not quiet:
         s = report.data["summary"]
-        means = ", ".join(f"{k} {v['mean']:.4g}" for k, v in s["metrics"].items() if k != "difference_vmax")
+        means = ", ".join(f"{k} {v['mean']:.4g}" for k, v in s["metrics"].items()
+                          if k in SUMMARY_METRICS)
         typer.echo(f"{command}: {s['ok']} ok, {s['skipped']} skipped, {s['error']} failed in "
                    f"{report.data['timings']['total_s']:.1f} s{'; ' + means if means else ''}; report: {report.path}",
                    err=True)

@@ -24,7 +24,5 @@ def run_progress(total_items: int, steps_per_item: int, quiet: bool) -> Iterator
         def on_item(job, item) -> None:
             prog.advance(items)
             prog.reset(steps)
-            if item["status"] == "error":
-                prog.console.print(f"[red]error[/red] {item['error']}")
 
         yield (on_item, on_step)

@@ -42,7 +42,7 @@ def _run(model, scan: Scan, p: EditParams, target: str, guidance: float, eta: fl
     gen = torch.Generator(device=model.device).manual_seed(int(p.seed))
     z = ddim.sample(model.unet, sched, traj[-1], tgt, ts, uncond=neg, guidance=guidance, eta=eta,
                     generator=gen, on_step=on_step)
-    return prep, decode_latents(model, z), {"z0": z0, "zT": traj[-1]}, [int(t) for t in ts]
+    return prep, decode_latents(model, z), {"z0": z0, "zT": traj[-1], "z_out": z}, [int(t) for t in ts]
 
 
 def _identity_metrics(scan: Scan, prep: Prepared, pixels: np.ndarray) -> dict[str, Any]:
@@ -60,6 +60,7 @@ def edit(model, scan: Scan, p: EditParams, on_step: Callable[[], None] | None = 
     if not p.prompt:
         raise UsageError("--prompt: the target prompt is empty")
     prep, y, lat, ts = _run(model, scan, p, p.prompt, p.guidance, p.eta, on_step)
+    lat.pop("z_out")
     pixels = from_model(y, prep, scan.channels)
     return Outcome(prepared=prep, pixels=pixels, model_out=y, latents=lat,
                    metrics=_identity_metrics(scan, prep, pixels), timesteps=ts)
@@ -78,6 +79,8 @@ def invert(model, scan: Scan, p: EditParams, on_step: Callable[[], None] | None 
     vo = model.entry.value_range
     x = unit(prep.x, vo)
     metrics = reconstruction_metrics(x, unit(y, vo))
+    z0, z_rec = lat["z0"].float(), lat.pop("z_out").float()
+    metrics["latent_rel_error"] = float((z_rec - z0).norm() / z0.norm().clamp_min(1e-12))
     vae_only = unit(decode_latents(model, lat["z0"]), vo)
     metrics.update(reconstruction_metrics(x, vae_only, prefix="vae_"))
     # the DDIM part alone: reconstruction against what the VAE gives back without diffusion

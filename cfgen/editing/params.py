@@ -48,6 +48,14 @@ class EditParams:
             raise UsageError(f"{pre}--guidance {self.guidance}: must be between 0 and 100")
         if not 0.0 <= self.eta <= 1.0:
             raise UsageError(f"{pre}--eta {self.eta}: must be between 0 and 1")
+        if self.window not in ("auto", "minmax", "dtype", "percentile"):
+            try:
+                low, high = (float(v) for v in self.window.split(","))
+            except ValueError:
+                raise UsageError(f"{pre}--window {self.window}: use auto, minmax, dtype, percentile "
+                                 "or LOW,HIGH") from None
+            if not high > low:
+                raise UsageError(f"{pre}--window {self.window}: HIGH must be above LOW")
         for name in ("prompt", "source_prompt", "negative_prompt"):
             if len(getattr(self, name)) > MAX_PROMPT_CHARS:
                 raise UsageError(f"{pre}{name.replace('_', '-')} is {len(getattr(self, name))} characters "

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Create .venv and install cfgen with its test extras. Offline-safe after the first install:
+# needs only PyPI (no model hub). torch is pinned to the CPU wheel; install a CUDA build of
+# torch yourself first if you have a GPU (any torch>=2.2 works).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -c "import cfgen, torch, diffusers, monai; print('cfgen', cfgen.__version__, '| torch', torch.__version__)"

@@ -26,3 +26,16 @@ def run_progress(total_items: int, steps_per_item: int, quiet: bool) -> Iterator
             prog.reset(steps)
 
         yield (on_item, on_step)
+
+
+@contextlib.contextmanager
+def simple_progress(total: int, what: str, quiet: bool) -> Iterator:
+    """Yields a tick() callback advancing one bar (None when quiet)."""
+    if quiet:
+        yield None
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True) as prog:
+        task = prog.add_task(what, total=total)
+        yield lambda: prog.advance(task)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import typer
 
 from cfgen import __version__
-from cfgen.cli import caption, edit, models, phantoms
+from cfgen.cli import caption, edit, finetune, models, phantoms
 
 app = typer.Typer(
     name="cfgen",
@@ -30,6 +30,7 @@ def root(version: bool = typer.Option(False, "--version", callback=_version, is_
 app.command("caption")(caption.caption)
 app.command("invert")(edit.invert)
 app.command("edit")(edit.edit)
+app.command("finetune")(finetune.finetune)
 app.add_typer(models.app, name="models")
 app.add_typer(phantoms.app, name="phantoms")
 

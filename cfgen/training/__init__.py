@@ -1,0 +1,1 @@
+"""Training: `finetune` (PRISM Algorithm 1: only the UNet trains)."""

@@ -1,0 +1,63 @@
+"""Fine-tuning options (light: no torch), with PRISM's recipe as the defaults where it gives one."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from cfgen.errors import UsageError
+
+LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+PRECISIONS = ("no", "bf16", "fp16")
+
+
+@dataclass
+class FinetuneConfig:
+    # PRISM (REFERENCE.md): AdamW lr 1e-5, betas (0.9, 0.999), weight decay 1e-2, eps 1e-8, clip 1.0
+    learning_rate: float = 1e-5
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    weight_decay: float = 1e-2
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    batch_size: int = 8
+    gradient_accumulation: int = 1
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    ema: bool = False
+    ema_decay: float = 0.9999
+    snr_gamma: float | None = None  # Min-SNR weighting (Hang et al.); 5.0 is the usual value
+    noise_offset: float = 0.0
+    caption_dropout: float = 0.1  # empty captions, so classifier-free guidance has an unconditional model
+    max_steps: int | None = None
+    epochs: int = 1
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    validation_prompts: list[str] = field(default_factory=list)
+    validate_every: int = 0  # 0: only at the end
+    validation_steps: int = 20
+    validation_guidance: float = 3.0
+    seed: int = 0
+    window: str = "auto"
+
+    def check(self) -> None:
+        if self.learning_rate <= 0:
+            raise UsageError(f"--learning-rate {self.learning_rate}: must be positive")
+        if self.lr_scheduler not in LR_SCHEDULES:
+            raise UsageError(f"--lr-scheduler {self.lr_scheduler}: use one of {', '.join(LR_SCHEDULES)}")
+        if self.mixed_precision not in PRECISIONS:
+            raise UsageError(f"--mixed-precision {self.mixed_precision}: use one of {', '.join(PRECISIONS)}")
+        for name in ("batch_size", "gradient_accumulation", "epochs", "checkpoint_every", "validation_steps"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise UsageError(f"--max-steps {self.max_steps}: must be at least 1")
+        if not 0.0 <= self.caption_dropout <= 1.0:
+            raise UsageError(f"--caption-dropout {self.caption_dropout}: must be between 0 and 1")
+        if not 0.0 < self.ema_decay < 1.0:
+            raise UsageError(f"--ema-decay {self.ema_decay}: must be between 0 and 1")
+        if self.snr_gamma is not None and self.snr_gamma <= 0:
+            raise UsageError(f"--snr-gamma {self.snr_gamma}: must be positive")
+
+    def as_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,113 @@
+"""`cfgen finetune`: loss goes down, only the UNet changes, exact resume, bad rows, 2 processes."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from cfgen.models.loader import load_model
+
+UNET = "unet/diffusion_pytorch_model.safetensors"
+
+
+@pytest.fixture(scope="module")
+def phantom_csv(tmp_path_factory) -> Path:
+    from cfgen.phantoms.dataset import write_cxr_dataset
+
+    root = tmp_path_factory.mktemp("ph")
+    write_cxr_dataset(root, 12, seed=5, size=32, counterfactuals=False, workers=1)
+    return root / "labels.csv"
+
+
+def _train(cli, csv, model, out, *extra):
+    res = cli("finetune", csv, "-m", model, "-o", out, "--template", "chexpert", "--batch-size", "4",
+              "--learning-rate", "1e-3", "-q", *extra)
+    return res
+
+
+def test_finetune_learns_trains_only_the_unet_and_the_result_edits(cli, tiny_model, phantom_csv, tmp_path, ct_small):
+    out = tmp_path / "run"
+    res = _train(cli, phantom_csv, tiny_model, out, "--max-steps", "8", "--checkpoint-every", "4",
+                 "--validation-prompt", "Chest X-ray showing Cardiomegaly", "--validation-prompt", "", "--ema",
+                 "--ema-decay", "0.5", "--snr-gamma", "5", "--noise-offset", "0.05")
+    assert res.exit_code == 0, res.output
+    rep = json.loads((out / "report.json").read_text())
+    tr = rep["training"]
+    assert tr["final_step"] == 8 and tr["start_step"] == 0 and len(tr["losses"]) == 8
+    assert tr["eval_loss_end"] < tr["eval_loss_start"]
+    assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["step-0000004", "step-0000008"]
+    assert (out / "validation" / "final.png").is_file()
+    for comp in ("vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
+        assert (out / "model" / comp).read_bytes() == (tiny_model / comp).read_bytes()
+    before, after = load_file(tiny_model / UNET), load_file(out / "model" / UNET)
+    assert max(float((before[k] - after[k]).abs().max()) for k in before) > 1e-4
+    m = load_model(str(out / "model"))
+    assert m.entry.resolution == 32 and m.entry.scheduler["beta_schedule"] == "scaled_linear"
+    recipe = json.loads((out / "model" / "training.json").read_text())
+    assert recipe["steps"] == 8 and recipe["config"]["ema"] is True
+    res = cli("edit", ct_small, "-p", "Chest X-ray showing Pleural Effusion", "-m", out / "model",
+              "-o", tmp_path / "edit", "--steps", "4", "-q")
+    assert res.exit_code == 0, res.output
+
+
+def test_resume_continues_exactly(cli, tiny_model, phantom_csv, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _train(cli, phantom_csv, tiny_model, a, "--max-steps", "6", "--checkpoint-every", "3").exit_code == 0
+    assert _train(cli, phantom_csv, tiny_model, b, "--max-steps", "3", "--checkpoint-every", "3").exit_code == 0
+    res = _train(cli, phantom_csv, tiny_model, b, "--max-steps", "6", "--checkpoint-every", "3")
+    assert res.exit_code == 1 and "--resume" in res.stderr
+    assert _train(cli, phantom_csv, tiny_model, b, "--max-steps", "6", "--checkpoint-every", "3",
+                  "--resume").exit_code == 0
+    rep = json.loads((b / "report.json").read_text())["training"]
+    assert rep["start_step"] == 3 and rep["final_step"] == 6 and [s for s, _ in rep["losses"]] == [4, 5, 6]
+    wa, wb = load_file(a / "model" / UNET), load_file(b / "model" / UNET)
+    for k in wa:
+        np.testing.assert_array_equal(wa[k].numpy(), wb[k].numpy())
+
+
+def test_bad_rows_are_reported_and_training_goes_on(cli, tiny_model, phantom_csv, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(phantom_csv.parent / "images", data / "images")
+    (data / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    rows = ["image,caption"] + [f"images/cxr_{i:05d}.png,Chest X-ray showing Cardiomegaly" for i in range(6)]
+    rows += ["images/missing.png,Chest X-ray", "images/cxr_00007.png,", "images/broken.png,Chest X-ray"]
+    (data / "train.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    res = cli("finetune", data / "train.csv", "-m", tiny_model, "-o", out, "--batch-size", "7", "--max-steps", "2",
+              "-q")
+    assert res.exit_code == 0, res.output
+    rep = json.loads((out / "report.json").read_text())
+    errors = [it["error"] for it in rep["items"]]
+    assert len(errors) == 2 and "missing.png: file not found" in errors[0] and "empty caption" in errors[1]
+    skipped = rep["training"]["skipped_images"]
+    assert skipped and all("broken.png" in s["error"] for s in skipped)
+    assert rep["training"]["final_step"] == 2
+
+
+def test_missing_caption_column_lists_columns(cli, tiny_model, phantom_csv, tmp_path):
+    res = cli("finetune", phantom_csv, "-m", tiny_model, "-o", tmp_path / "o", "-q")
+    assert res.exit_code == 1 and "no 'caption' column" in res.stderr and "Cardiomegaly" in res.stderr
+    res = cli("finetune", phantom_csv, "-m", tiny_model, "-o", tmp_path / "o", "--mixed-precision", "fp8")
+    assert res.exit_code == 2 and "--mixed-precision fp8" in res.stderr
+
+
+def test_two_processes_share_the_work(tiny_model, phantom_csv, tmp_path):
+    """torchrun starts the same command twice; accelerate shards the data and syncs gradients."""
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+           "-m", "cfgen.cli.main", "finetune", str(phantom_csv), "-m", str(tiny_model), "-o", str(out),
+           "--template", "chexpert", "--batch-size", "2", "--max-steps", "3", "--checkpoint-every", "3", "-q"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    tr = json.loads((out / "report.json").read_text())["training"]
+    assert tr["processes"] == 2 and tr["effective_batch"] == 4 and tr["final_step"] == 3
+    assert (out / "checkpoints" / "step-0000003" / "unet.safetensors").is_file()
+    load_model(str(out / "model"))

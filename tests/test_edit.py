@@ -194,3 +194,43 @@ def test_report_schema(cli, tiny_model, ct_small, tmp_path):
 def test_usage_errors(cli, tiny_model, ct_small, tmp_path, args, code, message):
     res = cli("edit", ct_small, "-m", tiny_model, "-o", tmp_path / "o", "-q", *args)
     assert res.exit_code == code and message in res.stderr and not (tmp_path / "o").exists()
+
+
+def test_mask_file_keeps_the_scan_outside_the_mask(cli, tiny_model, tmp_path):
+    yy, xx = np.mgrid[0:64, 0:64]
+    src = tmp_path / "scan.png"
+    Image.fromarray((40 + xx * 2 + yy).astype(np.uint8)).save(src)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[8:40, 8:40] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    out = tmp_path / "out"
+    res = cli("edit", src, "-p", "something else", "-m", tiny_model, "--mask", tmp_path / "mask.png",
+              "--guidance", "5", "-o", out, *FAST)
+    assert res.exit_code == 0, res.output
+    item = json.loads((out / "scan" / "item.json").read_text())
+    assert "mask" in item["outputs"] and 0.2 < item["metrics"]["mask_fraction"] < 0.45
+    before = np.asarray(Image.open(src)).astype(int)
+    after = np.asarray(Image.open(out / "scan" / "counterfactual.png")).astype(int)
+    assert np.array_equal(after[52:, :], before[52:, :]) and np.array_equal(after[:, 52:], before[:, 52:])
+    assert np.abs(after[12:36, 12:36] - before[12:36, 12:36]).mean() > 2
+    used = np.asarray(Image.open(out / "scan" / "mask.png"))
+    assert used[20, 20] == 255 and used[60, 60] == 0
+
+
+def test_auto_mask_is_written_and_bounds_the_change(cli, tiny_model, ct_small, tmp_path):
+    out = tmp_path / "out"
+    res = cli("edit", ct_small, "-p", "large effusion", "-s", "normal", "-m", tiny_model, "--mask", "auto",
+              "--guidance", "5", "-o", out, *FAST)
+    assert res.exit_code == 0, res.output
+    item = json.loads((out / "CT_small" / "item.json").read_text())
+    m = np.asarray(Image.open(out / item["outputs"]["mask"])) / 255.0
+    assert 0 < item["metrics"]["mask_fraction"] < 1 and m.shape == (128, 128)
+    before = read_scan(ct_small).pixels[0]
+    after = read_scan(out / "CT_small" / "counterfactual.dcm").pixels[0]
+    # outside the saved mask (8-bit: below 1/255) only HU rounding and sub-1/255 feathering
+    assert np.abs(after - before)[m == 0].max() <= 5.0
+
+
+def test_missing_mask_file_is_refused_before_loading(cli, tiny_model, ct_small, tmp_path):
+    res = cli("edit", ct_small, "-p", "x", "-m", tiny_model, "--mask", tmp_path / "nope.png", "-o", tmp_path / "o")
+    assert res.exit_code == 1 and "nope.png: mask file not found" in res.stderr

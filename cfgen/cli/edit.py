@@ -32,6 +32,11 @@ def _run(command: str, scan: str | None, batch: Path | None, out: Path, model: s
         from cfgen.errors import ScanReadError
 
         raise ScanReadError(f"{scan}: file not found")
+    mask = given.get("mask")
+    if mask not in (None, "none", "auto") and not Path(mask).is_file():
+        from cfgen.errors import InputError
+
+        raise InputError(f"{mask}: mask file not found (--mask takes none, auto or a file)")
     if batch is not None and not batch.is_file():
         from cfgen.errors import InputError
 
@@ -120,6 +125,8 @@ def edit(
     strength: StrengthOpt = None,
     eta: Annotated[Optional[float], typer.Option(help="DDIM eta: 0 = deterministic; >0 adds noise drawn from --seed")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for the random parts (eta > 0); recorded per item")] = None,
+    mask: Annotated[Optional[str], typer.Option(help="none (PRISM: regenerate everything), auto (DiffEdit-style mask from where source and target prompts disagree) or a PNG/NIfTI mask file (nonzero = may change)")] = None,
+    mask_threshold: Annotated[Optional[float], typer.Option(help="auto mask: fraction of the largest disagreement that counts as edit region")] = None,
     window: WindowOpt = None,
     fmt: FormatOpt = None,
     device: DeviceOpt = Device.auto,
@@ -131,4 +138,5 @@ def edit(
     """Counterfactual of a scan (or a CSV of scans) for a target prompt."""
     _run("edit", scan, batch, out, model, device, dtype, fmt, overwrite, json_out, quiet,
          prompt=prompt, source_prompt=source_prompt, negative_prompt=negative_prompt, steps=steps,
-         guidance=guidance, strength=strength, eta=eta, seed=seed, window=window)
+         guidance=guidance, strength=strength, eta=eta, seed=seed, window=window, mask=mask,
+         mask_threshold=mask_threshold)

@@ -7,12 +7,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from cfgen.editing import ddim
+from cfgen.editing import ddim, masks
 from cfgen.editing.components import decode_latents, encode_images, encode_prompts
 from cfgen.editing.prepare import Prepared, from_model, to_model, unit
 from cfgen.editing.params import EditParams
 from cfgen.errors import UsageError
 from cfgen.io.scan import Scan
+
+
 
 @dataclass
 class Outcome:
@@ -24,6 +26,7 @@ class Outcome:
     latents: dict[str, torch.Tensor]
     metrics: dict[str, Any] = field(default_factory=dict)
     timesteps: list[int] = field(default_factory=list)
+    mask: np.ndarray | None = None  # (1, H, W) in [0, 1] on the scan's grid, when an edit mask was used
 
 
 def _prepare(model, scan: Scan, p: EditParams) -> Prepared:
@@ -32,17 +35,24 @@ def _prepare(model, scan: Scan, p: EditParams) -> Prepared:
 
 
 def _run(model, scan: Scan, p: EditParams, target: str, guidance: float, eta: float,
-         on_step: Callable[[], None] | None) -> tuple[Prepared, torch.Tensor, dict, list[int]]:
+         on_step: Callable[[], None] | None, mask_mode: str = "none") -> tuple:
     prep = _prepare(model, scan, p)
     sched = ddim.make_scheduler(model.entry.scheduler, p.steps)
     ts = ddim.edit_timesteps(sched, p.strength)
     z0 = encode_images(model, prep.x)
     src, tgt, neg = encode_prompts(model, [p.source_prompt, target, p.negative_prompt]).chunk(3)
     traj = ddim.invert(model.unet, sched, z0, src, ts, on_step=on_step)
+    latent_mask = None
+    if mask_mode == "auto":
+        latent_mask = masks.auto_mask(model.unet, sched, z0, src, tgt, int(p.seed), p.mask_threshold)
+    elif mask_mode != "none":
+        latent_mask = masks.file_mask(mask_mode, scan, prep, model.entry.resolution, z0.shape[-1])
+    blend = masks.trajectory_blend(latent_mask, traj) if latent_mask is not None else None
     gen = torch.Generator(device=model.device).manual_seed(int(p.seed))
     z = ddim.sample(model.unet, sched, traj[-1], tgt, ts, uncond=neg, guidance=guidance, eta=eta,
-                    generator=gen, on_step=on_step)
-    return prep, decode_latents(model, z), {"z0": z0, "zT": traj[-1], "z_out": z}, [int(t) for t in ts]
+                    generator=gen, blend=blend, on_step=on_step)
+    lat = {"z0": z0, "zT": traj[-1], "z_out": z}
+    return prep, decode_latents(model, z), lat, [int(t) for t in ts], latent_mask
 
 
 def _identity_metrics(scan: Scan, prep: Prepared, pixels: np.ndarray) -> dict[str, Any]:
@@ -59,11 +69,19 @@ def edit(model, scan: Scan, p: EditParams, on_step: Callable[[], None] | None = 
     p.check()
     if not p.prompt:
         raise UsageError("--prompt: the target prompt is empty")
-    prep, y, lat, ts = _run(model, scan, p, p.prompt, p.guidance, p.eta, on_step)
+    prep, y, lat, ts, latent_mask = _run(model, scan, p, p.prompt, p.guidance, p.eta, on_step, p.mask)
     lat.pop("z_out")
     pixels = from_model(y, prep, scan.channels)
-    return Outcome(prepared=prep, pixels=pixels, model_out=y, latents=lat,
-                   metrics=_identity_metrics(scan, prep, pixels), timesteps=ts)
+    scan_mask = None
+    metrics: dict[str, Any] = {}
+    if latent_mask is not None:
+        # outside the mask the scan itself, not its VAE reconstruction
+        scan_mask = masks.feathered_scan_mask(latent_mask, prep, model.entry.resolution)
+        pixels = (scan_mask * pixels + (1 - scan_mask) * scan.pixels).astype(np.float32)
+        metrics["mask_fraction"] = float((scan_mask > 0.5).mean())
+    metrics.update(_identity_metrics(scan, prep, pixels))
+    return Outcome(prepared=prep, pixels=pixels, model_out=y, latents=lat, metrics=metrics, timesteps=ts,
+                   mask=scan_mask)
 
 
 def invert(model, scan: Scan, p: EditParams, on_step: Callable[[], None] | None = None) -> Outcome:
@@ -75,7 +93,7 @@ def invert(model, scan: Scan, p: EditParams, on_step: Callable[[], None] | None 
     p.check()
     from cfgen.metrics.image import reconstruction_metrics
 
-    prep, y, lat, ts = _run(model, scan, p, p.source_prompt, 1.0, 0.0, on_step)
+    prep, y, lat, ts, _ = _run(model, scan, p, p.source_prompt, 1.0, 0.0, on_step)
     vo = model.entry.value_range
     x = unit(prep.x, vo)
     metrics = reconstruction_metrics(x, unit(y, vo))

@@ -2,7 +2,7 @@
 
 Batch CSV columns: ``image`` (required), ``prompt``, and optional ``source_prompt`` (or
 ``caption``, as written by ``cfgen caption``), ``negative_prompt``, ``strength``, ``seed``,
-``output`` (the item's folder name). Row values override the command-line values. Relative
+``mask`` (none, auto or a mask file), ``output`` (the item's folder name). Row values override the command-line values. Relative
 image paths are resolved against the CSV's folder. Output names may not leave the output
 folder; a bad row becomes an error item, and the batch goes on.
 """
@@ -62,8 +62,12 @@ def single_job(image: str, params: EditParams) -> Job:
     return Job(row=None, image=image, path=Path(image), name=default_name(image), params=params)
 
 
-def _row_params(row: dict[str, str], base: EditParams) -> EditParams:
+def _row_params(row: dict[str, str], base: EditParams, folder: Path) -> EditParams:
     p = replace(base)
+    if row.get("mask"):
+        p.mask = row["mask"] if row["mask"] in ("none", "auto") else str(folder / row["mask"])
+        if p.mask not in ("none", "auto") and not Path(p.mask).is_file():
+            raise InputError(f"mask {row['mask']}: file not found")
     for key in ("prompt", "negative_prompt"):
         if row.get(key):
             setattr(p, key, row[key])
@@ -104,7 +108,7 @@ def jobs_from_csv(csv_path: Path, base: EditParams, need_prompt: bool = True) ->
         try:
             if not image:
                 raise InputError("the 'image' cell is empty")
-            job.params = _row_params(row, base)
+            job.params = _row_params(row, base, folder)
             if need_prompt and not job.params.prompt:
                 raise InputError("no prompt for this row (empty 'prompt' and no --prompt)")
             if explicit:

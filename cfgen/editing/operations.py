@@ -33,6 +33,14 @@ def _figures(folder: Path, scan: Scan, outcome: Outcome, second: str, write_diff
     return files, {"difference_vmax": vmax}
 
 
+def _write_mask(target: Path, mask: np.ndarray) -> Path:
+    from PIL import Image
+
+    with atomic_path(target) as tmp:
+        Image.fromarray(np.round(mask[0] * 255).astype(np.uint8)).save(tmp, format="PNG")
+    return target
+
+
 class EditOp:
     command = "edit"
 
@@ -45,6 +53,8 @@ class EditOp:
         cf = write_scan(scan, outcome.pixels, folder / "counterfactual", fmt, description=desc,
                         window=outcome.prepared.window)
         files, metrics = _figures(folder, scan, outcome, "counterfactual", write_diff=True)
+        if outcome.mask is not None:
+            files["mask"] = _write_mask(folder / "mask.png", outcome.mask)
         return {"counterfactual": cf, **files}, metrics
 
 

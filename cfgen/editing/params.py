@@ -12,7 +12,8 @@ from cfgen.errors import UsageError
 #: Defaults when neither the command line nor the model's models.toml entry sets a value.
 #: steps and the scheduler follow PRISM (REFERENCE.md); guidance 7.5 is SD v1.5's usual scale.
 DEFAULTS: dict[str, Any] = {"steps": 50, "guidance": 7.5, "strength": 1.0, "eta": 0.0, "seed": 0,
-                            "window": "auto", "negative_prompt": ""}
+                            "window": "auto", "negative_prompt": "",
+                            "mask": "none", "mask_threshold": 0.5}
 
 MAX_PROMPT_CHARS = 2000
 
@@ -28,6 +29,8 @@ class EditParams:
     eta: float = 0.0
     seed: int = 0
     window: str = "auto"
+    mask: str = "none"  # none | auto | path to a PNG/NIfTI mask (nonzero = may change)
+    mask_threshold: float = 0.5
 
     @classmethod
     def resolve(cls, model_defaults: dict[str, Any], **given: Any) -> "EditParams":
@@ -48,6 +51,8 @@ class EditParams:
             raise UsageError(f"{pre}--guidance {self.guidance}: must be between 0 and 100")
         if not 0.0 <= self.eta <= 1.0:
             raise UsageError(f"{pre}--eta {self.eta}: must be between 0 and 1")
+        if not 0.0 < self.mask_threshold < 1.0:
+            raise UsageError(f"{pre}--mask-threshold {self.mask_threshold}: must be in (0, 1)")
         if self.window not in ("auto", "minmax", "dtype", "percentile"):
             try:
                 low, high = (float(v) for v in self.window.split(","))

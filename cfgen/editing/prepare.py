@@ -62,15 +62,31 @@ def to_model(scan: Scan, resolution: int, channels: int, value_range: tuple[floa
     return Prepared(x=x, window=win, channel_mode=mode, size=(h, w), pad=pad)
 
 
-def from_model(y: torch.Tensor, prep: Prepared, scan_channels: int) -> np.ndarray:
-    """Model-space image (1, C_model, R, R) -> scan pixels (C_scan, H, W) in scan units."""
+def geometry_to_model(img: np.ndarray, prep: Prepared, resolution: int, fill: float = 0.0) -> torch.Tensor:
+    """(C, H, W) on the scan's grid -> (1, C, R, R) on the model's grid (pad, resize)."""
+    top, bottom, left, right = prep.pad
+    x = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None]
+    x = F.pad(x, (left, right, top, bottom), value=fill)
+    if x.shape[-1] != resolution:
+        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False,
+                          antialias=x.shape[-1] > resolution)
+    return x
+
+
+def geometry_to_scan(y: torch.Tensor, prep: Prepared) -> np.ndarray:
+    """(1, C, R, R) on the model's grid -> (C, H, W) on the scan's grid (resize, crop)."""
     top, bottom, left, right = prep.pad
     side = prep.size[0] + top + bottom
     y = y.detach().float().cpu()
     if y.shape[-1] != side:
         y = F.interpolate(y, size=(side, side), mode="bilinear", antialias=y.shape[-1] > side,
                           align_corners=False)
-    y = y[:, :, top: top + prep.size[0], left: left + prep.size[1]][0].numpy()
+    return y[:, :, top: top + prep.size[0], left: left + prep.size[1]][0].numpy()
+
+
+def from_model(y: torch.Tensor, prep: Prepared, scan_channels: int) -> np.ndarray:
+    """Model-space image (1, C_model, R, R) -> scan pixels (C_scan, H, W) in scan units."""
+    y = geometry_to_scan(y, prep)
     if prep.channel_mode == "gray-to-rgb":
         y = y.mean(axis=0, keepdims=True)
     elif prep.channel_mode == "rgb-to-gray" and scan_channels == 3:

@@ -109,5 +109,36 @@ def test_two_processes_share_the_work(tiny_model, phantom_csv, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     tr = json.loads((out / "report.json").read_text())["training"]
     assert tr["processes"] == 2 and tr["effective_batch"] == 4 and tr["final_step"] == 3
-    assert (out / "checkpoints" / "step-0000003" / "unet.safetensors").is_file()
+    assert (out / "checkpoints" / "step-0000003" / "weights.safetensors").is_file()
     load_model(str(out / "model"))
+
+
+def test_vae_training_reduces_reconstruction_error_and_sets_the_scale(tiny_model, phantom_csv, tmp_path):
+    from cfgen.training.vae import train_vae
+
+    out = tmp_path / "vae"
+    s = train_vae(phantom_csv, tiny_model, out, steps=30, batch_size=6, lr=2e-3, seed=0, device="cpu",
+                  checkpoint_every=15)
+    first = np.mean([v for _, v in s["losses"][:3]])
+    last = np.mean([v for _, v in s["losses"][-3:]])
+    assert last < first * 0.8
+    assert s["scaling_factor"] == pytest.approx(1.0 / s["latent_std"])
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(out / "vae", use_safetensors=True)
+    assert vae.config.scaling_factor == pytest.approx(s["scaling_factor"])
+    assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["step-0000015", "step-0000030"]
+
+
+def test_phantom_edit_benchmark_runs_on_any_model(tiny_model, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("phantom_edits", Path(__file__).parents[1] / "benchmarks" / "phantom_edits.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    res = mod.main(["--model", str(tiny_model), "--n", "1", "--steps", "3", "--masks", "none", "auto",
+                    "--recon-per-type", "1", "--device", "cpu"])
+    assert {r["edit"] for r in res["table"]} == {f"{v} {a}" for a in ("effusion", "cardiomegaly", "devices")
+                                                 for v in ("remove", "add")}
+    assert len(res["table"]) == 12 and all(r["err_none"] > 0 and r["psnr_rec"] is not None for r in res["table"])
+    assert "ratio <= 0.50" in capsys.readouterr().out

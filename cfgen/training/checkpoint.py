@@ -1,6 +1,6 @@
 """Training checkpoints in safetensors + JSON only (no pickle, so a checkpoint can't run code).
 
-``OUT/checkpoints/step-0000100/``: ``unet.safetensors``, ``ema.safetensors`` (if EMA),
+``OUT/checkpoints/step-0000100/``: ``weights.safetensors`` (the trained network), ``ema.safetensors`` (if EMA),
 ``optimizer.safetensors`` + ``optimizer.json``, ``state.json`` (step, epoch, LR scheduler,
 EMA counters). Folders are written aside and renamed, so the newest complete one is always
 loadable after a kill.
@@ -46,14 +46,14 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(out: Path, step: int, unet, optimizer, lr_scheduler, ema=None,
+def save_checkpoint(out: Path, step: int, net, optimizer, lr_scheduler, ema=None,
                     extra: dict | None = None, keep: int = 3) -> Path:
     from safetensors.torch import save_file
 
     target = Path(out) / "checkpoints" / f"{PREFIX}{step:07d}"
     with atomic_dir(target) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items()},
-                  str(tmp / "unet.safetensors"))
+        save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
+                  str(tmp / "weights.safetensors"))
         tensors, meta = _flatten_optimizer(optimizer.state_dict())
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         (tmp / "optimizer.json").write_text(json.dumps(meta))
@@ -68,11 +68,11 @@ def save_checkpoint(out: Path, step: int, unet, optimizer, lr_scheduler, ema=Non
     return target
 
 
-def load_checkpoint(folder: Path, unet, optimizer, lr_scheduler, ema=None) -> dict:
+def load_checkpoint(folder: Path, net, optimizer, lr_scheduler, ema=None) -> dict:
     from safetensors.torch import load_file
 
     state = json.loads((folder / "state.json").read_text())
-    unet.load_state_dict(load_file(str(folder / "unet.safetensors")))
+    net.load_state_dict(load_file(str(folder / "weights.safetensors")))
     meta = json.loads((folder / "optimizer.json").read_text())
     optimizer.load_state_dict(_unflatten_optimizer(load_file(str(folder / "optimizer.safetensors")), meta))
     lr_scheduler.load_state_dict(state["lr_scheduler"])

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from cfgen.errors import InputError
-from cfgen.io.atomic import atomic_dir, write_json
+from cfgen.io.atomic import atomic_dir
 from cfgen.report import RunReport
 from cfgen.training.checkpoint import checkpoints, load_checkpoint, save_checkpoint
 from cfgen.training.config import FinetuneConfig

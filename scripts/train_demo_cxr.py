@@ -1,0 +1,106 @@
+"""Recipe for the shipped demo model `demo-cxr` (latent diffusion trained on chest phantoms).
+
+Steps (every one reproducible from the seeds below):
+  1. phantoms: `cfgen phantoms cxr -n N --seed 1000 --size 128 --no-counterfactuals`
+     (held-out evaluation uses seed 90000: benchmarks/phantom_edits.py)
+  2. captions: PRISM's CheXpert template (`cfgen caption`)
+  3. an untrained model folder from DEMO_SPEC (char-level CLIP text encoder, frozen at init)
+  4. the VAE trained on the phantoms (L1 + KL), scaling factor set to 1 / latent std
+  5. the UNet trained with `cfgen finetune` (only the UNet trains), EMA, Min-SNR
+  6. export to cfgen/models/weights/demo-cxr in fp16 safetensors, sha256 printed for models.toml
+
+    python scripts/train_demo_cxr.py --work runs/demo-cxr            # the full recipe (GPU advised)
+    python scripts/train_demo_cxr.py --work /tmp/demo --quick        # minutes on a CPU: smoke test
+
+Measured cost of the full recipe goes in the CHANGELOG and the models.toml entry when it is run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cfgen.models.build import LDM2DSpec  # noqa: E402
+
+DEMO_SPEC = LDM2DSpec(resolution=128, image_channels=1, latent_channels=4, vae_channels=(32, 64, 64),
+                      unet_channels=(64, 128, 128), layers_per_block=1, attention_head_dim=8, text_hidden=64,
+                      text_layers=2, text_heads=4, max_tokens=48, unet_out_scale=0.1)
+FULL = {"n": 20000, "vae_steps": 20000, "vae_batch": 32, "unet_steps": 40000, "unet_batch": 64, "lr": 2e-4}
+QUICK = {"n": 64, "vae_steps": 20, "vae_batch": 8, "unet_steps": 20, "unet_batch": 8, "lr": 2e-4}
+
+
+def sh(*args: str) -> None:
+    print("+", " ".join(args), flush=True)
+    subprocess.run(args, check=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--quick", action="store_true", help="tiny settings to check the recipe runs")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--export", action="store_true", help="copy the result into cfgen/models/weights/demo-cxr")
+    args = ap.parse_args()
+    cfg = QUICK if args.quick else FULL
+    w = args.work
+    cfgen = [sys.executable, "-m", "cfgen.cli.main"]
+    t0 = time.time()
+    data = w / "phantoms"
+    if not (data / "labels.csv").is_file():
+        sh(*cfgen, "phantoms", "cxr", "-n", str(cfg["n"]), "--seed", "1000", "--size", "128",
+           "--no-counterfactuals", "-o", str(data), "-q")
+    sh(*cfgen, "caption", str(data / "labels.csv"), "-o", str(data / "train.csv"))
+    from cfgen.models.build import build_ldm2d
+    from cfgen.training.vae import train_vae
+
+    base = w / "base"
+    if not (base / "unet").is_dir():
+        build_ldm2d(base, DEMO_SPEC, seed=0)
+    if not (w / "vae" / "vae").is_dir():
+        summary = train_vae(data / "train.csv", base, w / "vae", steps=cfg["vae_steps"], batch_size=cfg["vae_batch"],
+                            lr=1e-4 if not args.quick else 1e-3, seed=0, device=args.device,
+                            resume=(w / "vae" / "checkpoints").is_dir())
+        print(json.dumps({k: v for k, v in summary.items() if k != "losses"}))
+    shutil.rmtree(base / "vae")
+    shutil.copytree(w / "vae" / "vae", base / "vae")
+    unet_out = w / "unet"
+    sh(*cfgen, "finetune", str(data / "train.csv"), "-m", str(base), "-o", str(unet_out),
+       "--learning-rate", str(cfg["lr"]), "--lr-scheduler", "cosine", "--lr-warmup-steps", "500" if not args.quick else "0",
+       "--batch-size", str(cfg["unet_batch"]), "--max-steps", str(cfg["unet_steps"]), "--ema", "--ema-decay", "0.999",
+       "--snr-gamma", "5", "--checkpoint-every", "2000", "--device", args.device, "-q",
+       "--validation-prompt", "Chest X-ray showing Pleural Effusion, Support Devices",
+       "--validation-prompt", "Normal chest X-ray with no significant findings",
+       *(["--resume"] if (unet_out / "checkpoints").is_dir() else []))
+    print(f"recipe finished in {time.time() - t0:.0f} s; model: {unet_out / 'model'}")
+    if args.export:
+        export(unet_out / "model", ROOT / "cfgen" / "models" / "weights" / "demo-cxr")
+
+
+def export(model: Path, target: Path) -> None:
+    """fp16 safetensors copy of the model folder and the sha256 lines for models.toml."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from cfgen.models.files import hashes, weight_files
+
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(model, target)
+    for f in weight_files(target):
+        save_file({k: v.to(torch.float16) if v.is_floating_point() else v for k, v in load_file(str(f)).items()},
+                  str(f))
+    total = sum(f.stat().st_size for f in weight_files(target))
+    print(f"exported {total / 1e6:.1f} MB of weights to {target}")
+    for rel, digest in hashes(target, weight_files(target)).items():
+        print(f'"{rel}" = "{digest}"')
+
+
+if __name__ == "__main__":
+    main()

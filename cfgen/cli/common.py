@@ -50,8 +50,13 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Also print report.json to
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary")]
 
 
+def safe_text(message: str) -> str:
+    """File names that are not valid UTF-8 (surrogate escapes) printed as backslash escapes, never a crash."""
+    return message.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def fail(message: str, code: int) -> None:
-    typer.echo(f"cfgen: error: {message}", err=True)
+    typer.echo(f"cfgen: error: {safe_text(message)}", err=True)
     raise typer.Exit(code)
 
 

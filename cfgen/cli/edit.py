@@ -9,7 +9,7 @@ import typer
 
 from cfgen.cli.common import (BatchOpt, DeviceOpt, DtypeOpt, Device, Dtype, FormatOpt, JsonOpt, ModelOpt,
                               OutOpt, OverwriteOpt, QuietOpt, StepsOpt, StrengthOpt, WindowOpt, handle_errors,
-                              print_json)
+                              print_json, safe_text)
 from cfgen.errors import UsageError
 
 ScanArg = Annotated[Optional[str], typer.Argument(help="Scan: PNG/JPEG/TIFF, DICOM file, DICOM series folder, NIfTI")]
@@ -75,7 +75,7 @@ def _run(command: str, scan: str | None, batch: Path | None, out: Path, model: s
     report.write()
     for item in report.data["items"]:
         if item["status"] == "error":
-            typer.echo(f"cfgen: error: {item['error']}", err=True)
+            typer.echo(f"cfgen: error: {safe_text(item['error'])}", err=True)
     if json_out:
         print_json(report.data)
     elif not quiet:

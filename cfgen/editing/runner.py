@@ -93,6 +93,13 @@ def _run_one(op: Operation, model, job: Job, out_dir: Path, fmt: str | None, ove
         raise InputError(f"{job.path}: the input lies inside its own output folder {folder}")
     except ValueError:
         pass
+    for stale in folder.glob(".tmp-*") if folder.is_dir() else []:  # left by a killed run
+        if stale.is_dir():
+            import shutil
+
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
     scan = read_scan(job.path)
     outcome = op.run(model, scan, job.params, on_step)
     if not np.isfinite(outcome.pixels).all():

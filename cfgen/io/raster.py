@@ -16,6 +16,7 @@ _PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", 
 def read_raster(path: Path) -> Scan:
     from PIL import Image, UnidentifiedImageError
 
+    Image.MAX_IMAGE_PIXELS = None  # cfgen's own limit (check_size) applies, before decoding
     try:
         with Image.open(path) as im:
             check_size((im.height, im.width), path)

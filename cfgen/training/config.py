@@ -1,9 +1,16 @@
 """Fine-tuning options (light: no torch), with PRISM's recipe as the defaults where it gives one."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field
 
 from cfgen.errors import UsageError
+
+
+def derived_seed(*parts) -> int:
+    """A 63-bit seed from any tuple of ints/strings: the same parts, the same seed, on any machine."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") & ((1 << 63) - 1)
+
 
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 PRECISIONS = ("no", "bf16", "fp16")

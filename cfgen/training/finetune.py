@@ -12,7 +12,6 @@ checkpoint (weights, optimizer, LR schedule, EMA) continues exactly where the ru
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -26,14 +25,11 @@ from cfgen.errors import InputError
 from cfgen.io.atomic import atomic_dir
 from cfgen.report import RunReport
 from cfgen.training.checkpoint import checkpoints, load_checkpoint, save_checkpoint
-from cfgen.training.config import FinetuneConfig
+from cfgen.training.config import FinetuneConfig, derived_seed
 from cfgen.training.data import ImageCaptionDataset, collate, read_training_csv
 
 COPIED_COMPONENTS = ("vae", "text_encoder", "tokenizer", "scheduler")
 
-
-def _seed(*parts: int) -> int:
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") & ((1 << 63) - 1)
 
 
 def _target(noise_scheduler, latents, noise, t):
@@ -115,7 +111,7 @@ def render_validation(model, unet, prompts: list[str], steps: int, guidance: flo
     side = e.resolution // model.vae_scale_factor
     tiles = []
     for i, prompt in enumerate(prompts):
-        gen = torch.Generator().manual_seed(_seed(seed, i))
+        gen = torch.Generator().manual_seed(derived_seed(seed, i))
         z = torch.randn((1, unet.config.in_channels, side, side), generator=gen).to(model.device) * sched.init_noise_sigma
         cond, uncond = encode_prompts(model, [prompt, ""]).float().chunk(2)
         z = ddim.sample(unet, sched, z, cond, sched.timesteps, uncond=uncond, guidance=guidance)
@@ -190,7 +186,7 @@ def finetune(data_csv: Path, model_name: str | None, out: Path, cfg: FinetuneCon
         net.eval()
         with torch.no_grad():
             v = float(_loss(model, net, noise_scheduler, eval_batch["pixels"].to(acc.device), eval_batch["captions"],
-                            torch.Generator().manual_seed(_seed(cfg.seed, "eval")), cfg, eval_mode=True))
+                            torch.Generator().manual_seed(derived_seed(cfg.seed, "eval")), cfg, eval_mode=True))
         net.train()
         return v
 
@@ -202,13 +198,13 @@ def finetune(data_csv: Path, model_name: str | None, out: Path, cfg: FinetuneCon
     running: list[float] = []
     while step < total:
         epoch, within = divmod(step, steps_per_epoch)
-        perm = torch.randperm(len(samples), generator=torch.Generator().manual_seed(_seed(cfg.seed, "epoch", epoch)))
+        perm = torch.randperm(len(samples), generator=torch.Generator().manual_seed(derived_seed(cfg.seed, "epoch", epoch)))
         shard = perm[rank::world][: micro_per_epoch * batch].tolist()
         for mb in range(within * cfg.gradient_accumulation, steps_per_epoch * cfg.gradient_accumulation):
             data = collate([dataset[i] for i in shard[mb * batch:(mb + 1) * batch]])
             for err in data["errors"]:
                 training["skipped_images"].append(err)
-            gen = torch.Generator().manual_seed(_seed(cfg.seed, rank, step, mb))
+            gen = torch.Generator().manual_seed(derived_seed(cfg.seed, rank, step, mb))
             with acc.accumulate(unet_p):
                 if data["pixels"] is not None:
                     loss = _loss(model, unet_p, noise_scheduler, data["pixels"].to(acc.device), data["captions"], gen, cfg)

@@ -7,7 +7,6 @@ chosen), so the UNet sees unit-variance latents. Checkpoints and resume as in fi
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 from typing import Callable
@@ -17,11 +16,8 @@ import torch
 from cfgen.errors import InputError
 from cfgen.io.atomic import atomic_dir, write_json
 from cfgen.training.checkpoint import checkpoints, load_checkpoint, save_checkpoint
+from cfgen.training.config import derived_seed
 from cfgen.training.data import ImageCaptionDataset, Sample, collate
-
-
-def _seed(*parts) -> int:
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") & ((1 << 63) - 1)
 
 
 def image_samples(csv_path: Path) -> list[Sample]:
@@ -64,12 +60,12 @@ def train_vae(data_csv: Path, model_folder: Path, out: Path, steps: int, batch_s
     per_epoch = max(1, len(samples) // batch_size)
     for step in range(start, steps):
         epoch, k = divmod(step, per_epoch)
-        perm = torch.randperm(len(samples), generator=torch.Generator().manual_seed(_seed(seed, epoch))).tolist()
+        perm = torch.randperm(len(samples), generator=torch.Generator().manual_seed(derived_seed(seed, epoch))).tolist()
         data = collate([ds[i] for i in perm[k * batch_size:(k + 1) * batch_size]])
         if data["pixels"] is None:
             continue
         x = data["pixels"].to(dev)
-        gen = torch.Generator(device=dev).manual_seed(_seed(seed, "step", step))
+        gen = torch.Generator(device=dev).manual_seed(derived_seed(seed, "step", step))
         post = vae.encode(x).latent_dist
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen, device=dev)
         rec = vae.decode(z).sample

@@ -234,3 +234,22 @@ def test_auto_mask_is_written_and_bounds_the_change(cli, tiny_model, ct_small, t
 def test_missing_mask_file_is_refused_before_loading(cli, tiny_model, ct_small, tmp_path):
     res = cli("edit", ct_small, "-p", "x", "-m", tiny_model, "--mask", tmp_path / "nope.png", "-o", tmp_path / "o")
     assert res.exit_code == 1 and "nope.png: mask file not found" in res.stderr
+
+
+def test_format_option_converts_with_the_window(cli, tiny_model, ct_small, tmp_path):
+    out = tmp_path / "out"
+    res = cli("edit", ct_small, "-p", "x", "-m", tiny_model, "--format", "png", "--window", "-1024,600", "-o", out, *FAST)
+    assert res.exit_code == 0, res.output
+    with Image.open(out / "CT_small" / "counterfactual.png") as im:
+        arr = np.asarray(im)
+        assert im.text["cfgen:synthetic"] == "YES" and arr.dtype == np.uint16 and arr.shape == (128, 128)
+    item = json.loads((out / "CT_small" / "item.json").read_text())
+    assert item["preprocessing"]["window"]["low"] == -1024 and item["preprocessing"]["window"]["rule"] == "fixed"
+    res = cli("edit", ct_small, "-p", "x", "-m", tiny_model, "--format", "nifti", "-o", tmp_path / "nii", *FAST)
+    assert res.exit_code == 0
+    img = nib.load(tmp_path / "nii" / "CT_small" / "counterfactual.nii.gz")
+    assert img.shape == (128, 128) and tuple(img.header.get_zooms()) == pytest.approx((0.661468, 0.661468))
+    png = tmp_path / "a.png"
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(png)
+    res = cli("edit", png, "-p", "x", "-m", tiny_model, "--format", "dicom", "-o", tmp_path / "d", *FAST)
+    assert res.exit_code == 1 and "DICOM output needs a DICOM input" in _report(tmp_path / "d")["items"][0]["error"]

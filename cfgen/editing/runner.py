@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -68,6 +70,12 @@ def run_jobs(op: Operation, model, jobs: list[Job], out_dir: Path, report: RunRe
         except CfgenError as exc:
             msg = str(exc)
             item["error"] = msg if (job.image and job.image in msg) or job.row else f"{job.image}: {msg}"
+        except Exception as exc:  # a bug must not stop the batch: record it, go on with the next row
+            first = (str(exc).strip().splitlines() or [""])[0]
+            item["error"] = (f"{job.image}: internal error ({exc.__class__.__name__}: {first}); "
+                             "please report it with CFGEN_DEBUG=1 output")
+            if os.environ.get("CFGEN_DEBUG"):
+                traceback.print_exc()
         item.setdefault("timings", {})["total_s"] = round(time.perf_counter() - t0, 3)
         report.add_item(item)
         report.write()

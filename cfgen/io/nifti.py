@@ -48,22 +48,22 @@ def read_nifti(path: Path) -> Scan:
 def write_nifti(template: Scan, pixels: np.ndarray, target: Path, description: str, window=None) -> Path:
     import nibabel as nib
 
-    if template.format == "nifti":
-        header = template.meta["header"].copy()
-        shape = template.meta["shape"]
-        cls = template.meta["image_class"]
-    else:  # from another format: a plain header with the scan's spacing
-        cls = nib.Nifti1Image
-        header = nib.Nifti1Header()
-        shape = tuple(pixels.shape[1:]) if template.spatial_dims == 3 else (pixels.shape[2], pixels.shape[1])
-        header.set_zooms(tuple(template.spacing or (1.0,) * len(shape))[: len(shape)])
     if pixels.shape[0] != 1:
         pixels = pixels.mean(axis=0, keepdims=True)
-    data = np.flipud(pixels[0]).T if template.spatial_dims == 2 else pixels[0]
-    data = np.ascontiguousarray(data.reshape(shape), dtype=np.float32)
-    header.set_data_dtype(np.float32)
-    # affine=None keeps the header's qform and sform (codes included) exactly as they were
-    img = cls(data, None, header=header)
+    if template.format == "nifti":
+        header = template.meta["header"].copy()
+        data = np.flipud(pixels[0]).T if template.spatial_dims == 2 else pixels[0]
+        data = np.ascontiguousarray(data.reshape(template.meta["shape"]), dtype=np.float32)
+        header.set_data_dtype(np.float32)
+        # affine=None keeps the header's qform and sform (codes included) exactly as they were
+        img = template.meta["image_class"](data, None, header=header)
+    else:  # from another format: the scan's pixel spacing on a plain (scanner-aligned) affine
+        data = np.flipud(pixels[0]).T if template.spatial_dims == 2 else pixels[0]
+        spacing = list(template.spacing or [])
+        if template.spatial_dims == 2 and len(spacing) == 2:
+            spacing = [spacing[1], spacing[0]]  # DICOM (row, column) spacing -> NIfTI (x, y)
+        zooms = (spacing + [1.0] * 3)[:3]
+        img = nib.Nifti1Image(np.ascontiguousarray(data, dtype=np.float32), np.diag([*zooms, 1.0]))
     img.header.set_slope_inter(1.0, 0.0)
     img.header["descrip"] = f"cfgen {__version__} SYNTHETIC: {description}"[:79].encode("ascii", "replace")
     with atomic_path(target) as tmp:

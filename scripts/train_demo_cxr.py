@@ -81,7 +81,8 @@ def main() -> None:
         summary = train_vae(data / "train.csv", base, w / "vae", steps=cfg["vae_steps"], batch_size=cfg["vae_batch"],
                             checkpoint_every=250,
                             lr=cfg["vae_lr"], seed=0, device=args.device,
-                            resume=(w / "vae" / "checkpoints").is_dir())
+                            resume=(w / "vae" / "checkpoints").is_dir(),
+                            on_step=lambda s, loss: print(f"vae step {s} loss {loss:.4f}", flush=True) if s % 50 == 0 else None)
         print(json.dumps({k: v for k, v in summary.items() if k != "losses"}))
     shutil.rmtree(base / "vae", ignore_errors=True)
     shutil.copytree(w / "vae" / "vae", base / "vae")

@@ -201,3 +201,14 @@ def test_4d_nifti_and_nan_values_are_refused(tmp_path):
     nib.save(nib.Nifti1Image(arr, np.eye(4)), pn)
     with pytest.raises(ScanReadError, match="NaN"):
         read_scan(pn)
+
+
+def test_outputs_get_normal_permissions(tmp_path, ct_small):
+    import os
+    import stat
+
+    scan = read_scan(ct_small)
+    out = write_scan(scan, scan.pixels, tmp_path / "cf", description="x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~mask

@@ -8,6 +8,8 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+# quiet pip that still fails the script when pip fails
+pip_q() { .venv/bin/python -m pip install -q --disable-pip-version-check "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; return "${PIPESTATUS[0]}"; }
+pip_q "torch==2.13.0"
+pip_q -e ".[test]"
 .venv/bin/python -c "import cfgen, torch, diffusers, monai; print('cfgen', cfgen.__version__, '| torch', torch.__version__)"

@@ -8,7 +8,8 @@ Schema (documented in the README, version in ``schema``)::
    "timings": {"total_s": ..., "model_load_s": ...},
    "items": [{"input", "name", "status": "ok|error|skipped", "error", "seed",
               "outputs": {kind: path relative to the output folder}, "metrics": {...}}],
-   "summary": {"ok": N, "error": N, "skipped": N, "metrics": {name: mean over ok+skipped}}}
+   "summary": {"ok": N, "error": N, "skipped": N,
+               "metrics": {name: {"mean", "std", "ci95": [low, high], "n"} over ok+skipped items}}}
 """
 from __future__ import annotations
 
@@ -24,15 +25,18 @@ SCHEMA_VERSION = 1
 STATUSES = ("ok", "error", "skipped")
 
 
-def _mean_metrics(items: list[dict]) -> dict[str, Any]:
-    sums: dict[str, list[float]] = {}
+def summarize_metrics(items: list[dict]) -> dict[str, Any]:
+    """Per metric over the items that did not fail: mean, std, 95% bootstrap interval, n."""
+    from cfgen.metrics.stats import describe
+
+    values: dict[str, list[float]] = {}
     for it in items:
         if it.get("status") == "error":
             continue
         for k, v in (it.get("metrics") or {}).items():
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-                sums.setdefault(k, []).append(float(v))
-    return {k: {"mean": sum(v) / len(v), "n": len(v)} for k, v in sorted(sums.items())}
+                values.setdefault(k, []).append(float(v))
+    return {k: describe(v) for k, v in sorted(values.items())}
 
 
 class RunReport:
@@ -57,7 +61,7 @@ class RunReport:
     def summarize(self) -> dict[str, Any]:
         items = self.data["items"]
         summary = {s: sum(1 for it in items if it["status"] == s) for s in STATUSES}
-        summary["metrics"] = _mean_metrics(items)
+        summary["metrics"] = summarize_metrics(items)
         self.data["summary"] = summary
         return summary
 

@@ -42,7 +42,7 @@ RECIPES = {
     "gpu": {"spec": GPU_SPEC, "n": 20000, "vae_steps": 20000, "vae_batch": 32, "vae_lr": 1e-4,
             "unet_steps": 40000, "unet_batch": 64, "lr": 2e-4, "warmup": 500, "ema_decay": 0.999},
     "cpu": {"spec": CPU_SPEC, "n": 3000, "vae_steps": 1000, "vae_batch": 8, "vae_lr": 5e-4,
-            "unet_steps": 2500, "unet_batch": 16, "lr": 5e-4, "warmup": 100, "ema_decay": 0.995},
+            "unet_steps": 1500, "unet_batch": 16, "lr": 5e-4, "warmup": 100, "ema_decay": 0.995},
     "quick": {"spec": CPU_SPEC, "n": 64, "vae_steps": 20, "vae_batch": 8, "vae_lr": 1e-3,
               "unet_steps": 20, "unet_batch": 8, "lr": 2e-4, "warmup": 0, "ema_decay": 0.9},
 }
@@ -109,6 +109,17 @@ def export(model: Path, target: Path) -> None:
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(model, target)
+    meta = target / "training.json"
+    if meta.is_file():  # no paths of the machine that trained it inside the package
+        info = json.loads(meta.read_text())
+        base = info.get("base_model") or {}
+        base.pop("folder", None)
+        base["source"] = "built by scripts/train_demo_cxr.py"
+        meta.write_text(json.dumps(info, indent=2) + "\n")
+    for cfg in target.glob("*/config.json"):
+        info = json.loads(cfg.read_text())
+        if info.pop("_name_or_path", None) is not None:
+            cfg.write_text(json.dumps(info, indent=2) + "\n")
     for f in weight_files(target):
         save_file({k: v.to(torch.float16) if v.is_floating_point() else v for k, v in load_file(str(f)).items()},
                   str(f))

@@ -233,6 +233,39 @@ def sha256_mismatch(w, m):
     return _edit(w, Path("pinned"), _ct(w))
 
 
+def _evaluate(work: Path, source, *extra) -> list[str]:
+    return ["evaluate", str(source), "-o", str(work / "out"), "--classifier", "none", "-q", *extra]
+
+
+def eval_csv_missing_columns(w, m):
+    (w / "pairs.csv").write_text("image,edited\na.png,b.png\n")
+    return _evaluate(w, w / "pairs.csv")
+
+
+def eval_pair_sizes_differ(w, m):
+    _png(w / "a.png", np.zeros((32, 32), np.uint8))
+    _png(w / "b.png", np.zeros((48, 32), np.uint8))
+    (w / "pairs.csv").write_text("original,counterfactual\na.png,b.png\n")
+    return _evaluate(w, w / "pairs.csv")
+
+
+def eval_unknown_metric(w, m):
+    _png(w / "a.png", np.zeros((32, 32), np.uint8))
+    (w / "pairs.csv").write_text("original,counterfactual\na.png,a.png\n")
+    return _evaluate(w, w / "pairs.csv", "--rank-by", "accuracy")
+
+
+def eval_diffusion_model_as_classifier(w, m):
+    _png(w / "a.png", np.zeros((32, 32), np.uint8))
+    (w / "pairs.csv").write_text("original,counterfactual\na.png,a.png\n")
+    return ["evaluate", str(w / "pairs.csv"), "-o", str(w / "out"), "--classifier", str(m), "-q"]
+
+
+def eval_not_a_report(w, m):
+    (w / "report.json").write_text('{"command": "caption"}')
+    return _evaluate(w, w / "report.json")
+
+
 CASES = [
     Case("truncated DICOM", truncated_dicom, 1, "cannot decode DICOM pixel data"),
     Case("DICOM without pixel data", dicom_without_pixels, 1, "no pixel data"),
@@ -258,6 +291,11 @@ CASES = [
     Case("model with corrupt weights", model_corrupt_weights, 1, "cannot load model"),
     Case("model with pickle weights", model_pickle_weights, 1, "only pickle weights found"),
     Case("sha256 mismatch", sha256_mismatch, 1, "sha256 mismatch"),
+    Case("evaluate: CSV without pair columns", eval_csv_missing_columns, 1, "columns found: image, edited"),
+    Case("evaluate: pair of different sizes", eval_pair_sizes_differ, 1, "differs from the original's"),
+    Case("evaluate: unknown --rank-by metric", eval_unknown_metric, 2, "--rank-by accuracy: not a per-item metric"),
+    Case("evaluate: diffusion model as classifier", eval_diffusion_model_as_classifier, 2, "needs a 'classifier' model"),
+    Case("evaluate: report of another command", eval_not_a_report, 1, "not the report.json of a `cfgen edit` run"),
 ]
 
 

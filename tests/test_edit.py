@@ -11,12 +11,16 @@ import pytest
 from PIL import Image
 
 from cfgen.io.scan import read_scan
+from schema import validate_report
 
 FAST = ["--steps", "8", "-q"]
 
 
 def _report(out: Path) -> dict:
-    return json.loads((out / "report.json").read_text())
+    """The run report, validated against the documented schema."""
+    rep = json.loads((out / "report.json").read_text())
+    validate_report(rep)
+    return rep
 
 
 def test_invert_reconstructs_with_guidance_1(cli, tiny_model, ct_small, tmp_path):

@@ -13,6 +13,7 @@ import pytest
 from safetensors.torch import load_file
 
 from cfgen.models.loader import load_model
+from schema import validate_report
 
 UNET = "unet/diffusion_pytorch_model.safetensors"
 
@@ -39,6 +40,7 @@ def test_finetune_learns_trains_only_the_unet_and_the_result_edits(cli, tiny_mod
                  "--ema-decay", "0.5", "--snr-gamma", "5", "--noise-offset", "0.05")
     assert res.exit_code == 0, res.output
     rep = json.loads((out / "report.json").read_text())
+    validate_report(rep)
     tr = rep["training"]
     assert tr["final_step"] == 8 and tr["start_step"] == 0 and len(tr["losses"]) == 8
     assert tr["eval_loss_end"] < tr["eval_loss_start"]

@@ -212,3 +212,23 @@ def test_outputs_get_normal_permissions(tmp_path, ct_small):
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~mask
+
+
+def test_atomic_folders_get_normal_permissions_even_from_private_writers(tmp_path):
+    """safetensors creates 0600 files; a saved model folder must not stay private."""
+    import os
+    import stat
+
+    import torch
+    from safetensors.torch import save_file
+
+    from cfgen.io.atomic import atomic_dir
+
+    with atomic_dir(tmp_path / "model") as tmp:
+        (tmp / "sub").mkdir()
+        save_file({"w": torch.zeros(2)}, str(tmp / "sub" / "model.safetensors"))
+    mask = os.umask(0)
+    os.umask(mask)
+    f = tmp_path / "model" / "sub" / "model.safetensors"
+    assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~mask
+    assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o777 & ~mask

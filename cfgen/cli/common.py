@@ -80,3 +80,10 @@ def handle_errors(fn: Callable) -> Callable:
 
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def print_item_errors(items: list[dict]) -> None:
+    """One line per failed item, always (also with --quiet): failures are never silent."""
+    for item in items:
+        if item["status"] == "error":
+            typer.echo(f"cfgen: error: {safe_text(str(item['error']))}", err=True)

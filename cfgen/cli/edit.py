@@ -9,7 +9,7 @@ import typer
 
 from cfgen.cli.common import (BatchOpt, DeviceOpt, DtypeOpt, Device, Dtype, FormatOpt, JsonOpt, ModelOpt,
                               OutOpt, OverwriteOpt, QuietOpt, StepsOpt, StrengthOpt, WindowOpt, handle_errors,
-                              print_json, safe_text)
+                              print_item_errors, print_json)
 from cfgen.errors import UsageError
 
 ScanArg = Annotated[Optional[str], typer.Argument(help="Scan: PNG/JPEG/TIFF, DICOM file, DICOM series folder, NIfTI")]
@@ -73,9 +73,7 @@ def _run(command: str, scan: str | None, batch: Path | None, out: Path, model: s
                  overwrite=overwrite, on_item=on_item, on_step=on_step)
     report.data["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
     report.write()
-    for item in report.data["items"]:
-        if item["status"] == "error":
-            typer.echo(f"cfgen: error: {safe_text(item['error'])}", err=True)
+    print_item_errors(report.data["items"])
     if json_out:
         print_json(report.data)
     elif not quiet:

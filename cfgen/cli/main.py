@@ -4,7 +4,7 @@ from __future__ import annotations
 import typer
 
 from cfgen import __version__
-from cfgen.cli import caption, edit, finetune, models, phantoms
+from cfgen.cli import caption, edit, evaluate, finetune, models, phantoms
 
 app = typer.Typer(
     name="cfgen",
@@ -31,6 +31,7 @@ app.command("caption")(caption.caption)
 app.command("invert")(edit.invert)
 app.command("edit")(edit.edit)
 app.command("finetune")(finetune.finetune)
+app.command("evaluate")(evaluate.evaluate)
 app.add_typer(models.app, name="models")
 app.add_typer(phantoms.app, name="phantoms")
 

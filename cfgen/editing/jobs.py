@@ -3,13 +3,16 @@
 Batch CSV columns: ``image`` (required), ``prompt``, and optional ``source_prompt`` (or
 ``caption``, as written by ``cfgen caption``), ``negative_prompt``, ``strength``, ``seed``,
 ``mask`` (none, auto or a mask file), ``output`` (the item's folder name). Row values override the command-line values. Relative
-image paths are resolved against the CSV's folder. Output names may not leave the output
+image paths are resolved against the CSV's folder. Any other column is carried into the
+item's ``columns`` in the run report for ``cfgen evaluate`` (``label``, ``target``,
+``true_counterfactual``, ``true_mask``, ...); the file columns of PATH_COLUMNS are resolved
+against the CSV's folder like ``image``. Output names may not leave the output
 folder; a bad row becomes an error item, and the batch goes on.
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cfgen.editing.params import EditParams
@@ -19,6 +22,10 @@ from cfgen.io.tables import read_csv
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _SCAN_SUFFIXES = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".ima")
 MAX_NAME = 120
+#: columns the edit itself reads; the rest are carried through to the report
+EDIT_COLUMNS = ("image", "prompt", "source_prompt", "caption", "negative_prompt", "strength", "seed", "mask", "output")
+#: carried columns that name files (resolved against the CSV's folder)
+PATH_COLUMNS = ("true_counterfactual", "true_mask")
 
 
 @dataclass
@@ -29,6 +36,7 @@ class Job:
     name: str  # output folder name
     params: EditParams
     error: str | None = None
+    columns: dict[str, str | Path] = field(default_factory=dict)  # carried CSV columns
 
     def label(self) -> str:
         return f"line {self.row}" if self.row else self.image
@@ -103,7 +111,9 @@ def jobs_from_csv(csv_path: Path, base: EditParams, need_prompt: bool = True) ->
     taken: dict[str, int] = {}
     for i, row in enumerate(rows, start=2):
         image = row.get("image", "")
-        job = Job(row=i, image=image, path=folder / image, name="", params=base)
+        job = Job(row=i, image=image, path=folder / image, name="", params=base,
+                  columns={k: (folder / v if k in PATH_COLUMNS and v else v)
+                           for k, v in row.items() if k not in EDIT_COLUMNS})
         explicit = row.get("output", "")
         try:
             if not image:

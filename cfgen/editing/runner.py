@@ -62,6 +62,10 @@ def run_jobs(op: Operation, model, jobs: list[Job], out_dir: Path, report: RunRe
     out_dir = Path(out_dir)
     for job in jobs:
         item = _base_item(job)
+        item["input_file"] = os.path.relpath(job.path.absolute(), out_dir.absolute())
+        if job.columns:
+            item["columns"] = {k: os.path.relpath(Path(v).absolute(), out_dir.absolute()) if isinstance(v, Path) else v
+                               for k, v in job.columns.items()}
         t0 = time.perf_counter()
         try:
             if job.error:

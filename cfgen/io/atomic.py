@@ -39,6 +39,16 @@ def atomic_path(target: Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def _normal_permissions(folder: Path) -> None:
+    """Writers such as safetensors create private (0600) files; outputs are not private."""
+    os.chmod(folder, 0o777 & ~_UMASK)
+    for root, dirs, files in os.walk(folder):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o777 & ~_UMASK)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o666 & ~_UMASK)
+
+
 @contextlib.contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Like atomic_path for a folder (e.g. a DICOM series): build aside, then rename."""
@@ -47,7 +57,7 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", suffix="-" + target.name, dir=target.parent))
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~_UMASK)
+        _normal_permissions(tmp)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

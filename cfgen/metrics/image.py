@@ -32,6 +32,33 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(SSIMMetric(spatial_dims=dims, data_range=1.0, win_size=win)(a.float(), b.float()).mean())
 
 
+#: MONAI's (and the MS-SSIM paper's) weights for 5 scales
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+def ms_ssim_scales(shape: tuple[int, ...], kernel: int = 7) -> int:
+    """How many scales fit: each scale halves the image, which must stay wider than the kernel."""
+    side = min(shape)
+    scales = len(MS_SSIM_WEIGHTS)
+    while scales > 1 and side <= (kernel - 1) * 2 ** (scales - 1):
+        scales -= 1
+    return scales
+
+
+def ms_ssim(a: torch.Tensor, b: torch.Tensor, kernel: int = 7) -> float:
+    """MONAI's multi-scale SSIM; images too small for 5 scales use the first scales' weights
+    (renormalised), and below 2 scales this is plain SSIM."""
+    from monai.metrics import MultiScaleSSIMMetric
+
+    scales = ms_ssim_scales(tuple(a.shape[2:]), kernel)
+    if scales < 2:
+        return ssim(a, b)
+    w = MS_SSIM_WEIGHTS[:scales]
+    w = tuple(v / sum(w) for v in w)
+    metric = MultiScaleSSIMMetric(spatial_dims=a.ndim - 2, data_range=1.0, kernel_size=kernel, weights=w)
+    return float(metric(a.float(), b.float()).mean())
+
+
 def reconstruction_metrics(a: torch.Tensor, b: torch.Tensor, prefix: str = "") -> dict:
     p = psnr(a, b)
     finite = math.isfinite(p)

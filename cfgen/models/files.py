@@ -20,6 +20,13 @@ LDM2D_COMPONENTS: dict[str, tuple[str, str | None]] = {
     "scheduler": ("scheduler_config.json", None),
 }
 
+#: the files each family's folder needs ("." = the folder itself)
+FAMILY_COMPONENTS: dict[str, dict[str, tuple[str, str | None]]] = {
+    "latent-diffusion-2d": LDM2D_COMPONENTS,
+    "classifier": {".": ("config.json", "model.safetensors")},
+    "clip": {".": ("config.json", "model.safetensors")},
+}
+
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 
 

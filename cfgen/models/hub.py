@@ -11,11 +11,12 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from cfgen.errors import ModelNotAvailableError
-from cfgen.models.files import LDM2D_COMPONENTS, missing_files
+from cfgen.models.files import FAMILY_COMPONENTS, missing_files
 from cfgen.models.registry import ModelEntry
 
-ALLOW_PATTERNS = ["model_index.json", "*/config.json", "*.safetensors", "*.safetensors.index.json",
-                  "tokenizer/*", "scheduler/*"]
+ALLOW_PATTERNS = ["model_index.json", "config.json", "*/config.json", "*.safetensors", "*.safetensors.index.json",
+                  "tokenizer/*", "scheduler/*", "preprocessor_config.json", "tokenizer*", "vocab.json", "merges.txt",
+                  "special_tokens_map.json"]
 
 
 def models_dir() -> Path | None:
@@ -57,11 +58,12 @@ def hub_folder(entry: ModelEntry) -> tuple[Path, str | None]:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    all_missing = [f"{c}/{w or cfg}" for c, (cfg, w) in LDM2D_COMPONENTS.items()]
+    components = FAMILY_COMPONENTS[entry.family]
+    all_missing = [str(Path(c) / (w or cfg)) for c, (cfg, w) in components.items()]
     try:
         folder = Path(snapshot_download(entry.repo_id, revision=entry.revision,
                                         allow_patterns=ALLOW_PATTERNS, local_files_only=True))
-        missing = missing_files(folder)
+        missing = missing_files(folder, components)
         if not missing:
             return folder, folder.name
     except LocalEntryNotFoundError:

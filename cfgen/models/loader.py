@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cfgen.errors import ModelError, UsageError
-from cfgen.models.files import missing_files, verify_sha256
+from cfgen.models.files import FAMILY_COMPONENTS, missing_files, verify_sha256
 from cfgen.models.registry import ModelEntry, Registry, _entry_from_table, load_registry, resolve_model_name
 
 if sys.version_info >= (3, 11):
@@ -86,6 +86,23 @@ class LoadedModel:
         }
 
 
+def _infer_family(folder: Path) -> str:
+    """A folder without cfgen.toml: diffusers layout, or a root config.json that says what it is."""
+    import json
+
+    cfg = folder / "config.json"
+    if not (folder / "unet").is_dir() and cfg.is_file():
+        try:
+            data = json.loads(cfg.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = {}
+        if isinstance(data, dict) and "labels" in data and "kinds" in data:
+            return "classifier"
+        if isinstance(data, dict) and data.get("model_type") == "clip":
+            return "clip"
+    return "latent-diffusion-2d"
+
+
 def _folder_entry(folder: Path) -> ModelEntry:
     cfg_file = folder / "cfgen.toml"
     table: dict[str, Any] = {}
@@ -94,7 +111,7 @@ def _folder_entry(folder: Path) -> ModelEntry:
             table = tomllib.loads(cfg_file.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ModelError(f"{cfg_file}: not valid TOML ({exc})") from None
-    table.setdefault("family", "latent-diffusion-2d")
+    table.setdefault("family", _infer_family(folder))
     table["source"] = {"kind": "local", "path": str(folder)}
     return _entry_from_table(folder.name, table, cfg_file)
 
@@ -164,18 +181,35 @@ def _load_ldm2d(entry: ModelEntry, folder: Path, device: str, dtype) -> tuple[Mo
     return entry, comps
 
 
+def _load_classifier(entry: ModelEntry, folder: Path, device: str, dtype):
+    from cfgen.evaluation.classifier import load_family
+
+    return load_family(entry, folder, device, dtype)
+
+
+def _load_clip(entry: ModelEntry, folder: Path, device: str, dtype):
+    from cfgen.evaluation.clip import load_family
+
+    return load_family(entry, folder, device, dtype)
+
+
 #: family -> loader(entry, folder, device, dtype) -> (entry with resolved values, components)
 FAMILY_LOADERS: dict[str, Callable[..., tuple[ModelEntry, dict[str, Any]]]] = {
     "latent-diffusion-2d": _load_ldm2d,
+    "classifier": _load_classifier,
+    "clip": _load_clip,
 }
 
 
 def load_model(model: str | None = None, device: str = "auto", dtype: str = "float32",
-               registry: Registry | None = None) -> LoadedModel:
-    """Resolve, verify (files present, safetensors only, sha256) and load a model."""
+               registry: Registry | None = None, family: str | None = "latent-diffusion-2d",
+               option: str = "--model") -> LoadedModel:
+    """Resolve, verify (files present, safetensors only, sha256) and load a model of ``family``."""
     entry = entry_for(model, registry)
+    if family and entry.family != family:
+        raise UsageError(f"{option} {model or entry.name}: a '{entry.family}' model; this needs a '{family}' model")
     folder, revision = locate(entry)
-    missing = missing_files(folder)
+    missing = missing_files(folder, FAMILY_COMPONENTS[entry.family])
     if missing:
         raise ModelError(f"{folder}: model '{entry.name}' is incomplete, missing {', '.join(missing)}")
     sha = verify_sha256(folder, entry.sha256, entry.name)

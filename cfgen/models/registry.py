@@ -28,6 +28,9 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 FAMILIES: dict[str, str] = {
     "latent-diffusion-2d": "2D latent diffusion in diffusers format (VAE, UNet2DConditionModel, "
     "text encoder + tokenizer, scheduler), Stable Diffusion v1.5-class",
+    "classifier": "image classifier/regressor for scoring counterfactuals (MONAI DenseNet, 2D or 3D): "
+    "config.json + model.safetensors",
+    "clip": "CLIP image-text model in transformers format (CLIPModel + tokenizer) for CLIP scores",
 }
 
 SOURCE_KINDS = ("hub", "local", "package")
@@ -101,6 +104,7 @@ class Registry:
     entries: dict[str, ModelEntry]
     default: str | None
     files: list[Path]
+    default_classifier: str | None = None  # what `cfgen evaluate` scores with unless told otherwise
 
     def get(self, name: str) -> ModelEntry:
         try:
@@ -163,7 +167,8 @@ def _entry_from_table(name: str, table: dict[str, Any], origin: Path) -> ModelEn
     )
 
 
-def read_registry_file(path: Path) -> tuple[dict[str, ModelEntry], str | None]:
+def read_registry_file(path: Path) -> tuple[dict[str, ModelEntry], dict[str, str]]:
+    """(entries, top-level defaults: ``default`` and ``default_classifier`` when given)."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -174,7 +179,7 @@ def read_registry_file(path: Path) -> tuple[dict[str, ModelEntry], str | None]:
     if not isinstance(models, dict):
         raise ModelError(f"{path}: [models] must be a table of entries")
     entries = {name: _entry_from_table(name, table, path) for name, table in models.items()}
-    return entries, data.get("default")
+    return entries, {k: str(data[k]) for k in ("default", "default_classifier") if data.get(k)}
 
 
 def load_registry(extra: list[Path] | None = None) -> Registry:
@@ -183,14 +188,16 @@ def load_registry(extra: list[Path] | None = None) -> Registry:
     files += [Path(p) for p in env.split(os.pathsep) if p]
     files += list(extra or [])
     entries: dict[str, ModelEntry] = {}
-    default = None
+    defaults: dict[str, str] = {}
     for f in files:
         more, dflt = read_registry_file(f)
         entries.update(more)
-        default = dflt or default
-    if default is not None and default not in entries:
-        raise ModelError(f"{files[-1]}: default model '{default}' is not an entry")
-    return Registry(entries=entries, default=default, files=files)
+        defaults.update(dflt)
+    for key, name in defaults.items():
+        if name not in entries:
+            raise ModelError(f"{files[-1]}: {key} model '{name}' is not an entry")
+    return Registry(entries=entries, default=defaults.get("default"), files=files,
+                    default_classifier=defaults.get("default_classifier"))
 
 
 def resolve_model_name(registry: Registry, model: str | None) -> str:

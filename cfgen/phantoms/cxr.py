@@ -22,6 +22,8 @@ from cfgen.phantoms.draw import bezier, ellipse_sd, grid, line_mask, smooth_nois
 
 EFFUSION_LEVELS = ("none", "small", "large")
 ATTRIBUTES = ("effusion", "cardiomegaly", "devices")
+#: the CheXpert label column each attribute sets
+LABEL_OF = {"effusion": "Pleural Effusion", "cardiomegaly": "Cardiomegaly", "devices": "Support Devices"}
 
 # intensities of the noise-free image, before exposure (brighter = more attenuating)
 AIR, LUNG, SOFT, BONE, FLUID, METAL = 0.04, 0.16, 0.46, 0.16, 0.47, 0.97

@@ -7,7 +7,8 @@ Layout of ``DIR``::
   counterfactuals/cxr_00000/<attr>-<value>.png       render(u, attributes with <attr> flipped)
   counterfactuals/cxr_00000/<attr>-<value>.mask.png  where it differs from the factual
   counterfactuals.csv                       one row per (image, flipped attribute)
-  edit_jobs.csv                             the same as a `cfgen edit --batch` job list
+  edit_jobs.csv                             a `cfgen edit --batch` job list (label, target and
+                                            true_* columns carried into the report for evaluate)
   report.json                               generator, parameters, prevalences, timings
 
 Image i is drawn from SeedSequence([seed, i]) alone, so any image (and any counterfactual) can
@@ -33,6 +34,8 @@ LABEL_COLUMNS = ["Path", "Sex", "Age", "No Finding", "Cardiomegaly", "Pleural Ef
                  "effusion_severity", "ctr", "pacemaker", "seed", "index"]
 CF_COLUMNS = ["image", "attribute", "factual", "counterfactual_value", "counterfactual", "mask",
               "mask_fraction", "source_prompt", "prompt"]
+#: a `cfgen edit --batch` job list; label/target/true_* are carried into the report for `cfgen evaluate`
+JOB_COLUMNS = ["image", "prompt", "source_prompt", "output", "label", "target", "true_counterfactual", "true_mask"]
 
 
 def _save_png(path: Path, img01: np.ndarray, note: str) -> None:
@@ -104,9 +107,12 @@ def write_cxr_dataset(out: Path, n: int, seed: int = 0, size: int = 256,
     if counterfactuals:
         write_csv(out / "counterfactuals.csv", CF_COLUMNS, cf_rows)
         jobs_rows = [{"image": r["image"], "prompt": r["prompt"], "source_prompt": r["source_prompt"],
-                      "output": f"{Path(r['image']).stem}_{r['attribute']}-{r['counterfactual_value']}"}
+                      "output": f"{Path(r['image']).stem}_{r['attribute']}-{r['counterfactual_value']}",
+                      "label": cxr.LABEL_OF[r["attribute"]],
+                      "target": "0" if r["counterfactual_value"] in ("0", "none") else "1",
+                      "true_counterfactual": r["counterfactual"], "true_mask": r["mask"]}
                      for r in cf_rows]
-        write_csv(out / "edit_jobs.csv", ["image", "prompt", "source_prompt", "output"], jobs_rows)
+        write_csv(out / "edit_jobs.csv", JOB_COLUMNS, jobs_rows)
     prevalence = {
         "effusion": float(np.mean([bool(r["Pleural Effusion"]) for r in labels])) if labels else 0.0,
         "cardiomegaly": float(np.mean([bool(r["Cardiomegaly"]) for r in labels])) if labels else 0.0,

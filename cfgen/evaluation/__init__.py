@@ -1,0 +1,1 @@
+"""Scoring counterfactuals: identity, classifier gain, CLIP, distribution and ground-truth metrics."""

@@ -1,0 +1,43 @@
+"""Per-pair metrics that need no model: identity preservation and ground truth.
+
+Images are tensors in [0, 1], shape (1, C, *spatial).
+
+Ground truth (phantoms, or any data with a true counterfactual ``t`` of the factual ``x``):
+  gt_l1            mean |x' - t|: error of the counterfactual x'
+  gt_l1_nothing    mean |x - t|: error of doing nothing (returning x)
+  gt_error_ratio   gt_l1 / gt_l1_nothing (< 1: better than doing nothing; 0: exact)
+  gt_achieved      <x' - x, t - x> / |t - x|^2: fraction of the required change made
+                   (1 exact, 0 nothing, < 0 the wrong way)
+  change_inside / change_outside   mean |x' - x| inside / outside the true-difference region
+                   (the given mask, else where |t - x| > REGION_THRESHOLD)
+"""
+from __future__ import annotations
+
+import math
+
+from cfgen.metrics.image import PSNR_CAP_DB, l1, ms_ssim, psnr, ssim
+
+REGION_THRESHOLD = 0.02
+
+
+def identity_metrics(x, xcf) -> dict[str, float | None]:
+    p = psnr(x, xcf)
+    return {"l1": l1(x, xcf), "psnr": p if math.isfinite(p) else None, "psnr_capped": min(p, PSNR_CAP_DB),
+            "ssim": ssim(x, xcf), "ms_ssim": ms_ssim(x, xcf)}
+
+
+def truth_metrics(x, xcf, truth, region=None) -> dict[str, float | None]:
+    need = (truth - x).float()
+    made = (xcf - x).float()
+    err, nothing = l1(xcf, truth), l1(x, truth)
+    denom = float((need * need).sum())
+    out = {"gt_l1": err, "gt_l1_nothing": nothing, "gt_error_ratio": err / nothing if nothing > 0 else None,
+           "gt_achieved": float((made * need).sum()) / denom if denom > 0 else None}
+    if region is None:
+        region = need.abs().amax(dim=1, keepdim=True) > REGION_THRESHOLD
+    change = made.abs().mean(dim=1, keepdim=True)
+    inside, outside = region.bool(), ~region.bool()
+    out["change_inside"] = float(change[inside].mean()) if inside.any() else None
+    out["change_outside"] = float(change[outside].mean()) if outside.any() else None
+    out["region_fraction"] = float(inside.float().mean())
+    return out

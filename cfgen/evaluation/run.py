@@ -1,0 +1,233 @@
+"""``cfgen evaluate``: score pairs, write report.json and figures.
+
+Per item: identity (l1, psnr, ssim, ms_ssim), ground truth when a true counterfactual is
+known (see ``pairwise``), classifier outputs for the edited label (``cpg`` = |p(x') - p(x)|,
+PRISM's counterfactual prediction gain; ``flip`` = 1 when the classifier calls x' the target
+class; for regression labels ``attribute_error`` = |f(x') - target|), and CLIP scores when a
+CLIP model is given. Per set: FID and MMD of the counterfactuals' classifier features against
+the originals' (and the true counterfactuals'), diversity of counterfactuals and originals.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from cfgen.errors import CfgenError, UsageError
+from cfgen.evaluation.pairs import Pair, read_pair
+from cfgen.evaluation.pairwise import identity_metrics, truth_metrics
+from cfgen.report import RunReport
+
+#: metrics where smaller is better (the rest: larger is better)
+LOWER_IS_BETTER = {"l1", "gt_l1", "gt_l1_nothing", "gt_error_ratio", "change_outside", "attribute_error"}
+MAX_DIVERSITY_IMAGES = 64
+#: every per-item metric evaluate can write
+ITEM_METRICS = ("l1", "psnr", "psnr_capped", "ssim", "ms_ssim", "gt_l1", "gt_l1_nothing", "gt_error_ratio",
+                "gt_achieved", "change_inside", "change_outside", "region_fraction", "cpg", "flip", "p_before",
+                "p_after", "attribute_change", "attribute_error", "clip_image_text", "clip_image_image",
+                "clip_direction")
+
+
+@dataclass
+class EvalOptions:
+    rank_by: str | None = None  # default: gt_error_ratio when there is ground truth, else l1
+    clip_threshold: float = 0.1
+    seed: int = 0
+    figures: bool = True
+
+
+@dataclass
+class _Sets:
+    feats: dict[str, list] = field(default_factory=lambda: {"original": [], "counterfactual": [], "truth": []})
+    images: dict[str, list] = field(default_factory=lambda: {"original": [], "counterfactual": []})
+
+
+def infer_label(pair: Pair, labels: list[str]) -> tuple[str | None, float | None, str]:
+    """The edited label: given, or the one label named in exactly one of the two prompts."""
+    if pair.label:
+        return pair.label, pair.target, "given"
+    src, dst = pair.source_prompt.lower(), pair.prompt.lower()
+    cands = [(lab, 1.0 if lab.lower() in dst else 0.0) for lab in labels
+             if (lab.lower() in src) != (lab.lower() in dst)]
+    if len(cands) == 1:
+        return cands[0][0], cands[0][1], "from prompts"
+    return None, None, "unknown"
+
+
+def classifier_metrics(clf, x, xcf, pair: Pair) -> tuple[dict, dict, Any, Any]:
+    import torch
+
+    out, feats = clf.predict(torch.cat([x, xcf]))
+    preds = {k: [float(v[0]), float(v[1])] for k, v in out.items()}
+    label, target, how = infer_label(pair, clf.labels)
+    info = {"label": label, "target": target, "label_from": how,
+            "predictions": {"original": {k: v[0] for k, v in preds.items()},
+                            "counterfactual": {k: v[1] for k, v in preds.items()}}}
+    m: dict[str, float] = {}
+    if label is not None and label not in clf.labels:
+        info["label_from"] = f"'{label}' is not a classifier output"
+    elif label is not None:
+        before, after = preds[label]
+        if clf.kind(label) == "binary":
+            m["cpg"] = abs(after - before)
+            m["p_before"], m["p_after"] = before, after
+            if target is not None:
+                m["flip"] = float((after >= 0.5) == (target >= 0.5))
+        else:
+            m["attribute_change"] = after - before
+            if target is not None:
+                m["attribute_error"] = abs(after - target)
+    return m, info, feats[0:1], feats[1:2]
+
+
+def score_pair(pair: Pair, clf=None, clip=None, options: EvalOptions = EvalOptions()) -> tuple[dict, Any]:
+    lp = read_pair(pair)
+    x, xcf = lp.original, lp.counterfactual
+    metrics = identity_metrics(x, xcf)
+    extra: dict[str, Any] = {"window": lp.window, "shape": list(x.shape[1:])}
+    feats = {}
+    if lp.truth is not None:
+        metrics.update(truth_metrics(x, xcf, lp.truth, lp.region))
+    if clf is not None:
+        m, info, feats["original"], feats["counterfactual"] = classifier_metrics(clf, x, xcf, pair)
+        metrics.update(m)
+        extra.update(info)
+        if lp.truth is not None:
+            feats["truth"] = clf.predict(lp.truth)[1]
+    if clip is not None and x.ndim == 4:
+        metrics.update(clip.scores(x, xcf, pair.source_prompt, pair.prompt))
+        extra["passed_filter"] = metrics["clip_direction"] >= options.clip_threshold
+    return {"metrics": metrics, **extra}, (lp, feats)
+
+
+def _rel(p: Path | None, out_dir: Path) -> str | None:
+    return os.path.relpath(Path(p).absolute(), out_dir.absolute()) if p is not None else None
+
+
+def evaluate(pairs: list[Pair], out_dir: Path, classifier=None, clip_model=None,
+             options: EvalOptions = EvalOptions(), params: dict | None = None,
+             on_item: Callable[[dict], None] | None = None) -> RunReport:
+    """Score ``pairs``; ``classifier`` / ``clip_model``: LoadedModel of family classifier / clip, or None."""
+    clf = classifier.classifier if classifier is not None else None
+    clip = clip_model.clip if clip_model is not None else None
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = RunReport("evaluate", out_dir, {**(params or {}), "clip_threshold": options.clip_threshold,
+                                             "rank_by": options.rank_by, "seed": options.seed})
+    sets = _Sets()
+    rng = np.random.default_rng(options.seed)
+    keep = set(rng.permutation(len(pairs))[:MAX_DIVERSITY_IMAGES].tolist())
+    for i, pair in enumerate(pairs):
+        item: dict[str, Any] = {"name": pair.name, "input": _rel(pair.original, out_dir),
+                                "counterfactual": _rel(pair.counterfactual, out_dir),
+                                "true_counterfactual": _rel(pair.truth, out_dir), "status": "error",
+                                "error": pair.error, "seed": options.seed, "outputs": {}, "metrics": {}}
+        if pair.error is None:
+            try:
+                scored, (lp, feats) = score_pair(pair, clf, clip, options)
+                item.update(scored, status="ok")
+                for k, f in feats.items():
+                    sets.feats[k].append(f)
+                if i in keep:
+                    sets.images["original"].append(lp.original)
+                    sets.images["counterfactual"].append(lp.counterfactual)
+            except CfgenError as exc:
+                item["error"] = str(exc)
+        report.add_item(item)
+        if on_item:
+            on_item(item)
+    report.data["sets"] = set_metrics(sets, clf is not None)
+    report.data["sources"] = sources(classifier, clip_model, sets)
+    report.summarize()
+    if options.figures:
+        report.data["outputs"] = write_figures(report, pairs, out_dir, options)
+    report.data["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
+    report.write()
+    return report
+
+
+def set_metrics(sets: _Sets, have_features: bool) -> dict[str, Any]:
+    import torch
+
+    from cfgen.evaluation import distribution as d
+
+    out: dict[str, Any] = {}
+    if have_features and sets.feats["counterfactual"]:
+        f = {k: torch.cat(v) for k, v in sets.feats.items() if v}
+        out["fid_vs_originals"] = d.fid(f["counterfactual"], f["original"])
+        out["mmd_vs_originals"] = d.mmd(f["counterfactual"], f["original"])
+        if "truth" in f:
+            out["fid_vs_truth"] = d.fid(f["counterfactual"], f["truth"])
+            out["mmd_vs_truth"] = d.mmd(f["counterfactual"], f["truth"])
+            out["fid_truth_vs_originals"] = d.fid(f["truth"], f["original"])
+        out["n_features"] = {k: int(len(v)) for k, v in f.items()}
+    div_cf = d.diversity(sets.images["counterfactual"])
+    div_orig = d.diversity(sets.images["original"])
+    out["diversity_ms_ssim"] = {"counterfactual": div_cf["value"], "original": div_orig["value"],
+                                "pairs": div_cf["pairs"]}
+    return out
+
+
+def sources(classifier, clip_model, sets: _Sets) -> dict[str, Any]:
+    """What produced each number, so that results stay comparable."""
+    shapes = sorted({tuple(im.shape[1:]) for im in sets.images["original"]})
+    src: dict[str, Any] = {
+        "identity": "l1 (PRISM, images in [0, 1]); psnr, ssim, ms_ssim: MONAI metrics, data range 1",
+        "image_shapes": [list(s) for s in shapes],
+        "fid_mmd": ("MONAI FIDMetric / MMDMetric (linear kernel, unbiased) on the classifier's features"
+                    if classifier is not None else "not computed: no classifier"),
+        "diversity": f"mean pairwise MS-SSIM over up to {MAX_DIVERSITY_IMAGES} images per set",
+    }
+    if classifier is not None:
+        src["classifier"] = {"model": classifier.report_info(), **classifier.classifier.describe()}
+    else:
+        src["classifier"] = "not computed: no classifier (--classifier none)"
+    src["clip"] = ({"model": clip_model.report_info(), **clip_model.clip.describe()} if clip_model is not None
+                   else "not computed: no --clip model given")
+    return src
+
+
+def _ranked(report: RunReport, metric: str) -> list[dict]:
+    ok = [it for it in report.data["items"]
+          if it["status"] == "ok" and isinstance(it["metrics"].get(metric), (int, float))]
+    return sorted(ok, key=lambda it: it["metrics"][metric], reverse=metric not in LOWER_IS_BETTER)
+
+
+def write_figures(report: RunReport, pairs: list[Pair], out_dir: Path, options: EvalOptions) -> dict[str, str]:
+    from cfgen.viz.figures import as_2d, write_examples, write_histograms
+
+    items = report.data["items"]
+    have_truth = any("gt_error_ratio" in it["metrics"] for it in items)
+    metric = options.rank_by or ("gt_error_ratio" if have_truth else "l1")
+    ranked = _ranked(report, metric)
+    outputs: dict[str, str] = {}
+    if ranked:
+        by_name = {p.name: p for p in pairs}
+        picks = [("best", ranked[0]), ("median", ranked[len(ranked) // 2]), ("worst", ranked[-1])]
+        rows = []
+        for title, it in picks:
+            lp = read_pair(by_name[it["name"]])
+            rows.append({"title": f"{title}: {it['name']}\n{metric} = {it['metrics'][metric]:.4g}",
+                         "original": as_2d(lp.original[0].numpy()), "counterfactual": as_2d(lp.counterfactual[0].numpy()),
+                         "truth": as_2d(lp.truth[0].numpy()) if lp.truth is not None else None})
+        outputs["examples"] = write_examples(rows, out_dir / "examples.png", metric).name
+    values: dict[str, list[float]] = {}
+    for it in items:
+        if it["status"] == "ok":
+            for k, v in it["metrics"].items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v):
+                    values.setdefault(k, []).append(float(v))
+    if values:
+        outputs["histograms"] = write_histograms(values, out_dir / "histograms.png").name
+    report.data["params"]["rank_by"] = metric
+    return outputs
+
+
+def check_rank_metric(name: str | None) -> None:
+    if name is not None and name not in ITEM_METRICS:
+        raise UsageError(f"--rank-by {name}: not a per-item metric (use one of {', '.join(ITEM_METRICS)})")

@@ -1,0 +1,82 @@
+"""Evaluation figures: best / median / worst pairs and histograms of per-item metrics."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cfgen.io.atomic import atomic_path
+from cfgen.viz.panels import DIVERGING, diff_scale, gray
+
+
+def as_2d(img01: np.ndarray) -> np.ndarray:
+    """(C, H, W) -> (H, W); (C, X, Y, Z) -> the three orthogonal mid-slices side by side."""
+    g = gray(img01) if img01.ndim == 3 else img01.mean(axis=0)
+    if g.ndim == 2:
+        return g
+    x, y, z = g.shape
+    slices = [np.rot90(g[x // 2]), np.rot90(g[:, y // 2]), np.rot90(g[:, :, z // 2])]
+    h = max(s.shape[0] for s in slices)
+    padded = [np.pad(s, ((0, h - s.shape[0]), (0, 2))) for s in slices]
+    return np.concatenate(padded, axis=1)
+
+
+def _save(fig, target: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return target
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_examples(rows: list[dict], target: Path, metric: str) -> Path:
+    """rows: {"title", "original", "counterfactual", "truth" (or None)} with 2D arrays in [0, 1]."""
+    plt = _plt()
+    with_truth = any(r.get("truth") is not None for r in rows)
+    cols = 4 if with_truth else 3
+    fig, axes = plt.subplots(len(rows), cols, figsize=(3.0 * cols, 3.0 * len(rows)), dpi=100, squeeze=False)
+    for ax_row, r in zip(axes, rows):
+        diff = r["counterfactual"] - r["original"]
+        vmax = diff_scale(diff)
+        panels = [("original", r["original"], "gray", 0, 1), ("counterfactual", r["counterfactual"], "gray", 0, 1),
+                  ("difference", diff, DIVERGING, -vmax, vmax)]
+        if with_truth:
+            panels.append(("true counterfactual", r["truth"] if r.get("truth") is not None
+                           else np.zeros_like(r["original"]), "gray", 0, 1))
+        for ax, (name, img, cmap, lo, hi) in zip(ax_row, panels):
+            ax.imshow(img, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
+            ax.set_axis_off()
+            ax.set_title(name, fontsize=8)
+        ax_row[0].text(-0.05, 0.5, r["title"], transform=ax_row[0].transAxes, rotation=90, va="center",
+                       ha="right", fontsize=8)
+    fig.suptitle(f"best, median and worst items by {metric}", fontsize=10)
+    return _save(fig, target)
+
+
+def write_histograms(values: dict[str, list[float]], target: Path) -> Path:
+    plt = _plt()
+    names = [k for k, v in values.items() if len(v)]
+    cols = min(4, max(1, len(names)))
+    rows = max(1, -(-len(names) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), dpi=100, squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for ax, name in zip(axes.flat, names):
+        ax.set_axis_on()
+        v = np.asarray(values[name], dtype=float)
+        ax.hist(v, bins=min(30, max(5, len(v) // 3)), color="#4477aa")
+        ax.axvline(v.mean(), color="#cc3311", lw=1)
+        ax.set_title(f"{name} (n={len(v)})", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    return _save(fig, target)

@@ -1,4 +1,4 @@
-"""`cfgen phantoms cxr`: chest phantoms with their true counterfactuals."""
+"""`cfgen phantoms cxr|brain`: chest and brain phantoms with their true counterfactuals."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -54,3 +54,50 @@ def cxr_command(
         s = report["summary"]
         typer.echo(f"wrote {s['images']} phantoms and {s['counterfactuals']} true counterfactuals to {out} "
                    f"in {report['timings']['total_s']:.1f} s; prevalence {s['prevalence']}", err=True)
+
+
+@app.command("brain")
+@handle_errors
+def brain_command(
+    n: Annotated[int, typer.Option("-n", help="Number of volumes")] = 20,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder")] = Path("phantoms-brain"),
+    seed: Annotated[int, typer.Option(help="Data set seed (volume i uses SeedSequence([seed, i]))")] = 0,
+    start: Annotated[int, typer.Option(help="First volume index (held-out sets: a different seed or start)")] = 0,
+    size: Annotated[int, typer.Option(help="Volume size in voxels per axis (cubic)")] = 64,
+    spacing: Annotated[float, typer.Option(help="Voxel size in mm (the anatomy does not depend on the grid)")] = 3.0,
+    ms: Annotated[float, typer.Option(help="Fraction of subjects with white-matter lesions")] = 0.3,
+    mean_lesion_ml: Annotated[float, typer.Option(help="Mean lesion load (mL) of subjects with lesions")] = 8.0,
+    counterfactuals: Annotated[bool, typer.Option(help="Also write the true counterfactuals and masks")] = True,
+    workers: Annotated[int, typer.Option(help="Processes [0 = up to 4, one per core]")] = 0,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """T1 brain MRI phantoms (NIfTI) from a structural causal model: age, sex, Alzheimer's stage, MS lesions."""
+    from cfgen.cli.progress import simple_progress
+    from cfgen.phantoms.brain import MAX_LESION_ML, BrainPrevalence
+    from cfgen.phantoms.brain_dataset import write_brain_dataset
+
+    if not 1 <= n <= 100_000:
+        raise UsageError(f"-n {n}: must be between 1 and 100000")
+    if not 16 <= size <= 256:
+        raise UsageError(f"--size {size}: must be between 16 and 256")
+    if not 0.5 <= spacing <= 10.0:
+        raise UsageError(f"--spacing {spacing}: must be between 0.5 and 10 mm")
+    if size * spacing < 160:
+        raise UsageError(f"--size {size} x --spacing {spacing:g} = {size * spacing:g} mm: the head needs a field "
+                         "of view of at least 160 mm")
+    if not 0.0 <= ms <= 1.0:
+        raise UsageError(f"--ms {ms}: must be between 0 and 1")
+    if not 0.0 < mean_lesion_ml <= MAX_LESION_ML:
+        raise UsageError(f"--mean-lesion-ml {mean_lesion_ml}: must be in (0, {MAX_LESION_ML:g}]")
+    prev = BrainPrevalence(ms=ms, mean_lesion_ml=mean_lesion_ml)
+    with simple_progress(n, "phantoms", quiet) as tick:
+        report = write_brain_dataset(out, n, seed=seed, size=size, spacing=spacing, prev=prev,
+                                     counterfactuals=counterfactuals, workers=workers or None, start=start,
+                                     on_item=tick)
+    if json_out:
+        print_json(report)
+    elif not quiet:
+        s = report["summary"]
+        typer.echo(f"wrote {s['images']} brain phantoms and {s['counterfactuals']} true counterfactuals to {out} "
+                   f"in {report['timings']['total_s']:.1f} s", err=True)

@@ -50,6 +50,23 @@ def _save_png(path: Path, img01: np.ndarray, note: str) -> None:
         Image.fromarray(arr).save(tmp, format="PNG", pnginfo=info)
 
 
+def run_items(fn, jobs: list, workers: int, on_item=None, min_parallel: int = 32, chunksize: int = 16) -> list:
+    """``[fn(job) for job in jobs]``, in processes when there are enough jobs, in order."""
+    results = []
+    if workers > 1 and len(jobs) >= min_parallel:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for res in pool.map(fn, jobs, chunksize=chunksize):
+                results.append(res)
+                if on_item:
+                    on_item()
+    else:
+        for job in jobs:
+            results.append(fn(job))
+            if on_item:
+                on_item()
+    return results
+
+
 def caption_of(exo: cxr.CXRExogenous, attrs: cxr.CXRAttributes) -> str:
     row = cxr.labels_row(exo, attrs)
     return caption_rows([row], list(row), "chexpert", "phantom")[0]
@@ -89,18 +106,7 @@ def write_cxr_dataset(out: Path, n: int, seed: int = 0, size: int = 256,
     out.mkdir(parents=True, exist_ok=True)
     workers = workers or min(4, os.cpu_count() or 1)
     jobs = [(out, seed, i, size, prev, counterfactuals) for i in range(start, start + n)]
-    results: list[tuple[dict, list[dict]]] = []
-    if workers > 1 and n >= 32:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for res in pool.map(_one, jobs, chunksize=16):
-                results.append(res)
-                if on_item:
-                    on_item()
-    else:
-        for job in jobs:
-            results.append(_one(job))
-            if on_item:
-                on_item()
+    results = run_items(_one, jobs, workers, on_item)
     labels = [r[0] for r in results]
     cf_rows = [row for r in results for row in r[1]]
     write_csv(out / "labels.csv", LABEL_COLUMNS, labels)

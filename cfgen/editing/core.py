@@ -31,7 +31,7 @@ class Outcome:
 
 def _prepare(model, scan: Scan, p: EditParams) -> Prepared:
     e = model.entry
-    return to_model(scan, e.resolution, e.channels, e.value_range, p.window)
+    return to_model(scan, e.resolution, e.channels, e.value_range, p.window, dims=e.spatial_dims)
 
 
 def _run(model, scan: Scan, p: EditParams, target: str, guidance: float, eta: float,

@@ -26,7 +26,7 @@ AUTO_STRENGTH = 0.5
 @torch.no_grad()
 def auto_mask(unet, scheduler, z0: torch.Tensor, src: torch.Tensor, tgt: torch.Tensor, seed: int,
               threshold: float = 0.5) -> torch.Tensor:
-    """(1, 1, h, w) binary latent mask from the disagreement of target and source predictions."""
+    """(1, 1, h, w[, d]) binary latent mask from the disagreement of target and source predictions."""
     t = int(scheduler.config.num_train_timesteps * AUTO_STRENGTH)
     gen = torch.Generator().manual_seed(seed)
     acc = torch.zeros_like(z0[:, :1], dtype=torch.float32)
@@ -36,30 +36,34 @@ def auto_mask(unet, scheduler, z0: torch.Tensor, src: torch.Tensor, tgt: torch.T
         both = unet(torch.cat([zt, zt]), t, encoder_hidden_states=torch.cat([src, tgt])).sample.float()
         e_src, e_tgt = both.chunk(2)
         acc += (e_tgt - e_src).abs().mean(dim=1, keepdim=True)
-    acc = F.avg_pool2d(acc, 3, stride=1, padding=1)  # DiffEdit smooths before thresholding
+    pool = F.avg_pool3d if acc.ndim == 5 else F.avg_pool2d
+    acc = pool(acc, 3, stride=1, padding=1)  # DiffEdit smooths before thresholding
     acc = acc / acc.max().clamp_min(1e-12)
     return (acc > threshold).float()
 
 
 def file_mask(path: str, scan: Scan, prep: Prepared, resolution: int, latent_size: int) -> torch.Tensor:
-    """A user mask (same size as the scan) -> (1, 1, h, w) binary latent mask."""
+    """A user mask (same size as the scan) -> (1, 1, h, w[, d]) binary latent mask."""
     m = read_scan(Path(path))
-    if m.spatial_dims != 2 or m.pixels.shape[1:] != scan.pixels.shape[1:]:
+    if m.spatial_dims != scan.spatial_dims or m.pixels.shape[1:] != scan.pixels.shape[1:]:
         raise InputError(f"{path}: mask of shape {tuple(m.pixels.shape[1:])} does not match the scan "
                          f"{tuple(scan.pixels.shape[1:])}")
     binary = (m.pixels.max(axis=0, keepdims=True) > 0).astype(np.float32)
     if not binary.any():
         raise InputError(f"{path}: mask is empty (no nonzero pixel)")
     on_model = geometry_to_model(binary, prep, resolution)
-    return (F.adaptive_max_pool2d(on_model, latent_size) > 0).float()
+    pool = F.adaptive_max_pool3d if on_model.ndim == 5 else F.adaptive_max_pool2d
+    return (pool(on_model, latent_size) > 0).float()
 
 
 def feathered_scan_mask(latent_mask: torch.Tensor, prep: Prepared, resolution: int) -> np.ndarray:
-    """(1, H, W) mask in [0, 1] on the scan's grid, edges softened over about one latent cell."""
-    up = F.interpolate(latent_mask, size=(resolution, resolution), mode="nearest")
+    """(1, *scan size) mask in [0, 1] on the scan's grid, edges softened over about one latent cell."""
+    dims = latent_mask.ndim - 2
+    up = F.interpolate(latent_mask, size=(resolution,) * dims, mode="nearest")
     k = (resolution // latent_mask.shape[-1]) | 1  # odd, about one latent cell
     if k > 1:
-        up = F.avg_pool2d(up, k, stride=1, padding=k // 2, count_include_pad=False)
+        pool = F.avg_pool3d if dims == 3 else F.avg_pool2d
+        up = pool(up, k, stride=1, padding=k // 2, count_include_pad=False)
     return np.clip(geometry_to_scan(up, prep), 0.0, 1.0)
 
 

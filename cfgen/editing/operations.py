@@ -23,6 +23,10 @@ def _unit_pixels(scan: Scan, outcome: Outcome, pixels: np.ndarray) -> np.ndarray
 def _figures(folder: Path, scan: Scan, outcome: Outcome, second: str, write_diff: bool) -> tuple[dict, dict]:
     a = _unit_pixels(scan, outcome, scan.pixels)
     b = _unit_pixels(scan, outcome, outcome.pixels)
+    if scan.spatial_dims == 3:  # volumes: the three orthogonal mid-slices side by side
+        from cfgen.viz.figures import as_2d
+
+        a, b = as_2d(a)[None], as_2d(b)[None]
     diff = gray(b) - gray(a)
     vmax = diff_scale(diff)
     files = {}
@@ -33,9 +37,14 @@ def _figures(folder: Path, scan: Scan, outcome: Outcome, second: str, write_diff
     return files, {"difference_vmax": vmax}
 
 
-def _write_mask(target: Path, mask: np.ndarray) -> Path:
+def _write_mask(folder: Path, scan: Scan, mask: np.ndarray) -> Path:
+    """The edit mask used (1 = may change): PNG for images, NIfTI on the scan's grid for volumes."""
     from PIL import Image
 
+    if scan.spatial_dims == 3:
+        return write_scan(scan, mask.astype(np.float32), folder / "mask", "nifti",
+                          description="edit mask (1 = may change)")
+    target = folder / "mask.png"
     with atomic_path(target) as tmp:
         Image.fromarray(np.round(mask[0] * 255).astype(np.uint8)).save(tmp, format="PNG")
     return target
@@ -54,7 +63,7 @@ class EditOp:
                         window=outcome.prepared.window)
         files, metrics = _figures(folder, scan, outcome, "counterfactual", write_diff=True)
         if outcome.mask is not None:
-            files["mask"] = _write_mask(folder / "mask.png", outcome.mask)
+            files["mask"] = _write_mask(folder, scan, outcome.mask)
         return {"counterfactual": cf, **files}, metrics
 
 

@@ -17,11 +17,11 @@ from cfgen.io.scan import Scan
 
 @dataclass
 class Prepared:
-    x: torch.Tensor  # (1, C_model, R, R) in the model's value range
+    x: torch.Tensor  # (1, C_model, R, R[, R]) in the model's value range
     window: IntensityMap
     channel_mode: str  # as-is | gray-to-rgb | rgb-to-gray
-    size: tuple[int, int]  # (H, W) of the scan
-    pad: tuple[int, int, int, int]  # top, bottom, left, right added to make it square
+    size: tuple[int, ...]  # spatial size of the scan: (H, W) or (X, Y, Z)
+    pad: tuple[int, ...]  # (before, after) per spatial axis added to make it square / cubic
 
     def record(self) -> dict:
         return {"window": self.window.as_dict(), "channels": self.channel_mode,
@@ -36,9 +36,25 @@ def _channels(img: np.ndarray, model_channels: int, where) -> tuple[np.ndarray, 
     if c == 1 and model_channels == 3:
         return np.repeat(img, 3, axis=0), "gray-to-rgb"  # the model sees the gray value in R, G, B
     if c == 3 and model_channels == 1:
-        lum = np.array([0.299, 0.587, 0.114], dtype=np.float32)[:, None, None]
+        lum = np.array([0.299, 0.587, 0.114], dtype=np.float32).reshape((3,) + (1,) * (img.ndim - 1))
         return (img * lum).sum(axis=0, keepdims=True), "rgb-to-gray"
     raise InputError(f"{where}: image has {c} channels; the model takes {model_channels}")
+
+
+def _torch_pad(pad: tuple[int, ...]) -> tuple[int, ...]:
+    """(before, after) per axis in axis order -> F.pad's order (last axis first)."""
+    pairs = [pad[i:i + 2] for i in range(0, len(pad), 2)]
+    return tuple(v for pair in reversed(pairs) for v in pair)
+
+
+def _resize(x: torch.Tensor, side: int) -> torch.Tensor:
+    dims = x.ndim - 2
+    if x.shape[-1] == side:
+        return x
+    if dims == 2:
+        return F.interpolate(x, size=(side, side), mode="bilinear", antialias=x.shape[-1] > side,
+                             align_corners=False)
+    return F.interpolate(x, size=(side,) * dims, mode="trilinear", align_corners=False)
 
 
 def to_model(scan: Scan, resolution: int, channels: int, value_range: tuple[float, float],
@@ -49,39 +65,27 @@ def to_model(scan: Scan, resolution: int, channels: int, value_range: tuple[floa
                          f"{scan.spatial_dims}D model; this model is {dims}D")
     win = choose_window(scan.pixels, scan.source_dtype, window, value_range, where=str(scan.path))
     img, mode = _channels(win.to_model(scan.pixels), channels, scan.path)
-    h, w = img.shape[1:]
-    side = max(h, w)
-    top, left = (side - h) // 2, (side - w) // 2
-    pad = (top, side - h - top, left, side - w - left)
+    size = tuple(int(s) for s in img.shape[1:])
+    side = max(size)
+    pad = tuple(v for s in size for v in ((side - s) // 2, side - s - (side - s) // 2))
     x = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None]
     # pad with the model's black so that non-square scans keep their aspect ratio
-    x = F.pad(x, (pad[2], pad[3], pad[0], pad[1]), value=value_range[0])
-    if side != resolution:
-        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=side > resolution,
-                          align_corners=False)
-    return Prepared(x=x, window=win, channel_mode=mode, size=(h, w), pad=pad)
+    x = _resize(F.pad(x, _torch_pad(pad), value=value_range[0]), resolution)
+    return Prepared(x=x, window=win, channel_mode=mode, size=size, pad=pad)
 
 
 def geometry_to_model(img: np.ndarray, prep: Prepared, resolution: int, fill: float = 0.0) -> torch.Tensor:
-    """(C, H, W) on the scan's grid -> (1, C, R, R) on the model's grid (pad, resize)."""
-    top, bottom, left, right = prep.pad
+    """(C, *scan size) on the scan's grid -> (1, C, R, ...) on the model's grid (pad, resize)."""
     x = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None]
-    x = F.pad(x, (left, right, top, bottom), value=fill)
-    if x.shape[-1] != resolution:
-        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False,
-                          antialias=x.shape[-1] > resolution)
-    return x
+    return _resize(F.pad(x, _torch_pad(prep.pad), value=fill), resolution)
 
 
 def geometry_to_scan(y: torch.Tensor, prep: Prepared) -> np.ndarray:
-    """(1, C, R, R) on the model's grid -> (C, H, W) on the scan's grid (resize, crop)."""
-    top, bottom, left, right = prep.pad
-    side = prep.size[0] + top + bottom
-    y = y.detach().float().cpu()
-    if y.shape[-1] != side:
-        y = F.interpolate(y, size=(side, side), mode="bilinear", antialias=y.shape[-1] > side,
-                          align_corners=False)
-    return y[:, :, top: top + prep.size[0], left: left + prep.size[1]][0].numpy()
+    """(1, C, R, ...) on the model's grid -> (C, *scan size) on the scan's grid (resize, crop)."""
+    side = prep.size[0] + prep.pad[0] + prep.pad[1]
+    y = _resize(y.detach().float().cpu(), side)
+    crop = tuple(slice(prep.pad[2 * i], prep.pad[2 * i] + s) for i, s in enumerate(prep.size))
+    return y[(0, slice(None)) + crop].numpy()
 
 
 def from_model(y: torch.Tensor, prep: Prepared, scan_channels: int) -> np.ndarray:

@@ -20,9 +20,20 @@ LDM2D_COMPONENTS: dict[str, tuple[str, str | None]] = {
     "scheduler": ("scheduler_config.json", None),
 }
 
+#: the 3D family (cfgen/models/ldm3d.py); autoencoder and scheduler are optional
+LDM3D_COMPONENTS: dict[str, tuple[str, str | None]] = {
+    "unet": ("config.json", "model.safetensors"),
+    "autoencoder": ("config.json", "model.safetensors"),
+    "text_encoder": ("config.json", "model.safetensors"),
+    "tokenizer": ("tokenizer_config.json", None),
+    "scheduler": ("scheduler_config.json", None),
+}
+OPTIONAL_COMPONENTS = ("scheduler", "autoencoder")
+
 #: the files each family's folder needs ("." = the folder itself)
 FAMILY_COMPONENTS: dict[str, dict[str, tuple[str, str | None]]] = {
     "latent-diffusion-2d": LDM2D_COMPONENTS,
+    "latent-diffusion-3d": LDM3D_COMPONENTS,
     "classifier": {".": ("config.json", "model.safetensors")},
     "clip": {".": ("config.json", "model.safetensors")},
 }

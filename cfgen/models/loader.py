@@ -12,13 +12,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cfgen.errors import ModelError, UsageError
-from cfgen.models.files import FAMILY_COMPONENTS, missing_files, verify_sha256
+from cfgen.models.files import FAMILY_COMPONENTS, OPTIONAL_COMPONENTS, missing_files, verify_sha256
 from cfgen.models.registry import ModelEntry, Registry, _entry_from_table, load_registry, resolve_model_name
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
+
+#: what `edit` and `invert` take
+DIFFUSION_FAMILIES = ("latent-diffusion-2d", "latent-diffusion-3d")
 
 DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
           "bfloat16": "bfloat16", "bf16": "bfloat16"}
@@ -87,10 +90,18 @@ class LoadedModel:
 
 
 def _infer_family(folder: Path) -> str:
-    """A folder without cfgen.toml: diffusers layout, or a root config.json that says what it is."""
+    """A folder without cfgen.toml: diffusers layout, a 3D UNet config, or a root config.json
+    that says what it is."""
     import json
 
     cfg = folder / "config.json"
+    unet_cfg = folder / "unet" / "config.json"
+    if unet_cfg.is_file():
+        try:
+            if json.loads(unet_cfg.read_text(encoding="utf-8")).get("spatial_dims") == 3:
+                return "latent-diffusion-3d"
+        except (OSError, ValueError, AttributeError):
+            pass
     if not (folder / "unet").is_dir() and cfg.is_file():
         try:
             data = json.loads(cfg.read_text(encoding="utf-8"))
@@ -181,6 +192,12 @@ def _load_ldm2d(entry: ModelEntry, folder: Path, device: str, dtype) -> tuple[Mo
     return entry, comps
 
 
+def _load_ldm3d(entry: ModelEntry, folder: Path, device: str, dtype):
+    from cfgen.models.ldm3d import load_ldm3d
+
+    return load_ldm3d(entry, folder, device, dtype)
+
+
 def _load_classifier(entry: ModelEntry, folder: Path, device: str, dtype):
     from cfgen.evaluation.classifier import load_family
 
@@ -196,20 +213,24 @@ def _load_clip(entry: ModelEntry, folder: Path, device: str, dtype):
 #: family -> loader(entry, folder, device, dtype) -> (entry with resolved values, components)
 FAMILY_LOADERS: dict[str, Callable[..., tuple[ModelEntry, dict[str, Any]]]] = {
     "latent-diffusion-2d": _load_ldm2d,
+    "latent-diffusion-3d": _load_ldm3d,
     "classifier": _load_classifier,
     "clip": _load_clip,
 }
 
 
 def load_model(model: str | None = None, device: str = "auto", dtype: str = "float32",
-               registry: Registry | None = None, family: str | None = "latent-diffusion-2d",
+               registry: Registry | None = None, family: str | tuple[str, ...] | None = DIFFUSION_FAMILIES,
                option: str = "--model") -> LoadedModel:
-    """Resolve, verify (files present, safetensors only, sha256) and load a model of ``family``."""
+    """Resolve, verify (files present, safetensors only, sha256) and load a model of ``family``
+    (one name or several)."""
     entry = entry_for(model, registry)
-    if family and entry.family != family:
-        raise UsageError(f"{option} {model or entry.name}: a '{entry.family}' model; this needs a '{family}' model")
+    wanted = (family,) if isinstance(family, str) else family
+    if wanted and entry.family not in wanted:
+        raise UsageError(f"{option} {model or entry.name}: a '{entry.family}' model; this needs a "
+                         f"{' or '.join(repr(w) for w in wanted)} model")
     folder, revision = locate(entry)
-    missing = missing_files(folder, FAMILY_COMPONENTS[entry.family])
+    missing = missing_files(folder, FAMILY_COMPONENTS[entry.family], optional=OPTIONAL_COMPONENTS)
     if missing:
         raise ModelError(f"{folder}: model '{entry.name}' is incomplete, missing {', '.join(missing)}")
     sha = verify_sha256(folder, entry.sha256, entry.name)

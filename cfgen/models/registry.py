@@ -28,6 +28,8 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 FAMILIES: dict[str, str] = {
     "latent-diffusion-2d": "2D latent diffusion in diffusers format (VAE, UNet2DConditionModel, "
     "text encoder + tokenizer, scheduler), Stable Diffusion v1.5-class",
+    "latent-diffusion-3d": "3D diffusion on MONAI networks (DiffusionModelUNet, optional AutoencoderKL, "
+    "text encoder + tokenizer), volumes: see cfgen/models/ldm3d.py for the folder layout",
     "classifier": "image classifier/regressor for scoring counterfactuals (MONAI DenseNet, 2D or 3D): "
     "config.json + model.safetensors",
     "clip": "CLIP image-text model in transformers format (CLIPModel + tokenizer) for CLIP scores",
@@ -69,6 +71,10 @@ class ModelEntry:
     defaults: dict[str, Any] = field(default_factory=dict)
     sha256: dict[str, str] = field(default_factory=dict)
     origin: str = ""  # the toml file the entry came from
+
+    @property
+    def spatial_dims(self) -> int:
+        return 3 if self.family == "latent-diffusion-3d" else 2
 
     @property
     def value_range(self) -> tuple[float, float]:

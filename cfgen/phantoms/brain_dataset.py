@@ -25,16 +25,14 @@ import numpy as np
 from cfgen import __version__
 from cfgen.captions.templates import caption_rows
 from cfgen.io.atomic import atomic_path, write_json
-from cfgen.io.tables import write_csv
 from cfgen.phantoms import brain
-from cfgen.phantoms.dataset import run_items
+from cfgen.phantoms.dataset import edit_job, run_items, write_tables
 
 MEASURES = ["icv_ml", "brain_ml", "ventricle_ml", "hippocampus_ml", "lesion_ml"]
 LABEL_COLUMNS = ["Path", "Age", "Sex", "Diagnosis", "lesion_load", "MS", *MEASURES, "seed", "index"]
 CF_COLUMNS = ["image", "attribute", "factual", "counterfactual_value", "counterfactual", "mask", "mask_fraction",
               "source_prompt", "prompt", "label", "target", *[f"cf_{m}" for m in MEASURES]]
 INT_SCALE = 30000
-JOB_COLUMNS = ["image", "prompt", "source_prompt", "output", "label", "target", "true_counterfactual", "true_mask"]
 
 
 def save_nifti(path: Path, volume: np.ndarray, affine: np.ndarray, note: str) -> None:
@@ -110,16 +108,8 @@ def write_brain_dataset(out: Path, n: int, seed: int = 0, size: int = 64, spacin
     workers = workers or min(4, os.cpu_count() or 1)
     jobs = [(out, seed, i, size, spacing, prev, counterfactuals) for i in range(start, start + n)]
     results = run_items(_one, jobs, workers, on_item, min_parallel=4, chunksize=1)
-    labels = [r[0] for r in results]
-    cf_rows = [row for r in results for row in r[1]]
-    write_csv(out / "labels.csv", LABEL_COLUMNS, labels)
-    if counterfactuals:
-        write_csv(out / "counterfactuals.csv", CF_COLUMNS, cf_rows)
-        jobs_rows = [{"image": r["image"], "prompt": r["prompt"], "source_prompt": r["source_prompt"],
-                      "output": f"{Path(r['image']).name.split('.')[0]}_{r['attribute']}-{r['counterfactual_value']}",
-                      "label": r["label"], "target": r["target"], "true_counterfactual": r["counterfactual"],
-                      "true_mask": r["mask"]} for r in cf_rows]
-        write_csv(out / "edit_jobs.csv", JOB_COLUMNS, jobs_rows)
+    labels, cf_rows = write_tables(out, results, LABEL_COLUMNS, CF_COLUMNS if counterfactuals else None,
+                                   lambda r: edit_job(r, r["label"], r["target"]))
     report = {
         "schema": 1, "command": "phantoms brain", "cfgen_version": __version__,
         "params": {"n": n, "start": start, "seed": seed, "size": size, "spacing_mm": spacing,

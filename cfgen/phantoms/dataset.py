@@ -67,6 +67,27 @@ def run_items(fn, jobs: list, workers: int, on_item=None, min_parallel: int = 32
     return results
 
 
+def edit_job(r: dict, label: str, target: str) -> dict:
+    """A `cfgen edit --batch` row for one counterfactual row (JOB_COLUMNS)."""
+    stem = Path(r["image"]).name.split(".")[0]
+    return {"image": r["image"], "prompt": r["prompt"], "source_prompt": r["source_prompt"],
+            "output": f"{stem}_{r['attribute']}-{r['counterfactual_value']}", "label": label, "target": target,
+            "true_counterfactual": r["counterfactual"], "true_mask": r["mask"]}
+
+
+def write_tables(out: Path, results: list, label_columns: list[str], cf_columns: list[str] | None,
+                 job_of) -> tuple[list[dict], list[dict]]:
+    """labels.csv, and with counterfactuals counterfactuals.csv and edit_jobs.csv, from the
+    per-subject (label row, counterfactual rows) results."""
+    labels = [r[0] for r in results]
+    cf_rows = [row for r in results for row in r[1]]
+    write_csv(out / "labels.csv", label_columns, labels)
+    if cf_columns is not None:
+        write_csv(out / "counterfactuals.csv", cf_columns, cf_rows)
+        write_csv(out / "edit_jobs.csv", JOB_COLUMNS, [job_of(r) for r in cf_rows])
+    return labels, cf_rows
+
+
 def caption_of(exo: cxr.CXRExogenous, attrs: cxr.CXRAttributes) -> str:
     row = cxr.labels_row(exo, attrs)
     return caption_rows([row], list(row), "chexpert", "phantom")[0]
@@ -107,18 +128,8 @@ def write_cxr_dataset(out: Path, n: int, seed: int = 0, size: int = 256,
     workers = workers or min(4, os.cpu_count() or 1)
     jobs = [(out, seed, i, size, prev, counterfactuals) for i in range(start, start + n)]
     results = run_items(_one, jobs, workers, on_item)
-    labels = [r[0] for r in results]
-    cf_rows = [row for r in results for row in r[1]]
-    write_csv(out / "labels.csv", LABEL_COLUMNS, labels)
-    if counterfactuals:
-        write_csv(out / "counterfactuals.csv", CF_COLUMNS, cf_rows)
-        jobs_rows = [{"image": r["image"], "prompt": r["prompt"], "source_prompt": r["source_prompt"],
-                      "output": f"{Path(r['image']).stem}_{r['attribute']}-{r['counterfactual_value']}",
-                      "label": cxr.LABEL_OF[r["attribute"]],
-                      "target": "0" if r["counterfactual_value"] in ("0", "none") else "1",
-                      "true_counterfactual": r["counterfactual"], "true_mask": r["mask"]}
-                     for r in cf_rows]
-        write_csv(out / "edit_jobs.csv", JOB_COLUMNS, jobs_rows)
+    labels, cf_rows = write_tables(out, results, LABEL_COLUMNS, CF_COLUMNS if counterfactuals else None, lambda r: edit_job(
+        r, cxr.LABEL_OF[r["attribute"]], "0" if r["counterfactual_value"] in ("0", "none") else "1"))
     prevalence = {
         "effusion": float(np.mean([bool(r["Pleural Effusion"]) for r in labels])) if labels else 0.0,
         "cardiomegaly": float(np.mean([bool(r["Cardiomegaly"]) for r in labels])) if labels else 0.0,

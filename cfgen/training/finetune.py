@@ -145,7 +145,8 @@ def finetune(data_csv: Path, model_name: str | None, out: Path, cfg: FinetuneCon
     dev = resolve_device(device)
     acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation,
                       cpu=dev == "cpu")
-    model = load_model(model_name, device=str(acc.device))
+    # 3D models (latent-diffusion-3d) load but do not train yet: refused before any work
+    model = load_model(model_name, device=str(acc.device), family="latent-diffusion-2d")
     e = model.entry
     unet = model.components["unet"]
     unet.requires_grad_(True)

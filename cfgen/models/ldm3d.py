@@ -1,0 +1,189 @@
+"""The 3D family (``latent-diffusion-3d``) on MONAI's generative networks.
+
+Folder layout (safetensors only)::
+
+  cfgen.toml                     family = "latent-diffusion-3d", resolution (voxels per axis), channels,
+                                 intensity, optional [scheduler] and [defaults]
+  unet/config.json               monai.networks.nets.DiffusionModelUNet keyword arguments (spatial_dims 3)
+  unet/model.safetensors
+  autoencoder/config.json        optional: monai.networks.nets.AutoencoderKL keyword arguments plus
+  autoencoder/model.safetensors  "scaling_factor"; without it the model works in voxel space
+  text_encoder/, tokenizer/      transformers text encoder and tokenizer (as the 2D family)
+  scheduler/scheduler_config.json  optional: DDIM settings (diffusers keys)
+
+The networks are wrapped so that they answer the calls the 2D family answers (``unet(z, t,
+encoder_hidden_states=...).sample``, ``vae.encode(x).latent_dist.mean``, ``vae.decode(z).sample``):
+one editing loop (DDIM inversion, guided sampling, masks) serves 2D and 3D. Scheduling uses
+diffusers' DDIMScheduler, whose arithmetic does not depend on the tensor's dimensions.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from cfgen.errors import ModelError
+
+UNET_DIR, AE_DIR, WEIGHTS = "unet", "autoencoder", "model.safetensors"
+
+
+class UNet3DAdapter(torch.nn.Module):
+    """DiffusionModelUNet with the diffusers call signature."""
+
+    def __init__(self, net: torch.nn.Module, config: dict[str, Any]):
+        super().__init__()
+        self.net = net
+        self.config = SimpleNamespace(**config)
+
+    def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor | None = None):
+        t = torch.as_tensor(timestep, device=sample.device)
+        if t.ndim == 0:
+            t = t.expand(sample.shape[0])
+        return SimpleNamespace(sample=self.net(sample, t.long(), context=encoder_hidden_states))
+
+
+class Autoencoder3DAdapter(torch.nn.Module):
+    """MONAI AutoencoderKL (or nothing: voxel space) with the diffusers encode/decode interface."""
+
+    def __init__(self, net: torch.nn.Module | None, scaling_factor: float = 1.0, in_channels: int = 1):
+        super().__init__()
+        self.net = net
+        self.config = SimpleNamespace(scaling_factor=scaling_factor, shift_factor=0.0, in_channels=in_channels)
+
+    def encode(self, x: torch.Tensor):
+        mean = x if self.net is None else self.net.encode(x)[0]
+        return SimpleNamespace(latent_dist=SimpleNamespace(mean=mean))
+
+    def decode(self, z: torch.Tensor):
+        return SimpleNamespace(sample=z if self.net is None else self.net.decode(z))
+
+    @property
+    def downsampling(self) -> int:
+        return 1 if self.net is None else 2 ** (len(self.net.encoder.channels) - 1)
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    try:
+        return json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{folder / 'config.json'}: cannot read ({exc})") from None
+
+
+def _network(kind: str, cfg: dict[str, Any], folder: Path, device: str, dtype) -> torch.nn.Module:
+    from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
+    from safetensors.torch import load_file
+
+    cls = DiffusionModelUNet if kind == UNET_DIR else AutoencoderKL
+    kwargs = {k: v for k, v in cfg.items() if k != "scaling_factor"}
+    try:
+        net = cls(**kwargs)
+        net.load_state_dict(load_file(str(folder / WEIGHTS)))
+    except (TypeError, ValueError, RuntimeError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise ModelError(f"{folder}: cannot build {cls.__name__} from config.json and {WEIGHTS} ({first[:300]})") from None
+    return net.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def load_ldm3d(entry, folder: Path, device: str, dtype):
+    """Loader for FAMILY_LOADERS: (entry, components) as the 2D family gives them."""
+    from dataclasses import replace
+
+    from transformers import AutoModel, AutoTokenizer
+
+    from cfgen.models.loader import quiet_hf
+
+    quiet_hf()
+    ucfg = _read_config(folder / UNET_DIR)
+    if int(ucfg.get("spatial_dims", 0)) != 3:
+        raise ModelError(f"{folder / UNET_DIR / 'config.json'}: spatial_dims must be 3 for a latent-diffusion-3d model")
+    unet = UNet3DAdapter(_network(UNET_DIR, ucfg, folder / UNET_DIR, device, dtype), ucfg)
+    ae_net, scale = None, 1.0
+    if (folder / AE_DIR).is_dir():
+        acfg = _read_config(folder / AE_DIR)
+        scale = float(acfg.get("scaling_factor", 1.0))
+        ae_net = _network(AE_DIR, acfg, folder / AE_DIR, device, dtype)
+    vae = Autoencoder3DAdapter(ae_net, scale, int(entry.channels))
+    try:
+        text_encoder = AutoModel.from_pretrained(folder / "text_encoder", trust_remote_code=False, dtype=dtype,
+                                                 use_safetensors=True).to(device).eval().requires_grad_(False)
+        tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer", trust_remote_code=False)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise ModelError(f"{folder}: cannot load the text encoder of '{entry.name}' ({first})") from None
+    sched = dict(entry.scheduler)
+    sched_file = folder / "scheduler" / "scheduler_config.json"
+    if sched_file.is_file() and not (folder / "cfgen.toml").is_file():
+        saved = json.loads(sched_file.read_text())
+        sched.update({k: v for k, v in saved.items() if k in sched})
+    entry = replace(entry, scheduler=sched)
+    comps = {"vae": vae, "unet": unet, "text_encoder": text_encoder, "tokenizer": tokenizer,
+             "vae_scale_factor": vae.downsampling}
+    return entry, comps
+
+
+@dataclass(frozen=True)
+class LDM3DSpec:
+    resolution: int = 16
+    channels: int = 1
+    latent_channels: int = 2
+    ae_channels: tuple[int, ...] | None = (8, 8)  # None: voxel space
+    unet_channels: tuple[int, ...] = (8, 16)
+    text_hidden: int = 16
+    text_layers: int = 1
+    text_heads: int = 2
+    max_tokens: int = 48
+    intensity: str = "minus1_1"
+    scaling_factor: float = 1.0
+
+
+def build_ldm3d(folder: Path, spec: LDM3DSpec = LDM3DSpec(), seed: int = 0) -> Path:
+    """Write an untrained 3D model folder (tests, and the start of training)."""
+    from diffusers import DDIMScheduler
+    from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
+    from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from cfgen.models.build import char_clip_tokenizer
+    from cfgen.models.loader import quiet_hf
+    from cfgen.models.registry import DEFAULT_SCHEDULER
+
+    quiet_hf()
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    latent = spec.channels
+    if spec.ae_channels:
+        acfg = {"spatial_dims": 3, "in_channels": spec.channels, "out_channels": spec.channels,
+                "channels": list(spec.ae_channels), "latent_channels": spec.latent_channels,
+                "num_res_blocks": 1, "attention_levels": [False] * len(spec.ae_channels),
+                "norm_num_groups": min(spec.ae_channels[0], 8), "with_encoder_nonlocal_attn": False,
+                "with_decoder_nonlocal_attn": False}
+        ae = AutoencoderKL(**acfg)
+        (folder / AE_DIR).mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in ae.state_dict().items()}, str(folder / AE_DIR / WEIGHTS))
+        (folder / AE_DIR / "config.json").write_text(json.dumps({**acfg, "scaling_factor": spec.scaling_factor}, indent=2))
+        latent = spec.latent_channels
+    n = len(spec.unet_channels)
+    ucfg = {"spatial_dims": 3, "in_channels": latent, "out_channels": latent, "channels": list(spec.unet_channels),
+            "attention_levels": [False] * (n - 1) + [True], "num_res_blocks": 1,
+            "norm_num_groups": min(spec.unet_channels[0], 8), "num_head_channels": spec.unet_channels[-1] // 2,
+            "with_conditioning": True, "cross_attention_dim": spec.text_hidden}
+    unet = DiffusionModelUNet(**ucfg)
+    (folder / UNET_DIR).mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, str(folder / UNET_DIR / WEIGHTS))
+    (folder / UNET_DIR / "config.json").write_text(json.dumps(ucfg, indent=2))
+    tokenizer = char_clip_tokenizer(spec.max_tokens)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer.get_vocab()), hidden_size=spec.text_hidden, intermediate_size=spec.text_hidden * 2,
+        num_hidden_layers=spec.text_layers, num_attention_heads=spec.text_heads, max_position_embeddings=spec.max_tokens,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
+    tokenizer.save_pretrained(folder / "tokenizer")
+    DDIMScheduler(**DEFAULT_SCHEDULER).save_pretrained(folder / "scheduler")
+    (folder / "cfgen.toml").write_text(
+        f'family = "latent-diffusion-3d"\nresolution = {spec.resolution}\nchannels = {spec.channels}\n'
+        f'intensity = "{spec.intensity}"\n\n[defaults]\nmax_tokens = {spec.max_tokens}\n')
+    return folder

@@ -125,9 +125,27 @@ def test_3d_edit_of_a_dicom_series_writes_a_series_with_its_geometry(tiny3d, ct_
         assert db.SyntheticData == "YES" and db.pixel_array.shape == da.pixel_array.shape
 
 
-def test_finetune_refuses_a_3d_model_before_any_work(tiny3d, volume, cli, tmp_path):
-    data = tmp_path / "d.csv"
-    data.write_text(f"image,caption\n{volume},Brain MRI\n")
-    res = cli("finetune", data, "-m", tiny3d, "-o", tmp_path / "ft", "--max-steps", "1", "--device", "cpu")
-    assert res.exit_code == 2 and "latent-diffusion-3d" in res.output
-    assert not (tmp_path / "ft").exists()
+def test_finetune_trains_a_3d_model_resumes_and_the_result_edits(tiny3d, cli, tmp_path):
+    data = tmp_path / "brain"
+    assert cli("phantoms", "brain", "-n", "4", "--size", "32", "--spacing", "6", "--no-counterfactuals",
+               "-o", data, "-q").exit_code == 0
+    assert cli("caption", data / "labels.csv", "--template", "brain", "-o", data / "train.csv").exit_code == 0
+    out = tmp_path / "ft"
+    common = ("finetune", data / "train.csv", "-m", tiny3d, "-o", out, "--batch-size", "4", "--learning-rate", "1e-3",
+              "--checkpoint-every", "3", "--device", "cpu", "-q")
+    res = cli(*common, "--max-steps", "3", "--validation-prompt", "Brain MRI of a 80 year old")
+    assert res.exit_code == 0, res.output
+    first = _report(out)["training"]
+    assert first["final_step"] == 3 and first["eval_loss_end"] < first["eval_loss_start"]
+    res = cli(*common, "--max-steps", "6", "--resume")
+    assert res.exit_code == 0, res.output
+    second = _report(out)["training"]
+    assert second["start_step"] == 3 and second["final_step"] == 6
+    model = out / "model"
+    assert (model / "unet" / "model.safetensors").is_file() and (model / "autoencoder" / "model.safetensors").is_file()
+    assert (out / "validation" / "final.png").stat().st_size > 0  # from the first run's validation prompt
+    res = cli("edit", data / "images" / "brain_00000.nii.gz", "-s", "Brain MRI", "-p", "Brain MRI of a 90 year old",
+              "-m", model, "--steps", "4", "-o", tmp_path / "e", "-q")
+    assert res.exit_code == 0, res.output
+    assert _report(tmp_path / "e")["model"]["family"] == "latent-diffusion-3d"
+    assert nib.load(tmp_path / "e" / "brain_00000" / "counterfactual.nii.gz").shape == (32, 32, 32)

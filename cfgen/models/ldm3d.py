@@ -45,6 +45,15 @@ class UNet3DAdapter(torch.nn.Module):
             t = t.expand(sample.shape[0])
         return SimpleNamespace(sample=self.net(sample, t.long(), context=encoder_hidden_states))
 
+    def save_pretrained(self, folder: Path, safe_serialization: bool = True) -> None:
+        """config.json + model.safetensors, the layout load_ldm3d reads (finetune output)."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}, str(folder / WEIGHTS))
+        (folder / "config.json").write_text(json.dumps(vars(self.config), indent=2))
+
 
 class Autoencoder3DAdapter(torch.nn.Module):
     """MONAI AutoencoderKL (or nothing: voxel space) with the diffusers encode/decode interface."""

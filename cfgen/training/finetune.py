@@ -21,14 +21,14 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from cfgen.errors import InputError
+from cfgen.errors import InputError, UsageError
 from cfgen.io.atomic import atomic_dir
 from cfgen.report import RunReport
 from cfgen.training.checkpoint import checkpoints, load_checkpoint, save_checkpoint
 from cfgen.training.config import FinetuneConfig, derived_seed
 from cfgen.training.data import ImageCaptionDataset, collate, read_training_csv
 
-COPIED_COMPONENTS = ("vae", "text_encoder", "tokenizer", "scheduler")
+COPIED_COMPONENTS = ("vae", "autoencoder", "text_encoder", "tokenizer", "scheduler")
 
 
 
@@ -47,7 +47,8 @@ def _loss(model, unet, noise_scheduler, pixels, captions, gen, cfg: FinetuneConf
     b = latents.shape[0]
     noise = torch.randn(latents.shape, generator=gen).to(latents.device)
     if cfg.noise_offset and not eval_mode:
-        noise = noise + cfg.noise_offset * torch.randn((b, latents.shape[1], 1, 1), generator=gen).to(latents.device)
+        shape = (b, latents.shape[1]) + (1,) * (latents.ndim - 2)
+        noise = noise + cfg.noise_offset * torch.randn(shape, generator=gen).to(latents.device)
     t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=gen).to(latents.device)
     if not eval_mode and cfg.caption_dropout > 0:
         drop = torch.rand(b, generator=gen) < cfg.caption_dropout
@@ -55,7 +56,7 @@ def _loss(model, unet, noise_scheduler, pixels, captions, gen, cfg: FinetuneConf
     cond = encode_prompts(model, captions).float()
     noisy = noise_scheduler.add_noise(latents, noise, t)
     pred = unet(noisy, t, encoder_hidden_states=cond).sample.float()
-    per_sample = F.mse_loss(pred, _target(noise_scheduler, latents, noise, t), reduction="none").mean(dim=(1, 2, 3))
+    per_sample = F.mse_loss(pred, _target(noise_scheduler, latents, noise, t), reduction="none").flatten(1).mean(dim=1)
     if cfg.snr_gamma is not None and not eval_mode:
         snr = compute_snr(noise_scheduler, t)
         weight = torch.clamp(snr, max=cfg.snr_gamma) / snr
@@ -108,15 +109,18 @@ def render_validation(model, unet, prompts: list[str], steps: int, guidance: flo
 
     e = model.entry
     sched = ddim.make_scheduler(e.scheduler, steps)
+    from cfgen.viz.figures import as_2d
+
     side = e.resolution // model.vae_scale_factor
     tiles = []
     for i, prompt in enumerate(prompts):
         gen = torch.Generator().manual_seed(derived_seed(seed, i))
-        z = torch.randn((1, unet.config.in_channels, side, side), generator=gen).to(model.device) * sched.init_noise_sigma
+        shape = (1, unet.config.in_channels) + (side,) * e.spatial_dims
+        z = torch.randn(shape, generator=gen).to(model.device) * sched.init_noise_sigma
         cond, uncond = encode_prompts(model, [prompt, ""]).float().chunk(2)
         z = ddim.sample(unet, sched, z, cond, sched.timesteps, uncond=uncond, guidance=guidance)
-        img = unit(decode_latents(model, z)[0].mean(dim=0), e.value_range).cpu().numpy()
-        tiles.append(np.round(img * 255).astype(np.uint8))
+        img = unit(decode_latents(model, z)[0], e.value_range).cpu().numpy()
+        tiles.append(np.round(as_2d(img) * 255).astype(np.uint8))  # volumes: orthogonal mid-slices
     grid = np.concatenate(tiles, axis=1) if tiles else np.zeros((8, 8), np.uint8)
     with atomic_path(target) as tmp:
         Image.fromarray(grid).save(tmp, format="PNG")
@@ -145,17 +149,18 @@ def finetune(data_csv: Path, model_name: str | None, out: Path, cfg: FinetuneCon
     dev = resolve_device(device)
     acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation,
                       cpu=dev == "cpu")
-    # 3D models (latent-diffusion-3d) load but do not train yet: refused before any work
-    model = load_model(model_name, device=str(acc.device), family="latent-diffusion-2d")
+    model = load_model(model_name, device=str(acc.device))
     e = model.entry
     unet = model.components["unet"]
     unet.requires_grad_(True)
     unet.train()
     if cfg.gradient_checkpointing:
+        if not hasattr(unet, "enable_gradient_checkpointing"):
+            raise UsageError(f"--gradient-checkpointing: not available for '{e.family}' models")
         unet.enable_gradient_checkpointing()
     noise_scheduler = DDPMScheduler.from_config({k: v for k, v in e.scheduler.items()
                                                  if k not in ("set_alpha_to_one", "steps_offset")})
-    dataset = ImageCaptionDataset(samples, e.resolution, e.channels, e.value_range, cfg.window)
+    dataset = ImageCaptionDataset(samples, e.resolution, e.channels, e.value_range, cfg.window, dims=e.spatial_dims)
     world, rank = acc.num_processes, acc.process_index
     per_proc = len(samples) // world
     batch = min(cfg.batch_size, max(1, per_proc))

@@ -21,7 +21,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         model = build_ldm2d(Path(tmp) / "tiny", PRESETS["tiny"])
-        print(f"| case | exit | ok | message |\n|---|---|---|---|")
+        print("| case | exit | ok | message |\n|---|---|---|---|")
         bad = 0
         for i, case in enumerate(CASES):
             work = Path(tmp) / f"case{i:02d}" / "work"

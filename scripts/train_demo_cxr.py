@@ -53,6 +53,31 @@ def sh(*args: str) -> None:
     subprocess.run(args, check=True)
 
 
+def finetune_unet(train_csv: Path, base: Path, unet_out: Path, cfg: dict, device: str, prompts: list[str]) -> None:
+    """Step 5 of the demo recipes: `cfgen finetune` (resumes when checkpoints exist)."""
+    sh(sys.executable, "-m", "cfgen.cli.main", "finetune", str(train_csv), "-m", str(base), "-o", str(unet_out),
+       "--learning-rate", str(cfg["lr"]), "--lr-scheduler", "cosine", "--lr-warmup-steps", str(cfg["warmup"]),
+       "--batch-size", str(cfg["unet_batch"]), "--max-steps", str(cfg["unet_steps"]), "--ema",
+       "--ema-decay", str(cfg["ema_decay"]), "--snr-gamma", "5", "--checkpoint-every", "2000", "--device", device,
+       "-q", *[a for pr in prompts for a in ("--validation-prompt", pr)],
+       *(["--resume"] if (unet_out / "checkpoints").is_dir() else []))
+
+
+def first_stage(train_csv: Path, base: Path, out: Path, component: str, steps: int, batch: int, lr: float,
+                device: str) -> None:
+    """Step 4 of the demo recipes: train the autoencoder (resumes), then put it into the base folder."""
+    from cfgen.training.vae import train_vae
+
+    if not (out / component).is_dir():
+        summary = train_vae(train_csv, base, out, steps=steps, batch_size=batch, lr=lr, seed=0, device=device,
+                            checkpoint_every=250, resume=(out / "checkpoints").is_dir(),
+                            on_step=lambda s, loss: print(f"{component} step {s} loss {loss:.4f}", flush=True)
+                            if s % 50 == 0 else None)
+        print(json.dumps({k: v for k, v in summary.items() if k != "losses"}))
+    shutil.rmtree(base / component, ignore_errors=True)
+    shutil.copytree(out / component, base / component)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, required=True)
@@ -72,28 +97,15 @@ def main() -> None:
     if not (data / "train.csv").is_file():
         sh(*cfgen, "caption", str(data / "labels.csv"), "-o", str(data / "train.csv"))
     from cfgen.models.build import build_ldm2d
-    from cfgen.training.vae import train_vae
-
     base = w / "base"
     if not (base / "unet").is_dir():
         build_ldm2d(base, cfg["spec"], seed=0)
-    if not (w / "vae" / "vae").is_dir():
-        summary = train_vae(data / "train.csv", base, w / "vae", steps=cfg["vae_steps"], batch_size=cfg["vae_batch"],
-                            checkpoint_every=250,
-                            lr=cfg["vae_lr"], seed=0, device=args.device,
-                            resume=(w / "vae" / "checkpoints").is_dir(),
-                            on_step=lambda s, loss: print(f"vae step {s} loss {loss:.4f}", flush=True) if s % 50 == 0 else None)
-        print(json.dumps({k: v for k, v in summary.items() if k != "losses"}))
-    shutil.rmtree(base / "vae", ignore_errors=True)
-    shutil.copytree(w / "vae" / "vae", base / "vae")
+    first_stage(data / "train.csv", base, w / "vae", "vae", cfg["vae_steps"], cfg["vae_batch"], cfg["vae_lr"],
+                args.device)
     unet_out = w / "unet"
-    sh(*cfgen, "finetune", str(data / "train.csv"), "-m", str(base), "-o", str(unet_out),
-       "--learning-rate", str(cfg["lr"]), "--lr-scheduler", "cosine", "--lr-warmup-steps", str(cfg["warmup"]),
-       "--batch-size", str(cfg["unet_batch"]), "--max-steps", str(cfg["unet_steps"]), "--ema", "--ema-decay", str(cfg["ema_decay"]),
-       "--snr-gamma", "5", "--checkpoint-every", "2000", "--device", args.device, "-q",
-       "--validation-prompt", "Chest X-ray showing Pleural Effusion, Support Devices",
-       "--validation-prompt", "Normal chest X-ray with no significant findings",
-       *(["--resume"] if (unet_out / "checkpoints").is_dir() else []))
+    finetune_unet(data / "train.csv", base, unet_out, cfg, args.device,
+                  ["Chest X-ray showing Pleural Effusion, Support Devices",
+                   "Normal chest X-ray with no significant findings"])
     print(f"recipe finished in {time.time() - t0:.0f} s; model: {unet_out / 'model'}")
     if args.export:
         export(unet_out / "model", ROOT / "cfgen" / "models" / "weights" / "demo-cxr")

@@ -5,7 +5,6 @@ Each case builds its files in a fresh folder and returns the cfgen arguments to 
 """
 from __future__ import annotations
 
-import copy
 import shutil
 import struct
 import zlib

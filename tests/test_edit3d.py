@@ -149,3 +149,46 @@ def test_finetune_trains_a_3d_model_resumes_and_the_result_edits(tiny3d, cli, tm
     assert res.exit_code == 0, res.output
     assert _report(tmp_path / "e")["model"]["family"] == "latent-diffusion-3d"
     assert nib.load(tmp_path / "e" / "brain_00000" / "counterfactual.nii.gz").shape == (32, 32, 32)
+
+
+def test_3d_autoencoder_training_reduces_error_sets_the_scale_and_loads(tiny3d, cli, tmp_path):
+    from cfgen.models.loader import load_model
+    from cfgen.training.vae import train_vae
+
+    data = tmp_path / "brain"
+    assert cli("phantoms", "brain", "-n", "6", "--size", "32", "--spacing", "6", "--no-counterfactuals",
+               "-o", data, "-q").exit_code == 0
+    out = tmp_path / "ae"
+    s = train_vae(data / "labels.csv", tiny3d, out, steps=20, batch_size=3, lr=3e-3, seed=0, device="cpu",
+                  checkpoint_every=10)
+    assert s["component"] == "autoencoder"
+    first, last = np.mean([v for _, v in s["losses"][:3]]), np.mean([v for _, v in s["losses"][-3:]])
+    assert last < first * 0.8
+    cfg = json.loads((out / "autoencoder" / "config.json").read_text())
+    assert cfg["scaling_factor"] == pytest.approx(1.0 / s["latent_std"])
+    assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["step-0000010", "step-0000020"]
+    # dropped into a model folder it loads through the registry loader with the new scale
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny3d, model)
+    shutil.rmtree(model / "autoencoder")
+    shutil.copytree(out / "autoencoder", model / "autoencoder")
+    m = load_model(str(model), device="cpu")
+    assert m.vae.config.scaling_factor == pytest.approx(s["scaling_factor"])
+
+
+def test_brain_edit_benchmark_runs_on_any_3d_model(tiny3d, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("brain_edits", Path(__file__).parents[1] / "benchmarks" / "brain_edits.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    res = mod.main(["--model", str(tiny3d), "--n", "1", "--seed", "90000", "--spacing", "12", "--steps", "2",
+                    "--device", "cpu"])
+    names = [r["edit"] for r in res["table"]]
+    assert any(n.startswith("age ") for n in names) and any(n.endswith("lesions") for n in names)
+    for r in res["table"]:
+        assert r["n"] == 1 and r["direction"] in (0.0, 1.0) and r["err_none"] > 0 and r["seconds"] > 0
+    assert "direction" in capsys.readouterr().out

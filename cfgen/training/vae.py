@@ -1,4 +1,5 @@
-"""Training a model folder's VAE on images (for models trained from scratch, e.g. on phantoms).
+"""Training a model folder's VAE on images (for models trained from scratch, e.g. on phantoms):
+the 2D family's diffusers ``vae/`` or the 3D family's MONAI ``autoencoder/``.
 
 Objective: L1 reconstruction + ``kl_weight`` x KL(q(z|x) || N(0, I)) (the LDM recipe without
 the adversarial and perceptual terms, which need pretrained networks cfgen cannot download).
@@ -34,28 +35,82 @@ def image_samples(csv_path: Path) -> list[Sample]:
     return samples
 
 
+class _Diffusers2D:
+    """vae/ of a latent-diffusion-2d folder (diffusers AutoencoderKL)."""
+
+    subfolder = "vae"
+
+    def __init__(self, folder: Path, dev: str):
+        from diffusers import AutoencoderKL
+
+        self.net = AutoencoderKL.from_pretrained(folder, subfolder="vae", use_safetensors=True).to(dev)
+
+    def encode(self, x):
+        post = self.net.encode(x).latent_dist
+        return post.mean, post.std, post.kl()
+
+    def decode(self, z):
+        return self.net.decode(z).sample
+
+    def save(self, target: Path, scaling_factor: float) -> None:
+        self.net.register_to_config(scaling_factor=scaling_factor)
+        self.net.save_pretrained(target, safe_serialization=True)
+
+
+class _Monai3D:
+    """autoencoder/ of a latent-diffusion-3d folder (MONAI AutoencoderKL)."""
+
+    subfolder = "autoencoder"
+
+    def __init__(self, folder: Path, dev: str):
+        import json
+
+        from cfgen.models.ldm3d import AE_DIR, WEIGHTS, _network
+
+        self.config = json.loads((folder / AE_DIR / "config.json").read_text())
+        self.net = _network(AE_DIR, self.config, folder / AE_DIR, dev, torch.float32).requires_grad_(True)
+        self.weights = WEIGHTS
+
+    def encode(self, x):
+        mu, sigma = self.net.encode(x)
+        kl = 0.5 * (mu.pow(2) + sigma.pow(2) - torch.log(sigma.pow(2).clamp_min(1e-12)) - 1).flatten(1).sum(1)
+        return mu, sigma, kl
+
+    def decode(self, z):
+        return self.net.decode(z)
+
+    def save(self, target: Path, scaling_factor: float) -> None:
+        import json
+
+        from safetensors.torch import save_file
+
+        target.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()},
+                  str(target / self.weights))
+        (target / "config.json").write_text(json.dumps({**self.config, "scaling_factor": scaling_factor}, indent=2))
+
+
 def train_vae(data_csv: Path, model_folder: Path, out: Path, steps: int, batch_size: int = 16, lr: float = 1e-4,
               kl_weight: float = 1e-6, seed: int = 0, device: str = "auto", checkpoint_every: int = 1000,
               resume: bool = False, on_step: Callable[[int, float], None] | None = None) -> dict:
-    """Train ``model_folder``/vae; write the trained VAE to ``out``/vae and return a summary."""
-    from diffusers import AutoencoderKL
-
+    """Train the autoencoder of ``model_folder``; write it to ``out``/vae (2D) or ``out``/autoencoder
+    (3D) and return a summary."""
     from cfgen.models.loader import _folder_entry, quiet_hf, resolve_device
 
     quiet_hf()
     t0 = time.perf_counter()
     dev = resolve_device(device)
     entry = _folder_entry(Path(model_folder))
-    vae = AutoencoderKL.from_pretrained(model_folder, subfolder="vae", use_safetensors=True).to(dev)
-    vae.train()
+    ae = (_Monai3D if entry.spatial_dims == 3 else _Diffusers2D)(Path(model_folder), dev)
+    ae.net.train()
     samples = image_samples(Path(data_csv))
-    ds = ImageCaptionDataset(samples, entry.resolution, entry.channels, entry.value_range)
-    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    ds = ImageCaptionDataset(samples, entry.resolution, entry.channels, entry.value_range, dims=entry.spatial_dims)
+    opt = torch.optim.AdamW(ae.net.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     existing = checkpoints(out)
     if existing and not resume:
         raise InputError(f"{out}: holds checkpoints ({existing[-1].name}); pass resume to continue")
-    start = int(load_checkpoint(existing[-1], vae, opt, sched)["step"]) if existing else 0
+    start = int(load_checkpoint(existing[-1], ae.net, opt, sched)["step"]) if existing else 0
     losses = []
     per_epoch = max(1, len(samples) // batch_size)
     for step in range(start, steps):
@@ -66,12 +121,11 @@ def train_vae(data_csv: Path, model_folder: Path, out: Path, steps: int, batch_s
             continue
         x = data["pixels"].to(dev)
         gen = torch.Generator(device=dev).manual_seed(derived_seed(seed, "step", step))
-        post = vae.encode(x).latent_dist
-        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen, device=dev)
-        rec = vae.decode(z).sample
-        loss = (rec - x).abs().mean() + kl_weight * post.kl().mean()
+        mean, std, kl = ae.encode(x)
+        z = mean + std * torch.randn(mean.shape, generator=gen, device=dev)
+        loss = (ae.decode(z) - x).abs().mean() + kl_weight * kl.mean()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(ae.net.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         sched.step()
@@ -79,17 +133,17 @@ def train_vae(data_csv: Path, model_folder: Path, out: Path, steps: int, batch_s
         if on_step:
             on_step(step + 1, float(loss.detach()))
         if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
-            save_checkpoint(out, step + 1, vae, opt, sched, extra={"seed": seed})
-    vae.eval()
+            save_checkpoint(out, step + 1, ae.net, opt, sched, extra={"seed": seed})
+    ae.net.eval()
     with torch.no_grad():  # unit-variance latents for the UNet
         probe = collate([ds[i] for i in range(min(64, len(ds)))])["pixels"].to(dev)
-        std = float(vae.encode(probe).latent_dist.mean.std())
-        l1 = float((vae.decode(vae.encode(probe).latent_dist.mean).sample - probe).abs().mean())
-    vae.register_to_config(scaling_factor=1.0 / max(std, 1e-6))
-    with atomic_dir(Path(out) / "vae") as tmp:
-        vae.save_pretrained(tmp, safe_serialization=True)
+        mean = ae.encode(probe)[0]
+        std = float(mean.std())
+        l1 = float((ae.decode(mean) - probe).abs().mean())
+    with atomic_dir(Path(out) / ae.subfolder) as tmp:
+        ae.save(tmp, 1.0 / max(std, 1e-6))
     summary = {"steps": steps, "start_step": start, "losses": losses, "latent_std": std,
                "scaling_factor": 1.0 / max(std, 1e-6), "probe_l1_model_range": l1, "samples": len(samples),
-               "seconds": round(time.perf_counter() - t0, 1)}
+               "seconds": round(time.perf_counter() - t0, 1), "component": ae.subfolder}
     write_json(Path(out) / "vae_training.json", summary)
     return summary

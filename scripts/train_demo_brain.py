@@ -5,7 +5,8 @@ Steps (every one reproducible from the seeds below):
      (held-out evaluation uses seed 90000: benchmarks/brain_edits.py)
   2. captions: the brain template (`cfgen caption --template brain`): age, sex, diagnosis, lesion load
   3. an untrained 3D model folder (cfgen.models.ldm3d.build_ldm3d: AutoencoderKL + DiffusionModelUNet
-     + a character-level CLIP text encoder, frozen at init)
+     + a tabular conditioner for age, sex, diagnosis and lesion load that reads the captions back
+     (cfgen/models/tabular.py), trained with the UNet)
   4. the autoencoder trained on the phantoms (L1 + KL), scaling factor 1 / latent std
   5. the UNet trained with `cfgen finetune` (only the UNet trains), EMA, Min-SNR
   6. export to cfgen/models/weights/demo-brain in fp16 safetensors, sha256 printed for models.toml
@@ -30,13 +31,18 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cfgen.models.ldm3d import LDM3DSpec  # noqa: E402
+from cfgen.models.tabular import BRAIN_FIELDS  # noqa: E402
 from train_demo_cxr import export, finetune_unet, first_stage, sh  # noqa: E402
 
 GPU_SPEC = LDM3DSpec(resolution=64, channels=1, latent_channels=4, ae_channels=(32, 64, 64),
-                     unet_channels=(32, 64, 128), text_hidden=64, text_layers=2, text_heads=4, max_tokens=96)
+                     unet_channels=(32, 64, 128), text_hidden=64, conditioning=BRAIN_FIELDS)
 QUICK_SPEC = LDM3DSpec(resolution=32, channels=1, latent_channels=4, ae_channels=(8, 16),
-                       unet_channels=(16, 32), text_hidden=32, text_layers=1, text_heads=2, max_tokens=96)
+                       unet_channels=(16, 32), text_hidden=32, conditioning=BRAIN_FIELDS)
+CPU_SPEC = LDM3DSpec(resolution=64, channels=1, latent_channels=4, ae_channels=(8, 16, 32),
+                     unet_channels=(32, 64, 128), text_hidden=64, conditioning=BRAIN_FIELDS)
 RECIPES = {
+    "cpu": {"spec": CPU_SPEC, "n": 1500, "spacing": 3.0, "ae_steps": 600, "ae_batch": 4, "ae_lr": 1e-3,
+            "ae_crop": 32, "unet_steps": 800, "unet_batch": 4, "lr": 5e-4, "warmup": 50, "ema_decay": 0.99},
     "gpu": {"spec": GPU_SPEC, "n": 4000, "spacing": 3.0, "ae_steps": 10000, "ae_batch": 8, "ae_lr": 1e-4,
             "unet_steps": 30000, "unet_batch": 16, "lr": 1e-4, "warmup": 500, "ema_decay": 0.999},
     "quick": {"spec": QUICK_SPEC, "n": 16, "spacing": 6.0, "ae_steps": 10, "ae_batch": 4, "ae_lr": 1e-3,
@@ -68,11 +74,11 @@ def main() -> None:
     if not (base / "unet").is_dir():
         build_ldm3d(base, spec, seed=0)
     first_stage(data / "train.csv", base, w / "ae", "autoencoder", cfg["ae_steps"], cfg["ae_batch"], cfg["ae_lr"],
-                args.device)
+                args.device, cfg.get("ae_crop"))
     unet_out = w / "unet"
     finetune_unet(data / "train.csv", base, unet_out, cfg, args.device,
-                  ["Brain MRI of a 85 year old female with cognitively normal, no lesions",
-                   "Brain MRI of a 30 year old male with cognitively normal, lesion load 20 mL"])
+                  ["Brain MRI of a 85 year old female with no cognitive impairment, no lesions",
+                   "Brain MRI of a 30 year old male with no cognitive impairment, lesion load 20 mL"])
     print(f"recipe finished in {time.time() - t0:.0f} s; model: {unet_out / 'model'}")
     if args.export:
         export(unet_out / "model", ROOT / "cfgen" / "models" / "weights" / "demo-brain")

@@ -64,13 +64,13 @@ def finetune_unet(train_csv: Path, base: Path, unet_out: Path, cfg: dict, device
 
 
 def first_stage(train_csv: Path, base: Path, out: Path, component: str, steps: int, batch: int, lr: float,
-                device: str) -> None:
+                device: str, crop: int | None = None) -> None:
     """Step 4 of the demo recipes: train the autoencoder (resumes), then put it into the base folder."""
     from cfgen.training.vae import train_vae
 
     if not (out / component).is_dir():
         summary = train_vae(train_csv, base, out, steps=steps, batch_size=batch, lr=lr, seed=0, device=device,
-                            checkpoint_every=250, resume=(out / "checkpoints").is_dir(),
+                            checkpoint_every=250, resume=(out / "checkpoints").is_dir(), crop=crop,
                             on_step=lambda s, loss: print(f"{component} step {s} loss {loss:.4f}", flush=True)
                             if s % 50 == 0 else None)
         print(json.dumps({k: v for k, v in summary.items() if k != "losses"}))

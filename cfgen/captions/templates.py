@@ -93,8 +93,8 @@ _BRAIN_ALIASES = {
 }
 _SEX = {"f": "female", "female": "female", "w": "female", "m": "male", "male": "male",
         "0": "female", "1": "male"}
-_DX = {"cn": "cognitively normal", "mci": "mild cognitive impairment", "ad": "Alzheimer's disease",
-       "ms": "multiple sclerosis", "hc": "healthy control"}
+_DX = {"cn": "no cognitive impairment", "mci": "mild cognitive impairment", "ad": "Alzheimer's disease",
+       "ms": "multiple sclerosis", "hc": "no known neurological disease"}
 
 
 def brain_template(columns: list[str], where: str) -> Callable[[dict], str]:

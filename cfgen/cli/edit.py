@@ -61,18 +61,35 @@ def _run(command: str, scan: str | None, batch: Path | None, out: Path, model: s
     from cfgen.editing.runner import run_jobs
     from cfgen.models.loader import load_model
 
+    from cfgen.editing.shard import Shard
+
+    shard = Shard(device.value)  # several processes (accelerate launch): jobs r, r + N, ... each
+    mine = shard.take(jobs)
+    if shard.size > 1:
+        report.path = shard.partial_path(out)
     t1 = time.perf_counter()
-    loaded = load_model(model, device=device.value, dtype=dtype.value)
+    loaded = load_model(model, device=shard.device or device.value, dtype=dtype.value)
     report.set_model(loaded.report_info(), loaded.device)
     report.data["timings"]["model_load_s"] = round(time.perf_counter() - t1, 3)
     from cfgen.cli.progress import run_progress
 
     k = max(1, round(params.strength * params.steps))
-    with run_progress(len(jobs), 2 * k, quiet) as (on_item, on_step):
-        run_jobs(OPERATIONS[command], loaded, jobs, out, report, fmt=fmt.value if fmt else None,
+    with run_progress(len(mine), 2 * k, quiet or not shard.main) as (on_item, on_step):
+        run_jobs(OPERATIONS[command], loaded, mine, out, report, fmt=fmt.value if fmt else None,
                  overwrite=overwrite, on_item=on_item, on_step=on_step)
     report.data["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
     report.write()
+    if shard.size > 1:
+        shard.wait()
+        if not shard.main:
+            raise typer.Exit(1 if report.failed else 0)
+        merged = RunReport(command, out, report_params)
+        merged.set_model(report.data["model"], report.data["device"])
+        merged.data["timings"] = dict(report.data["timings"])
+        shard.merge(out, merged, jobs)
+        merged.data["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
+        merged.write()
+        report = merged
     print_item_errors(report.data["items"])
     if json_out:
         print_json(report.data)

@@ -27,7 +27,8 @@ def finetune(
     ema_decay: Annotated[float, typer.Option(help="EMA decay")] = 0.9999,
     snr_gamma: Annotated[Optional[float], typer.Option(help="Min-SNR loss weighting gamma (e.g. 5)")] = None,
     noise_offset: Annotated[float, typer.Option(help="Noise offset (e.g. 0.05)")] = 0.0,
-    caption_dropout: Annotated[float, typer.Option(help="Fraction of captions replaced by '' (classifier-free guidance)")] = 0.1,
+    caption_dropout: Annotated[float, typer.Option(help="Fraction of captions replaced by '' (classifier-free guidance); tabular models: "
+                                                             "each field missing with this probability, and whole rows")] = 0.1,
     max_steps: Annotated[Optional[int], typer.Option(help="Optimizer steps [default: from --epochs]")] = None,
     epochs: Annotated[int, typer.Option(help="Epochs when --max-steps is not given")] = 1,
     checkpoint_every: Annotated[int, typer.Option(help="Save a resumable checkpoint every N steps")] = 500,

@@ -6,7 +6,13 @@ import torch
 
 @torch.no_grad()
 def encode_prompts(model, prompts: list[str]) -> torch.Tensor:
-    """Per-token embeddings the UNet cross-attends to (last hidden state, as SD v1.5)."""
+    """Per-token embeddings the UNet cross-attends to (last hidden state, as SD v1.5); for a
+    tabular model, the [value, present] rows its UNet embeds (cfgen/models/tabular.py)."""
+    fields = model.components.get("fields")
+    if fields is not None:
+        from cfgen.models.tabular import encode_values
+
+        return encode_values(prompts, fields).to(model.device)
     tok = model.tokenizer
     max_len = min(int(tok.model_max_length), int(model.entry.defaults.get("max_tokens", 77)))
     batch = tok(prompts, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt")
@@ -16,10 +22,6 @@ def encode_prompts(model, prompts: list[str]) -> torch.Tensor:
         kwargs["attention_mask"] = batch["attention_mask"].to(model.device)
     out = enc(batch["input_ids"].to(model.device), **kwargs)
     return out.last_hidden_state.to(model.dtype)
-
-
-def token_count(model, prompt: str) -> int:
-    return len(model.tokenizer(prompt, truncation=False)["input_ids"])
 
 
 def _factors(vae) -> tuple[float, float]:

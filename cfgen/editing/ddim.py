@@ -18,9 +18,14 @@ import torch
 
 
 def make_scheduler(config: dict, steps: int):
+    """DDIM, or rectified flow for models whose scheduler says ``kind = "rflow"`` (editing/flow.py)."""
     from diffusers import DDIMScheduler
 
-    sched = DDIMScheduler.from_config(config)
+    from cfgen.editing.flow import FlowSchedule, is_flow
+
+    if is_flow(config):
+        return FlowSchedule(config, steps)
+    sched = DDIMScheduler.from_config({k: v for k, v in config.items() if k != "kind"})
     sched.set_timesteps(steps)
     return sched
 
@@ -64,9 +69,17 @@ def invert(unet, scheduler, z0: torch.Tensor, cond: torch.Tensor, timesteps: tor
     noise latent the sampler starts from. Guidance is 1 by design (REFERENCE: guidance > 1
     during inversion breaks reconstruction).
     """
+    z, traj = z0, [z0]
+    if getattr(scheduler, "is_flow", False):
+        for t in reversed(timesteps.tolist()):
+            out = predict(unet, z, scheduler.next_timestep(t), cond).float()
+            z = scheduler.invert_step(out, t, z.float()).to(z0.dtype)
+            traj.append(z)
+            if on_step:
+                on_step()
+        return traj
     ac = scheduler.alphas_cumprod.to(z0.device)
     ptype = scheduler.config.prediction_type
-    z, traj = z0, [z0]
     for t in reversed(timesteps.tolist()):
         a_prev = _alpha_prev(scheduler, t).to(z0.device).float()
         a_t = ac[t].float()

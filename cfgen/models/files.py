@@ -29,6 +29,9 @@ LDM3D_COMPONENTS: dict[str, tuple[str, str | None]] = {
     "scheduler": ("scheduler_config.json", None),
 }
 OPTIONAL_COMPONENTS = ("scheduler", "autoencoder")
+#: per family, further components that may be absent (3D: a tabular model has no text encoder;
+#: the loader then requires unet/config.json's "conditioning")
+FAMILY_OPTIONAL: dict[str, tuple[str, ...]] = {"latent-diffusion-3d": ("text_encoder", "tokenizer")}
 
 #: the files each family's folder needs ("." = the folder itself)
 FAMILY_COMPONENTS: dict[str, dict[str, tuple[str, str | None]]] = {

@@ -8,7 +8,9 @@ Folder layout (safetensors only)::
   unet/model.safetensors
   autoencoder/config.json        optional: monai.networks.nets.AutoencoderKL keyword arguments plus
   autoencoder/model.safetensors  "scaling_factor"; without it the model works in voxel space
-  text_encoder/, tokenizer/      transformers text encoder and tokenizer (as the 2D family)
+  text_encoder/, tokenizer/      transformers text encoder and tokenizer (as the 2D family), or:
+  unet/conditioner.safetensors   tabular conditioning (age, sex, ...) declared by the key
+                                 "conditioning" of unet/config.json (cfgen/models/tabular.py)
   scheduler/scheduler_config.json  optional: DDIM settings (diffusers keys)
 
 The networks are wrapped so that they answer the calls the 2D family answers (``unet(z, t,
@@ -34,16 +36,20 @@ UNET_DIR, AE_DIR, WEIGHTS = "unet", "autoencoder", "model.safetensors"
 class UNet3DAdapter(torch.nn.Module):
     """DiffusionModelUNet with the diffusers call signature."""
 
-    def __init__(self, net: torch.nn.Module, config: dict[str, Any]):
+    def __init__(self, net: torch.nn.Module, config: dict[str, Any], conditioner: torch.nn.Module | None = None):
         super().__init__()
         self.net = net
+        self.conditioner = conditioner  # tabular models: [value, present] rows -> tokens
         self.config = SimpleNamespace(**config)
 
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor | None = None):
         t = torch.as_tensor(timestep, device=sample.device)
         if t.ndim == 0:
             t = t.expand(sample.shape[0])
-        return SimpleNamespace(sample=self.net(sample, t.long(), context=encoder_hidden_states))
+        context = encoder_hidden_states
+        if self.conditioner is not None and context is not None:
+            context = self.conditioner(context).to(sample.dtype)
+        return SimpleNamespace(sample=self.net(sample, t.long(), context=context))
 
     def save_pretrained(self, folder: Path, safe_serialization: bool = True) -> None:
         """config.json + model.safetensors, the layout load_ldm3d reads (finetune output)."""
@@ -52,6 +58,11 @@ class UNet3DAdapter(torch.nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}, str(folder / WEIGHTS))
+        if self.conditioner is not None:
+            from cfgen.models.tabular import CONDITIONER_WEIGHTS
+
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.conditioner.state_dict().items()},
+                      str(folder / CONDITIONER_WEIGHTS))
         (folder / "config.json").write_text(json.dumps(vars(self.config), indent=2))
 
 
@@ -87,7 +98,7 @@ def _network(kind: str, cfg: dict[str, Any], folder: Path, device: str, dtype) -
     from safetensors.torch import load_file
 
     cls = DiffusionModelUNet if kind == UNET_DIR else AutoencoderKL
-    kwargs = {k: v for k, v in cfg.items() if k != "scaling_factor"}
+    kwargs = {k: v for k, v in cfg.items() if k not in ("scaling_factor", "conditioning")}
     try:
         net = cls(**kwargs)
         net.load_state_dict(load_file(str(folder / WEIGHTS)))
@@ -95,6 +106,24 @@ def _network(kind: str, cfg: dict[str, Any], folder: Path, device: str, dtype) -
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise ModelError(f"{folder}: cannot build {cls.__name__} from config.json and {WEIGHTS} ({first[:300]})") from None
     return net.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def _conditioner(ucfg: dict[str, Any], folder: Path, device: str, dtype):
+    """(fields, TabularEmbedding) of a tabular model; (None, None) for a text model."""
+    if "conditioning" not in ucfg:
+        return None, None
+    from safetensors.torch import load_file
+
+    from cfgen.models.tabular import CONDITIONER_WEIGHTS, TabularEmbedding, parse_fields
+
+    fields = parse_fields(ucfg["conditioning"], str(folder / "config.json"))
+    emb = TabularEmbedding(fields, int(ucfg["cross_attention_dim"]))
+    try:
+        emb.load_state_dict(load_file(str(folder / CONDITIONER_WEIGHTS)))
+    except (OSError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise ModelError(f"{folder / CONDITIONER_WEIGHTS}: cannot load the tabular conditioner ({first[:300]})") from None
+    return fields, emb.to(device=device, dtype=torch.float32).eval().requires_grad_(False)
 
 
 def load_ldm3d(entry, folder: Path, device: str, dtype):
@@ -109,17 +138,23 @@ def load_ldm3d(entry, folder: Path, device: str, dtype):
     ucfg = _read_config(folder / UNET_DIR)
     if int(ucfg.get("spatial_dims", 0)) != 3:
         raise ModelError(f"{folder / UNET_DIR / 'config.json'}: spatial_dims must be 3 for a latent-diffusion-3d model")
-    unet = UNet3DAdapter(_network(UNET_DIR, ucfg, folder / UNET_DIR, device, dtype), ucfg)
+    fields, conditioner = _conditioner(ucfg, folder / UNET_DIR, device, dtype)
+    unet = UNet3DAdapter(_network(UNET_DIR, ucfg, folder / UNET_DIR, device, dtype), ucfg, conditioner)
     ae_net, scale = None, 1.0
     if (folder / AE_DIR).is_dir():
         acfg = _read_config(folder / AE_DIR)
         scale = float(acfg.get("scaling_factor", 1.0))
         ae_net = _network(AE_DIR, acfg, folder / AE_DIR, device, dtype)
     vae = Autoencoder3DAdapter(ae_net, scale, int(entry.channels))
+    text_encoder = tokenizer = None
+    if fields is None and not (folder / "text_encoder").is_dir():
+        raise ModelError(f"{folder}: model '{entry.name}' has neither text_encoder/ (a text model) nor "
+                         "'conditioning' in unet/config.json (a tabular model)")
     try:
-        text_encoder = AutoModel.from_pretrained(folder / "text_encoder", trust_remote_code=False, dtype=dtype,
+        if fields is None:
+            text_encoder = AutoModel.from_pretrained(folder / "text_encoder", trust_remote_code=False, dtype=dtype,
                                                  use_safetensors=True).to(device).eval().requires_grad_(False)
-        tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer", trust_remote_code=False)
+            tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer", trust_remote_code=False)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise ModelError(f"{folder}: cannot load the text encoder of '{entry.name}' ({first})") from None
@@ -130,7 +165,7 @@ def load_ldm3d(entry, folder: Path, device: str, dtype):
         sched.update({k: v for k, v in saved.items() if k in sched})
     entry = replace(entry, scheduler=sched)
     comps = {"vae": vae, "unet": unet, "text_encoder": text_encoder, "tokenizer": tokenizer,
-             "vae_scale_factor": vae.downsampling}
+             "vae_scale_factor": vae.downsampling, "fields": fields}
     return entry, comps
 
 
@@ -141,24 +176,22 @@ class LDM3DSpec:
     latent_channels: int = 2
     ae_channels: tuple[int, ...] | None = (8, 8)  # None: voxel space
     unet_channels: tuple[int, ...] = (8, 16)
-    text_hidden: int = 16
+    text_hidden: int = 16  # text encoder width; tabular models: the token width
     text_layers: int = 1
     text_heads: int = 2
     max_tokens: int = 48
     intensity: str = "minus1_1"
     scaling_factor: float = 1.0
+    conditioning: dict | None = None  # tabular fields (cfgen/models/tabular.py) instead of a text encoder
+    scheduler: str = "ddim"  # or "rflow": rectified flow (cfgen/editing/flow.py)
 
 
 def build_ldm3d(folder: Path, spec: LDM3DSpec = LDM3DSpec(), seed: int = 0) -> Path:
     """Write an untrained 3D model folder (tests, and the start of training)."""
-    from diffusers import DDIMScheduler
     from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
     from safetensors.torch import save_file
-    from transformers import CLIPTextConfig, CLIPTextModel
 
-    from cfgen.models.build import char_clip_tokenizer
     from cfgen.models.loader import quiet_hf
-    from cfgen.models.registry import DEFAULT_SCHEDULER
 
     quiet_hf()
     folder = Path(folder)
@@ -183,7 +216,31 @@ def build_ldm3d(folder: Path, spec: LDM3DSpec = LDM3DSpec(), seed: int = 0) -> P
     unet = DiffusionModelUNet(**ucfg)
     (folder / UNET_DIR).mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, str(folder / UNET_DIR / WEIGHTS))
+    if spec.conditioning:
+        from cfgen.models.tabular import CONDITIONER_WEIGHTS, TabularEmbedding, parse_fields
+
+        emb = TabularEmbedding(parse_fields(spec.conditioning, "spec"), spec.text_hidden)
+        save_file({k: v.contiguous() for k, v in emb.state_dict().items()}, str(folder / UNET_DIR / CONDITIONER_WEIGHTS))
+        ucfg["conditioning"] = spec.conditioning
     (folder / UNET_DIR / "config.json").write_text(json.dumps(ucfg, indent=2))
+    _write_common(folder, spec)
+    return folder
+
+
+def _write_common(folder: Path, spec: LDM3DSpec) -> None:
+    from diffusers import DDIMScheduler
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from cfgen.models.build import char_clip_tokenizer
+    from cfgen.models.registry import DEFAULT_SCHEDULER
+
+    DDIMScheduler(**DEFAULT_SCHEDULER).save_pretrained(folder / "scheduler")
+    (folder / "cfgen.toml").write_text(
+        f'family = "latent-diffusion-3d"\nresolution = {spec.resolution}\nchannels = {spec.channels}\n'
+        f'intensity = "{spec.intensity}"\n\n[defaults]\nmax_tokens = {spec.max_tokens}\n'
+        + (f'\n[scheduler]\nkind = "{spec.scheduler}"\n' if spec.scheduler != "ddim" else ""))
+    if spec.conditioning:
+        return
     tokenizer = char_clip_tokenizer(spec.max_tokens)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer.get_vocab()), hidden_size=spec.text_hidden, intermediate_size=spec.text_hidden * 2,
@@ -191,8 +248,3 @@ def build_ldm3d(folder: Path, spec: LDM3DSpec = LDM3DSpec(), seed: int = 0) -> P
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
     text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
     tokenizer.save_pretrained(folder / "tokenizer")
-    DDIMScheduler(**DEFAULT_SCHEDULER).save_pretrained(folder / "scheduler")
-    (folder / "cfgen.toml").write_text(
-        f'family = "latent-diffusion-3d"\nresolution = {spec.resolution}\nchannels = {spec.channels}\n'
-        f'intensity = "{spec.intensity}"\n\n[defaults]\nmax_tokens = {spec.max_tokens}\n')
-    return folder

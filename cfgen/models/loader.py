@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cfgen.errors import ModelError, UsageError
-from cfgen.models.files import FAMILY_COMPONENTS, OPTIONAL_COMPONENTS, missing_files, verify_sha256
+from cfgen.models.files import FAMILY_COMPONENTS, FAMILY_OPTIONAL, OPTIONAL_COMPONENTS, missing_files, verify_sha256
 from cfgen.models.registry import ModelEntry, Registry, _entry_from_table, load_registry, resolve_model_name
 
 if sys.version_info >= (3, 11):
@@ -230,7 +230,8 @@ def load_model(model: str | None = None, device: str = "auto", dtype: str = "flo
         raise UsageError(f"{option} {model or entry.name}: a '{entry.family}' model; this needs a "
                          f"{' or '.join(repr(w) for w in wanted)} model")
     folder, revision = locate(entry)
-    missing = missing_files(folder, FAMILY_COMPONENTS[entry.family], optional=OPTIONAL_COMPONENTS)
+    missing = missing_files(folder, FAMILY_COMPONENTS[entry.family],
+                            optional=OPTIONAL_COMPONENTS + FAMILY_OPTIONAL.get(entry.family, ()))
     if missing:
         raise ModelError(f"{folder}: model '{entry.name}' is incomplete, missing {', '.join(missing)}")
     sha = verify_sha256(folder, entry.sha256, entry.name)

@@ -154,6 +154,8 @@ def _entry_from_table(name: str, table: dict[str, Any], origin: Path) -> ModelEn
         raise ModelError(f"{where}: intensity '{intensity}' is not one of {', '.join(VALUE_RANGES)}")
     scheduler = dict(DEFAULT_SCHEDULER)
     scheduler.update(table.get("scheduler", {}))
+    if scheduler.get("kind", "ddim") not in ("ddim", "rflow"):
+        raise ModelError(f"{where}: scheduler kind '{scheduler['kind']}' is not ddim or rflow")
     return ModelEntry(
         name=name,
         family=family,

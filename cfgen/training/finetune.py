@@ -38,10 +38,26 @@ def _target(noise_scheduler, latents, noise, t):
     return noise
 
 
+def _condition(model, captions, gen, cfg: FinetuneConfig, eval_mode: bool) -> torch.Tensor:
+    """Encoded captions with classifier-free-guidance dropout (tabular models: per field and per row)."""
+    from cfgen.editing.components import encode_prompts
+
+    tabular = model.components.get("fields") is not None
+    if not eval_mode and cfg.caption_dropout > 0 and not tabular:
+        drop = torch.rand(len(captions), generator=gen) < cfg.caption_dropout
+        captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+    cond = encode_prompts(model, captions).float()
+    if not eval_mode and cfg.caption_dropout > 0 and tabular:
+        from cfgen.models.tabular import drop_fields
+
+        cond = drop_fields(cond, cfg.caption_dropout, gen)
+    return cond
+
+
 def _loss(model, unet, noise_scheduler, pixels, captions, gen, cfg: FinetuneConfig, eval_mode=False):
     from diffusers.training_utils import compute_snr
 
-    from cfgen.editing.components import encode_images, encode_prompts
+    from cfgen.editing.components import encode_images
 
     latents = encode_images(model, pixels).float()
     b = latents.shape[0]
@@ -49,11 +65,15 @@ def _loss(model, unet, noise_scheduler, pixels, captions, gen, cfg: FinetuneConf
     if cfg.noise_offset and not eval_mode:
         shape = (b, latents.shape[1]) + (1,) * (latents.ndim - 2)
         noise = noise + cfg.noise_offset * torch.randn(shape, generator=gen).to(latents.device)
+    if getattr(noise_scheduler, "is_flow", False):  # rectified flow: velocity target, no SNR weighting
+        from cfgen.editing.flow import training_pair
+
+        cond = _condition(model, captions, gen, cfg, eval_mode)
+        t, noisy, target = training_pair(latents, noise, gen, noise_scheduler.config.num_train_timesteps)
+        pred = unet(noisy, t, encoder_hidden_states=cond).sample.float()
+        return F.mse_loss(pred, target)
     t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=gen).to(latents.device)
-    if not eval_mode and cfg.caption_dropout > 0:
-        drop = torch.rand(b, generator=gen) < cfg.caption_dropout
-        captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
-    cond = encode_prompts(model, captions).float()
+    cond = _condition(model, captions, gen, cfg, eval_mode)
     noisy = noise_scheduler.add_noise(latents, noise, t)
     pred = unet(noisy, t, encoder_hidden_states=cond).sample.float()
     per_sample = F.mse_loss(pred, _target(noise_scheduler, latents, noise, t), reduction="none").flatten(1).mean(dim=1)
@@ -64,6 +84,24 @@ def _loss(model, unet, noise_scheduler, pixels, captions, gen, cfg: FinetuneConf
             weight = torch.clamp(snr, max=cfg.snr_gamma) / (snr + 1)
         per_sample = per_sample * weight
     return per_sample.mean()
+
+
+def _tabular_rows(samples: list, fields, csv_path: Path) -> tuple[list, list[dict]]:
+    """Captions a tabular model cannot read are reported and left out before the first step."""
+    from cfgen.errors import CfgenError
+    from cfgen.models.tabular import parse_prompt
+
+    good, bad = [], []
+    for s in samples:
+        try:
+            parse_prompt(s.caption, fields)
+            good.append(s)
+        except CfgenError as exc:
+            bad.append({"input": str(s.path.name), "row": s.row, "status": "error",
+                        "error": f"{csv_path} line {s.row}: {exc}", "outputs": {}, "metrics": {}})
+    if not good:
+        raise InputError(f"{csv_path}: no caption this tabular model can read ({bad[0]['error']})")
+    return good, bad
 
 
 def _toml_value(v) -> str:
@@ -151,6 +189,9 @@ def finetune(data_csv: Path, model_name: str | None, out: Path, cfg: FinetuneCon
                       cpu=dev == "cpu")
     model = load_model(model_name, device=str(acc.device))
     e = model.entry
+    if model.components.get("fields") is not None:
+        samples, unreadable = _tabular_rows(samples, model.components["fields"], Path(data_csv))
+        bad_rows += unreadable
     unet = model.components["unet"]
     unet.requires_grad_(True)
     unet.train()
@@ -158,8 +199,16 @@ def finetune(data_csv: Path, model_name: str | None, out: Path, cfg: FinetuneCon
         if not hasattr(unet, "enable_gradient_checkpointing"):
             raise UsageError(f"--gradient-checkpointing: not available for '{e.family}' models")
         unet.enable_gradient_checkpointing()
-    noise_scheduler = DDPMScheduler.from_config({k: v for k, v in e.scheduler.items()
-                                                 if k not in ("set_alpha_to_one", "steps_offset")})
+    from cfgen.editing.flow import FlowSchedule, is_flow
+
+    if is_flow(e.scheduler):
+        if cfg.snr_gamma is not None:
+            raise UsageError("--snr-gamma: Min-SNR weighting is for DDPM models; this model is trained by "
+                             "rectified flow (velocity target, uniform timesteps)")
+        noise_scheduler = FlowSchedule(e.scheduler, 1)
+    else:
+        noise_scheduler = DDPMScheduler.from_config({k: v for k, v in e.scheduler.items()
+                                                     if k not in ("set_alpha_to_one", "steps_offset", "kind")})
     dataset = ImageCaptionDataset(samples, e.resolution, e.channels, e.value_range, cfg.window, dims=e.spatial_dims)
     world, rank = acc.num_processes, acc.process_index
     per_proc = len(samples) // world

@@ -42,7 +42,7 @@ CPU_SPEC = LDM3DSpec(resolution=64, channels=1, latent_channels=4, ae_channels=(
                      unet_channels=(32, 64, 128), text_hidden=64, conditioning=BRAIN_FIELDS)
 RECIPES = {
     "cpu": {"spec": CPU_SPEC, "n": 1500, "spacing": 3.0, "ae_steps": 600, "ae_batch": 4, "ae_lr": 1e-3,
-            "ae_crop": 32, "unet_steps": 800, "unet_batch": 4, "lr": 5e-4, "warmup": 50, "ema_decay": 0.99},
+            "ae_crop": 32, "unet_steps": 1500, "unet_batch": 4, "lr": 5e-4, "warmup": 50, "ema_decay": 0.995},
     "gpu": {"spec": GPU_SPEC, "n": 4000, "spacing": 3.0, "ae_steps": 10000, "ae_batch": 8, "ae_lr": 1e-4,
             "unet_steps": 30000, "unet_batch": 16, "lr": 1e-4, "warmup": 500, "ema_decay": 0.999},
     "quick": {"spec": QUICK_SPEC, "n": 16, "spacing": 6.0, "ae_steps": 10, "ae_batch": 4, "ae_lr": 1e-3,

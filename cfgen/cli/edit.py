@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cfgen.cli.common import (BatchOpt, DeviceOpt, DtypeOpt, Device, Dtype, FormatOpt, JsonOpt, ModelOpt,
+from cfgen.cli.common import (BatchOpt, BatchSizeOpt, DeviceOpt, DtypeOpt, Device, Dtype, FormatOpt, JsonOpt, ModelOpt,
                               OutOpt, OverwriteOpt, QuietOpt, StepsOpt, StrengthOpt, WindowOpt, handle_errors,
                               print_item_errors, print_json)
 from cfgen.errors import UsageError
@@ -20,7 +20,7 @@ SourceOpt = Annotated[Optional[str], typer.Option("--source-prompt", "-s", help=
 
 
 def _run(command: str, scan: str | None, batch: Path | None, out: Path, model: str | None, device: Device,
-         dtype: Dtype, fmt, overwrite: bool, json_out: bool, quiet: bool, **given) -> None:
+         dtype: Dtype, fmt, overwrite: bool, json_out: bool, quiet: bool, batch_size: int = 1, **given) -> None:
     from cfgen.editing.jobs import jobs_from_csv, single_job
     from cfgen.editing.params import EditParams
     from cfgen.models.loader import entry_for
@@ -37,6 +37,8 @@ def _run(command: str, scan: str | None, batch: Path | None, out: Path, model: s
         from cfgen.errors import InputError
 
         raise InputError(f"{mask}: mask file not found (--mask takes none, auto or a file)")
+    if not 1 <= batch_size <= 1024:
+        raise UsageError(f"--batch-size {batch_size}: must be between 1 and 1024")
     if batch is not None and not batch.is_file():
         from cfgen.errors import InputError
 
@@ -54,7 +56,7 @@ def _run(command: str, scan: str | None, batch: Path | None, out: Path, model: s
         jobs = [single_job(scan, params)]
     report_params = {**params.as_dict(), "model": model or entry.name, "batch": str(batch) if batch else None,
                      "format": fmt.value if fmt else None, "device": device.value, "dtype": dtype.value,
-                     "overwrite": overwrite}
+                     "overwrite": overwrite, "batch_size": batch_size}
     report = RunReport(command, out, report_params)
 
     from cfgen.editing.operations import OPERATIONS
@@ -76,7 +78,7 @@ def _run(command: str, scan: str | None, batch: Path | None, out: Path, model: s
     k = max(1, round(params.strength * params.steps))
     with run_progress(len(mine), 2 * k, quiet or not shard.main) as (on_item, on_step):
         run_jobs(OPERATIONS[command], loaded, mine, out, report, fmt=fmt.value if fmt else None,
-                 overwrite=overwrite, on_item=on_item, on_step=on_step)
+                 overwrite=overwrite, on_item=on_item, on_step=on_step, batch_size=batch_size)
     report.data["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
     report.write()
     if shard.size > 1:
@@ -120,9 +122,10 @@ def invert(
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
+    batch_size: BatchSizeOpt = 1,
 ) -> None:
     """DDIM-invert a scan under its source prompt; save the latents and the reconstruction with PSNR/SSIM."""
-    _run("invert", scan, batch, out, model, device, dtype, fmt, overwrite, json_out, quiet,
+    _run("invert", scan, batch, out, model, device, dtype, fmt, overwrite, json_out, quiet, batch_size,
          source_prompt=source_prompt, steps=steps, strength=strength, window=window)
 
 
@@ -149,9 +152,10 @@ def edit(
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
+    batch_size: BatchSizeOpt = 1,
 ) -> None:
     """Counterfactual of a scan (or a CSV of scans) for a target prompt."""
-    _run("edit", scan, batch, out, model, device, dtype, fmt, overwrite, json_out, quiet,
+    _run("edit", scan, batch, out, model, device, dtype, fmt, overwrite, json_out, quiet, batch_size,
          prompt=prompt, source_prompt=source_prompt, negative_prompt=negative_prompt, steps=steps,
          guidance=guidance, strength=strength, eta=eta, seed=seed, window=window, mask=mask,
          mask_threshold=mask_threshold)

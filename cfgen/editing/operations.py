@@ -56,6 +56,10 @@ class EditOp:
     def run(self, model, scan: Scan, params: EditParams, on_step: Callable[[], None] | None) -> Outcome:
         return core.edit(model, scan, params, on_step)
 
+    def run_many(self, model, scans: list[Scan], params: list[EditParams],
+                 on_step: Callable[[], None] | None) -> list[Outcome]:
+        return core.edit_many(model, scans, params, on_step)
+
     def write(self, folder: Path, scan: Scan, outcome: Outcome, params: EditParams,
               fmt: str | None) -> tuple[dict[str, Path], dict[str, Any]]:
         desc = f"counterfactual of '{params.source_prompt}' -> '{params.prompt}'"
@@ -72,6 +76,10 @@ class InvertOp:
 
     def run(self, model, scan: Scan, params: EditParams, on_step: Callable[[], None] | None) -> Outcome:
         return core.invert(model, scan, params, on_step)
+
+    def run_many(self, model, scans: list[Scan], params: list[EditParams],
+                 on_step: Callable[[], None] | None) -> list[Outcome]:
+        return core.invert_many(model, scans, params, on_step)
 
     def write(self, folder: Path, scan: Scan, outcome: Outcome, params: EditParams,
               fmt: str | None) -> tuple[dict[str, Path], dict[str, Any]]:

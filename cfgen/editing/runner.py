@@ -33,6 +33,9 @@ class Operation(Protocol):
 
     def run(self, model, scan: Scan, params: EditParams, on_step: Callable[[], None] | None) -> Outcome: ...
 
+    def run_many(self, model, scans: list[Scan], params: list[EditParams],
+                 on_step: Callable[[], None] | None) -> list[Outcome]: ...
+
     def write(self, folder: Path, scan: Scan, outcome: Outcome, params: EditParams,
               fmt: str | None) -> tuple[dict[str, Path], dict[str, Any]]: ...
 
@@ -56,40 +59,105 @@ def _base_item(job: Job) -> dict[str, Any]:
             "seed": job.params.seed, "params": job.params.as_dict(), "outputs": {}, "metrics": {}}
 
 
+def _new_item(job: Job, out_dir: Path) -> dict[str, Any]:
+    item = _base_item(job)
+    item["input_file"] = os.path.relpath(job.path.absolute(), out_dir.absolute())
+    if job.columns:
+        item["columns"] = {k: os.path.relpath(Path(v).absolute(), out_dir.absolute()) if isinstance(v, Path) else v
+                           for k, v in job.columns.items()}
+    return item
+
+
+def _error_text(job: Job, exc: BaseException) -> str:
+    if isinstance(exc, CfgenError):
+        msg = str(exc)
+        return msg if (job.image and job.image in msg) or job.row else f"{job.image}: {msg}"
+    # a bug must not stop the batch: record it, go on with the next row
+    if os.environ.get("CFGEN_DEBUG"):
+        traceback.print_exception(exc)
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return (f"{job.image}: internal error ({exc.__class__.__name__}: {first}); "
+            "please report it with CFGEN_DEBUG=1 output")
+
+
+def _chunks(jobs: list[Job], batch_size: int):
+    """Consecutive jobs that can share a batch (equal core.batch_key), at most batch_size each."""
+    from cfgen.editing.core import batch_key
+
+    chunk: list[Job] = []
+    for job in jobs:
+        key = batch_key(job.params) if not job.error else None
+        if chunk and (len(chunk) >= batch_size or key is None or key != batch_key(chunk[0].params)):
+            yield chunk
+            chunk = []
+        chunk.append(job)
+        if key is None:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def run_jobs(op: Operation, model, jobs: list[Job], out_dir: Path, report: RunReport, fmt: str | None = None,
              overwrite: bool = False, on_item: Callable[[Job, dict], None] | None = None,
-             on_step: Callable[[], None] | None = None) -> RunReport:
+             on_step: Callable[[], None] | None = None, batch_size: int = 1) -> RunReport:
+    """Each job's item into ``report`` (kept current on disk); up to ``batch_size`` compatible
+    jobs share each UNet forward. A batch that fails is retried item by item, so one bad scan
+    never costs its neighbours."""
     out_dir = Path(out_dir)
-    for job in jobs:
-        item = _base_item(job)
-        item["input_file"] = os.path.relpath(job.path.absolute(), out_dir.absolute())
-        if job.columns:
-            item["columns"] = {k: os.path.relpath(Path(v).absolute(), out_dir.absolute()) if isinstance(v, Path) else v
-                               for k, v in job.columns.items()}
-        t0 = time.perf_counter()
-        try:
-            if job.error:
-                raise InputError(job.error)
-            item.update(_run_one(op, model, job, out_dir, fmt, overwrite, on_step))
-        except CfgenError as exc:
-            msg = str(exc)
-            item["error"] = msg if (job.image and job.image in msg) or job.row else f"{job.image}: {msg}"
-        except Exception as exc:  # a bug must not stop the batch: record it, go on with the next row
-            first = (str(exc).strip().splitlines() or [""])[0]
-            item["error"] = (f"{job.image}: internal error ({exc.__class__.__name__}: {first}); "
-                             "please report it with CFGEN_DEBUG=1 output")
-            if os.environ.get("CFGEN_DEBUG"):
-                traceback.print_exc()
-        item.setdefault("timings", {})["total_s"] = round(time.perf_counter() - t0, 3)
+
+    def done(job: Job, item: dict, t0: float, share: int = 1) -> None:
+        item.setdefault("timings", {})["total_s"] = round((time.perf_counter() - t0) / share, 3)
         report.add_item(item)
         report.write()
         if on_item:
             on_item(job, item)
+
+    for chunk in _chunks(jobs, max(1, batch_size)):
+        t0 = time.perf_counter()
+        ready = []  # (job, item, claim) for the items that need computing
+        for job in chunk:
+            item = _new_item(job, out_dir)
+            try:
+                if job.error:
+                    raise InputError(job.error)
+                claim = _claim(op, model, job, out_dir, fmt, overwrite)
+                if claim["status"] == "skipped":
+                    item.update(claim)
+                    done(job, item, t0)
+                    continue
+                ready.append((job, item, claim))
+            except Exception as exc:  # noqa: BLE001 - recorded per item
+                item["error"] = _error_text(job, exc)
+                done(job, item, t0)
+        if len(ready) > 1:
+            try:
+                outcomes = op.run_many(model, [c["scan"] for _, _, c in ready], [j.params for j, _, _ in ready],
+                                       on_step)
+            except Exception:  # noqa: BLE001 - fall back to one by one, which records each error
+                outcomes = None
+            if outcomes is not None:
+                for (job, item, claim), outcome in zip(ready, outcomes):
+                    try:
+                        item.update(_finish(op, job, out_dir, fmt, claim, outcome))
+                    except Exception as exc:  # noqa: BLE001
+                        item["error"] = _error_text(job, exc)
+                    done(job, item, t0, len(ready))
+                continue
+        for job, item, claim in ready:
+            t1 = time.perf_counter()
+            try:
+                outcome = op.run(model, claim["scan"], job.params, on_step)
+                item.update(_finish(op, job, out_dir, fmt, claim, outcome))
+            except Exception as exc:  # noqa: BLE001
+                item["error"] = _error_text(job, exc)
+            done(job, item, t1)
     return report
 
 
-def _run_one(op: Operation, model, job: Job, out_dir: Path, fmt: str | None, overwrite: bool,
-             on_step: Callable[[], None] | None) -> dict[str, Any]:
+def _claim(op: Operation, model, job: Job, out_dir: Path, fmt: str | None, overwrite: bool) -> dict[str, Any]:
+    """Resume check, stale temporaries removed, the scan read: {"status": "skipped", ...} or
+    {"status": "ready", "scan", "folder", "fingerprint"}."""
     folder = out_dir / job.name
     fp = fingerprint(op.command, job, model.sha256, fmt)
     prev = _previous(folder)
@@ -112,13 +180,16 @@ def _run_one(op: Operation, model, job: Job, out_dir: Path, fmt: str | None, ove
             shutil.rmtree(stale, ignore_errors=True)
         else:
             stale.unlink(missing_ok=True)
-    scan = read_scan(job.path)
-    outcome = op.run(model, scan, job.params, on_step)
+    return {"status": "ready", "scan": read_scan(job.path), "folder": folder, "fingerprint": fp}
+
+
+def _finish(op: Operation, job: Job, out_dir: Path, fmt: str | None, claim: dict, outcome: Outcome) -> dict[str, Any]:
+    scan, folder = claim["scan"], claim["folder"]
     if not np.isfinite(outcome.pixels).all():
         raise InputError(f"{job.path}: the model produced non-finite values (try --dtype float32)")
     files, extra_metrics = op.write(folder, scan, outcome, job.params, fmt)
     record = {
-        "status": "ok", "error": None, "fingerprint": fp,
+        "status": "ok", "error": None, "fingerprint": claim["fingerprint"],
         "outputs": {k: p.relative_to(out_dir).as_posix() for k, p in files.items()},
         "metrics": {**outcome.metrics, **extra_metrics},
         "scan": scan.info(), "preprocessing": outcome.prepared.record(), "timesteps": outcome.timesteps,

@@ -71,3 +71,23 @@ def test_batched_inversion_reports_each_item(tiny_model, cli, tmp_path):
     for key in ("psnr", "vae_psnr", "latent_rel_error"):  # per item, as one by one
         assert [i["metrics"][key] for i in b3] == pytest.approx([i["metrics"][key] for i in b1], rel=1e-3, abs=1e-5)
     assert len({i["metrics"]["psnr"] for i in b3}) == 3
+
+
+def test_throughput_benchmark_runs_and_the_fast_path_matches_fp32(monkeypatch, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    monkeypatch.setenv("CFGEN_COMPILE_BACKEND", "eager")  # dynamo tracing without a C compiler run
+    spec = importlib.util.spec_from_file_location("edit_throughput",
+                                                  Path(__file__).parents[1] / "benchmarks" / "edit_throughput.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    res = mod.main(["--preset", "tiny", "--device", "cpu", "--dtype", "float32", "--steps", "3", "--batch-sizes", "2",
+                    "--batches", "1", "--plain-edits", "1", "--compile", "--no-cpu-side"])
+    g = res["gpu"]
+    assert g["unet_tflop_per_forward"] > 0 and g["plain"]["edits_per_s"] > 0
+    assert [(r["batch"], r["compiled"]) for r in g["rows"]] == [(2, False), (2, True)]
+    for r in g["rows"]:
+        assert r["edits"] == r["batch"] and r["forwards_per_s"] == pytest.approx(r["edits_per_s"] * 9)
+        assert r["psnr_vs_fp32"] > 60  # fp32 fast path: the same edit as the reference, batched or compiled
+    assert "x plain" in capsys.readouterr().out

@@ -46,6 +46,8 @@ StrengthOpt = Annotated[Optional[float], typer.Option(help="Fraction of the step
 WindowOpt = Annotated[Optional[str], typer.Option(help="Intensity window mapped to the model range: auto, minmax, dtype, percentile or LOW,HIGH")]
 BatchOpt = Annotated[Optional[Path], typer.Option("--batch", help="CSV of jobs (image, prompt, optional source_prompt/caption, strength, seed, output)")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Redo items whose outputs exist")]
+CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the UNet once per process (pays off on GPUs "
+                                                          "over many items; CFGEN_COMPILE_BACKEND picks the backend)")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Items sharing each UNet forward (batch CSVs: consecutive "
                                                          "rows with equal steps, strength, guidance and eta 0)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Also print report.json to stdout")]

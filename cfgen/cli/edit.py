@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cfgen.cli.common import (BatchOpt, BatchSizeOpt, DeviceOpt, DtypeOpt, Device, Dtype, FormatOpt, JsonOpt, ModelOpt,
+from cfgen.cli.common import (BatchOpt, BatchSizeOpt, CompileOpt, DeviceOpt, DtypeOpt, Device, Dtype, FormatOpt, JsonOpt, ModelOpt,
                               OutOpt, OverwriteOpt, QuietOpt, StepsOpt, StrengthOpt, WindowOpt, handle_errors,
                               print_item_errors, print_json)
 from cfgen.errors import UsageError
@@ -20,7 +20,8 @@ SourceOpt = Annotated[Optional[str], typer.Option("--source-prompt", "-s", help=
 
 
 def _run(command: str, scan: str | None, batch: Path | None, out: Path, model: str | None, device: Device,
-         dtype: Dtype, fmt, overwrite: bool, json_out: bool, quiet: bool, batch_size: int = 1, **given) -> None:
+         dtype: Dtype, fmt, overwrite: bool, json_out: bool, quiet: bool, batch_size: int = 1,
+         compile_unet: bool = False, **given) -> None:
     from cfgen.editing.jobs import jobs_from_csv, single_job
     from cfgen.editing.params import EditParams
     from cfgen.models.loader import entry_for
@@ -56,7 +57,7 @@ def _run(command: str, scan: str | None, batch: Path | None, out: Path, model: s
         jobs = [single_job(scan, params)]
     report_params = {**params.as_dict(), "model": model or entry.name, "batch": str(batch) if batch else None,
                      "format": fmt.value if fmt else None, "device": device.value, "dtype": dtype.value,
-                     "overwrite": overwrite, "batch_size": batch_size}
+                     "overwrite": overwrite, "batch_size": batch_size, "compile": compile_unet}
     report = RunReport(command, out, report_params)
 
     from cfgen.editing.operations import OPERATIONS
@@ -72,6 +73,9 @@ def _run(command: str, scan: str | None, batch: Path | None, out: Path, model: s
     t1 = time.perf_counter()
     loaded = load_model(model, device=shard.device or device.value, dtype=dtype.value)
     report.set_model(loaded.report_info(), loaded.device)
+    from cfgen.editing.speed import tune
+
+    report.data["speed"] = tune(loaded, compile_unet)
     report.data["timings"]["model_load_s"] = round(time.perf_counter() - t1, 3)
     from cfgen.cli.progress import run_progress
 
@@ -123,9 +127,10 @@ def invert(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     batch_size: BatchSizeOpt = 1,
+    compile_unet: CompileOpt = False,
 ) -> None:
     """DDIM-invert a scan under its source prompt; save the latents and the reconstruction with PSNR/SSIM."""
-    _run("invert", scan, batch, out, model, device, dtype, fmt, overwrite, json_out, quiet, batch_size,
+    _run("invert", scan, batch, out, model, device, dtype, fmt, overwrite, json_out, quiet, batch_size, compile_unet,
          source_prompt=source_prompt, steps=steps, strength=strength, window=window)
 
 
@@ -153,9 +158,10 @@ def edit(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     batch_size: BatchSizeOpt = 1,
+    compile_unet: CompileOpt = False,
 ) -> None:
     """Counterfactual of a scan (or a CSV of scans) for a target prompt."""
-    _run("edit", scan, batch, out, model, device, dtype, fmt, overwrite, json_out, quiet, batch_size,
+    _run("edit", scan, batch, out, model, device, dtype, fmt, overwrite, json_out, quiet, batch_size, compile_unet,
          prompt=prompt, source_prompt=source_prompt, negative_prompt=negative_prompt, steps=steps,
          guidance=guidance, strength=strength, eta=eta, seed=seed, window=window, mask=mask,
          mask_threshold=mask_threshold)

@@ -31,6 +31,9 @@ class LDM2DSpec:
     unet_out_scale: float = 1.0
     #: latent multiplier (SD v1.5: 0.18215, chosen so that latents have unit variance)
     vae_scaling_factor: float = 0.18215
+    #: per down level, whether it has cross-attention (None: all but the first, the small models'
+    #: layout; SD v1.5: all but the last, the 64x64 level included)
+    attention: tuple[bool, ...] | None = None
 
 
 def char_clip_tokenizer(max_tokens: int):
@@ -66,11 +69,12 @@ def build_ldm2d(folder: Path, spec: LDM2DSpec = LDM2DSpec(), seed: int = 0) -> P
         sample_size=spec.resolution, scaling_factor=spec.vae_scaling_factor,
     )
     n_unet = len(spec.unet_channels)
+    attn = spec.attention or (False,) + (True,) * (n_unet - 1)
     unet = UNet2DConditionModel(
         sample_size=spec.resolution // 2 ** (n_vae - 1), in_channels=spec.latent_channels,
         out_channels=spec.latent_channels, block_out_channels=spec.unet_channels,
-        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n_unet - 1),
-        up_block_types=("CrossAttnUpBlock2D",) * (n_unet - 1) + ("UpBlock2D",),
+        down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn),
+        up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
         layers_per_block=spec.layers_per_block, cross_attention_dim=spec.text_hidden,
         attention_head_dim=spec.attention_head_dim, norm_num_groups=min(spec.unet_channels[0], 32),
     )
@@ -106,7 +110,8 @@ PRESETS: dict[str, LDM2DSpec] = {
     "tiny": LDM2DSpec(unet_out_scale=0.05, vae_scaling_factor=3.0),
     "sd15": LDM2DSpec(resolution=512, image_channels=3, vae_channels=(128, 256, 512, 512),
                       unet_channels=(320, 640, 1280, 1280), layers_per_block=2, attention_head_dim=8,
-                      text_hidden=768, text_layers=12, text_heads=12, max_tokens=77),
+                      text_hidden=768, text_layers=12, text_heads=12, max_tokens=77,
+                      attention=(True, True, True, False)),
 }
 
 

@@ -1,0 +1,28 @@
+"""Speed options of the edit path: channels_last memory layout and ``torch.compile``.
+
+The rest of the fast path needs no switch: classifier-free guidance is one batched forward
+(ddim.predict), scheduler arithmetic runs in fp32 whatever the model's dtype, diffusers' and
+MONAI's attention use PyTorch SDPA, ``--dtype float16|bfloat16`` loads the weights in half
+precision, and ``--batch-size`` shares every forward between items.
+"""
+from __future__ import annotations
+
+import os
+
+
+def tune(model, compile_unet: bool = False) -> dict:
+    """channels_last for 2D networks on CUDA (convolutions pick faster kernels); the UNet
+    compiled once per process when asked (later batches reuse it). Returns what was done."""
+    import torch
+
+    done = {"channels_last": False, "compiled": False}
+    if str(model.device).startswith("cuda") and model.entry.spatial_dims == 2:
+        for name in ("unet", "vae"):
+            model.components[name].to(memory_format=torch.channels_last)
+        done["channels_last"] = True
+    if compile_unet:
+        backend = os.environ.get("CFGEN_COMPILE_BACKEND", "inductor")  # tests: "eager" (no C compiler run)
+        unet = model.components["unet"]
+        unet.forward = torch.compile(unet.forward, backend=backend, dynamic=False)
+        done["compiled"] = backend
+    return done

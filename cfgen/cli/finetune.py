@@ -42,6 +42,15 @@ def finetune(
     quiet: QuietOpt = False,
 ) -> None:
     """Fine-tune a model's UNet on image-caption pairs (PRISM Algorithm 1). Works under `accelerate launch`."""
+    _train(**{k: v for k, v in locals().items()})
+
+
+def _train(data: Path, model, out: Path, caption_column: str, template, learning_rate: float, lr_scheduler: str,
+           lr_warmup_steps: int, batch_size: int, gradient_accumulation: int, mixed_precision: str,
+           gradient_checkpointing: bool, ema: bool, ema_decay: float, snr_gamma, noise_offset: float,
+           caption_dropout: float, max_steps, epochs: int, checkpoint_every: int, keep_checkpoints: int,
+           validation_prompt, validate_every: int, seed: int, resume: bool, device, json_out: bool, quiet: bool,
+           objective=None, command: str = "finetune") -> None:
     from cfgen.training.config import FinetuneConfig
 
     cfg = FinetuneConfig(learning_rate=learning_rate, lr_scheduler=lr_scheduler, lr_warmup_steps=lr_warmup_steps,
@@ -61,11 +70,42 @@ def finetune(
 
     with simple_progress(max_steps or 0, "training steps", quiet or not max_steps) as tick:
         report = run(data, model, out, cfg, resume=resume, caption_column=caption_column, template=template,
-                     device=device.value, on_step=(lambda s, t, loss: tick()) if tick else None)
+                     device=device.value, on_step=(lambda s, t, loss: tick()) if tick else None, objective=objective)
     if json_out:
         print_json(report)
     elif not quiet and report.get("training"):
         tr = report["training"]
-        typer.echo(f"finetune: steps {tr['start_step']} -> {tr['final_step']} of {tr['total_steps']}, "
+        typer.echo(f"{command}: steps {tr['start_step']} -> {tr['final_step']} of {tr['total_steps']}, "
                    f"eval loss {tr['eval_loss_start']:.4f} -> {tr['eval_loss_end']:.4f}, "
                    f"{len(report['items'])} bad rows; model: {out / 'model'}", err=True)
+
+
+def _with_cycle_options(func):
+    """cycle-train takes every finetune option plus the counterfactual rules and the cycle weight."""
+    import inspect
+
+    extra = [
+        inspect.Parameter("counterfactual", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+            Optional[list[str]], typer.Option(help="Counterfactual rule (repeatable): age:10,30,60 (numeric field, "
+                                                   "+- kept in range), sex (another category), 'TEXT=>OTHER' (text "
+                                                   "swap) [default: age:10,30,60]")]),
+        inspect.Parameter("cycle_weight", inspect.Parameter.KEYWORD_ONLY, default=1.0, annotation=Annotated[
+            float, typer.Option(help="lambda: weight of the L1 cycle loss (CDM Eq. 2)")]),
+    ]
+    base = inspect.signature(finetune.__wrapped__, eval_str=True)
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if p.default is not inspect.Parameter.empty else p
+              for p in base.parameters.values()]
+    func.__signature__ = base.replace(parameters=params + extra)
+    return func
+
+
+@handle_errors
+@_with_cycle_options
+def cycle_train(**options) -> None:
+    """Fine-tune with the Cycle Diffusion Model objective: denoising under a counterfactual condition, back
+    under the original, and an L1 cycle loss between the latent and its round trip (CDM Eq. 2)."""
+    from cfgen.training.cycle import CycleObjective, parse_rules
+
+    rules = parse_rules(options.pop("counterfactual") or ["age:10,30,60"])
+    objective = CycleObjective(rules, options.pop("cycle_weight"))
+    _train(**options, objective=objective, command="cycle-train")

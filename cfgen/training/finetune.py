@@ -168,7 +168,9 @@ def render_validation(model, unet, prompts: list[str], steps: int, guidance: flo
 
 def finetune(data_csv: Path, model_name: str | None, out: Path, cfg: FinetuneConfig, resume: bool = False,
              caption_column: str = "caption", template: str | None = None, device: str = "auto",
-             on_step: Callable[[int, int, float], None] | None = None) -> dict:
+             on_step: Callable[[int, int, float], None] | None = None, objective=None) -> dict:
+    """Train the UNet of ``model_name`` on ``data_csv``; ``objective`` (default: the denoising loss)
+    may replace the loss, e.g. cfgen.training.cycle.CycleObjective (`cfgen cycle-train`)."""
     from accelerate import Accelerator
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
@@ -189,6 +191,9 @@ def finetune(data_csv: Path, model_name: str | None, out: Path, cfg: FinetuneCon
                       cpu=dev == "cpu")
     model = load_model(model_name, device=str(acc.device))
     e = model.entry
+    loss_fn = objective or _loss
+    if objective is not None:
+        objective.check(model, cfg)
     if model.components.get("fields") is not None:
         samples, unreadable = _tabular_rows(samples, model.components["fields"], Path(data_csv))
         bad_rows += unreadable
@@ -226,8 +231,10 @@ def finetune(data_csv: Path, model_name: str | None, out: Path, cfg: FinetuneCon
         start = int(state["step"])
     unet_p, optimizer_p = acc.prepare(unet, optimizer)
 
-    report = RunReport("finetune", out, {**cfg.as_dict(), "data": str(data_csv), "model": model_name or e.name,
-                                         "resume": resume, "template": template, "caption_column": caption_column})
+    report = RunReport("cycle-train" if objective else "finetune", out, {
+        **cfg.as_dict(), "objective": objective.describe() if objective else "denoising",
+        "data": str(data_csv), "model": model_name or e.name, "resume": resume, "template": template,
+        "caption_column": caption_column})
     report.set_model(model.report_info(), str(acc.device))
     for item in bad_rows:
         report.add_item(item)
@@ -240,7 +247,7 @@ def finetune(data_csv: Path, model_name: str | None, out: Path, cfg: FinetuneCon
         net = acc.unwrap_model(unet_p)
         net.eval()
         with torch.no_grad():
-            v = float(_loss(model, net, noise_scheduler, eval_batch["pixels"].to(acc.device), eval_batch["captions"],
+            v = float(loss_fn(model, net, noise_scheduler, eval_batch["pixels"].to(acc.device), eval_batch["captions"],
                             torch.Generator().manual_seed(derived_seed(cfg.seed, "eval")), cfg, eval_mode=True))
         net.train()
         return v
@@ -262,7 +269,7 @@ def finetune(data_csv: Path, model_name: str | None, out: Path, cfg: FinetuneCon
             gen = torch.Generator().manual_seed(derived_seed(cfg.seed, rank, step, mb))
             with acc.accumulate(unet_p):
                 if data["pixels"] is not None:
-                    loss = _loss(model, unet_p, noise_scheduler, data["pixels"].to(acc.device), data["captions"], gen, cfg)
+                    loss = loss_fn(model, unet_p, noise_scheduler, data["pixels"].to(acc.device), data["captions"], gen, cfg)
                 else:  # every image of this micro-batch failed: a zero loss keeps processes in step
                     loss = sum(p.sum() for p in unet_p.parameters()) * 0.0
                 acc.backward(loss)

@@ -27,4 +27,14 @@ echo "== cfgen evaluate: against the true counterfactual (rendered by the phanto
 printf 'name,original,counterfactual,true_counterfactual,label,target,source_prompt,prompt\n' > "$OUT/pairs.csv"
 printf 'cxr_demo,../../examples/cxr_demo.png,edit/cxr_demo/counterfactual.png,../../examples/cxr_demo_true_no_devices.png,Support Devices,0,"%s","%s"\n' "$SRC" "$TGT" >> "$OUT/pairs.csv"
 $CFGEN evaluate "$OUT/pairs.csv" -o "$OUT/evaluate"
-echo "outputs: $OUT/edit/cxr_demo/{counterfactual.png,difference.png,panel.png}; $OUT/evaluate/{report.json,examples.png}"
+echo "== cfgen edit, 3D: examples/brain_demo.nii.gz (a held-out brain phantom, 48 year old male) with demo-brain =="
+BRAIN="Brain MRI of a 48 year old male with no lesions"
+start=$(date +%s%N)
+$CFGEN edit examples/brain_demo.nii.gz -m demo-brain -s "$BRAIN" -p "Brain MRI of a 85 year old male with no lesions" \
+  -o "$OUT/brain-85" --overwrite
+end=$(date +%s%N)
+echo "3D edit wall time (64^3, process start and model load included): $(( (end - start) / 1000000 )) ms on CPU"
+$CFGEN edit examples/brain_demo.nii.gz -m demo-brain -s "$BRAIN" -p "Brain MRI of a 48 year old male with high lesion load" \
+  -o "$OUT/brain-lesions" --overwrite
+echo "outputs: $OUT/edit/cxr_demo/{counterfactual.png,difference.png,panel.png}; $OUT/evaluate/{report.json,examples.png};"
+echo "  $OUT/brain-85/brain_demo/{counterfactual.nii.gz,panel.png}; $OUT/brain-lesions/brain_demo/{counterfactual.nii.gz,panel.png}"

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cfgen.models.ldm3d import LDM3DSpec  # noqa: E402
 from cfgen.models.tabular import BRAIN_FIELDS  # noqa: E402
-from train_demo_cxr import export, finetune_unet, first_stage, sh  # noqa: E402
+from train_demo_cxr import export, finetune_unet, sh  # noqa: E402
 
 GPU_SPEC = LDM3DSpec(resolution=64, channels=1, latent_channels=4, ae_channels=(32, 64, 64),
                      unet_channels=(32, 64, 128), text_hidden=64, conditioning=BRAIN_FIELDS)
@@ -41,13 +41,37 @@ QUICK_SPEC = LDM3DSpec(resolution=32, channels=1, latent_channels=4, ae_channels
 CPU_SPEC = LDM3DSpec(resolution=64, channels=1, latent_channels=4, ae_channels=(8, 16, 32),
                      unet_channels=(32, 64, 128), text_hidden=64, conditioning=BRAIN_FIELDS)
 RECIPES = {
-    "cpu": {"spec": CPU_SPEC, "n": 1500, "spacing": 3.0, "ae_steps": 600, "ae_batch": 4, "ae_lr": 1e-3,
-            "ae_crop": 32, "unet_steps": 1500, "unet_batch": 4, "lr": 5e-4, "warmup": 50, "ema_decay": 0.995},
-    "gpu": {"spec": GPU_SPEC, "n": 4000, "spacing": 3.0, "ae_steps": 10000, "ae_batch": 8, "ae_lr": 1e-4,
+    # autoencoder: 600 steps on 32^3 patches (batch 4), then to step 800 on whole volumes (batch 2)
+    "cpu": {"spec": CPU_SPEC, "n": 1500, "spacing": 3.0, "ae_phases": [(600, 4, 1e-3, 32), (800, 2, 1e-3, None)],
+            "unet_steps": 1200, "unet_batch": 4, "lr": 5e-4, "warmup": 50, "ema_decay": 0.995,
+            "checkpoint_every": 100},
+    "gpu": {"spec": GPU_SPEC, "n": 4000, "spacing": 3.0, "ae_phases": [(10000, 8, 1e-4, None)],
             "unet_steps": 30000, "unet_batch": 16, "lr": 1e-4, "warmup": 500, "ema_decay": 0.999},
-    "quick": {"spec": QUICK_SPEC, "n": 16, "spacing": 6.0, "ae_steps": 10, "ae_batch": 4, "ae_lr": 1e-3,
+    "quick": {"spec": QUICK_SPEC, "n": 16, "spacing": 6.0, "ae_phases": [(6, 4, 1e-3, 16), (10, 4, 1e-3, None)],
               "unet_steps": 10, "unet_batch": 4, "lr": 2e-4, "warmup": 0, "ema_decay": 0.9},
 }
+
+
+def autoencoder_phases(train_csv: Path, base: Path, out: Path, phases, device: str) -> None:
+    """Step 4: the autoencoder trained phase by phase ((to_step, batch, lr, crop) each; resumes),
+    then put into the base folder."""
+    import json
+    import shutil
+
+    from cfgen.training.vae import train_vae
+
+    for to_step, batch, lr, crop in phases:
+        log = out / "vae_training.json"
+        done = json.loads(log.read_text())["steps"] if log.is_file() and (out / "autoencoder").is_dir() else 0
+        if done >= to_step:
+            continue
+        summary = train_vae(train_csv, base, out, steps=to_step, batch_size=batch, lr=lr, seed=0, device=device,
+                            checkpoint_every=100, resume=(out / "checkpoints").is_dir(), crop=crop,
+                            on_step=lambda s, loss: print(f"autoencoder step {s} loss {loss:.4f}", flush=True)
+                            if s % 50 == 0 else None)
+        print(json.dumps({k: v for k, v in summary.items() if k != "losses"}), flush=True)
+    shutil.rmtree(base / "autoencoder", ignore_errors=True)
+    shutil.copytree(out / "autoencoder", base / "autoencoder")
 
 
 def main() -> None:
@@ -73,8 +97,7 @@ def main() -> None:
     base = w / "base"
     if not (base / "unet").is_dir():
         build_ldm3d(base, spec, seed=0)
-    first_stage(data / "train.csv", base, w / "ae", "autoencoder", cfg["ae_steps"], cfg["ae_batch"], cfg["ae_lr"],
-                args.device, cfg.get("ae_crop"))
+    autoencoder_phases(data / "train.csv", base, w / "ae", cfg["ae_phases"], args.device)
     unet_out = w / "unet"
     finetune_unet(data / "train.csv", base, unet_out, cfg, args.device,
                   ["Brain MRI of a 85 year old female with no cognitive impairment, no lesions",

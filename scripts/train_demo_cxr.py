@@ -58,7 +58,8 @@ def finetune_unet(train_csv: Path, base: Path, unet_out: Path, cfg: dict, device
     sh(sys.executable, "-m", "cfgen.cli.main", "finetune", str(train_csv), "-m", str(base), "-o", str(unet_out),
        "--learning-rate", str(cfg["lr"]), "--lr-scheduler", "cosine", "--lr-warmup-steps", str(cfg["warmup"]),
        "--batch-size", str(cfg["unet_batch"]), "--max-steps", str(cfg["unet_steps"]), "--ema",
-       "--ema-decay", str(cfg["ema_decay"]), "--snr-gamma", "5", "--checkpoint-every", "2000", "--device", device,
+       "--ema-decay", str(cfg["ema_decay"]), "--snr-gamma", "5", "--checkpoint-every", str(cfg.get("checkpoint_every", 2000)),
+       "--device", device,
        "-q", *[a for pr in prompts for a in ("--validation-prompt", pr)],
        *(["--resume"] if (unet_out / "checkpoints").is_dir() else []))
 
@@ -126,7 +127,7 @@ def export(model: Path, target: Path) -> None:
         info = json.loads(meta.read_text())
         base = info.get("base_model") or {}
         base.pop("folder", None)
-        base["source"] = "built by scripts/train_demo_cxr.py"
+        base["source"] = f"built by scripts/train_{target.name.replace('-', '_')}.py"
         meta.write_text(json.dumps(info, indent=2) + "\n")
     for cfg in target.glob("*/config.json"):
         info = json.loads(cfg.read_text())

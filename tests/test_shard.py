@@ -55,10 +55,15 @@ def test_two_processes_edit_a_batch_into_one_report(tiny_model, cli, tmp_path):
     assert report["summary"]["ok"] == 5 and not (out / ".shards").exists()
     # the same items as one process computes
     assert cli(*args, "-o", tmp_path / "one").exit_code == 0
+    # (equal up to float rounding: the launched processes run 1 thread, this one the default, and
+    # a different thread count reorders float sums; a different seed or item differs by far more)
+    def png(folder, i):
+        return np.asarray(Image.open(folder / f"p{i}" / "counterfactual.png")).astype(np.int16)
+
     for i in range(5):
-        a = np.asarray(Image.open(out / f"p{i}" / "counterfactual.png"))
-        b = np.asarray(Image.open(tmp_path / "one" / f"p{i}" / "counterfactual.png"))
-        assert np.array_equal(a, b)
+        diff = np.abs(png(out, i) - png(tmp_path / "one", i))
+        assert diff.max() <= 2 and diff.mean() < 0.1, (i, diff.max(), diff.mean())
+        assert np.abs(png(out, i) - png(tmp_path / "one", (i + 1) % 5)).mean() > 5
     # resumed with two processes: every item is found done
     proc = subprocess.run(launch + args + ["-o", str(out)], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import typer
 
 from cfgen import __version__
-from cfgen.cli import caption, edit, evaluate, finetune, models, phantoms
+from cfgen.cli import caption, edit, evaluate, finetune, models, phantoms, synth3d
 
 app = typer.Typer(
     name="cfgen",
@@ -33,6 +33,7 @@ app.command("edit")(edit.edit)
 app.command("finetune")(finetune.finetune)
 app.command("cycle-train")(finetune.cycle_train)
 app.command("evaluate")(evaluate.evaluate)
+app.command("synth3d")(synth3d.synth3d)
 app.add_typer(models.app, name="models")
 app.add_typer(phantoms.app, name="phantoms")
 

@@ -29,8 +29,8 @@ def run_progress(total_items: int, steps_per_item: int, quiet: bool) -> Iterator
 
 
 @contextlib.contextmanager
-def simple_progress(total: int, what: str, quiet: bool) -> Iterator:
-    """Yields a tick() callback advancing one bar (None when quiet)."""
+def simple_progress(total: int | None, what: str, quiet: bool) -> Iterator:
+    """Yields a tick() callback advancing one bar (None when quiet; total None: open-ended)."""
     if quiet:
         yield None
         return

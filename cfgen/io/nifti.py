@@ -69,3 +69,32 @@ def write_nifti(template: Scan, pixels: np.ndarray, target: Path, description: s
     with atomic_path(target) as tmp:
         nib.save(img, tmp)
     return target
+
+
+INT_SCALE = 30000
+
+
+def centred_affine(size: int, spacing: float) -> np.ndarray:
+    """RAS voxel-to-world matrix of a cubic grid whose origin is the volume centre."""
+    a = np.diag([spacing, spacing, spacing, 1.0])
+    a[:3, 3] = -(size - 1) / 2 * spacing
+    return a
+
+
+def write_volume(path: Path, volume: np.ndarray, affine: np.ndarray, note: str) -> Path:
+    """A new (generated) volume: uint8 labels as they are; intensities in [0, 1] as int16 with a
+    scale factor (half the size of float32); qform = sform = ``affine`` (scanner), mm, marked synthetic."""
+    import nibabel as nib
+
+    if volume.dtype == np.uint8:
+        img = nib.Nifti1Image(volume, affine)
+    else:
+        img = nib.Nifti1Image(np.round(np.clip(volume, 0, 1) * INT_SCALE).astype(np.int16), affine)
+        img.header.set_slope_inter(1.0 / INT_SCALE, 0.0)
+    img.header["descrip"] = f"SYNTHETIC cfgen {note}"[:79].encode("ascii", "replace")
+    img.header.set_xyzt_units("mm")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+    return path

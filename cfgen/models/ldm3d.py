@@ -13,6 +13,9 @@ Folder layout (safetensors only)::
                                  "conditioning" of unet/config.json (cfgen/models/tabular.py)
   scheduler/scheduler_config.json  optional: DDIM settings (diffusers keys)
 
+A UNet with ``"with_conditioning": false`` needs neither (the super-resolution stage of
+`cfgen synth3d`, whose role the ``[synth]`` table of cfgen.toml declares: cfgen/synthesis/stages.py).
+
 The networks are wrapped so that they answer the calls the 2D family answers (``unet(z, t,
 encoder_hidden_states=...).sample``, ``vae.encode(x).latent_dist.mean``, ``vae.decode(z).sample``):
 one editing loop (DDIM inversion, guided sampling, masks) serves 2D and 3D. Scheduling uses
@@ -147,11 +150,12 @@ def load_ldm3d(entry, folder: Path, device: str, dtype):
         ae_net = _network(AE_DIR, acfg, folder / AE_DIR, device, dtype)
     vae = Autoencoder3DAdapter(ae_net, scale, int(entry.channels))
     text_encoder = tokenizer = None
-    if fields is None and not (folder / "text_encoder").is_dir():
+    unconditioned = ucfg.get("with_conditioning") is False  # e.g. a super-resolution stage
+    if fields is None and not unconditioned and not (folder / "text_encoder").is_dir():
         raise ModelError(f"{folder}: model '{entry.name}' has neither text_encoder/ (a text model) nor "
                          "'conditioning' in unet/config.json (a tabular model)")
     try:
-        if fields is None:
+        if fields is None and not unconditioned:
             text_encoder = AutoModel.from_pretrained(folder / "text_encoder", trust_remote_code=False, dtype=dtype,
                                                  use_safetensors=True).to(device).eval().requires_grad_(False)
             tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer", trust_remote_code=False)
@@ -184,6 +188,7 @@ class LDM3DSpec:
     scaling_factor: float = 1.0
     conditioning: dict | None = None  # tabular fields (cfgen/models/tabular.py) instead of a text encoder
     scheduler: str = "ddim"  # or "rflow": rectified flow (cfgen/editing/flow.py)
+    synth: dict | None = None  # [synth] table (cfgen/synthesis/stages.py): label channels or a super-resolution stage
 
 
 def build_ldm3d(folder: Path, spec: LDM3DSpec = LDM3DSpec(), seed: int = 0) -> Path:
@@ -209,10 +214,17 @@ def build_ldm3d(folder: Path, spec: LDM3DSpec = LDM3DSpec(), seed: int = 0) -> P
         (folder / AE_DIR / "config.json").write_text(json.dumps({**acfg, "scaling_factor": spec.scaling_factor}, indent=2))
         latent = spec.latent_channels
     n = len(spec.unet_channels)
-    ucfg = {"spatial_dims": 3, "in_channels": latent, "out_channels": latent, "channels": list(spec.unet_channels),
-            "attention_levels": [False] * (n - 1) + [True], "num_res_blocks": 1,
+    synth = spec.synth or {}
+    sr = "scale" in synth
+    latent += len(synth.get("labels", []))  # label channels are generated with the image
+    ucfg = {"spatial_dims": 3, "in_channels": 2 * latent if sr else latent, "out_channels": latent,
+            "channels": list(spec.unet_channels), "num_res_blocks": 1,
+            # a super-resolution stage is convolutional (no attention, no text): it runs in sliding windows
+            "attention_levels": [False] * n if sr else [False] * (n - 1) + [True],
             "norm_num_groups": min(spec.unet_channels[0], 8), "num_head_channels": spec.unet_channels[-1] // 2,
-            "with_conditioning": True, "cross_attention_dim": spec.text_hidden}
+            "with_conditioning": not sr}
+    if not sr:
+        ucfg["cross_attention_dim"] = spec.text_hidden
     unet = DiffusionModelUNet(**ucfg)
     (folder / UNET_DIR).mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, str(folder / UNET_DIR / WEIGHTS))
@@ -234,12 +246,15 @@ def _write_common(folder: Path, spec: LDM3DSpec) -> None:
     from cfgen.models.build import char_clip_tokenizer
     from cfgen.models.registry import DEFAULT_SCHEDULER
 
+    from cfgen.synthesis.stages import toml_lines
+
     DDIMScheduler(**DEFAULT_SCHEDULER).save_pretrained(folder / "scheduler")
     (folder / "cfgen.toml").write_text(
         f'family = "latent-diffusion-3d"\nresolution = {spec.resolution}\nchannels = {spec.channels}\n'
         f'intensity = "{spec.intensity}"\n\n[defaults]\nmax_tokens = {spec.max_tokens}\n'
-        + (f'\n[scheduler]\nkind = "{spec.scheduler}"\n' if spec.scheduler != "ddim" else ""))
-    if spec.conditioning:
+        + (f'\n[scheduler]\nkind = "{spec.scheduler}"\n' if spec.scheduler != "ddim" else "")
+        + "\n".join(toml_lines(spec.synth or {})) + "\n")
+    if spec.conditioning or "scale" in (spec.synth or {}):
         return
     tokenizer = char_clip_tokenizer(spec.max_tokens)
     text_encoder = CLIPTextModel(CLIPTextConfig(

@@ -70,6 +70,7 @@ class ModelEntry:
     scheduler: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SCHEDULER))
     defaults: dict[str, Any] = field(default_factory=dict)
     sha256: dict[str, str] = field(default_factory=dict)
+    synth: dict[str, Any] = field(default_factory=dict)  # [synth] table: `cfgen synth3d` roles (synthesis/stages.py)
     origin: str = ""  # the toml file the entry came from
 
     @property
@@ -101,6 +102,7 @@ class ModelEntry:
             "scheduler": dict(self.scheduler),
             "defaults": dict(self.defaults),
             "sha256": dict(self.sha256),
+            "synth": dict(self.synth),
             "origin": self.origin,
         }
 
@@ -111,6 +113,7 @@ class Registry:
     default: str | None
     files: list[Path]
     default_classifier: str | None = None  # what `cfgen evaluate` scores with unless told otherwise
+    default_synth3d: str | None = None  # the base model `cfgen synth3d` uses unless told otherwise
 
     def get(self, name: str) -> ModelEntry:
         try:
@@ -156,6 +159,9 @@ def _entry_from_table(name: str, table: dict[str, Any], origin: Path) -> ModelEn
     scheduler.update(table.get("scheduler", {}))
     if scheduler.get("kind", "ddim") not in ("ddim", "rflow"):
         raise ModelError(f"{where}: scheduler kind '{scheduler['kind']}' is not ddim or rflow")
+    from cfgen.synthesis.stages import check_synth_table
+
+    synth = check_synth_table(table.get("synth", {}), where)
     return ModelEntry(
         name=name,
         family=family,
@@ -171,6 +177,7 @@ def _entry_from_table(name: str, table: dict[str, Any], origin: Path) -> ModelEn
         scheduler=scheduler,
         defaults=dict(table.get("defaults", {})),
         sha256={str(k): str(v).lower() for k, v in table.get("sha256", {}).items()},
+        synth=synth,
         origin=str(origin),
     )
 
@@ -187,7 +194,7 @@ def read_registry_file(path: Path) -> tuple[dict[str, ModelEntry], dict[str, str
     if not isinstance(models, dict):
         raise ModelError(f"{path}: [models] must be a table of entries")
     entries = {name: _entry_from_table(name, table, path) for name, table in models.items()}
-    return entries, {k: str(data[k]) for k in ("default", "default_classifier") if data.get(k)}
+    return entries, {k: str(data[k]) for k in ("default", "default_classifier", "default_synth3d") if data.get(k)}
 
 
 def load_registry(extra: list[Path] | None = None) -> Registry:
@@ -205,7 +212,8 @@ def load_registry(extra: list[Path] | None = None) -> Registry:
         if name not in entries:
             raise ModelError(f"{files[-1]}: {key} model '{name}' is not an entry")
     return Registry(entries=entries, default=defaults.get("default"), files=files,
-                    default_classifier=defaults.get("default_classifier"))
+                    default_classifier=defaults.get("default_classifier"),
+                    default_synth3d=defaults.get("default_synth3d"))
 
 
 def resolve_model_name(registry: Registry, model: str | None) -> str:

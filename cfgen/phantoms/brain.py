@@ -167,9 +167,9 @@ def grid_mm(size: int, spacing: float) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 def affine(size: int, spacing: float) -> np.ndarray:
     """RAS voxel-to-world matrix of the phantom grid (origin at the volume centre)."""
-    a = np.diag([spacing, spacing, spacing, 1.0])
-    a[:3, 3] = -(size - 1) / 2 * spacing
-    return a
+    from cfgen.io.nifti import centred_affine
+
+    return centred_affine(size, spacing)
 
 
 def _soft(sd: np.ndarray, width: float) -> np.ndarray:

@@ -25,6 +25,7 @@ import numpy as np
 from cfgen import __version__
 from cfgen.captions.templates import caption_rows
 from cfgen.io.atomic import atomic_path, write_json
+from cfgen.io.nifti import write_volume as save_nifti
 from cfgen.phantoms import brain
 from cfgen.phantoms.dataset import edit_job, run_items, write_tables
 
@@ -32,23 +33,7 @@ MEASURES = ["icv_ml", "brain_ml", "ventricle_ml", "hippocampus_ml", "lesion_ml"]
 LABEL_COLUMNS = ["Path", "Age", "Sex", "Diagnosis", "lesion_load", "MS", *MEASURES, "seed", "index"]
 CF_COLUMNS = ["image", "attribute", "factual", "counterfactual_value", "counterfactual", "mask", "mask_fraction",
               "source_prompt", "prompt", "label", "target", *[f"cf_{m}" for m in MEASURES]]
-INT_SCALE = 30000
 
-
-def save_nifti(path: Path, volume: np.ndarray, affine: np.ndarray, note: str) -> None:
-    import nibabel as nib
-
-    if volume.dtype == np.uint8:
-        img = nib.Nifti1Image(volume, affine)
-    else:  # intensities in [0, 1] stored as int16 with a scale factor: half the size of float32
-        img = nib.Nifti1Image(np.round(np.clip(volume, 0, 1) * INT_SCALE).astype(np.int16), affine)
-        img.header.set_slope_inter(1.0 / INT_SCALE, 0.0)
-    img.header["descrip"] = f"SYNTHETIC cfgen {note}"[:79].encode()
-    img.header.set_xyzt_units("mm")
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    with atomic_path(path) as tmp:
-        nib.save(img, str(tmp))
 
 
 def caption_of(attrs: brain.BrainAttributes) -> str:

@@ -1,7 +1,9 @@
 """Image-caption training data from a CSV, validated before training starts.
 
 Columns: ``image`` (or CheXpert's ``Path``) and ``caption`` (or another column named by
-``caption_column``); with ``template`` the captions are made from label columns the way
+``caption_column``; a super-resolution stage needs none); a 3D base stage that generates anatomy
+label channels also needs ``labels``: an integer label NIfTI on the image's grid whose value k
+is the k-th name of the model's ``[synth] labels``; with ``template`` the captions are made from label columns the way
 `cfgen caption` makes them. Relative paths are resolved against the CSV's folder. Rows with a
 missing file or an empty caption are reported and left out before the first step; an image that
 fails to decode during training is skipped in its batch and counted, never a crash mid-epoch.
@@ -20,10 +22,12 @@ class Sample:
     row: int
     path: Path
     caption: str
+    labels: Path | None = None
 
 
 def read_training_csv(csv_path: Path, caption_column: str = "caption", template: str | None = None,
-                      uncertain: str = "ignore") -> tuple[list[Sample], list[dict]]:
+                      uncertain: str = "ignore", need_captions: bool = True,
+                      label_column: str | None = None) -> tuple[list[Sample], list[dict]]:
     """(usable samples, error items for the report)."""
     from cfgen.captions.templates import UncertainPolicy, caption_rows
 
@@ -35,12 +39,18 @@ def read_training_csv(csv_path: Path, caption_column: str = "caption", template:
         captions = caption_rows(rows, columns, template, str(csv_path), UncertainPolicy(uncertain))
     elif caption_column in columns:
         captions = [r[caption_column] for r in rows]
+    elif not need_captions:
+        captions = ["-"] * len(rows)
     else:
         raise InputError(f"{csv_path}: no '{caption_column}' column (make one with `cfgen caption`, or pass "
                          f"--template); columns found: {', '.join(columns)}")
+    if label_column and label_column not in columns:
+        raise InputError(f"{csv_path}: this model generates label channels and needs a '{label_column}' column "
+                         f"(label NIfTI per image); columns found: {', '.join(columns)}")
     samples, errors = [], []
     for i, (row, cap) in enumerate(zip(rows, captions), start=2):
         path = csv_path.parent / row[image_col]
+        labels = csv_path.parent / row[label_column] if label_column and row[label_column] else None
         problem = None
         if not row[image_col]:
             problem = "the image cell is empty"
@@ -48,11 +58,13 @@ def read_training_csv(csv_path: Path, caption_column: str = "caption", template:
             problem = f"{row[image_col]}: file not found"
         elif not cap.strip():
             problem = "empty caption"
+        elif label_column and (labels is None or not labels.is_file()):
+            problem = f"{row[label_column] or 'the labels cell is empty'}: label file not found"
         if problem:
             errors.append({"input": row[image_col], "row": i, "status": "error",
                            "error": f"{csv_path} line {i}: {problem}", "outputs": {}, "metrics": {}})
         else:
-            samples.append(Sample(row=i, path=path, caption=cap.strip()))
+            samples.append(Sample(row=i, path=path, caption=cap.strip(), labels=labels))
     if not samples:
         raise InputError(f"{csv_path}: no usable rows ({len(errors)} bad)")
     return samples, errors
@@ -62,10 +74,10 @@ class ImageCaptionDataset:
     """Map-style dataset: (C, R, R) tensors in the model's range plus captions."""
 
     def __init__(self, samples: list[Sample], resolution: int, channels: int,
-                 value_range: tuple[float, float], window: str = "auto", dims: int = 2):
+                 value_range: tuple[float, float], window: str = "auto", dims: int = 2, labels: int = 0):
         self.samples = samples
         self.resolution, self.channels, self.value_range = resolution, channels, value_range
-        self.window, self.dims = window, dims
+        self.window, self.dims, self.labels = window, dims, labels
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -77,11 +89,35 @@ class ImageCaptionDataset:
 
         s = self.samples[i]
         try:
-            prep = to_model(read_scan(s.path), self.resolution, self.channels, self.value_range,
-                            self.window, self.dims)
+            scan = read_scan(s.path)
+            prep = to_model(scan, self.resolution, self.channels, self.value_range, self.window, self.dims)
+            x = prep.x[0]
+            if self.labels:
+                import torch
+
+                x = torch.cat([x, label_channels(s.labels, scan, prep, self.labels, self.resolution, self.value_range)])
         except CfgenError as exc:
             return {"error": str(exc), "row": s.row}
-        return {"pixels": prep.x[0], "caption": s.caption, "row": s.row}
+        return {"pixels": x, "caption": s.caption, "row": s.row}
+
+
+def label_channels(path: Path, scan, prep, count: int, resolution: int, value_range: tuple[float, float]):
+    """(count, R, R, R): label k of an integer label volume as channel k - 1, on the model's grid and
+    in the model's range (outside: low, inside: high)."""
+    import numpy as np
+
+    from cfgen.editing.prepare import geometry_to_model
+    from cfgen.io.scan import read_scan
+
+    lab = read_scan(path).pixels[0]
+    if lab.shape != scan.pixels.shape[1:]:
+        raise InputError(f"{path}: label volume of shape {lab.shape} is not on the image's grid {scan.pixels.shape[1:]}")
+    codes = np.rint(lab).astype(np.int64)
+    if codes.min() < 0 or codes.max() > count:
+        raise InputError(f"{path}: label values must be 0..{count} (the model's labels), found {codes.min()}..{codes.max()}")
+    onehot = np.stack([(codes == k).astype(np.float32) for k in range(1, count + 1)])
+    lo, hi = value_range
+    return lo + (hi - lo) * geometry_to_model(onehot, prep, resolution, fill=0.0)[0]
 
 
 def collate(batch: list[dict]) -> dict:

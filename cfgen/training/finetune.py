@@ -26,6 +26,7 @@ from cfgen.io.atomic import atomic_dir
 from cfgen.report import RunReport
 from cfgen.training.checkpoint import checkpoints, load_checkpoint, save_checkpoint
 from cfgen.training.config import FinetuneConfig, derived_seed
+from cfgen.synthesis.stages import toml_lines
 from cfgen.training.data import ImageCaptionDataset, collate, read_training_csv
 
 COPIED_COMPONENTS = ("vae", "autoencoder", "text_encoder", "tokenizer", "scheduler")
@@ -54,36 +55,45 @@ def _condition(model, captions, gen, cfg: FinetuneConfig, eval_mode: bool) -> to
     return cond
 
 
-def _loss(model, unet, noise_scheduler, pixels, captions, gen, cfg: FinetuneConfig, eval_mode=False):
-    from diffusers.training_utils import compute_snr
-
-    from cfgen.editing.components import encode_images
-
-    latents = encode_images(model, pixels).float()
+def noising(noise_scheduler, latents: torch.Tensor, gen, cfg: FinetuneConfig, eval_mode: bool = False):
+    """(timesteps, noisy latents, target) of one batch: DDPM forward process and the noise (or v)
+    target, or rectified flow's interpolation and velocity target."""
     b = latents.shape[0]
     noise = torch.randn(latents.shape, generator=gen).to(latents.device)
     if cfg.noise_offset and not eval_mode:
         shape = (b, latents.shape[1]) + (1,) * (latents.ndim - 2)
         noise = noise + cfg.noise_offset * torch.randn(shape, generator=gen).to(latents.device)
-    if getattr(noise_scheduler, "is_flow", False):  # rectified flow: velocity target, no SNR weighting
+    if getattr(noise_scheduler, "is_flow", False):  # rectified flow: velocity target, t uniform
         from cfgen.editing.flow import training_pair
 
-        cond = _condition(model, captions, gen, cfg, eval_mode)
-        t, noisy, target = training_pair(latents, noise, gen, noise_scheduler.config.num_train_timesteps)
-        pred = unet(noisy, t, encoder_hidden_states=cond).sample.float()
-        return F.mse_loss(pred, target)
+        return training_pair(latents, noise, gen, noise_scheduler.config.num_train_timesteps)
     t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=gen).to(latents.device)
-    cond = _condition(model, captions, gen, cfg, eval_mode)
-    noisy = noise_scheduler.add_noise(latents, noise, t)
-    pred = unet(noisy, t, encoder_hidden_states=cond).sample.float()
-    per_sample = F.mse_loss(pred, _target(noise_scheduler, latents, noise, t), reduction="none").flatten(1).mean(dim=1)
-    if cfg.snr_gamma is not None and not eval_mode:
+    return t, noise_scheduler.add_noise(latents, noise, t), _target(noise_scheduler, latents, noise, t)
+
+
+def weighted_mse(noise_scheduler, pred: torch.Tensor, target: torch.Tensor, t, cfg: FinetuneConfig,
+                 eval_mode: bool = False) -> torch.Tensor:
+    """MSE per sample, Min-SNR weighted when --snr-gamma is set (DDPM models only)."""
+    per_sample = F.mse_loss(pred, target, reduction="none").flatten(1).mean(dim=1)
+    if cfg.snr_gamma is not None and not eval_mode and not getattr(noise_scheduler, "is_flow", False):
+        from diffusers.training_utils import compute_snr
+
         snr = compute_snr(noise_scheduler, t)
         weight = torch.clamp(snr, max=cfg.snr_gamma) / snr
         if noise_scheduler.config.prediction_type == "v_prediction":
             weight = torch.clamp(snr, max=cfg.snr_gamma) / (snr + 1)
         per_sample = per_sample * weight
     return per_sample.mean()
+
+
+def _loss(model, unet, noise_scheduler, pixels, captions, gen, cfg: FinetuneConfig, eval_mode=False):
+    from cfgen.editing.components import encode_images
+
+    latents = encode_images(model, pixels).float()
+    t, noisy, target = noising(noise_scheduler, latents, gen, cfg, eval_mode)
+    cond = _condition(model, captions, gen, cfg, eval_mode)
+    pred = unet(noisy, t, encoder_hidden_states=cond).sample.float()
+    return weighted_mse(noise_scheduler, pred, target, t, cfg, eval_mode)
 
 
 def _tabular_rows(samples: list, fields, csv_path: Path) -> tuple[list, list[dict]]:
@@ -117,7 +127,7 @@ def _model_toml(entry) -> str:
              f'intensity = "{entry.intensity}"', "", "[scheduler]"]
     lines += [f"{k} = {_toml_value(v)}" for k, v in entry.scheduler.items() if v is not None]
     lines += ["", "[defaults]"] + [f"{k} = {_toml_value(v)}" for k, v in entry.defaults.items()]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + toml_lines(entry.synth)) + "\n"
 
 
 def save_model(out: Path, model, unet, recipe: dict) -> Path:
@@ -181,7 +191,16 @@ def finetune(data_csv: Path, model_name: str | None, out: Path, cfg: FinetuneCon
     cfg.check()
     t0 = time.perf_counter()
     out = Path(out)
-    samples, bad_rows = read_training_csv(Path(data_csv), caption_column, template)
+    from cfgen.models.loader import entry_for
+    from cfgen.synthesis.stages import is_super_resolution, label_names
+
+    planned = entry_for(model_name)
+    sr = is_super_resolution(planned)
+    if sr and (objective is not None or cfg.validation_prompts):
+        raise UsageError(f"--model {model_name}: a super-resolution stage trains with its own objective and "
+                         "renders no prompts (drop the cycle rules / --validation-prompt)")
+    samples, bad_rows = read_training_csv(Path(data_csv), caption_column, template, need_captions=not sr,
+                                          label_column="labels" if label_names(planned) else None)
     existing = checkpoints(out)
     if existing and not resume:
         raise InputError(f"{out}: holds checkpoints ({existing[-1].name}); pass --resume to continue "
@@ -191,6 +210,11 @@ def finetune(data_csv: Path, model_name: str | None, out: Path, cfg: FinetuneCon
                       cpu=dev == "cpu")
     model = load_model(model_name, device=str(acc.device))
     e = model.entry
+    command = "cycle-train" if objective else "finetune"
+    if sr:
+        from cfgen.synthesis.superres import SuperResObjective
+
+        objective = SuperResObjective(e.synth["scale"], e.synth.get("patch", 64))
     loss_fn = objective or _loss
     if objective is not None:
         objective.check(model, cfg)
@@ -214,7 +238,8 @@ def finetune(data_csv: Path, model_name: str | None, out: Path, cfg: FinetuneCon
     else:
         noise_scheduler = DDPMScheduler.from_config({k: v for k, v in e.scheduler.items()
                                                      if k not in ("set_alpha_to_one", "steps_offset", "kind")})
-    dataset = ImageCaptionDataset(samples, e.resolution, e.channels, e.value_range, cfg.window, dims=e.spatial_dims)
+    dataset = ImageCaptionDataset(samples, e.resolution, e.channels, e.value_range, cfg.window, dims=e.spatial_dims,
+                                  labels=len(label_names(e)))
     world, rank = acc.num_processes, acc.process_index
     per_proc = len(samples) // world
     batch = min(cfg.batch_size, max(1, per_proc))
@@ -231,7 +256,7 @@ def finetune(data_csv: Path, model_name: str | None, out: Path, cfg: FinetuneCon
         start = int(state["step"])
     unet_p, optimizer_p = acc.prepare(unet, optimizer)
 
-    report = RunReport("cycle-train" if objective else "finetune", out, {
+    report = RunReport(command, out, {
         **cfg.as_dict(), "objective": objective.describe() if objective else "denoising",
         "data": str(data_csv), "model": model_name or e.name, "resume": resume, "template": template,
         "caption_column": caption_column})

@@ -1,0 +1,179 @@
+"""Hierarchical text-to-volume synthesis (MedSyn, section IV): the base stage samples a
+low-resolution volume (with anatomy label channels when the model has them) under classifier-free
+guidance; the super-resolution stage samples the full-resolution volume given the upsampled base.
+
+Anatomy-controlled synthesis (MedSyn IV.D, "fix the mask channels and generate the rest"): after
+every sampling step the label channels are replaced by the given labels noised to the level of
+the next step (the forward process of the model's own scheduler, DDIM or rectified flow), and by
+the labels themselves after the last step; the image channels are generated around them.
+No printing, no files: tensors and numbers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from cfgen.errors import ModelError, UsageError
+from cfgen.synthesis.stages import label_names
+
+
+@dataclass
+class SynthParams:
+    prompt: str
+    num: int = 1
+    seed: int = 0
+    steps: int | None = None  # None: the base model's default, else 50
+    guidance: float | None = None  # None: the base model's default, else 7.5
+    sr_steps: int | None = None  # None: the SR stage's default, else 20
+    size: int | None = None  # output side in voxels [default: base resolution x the SR stage's scale]
+    patch: int | None = None  # SR window [default: the stage's]
+    overlap: float | None = None
+
+    def resolved(self, base_defaults: dict, sr_defaults: dict) -> SynthParams:
+        """Options left unset take the models' [defaults]."""
+        from dataclasses import replace
+
+        return replace(self, steps=self.steps or int(base_defaults.get("steps", 50)),
+                       guidance=self.guidance if self.guidance is not None else float(base_defaults.get("guidance", 7.5)),
+                       sr_steps=self.sr_steps or int(sr_defaults.get("steps", 20)))
+
+    def check(self) -> None:
+        if not self.prompt.strip():
+            raise UsageError("--prompt: the prompt is empty")
+        for name, v, lo in (("--num", self.num, 1), ("--steps", self.steps, 1), ("--sr-steps", self.sr_steps, 1)):
+            if v is not None and v < lo:
+                raise UsageError(f"{name} {v}: must be at least {lo}")
+        if self.guidance is not None and self.guidance < 1:
+            raise UsageError(f"--guidance {self.guidance}: must be at least 1 (1 = no guidance)")
+        if self.size is not None and not 8 <= self.size <= 1024:
+            raise UsageError(f"--size {self.size}: must be within 8..1024 voxels")
+
+
+@dataclass
+class Volume:
+    image: np.ndarray  # (X, Y, Z) in [0, 1] (the model's intensity window)
+    labels: np.ndarray | None  # (X, Y, Z) uint8: 0 background, k = the k-th label name
+    base: np.ndarray  # the base stage's image, (r, r, r) in [0, 1]
+    seed: int
+
+
+def check_base(model) -> None:
+    if label_names(model.entry) and model.components["vae"].net is not None:
+        raise ModelError(f"{model.folder}: label channels need a voxel-space base stage (no autoencoder/)")
+    if "scale" in model.entry.synth:
+        raise UsageError(f"--model {model.name}: a super-resolution stage; synth3d needs a base stage first")
+
+
+def _fixer(sched, fixed: torch.Tensor, channels: int, timesteps: torch.Tensor, gen: torch.Generator):
+    """blend(z, i) for ddim.sample: label channels follow the given labels' forward trajectory."""
+    noise = torch.randn(fixed.shape, generator=gen).to(fixed.device)
+
+    def at(i: int) -> torch.Tensor:
+        if i >= len(timesteps):
+            return fixed
+        return sched.add_noise(fixed, noise, timesteps[i:i + 1].to(fixed.device)).to(fixed.dtype)
+
+    def blend(z: torch.Tensor, i: int) -> torch.Tensor:
+        z = z.clone()
+        z[:, channels:] = at(i + 1)
+        return z
+
+    return at, blend
+
+
+@torch.no_grad()
+def sample_base(model, prompt: str, seed: int, steps: int, guidance: float, fixed: torch.Tensor | None = None,
+                on_step: Callable[[], None] | None = None) -> torch.Tensor:
+    """(1, C + labels, r, r, r) in the model's range from the base stage."""
+    from cfgen.editing import ddim
+    from cfgen.editing.components import decode_latents, encode_prompts
+
+    e = model.entry
+    sched = ddim.make_scheduler(e.scheduler, steps)
+    gen = torch.Generator().manual_seed(int(seed))
+    side = e.resolution // model.vae_scale_factor
+    shape = (1, model.unet.config.in_channels) + (side,) * 3
+    z = (torch.randn(shape, generator=gen) * sched.init_noise_sigma).to(model.device, model.dtype)
+    cond, uncond = encode_prompts(model, [prompt, ""]).chunk(2)
+    blend = None
+    if fixed is not None:
+        at, blend = _fixer(sched, fixed.to(model.device, model.dtype), e.channels, sched.timesteps, gen)
+        z[:, e.channels:] = at(0)
+    z = ddim.sample(model.unet, sched, z, cond, sched.timesteps, uncond=uncond, guidance=guidance,
+                    blend=blend, on_step=on_step)
+    return decode_latents(model, z)
+
+
+def label_map(channels: torch.Tensor, value_range: tuple[float, float]) -> np.ndarray:
+    """(L, ...) label channels in the model's range -> uint8 map: the strongest label above the midpoint."""
+    mid = (value_range[0] + value_range[1]) / 2
+    best = channels.argmax(dim=0)
+    inside = channels.max(dim=0).values > mid
+    return np.where(inside.cpu().numpy(), best.cpu().numpy() + 1, 0).astype(np.uint8)
+
+
+def _nearest(labels: np.ndarray, size: int) -> np.ndarray:
+    """A label map on the output grid (nearest neighbour: labels are not blended)."""
+    if labels.shape[0] == size:
+        return labels
+    x = torch.from_numpy(labels.astype(np.float32))[None, None]
+    return torch.nn.functional.interpolate(x, size=(size,) * 3, mode="nearest-exact")[0, 0].numpy().astype(np.uint8)
+
+
+def _unit(x: torch.Tensor, value_range) -> np.ndarray:
+    from cfgen.editing.prepare import unit
+
+    return unit(x.float().cpu(), value_range).numpy()
+
+
+def synthesize(base, sr, p: SynthParams, fixed: torch.Tensor | None = None,
+               on_step: Callable[[], None] | None = None) -> list[Volume]:
+    """``p.num`` volumes (seeds p.seed, p.seed + 1, ...); ``sr`` None: the base stage only
+    (resized to ``p.size`` when one is asked)."""
+    from cfgen.synthesis.superres import super_resolve, upsample
+
+    p = p.resolved(base.entry.defaults, sr.entry.defaults if sr is not None else {})
+    p.check()
+    check_base(base)
+    e = base.entry
+    size = p.size or (e.resolution * int(sr.entry.synth["scale"]) if sr is not None else e.resolution)
+    if sr is not None:
+        levels = len(sr.unet.config.channels) - 1
+        if size % 2 ** levels:
+            raise UsageError(f"--size {size}: the super-resolution stage needs a multiple of {2 ** levels}")
+        if sr.entry.channels != e.channels:
+            raise ModelError(f"--sr {sr.name}: takes {sr.entry.channels}-channel volumes; the base stage makes {e.channels}")
+    out = []
+    for k in range(p.num):
+        seed = p.seed + k
+        x = sample_base(base, p.prompt, seed, p.steps, p.guidance, fixed, on_step).float()
+        low, lab = x[:, :e.channels], x[:, e.channels:]
+        if sr is not None:
+            high = super_resolve(sr, low, size, p.sr_steps, seed, p.patch, p.overlap, on_step)
+        else:
+            high = upsample(low, size) if size != e.resolution else low
+        labels = _nearest(label_map(lab[0], e.value_range), size) if lab.shape[1] else None
+        out.append(Volume(image=_unit(high, e.value_range)[0].mean(axis=0), labels=labels,
+                          base=_unit(low, e.value_range)[0].mean(axis=0), seed=seed))
+    return out
+
+
+def read_anatomy(path, model) -> torch.Tensor:
+    """--mask-from: an integer label NIfTI (value k = the k-th label) -> (1, L, r, r, r) in the model's range."""
+    from cfgen.editing.prepare import to_model
+    from cfgen.io.scan import read_scan
+    from cfgen.training.data import label_channels
+
+    names = label_names(model.entry)
+    if not names:
+        raise UsageError(f"--mask-from {path}: model '{model.name}' generates no anatomy label channels "
+                         "(its [synth] table names no labels)")
+    scan = read_scan(path)
+    if scan.spatial_dims != 3:
+        raise UsageError(f"--mask-from {path}: needs a 3D label volume")
+    e = model.entry
+    prep = to_model(scan, e.resolution, 1, e.value_range, "minmax", dims=3)
+    return label_channels(path, scan, prep, len(names), e.resolution, e.value_range)[None]

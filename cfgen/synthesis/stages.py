@@ -1,0 +1,69 @@
+"""The ``[synth]`` table of a 3D model entry (models.toml or a folder's cfgen.toml): which role a
+model plays in `cfgen synth3d`. Pure data, imports no torch (the registry reads it).
+
+A base stage (text- or tabular-conditioned 3D model)::
+
+  [synth]
+  spacing = 3.0                        # mm per voxel at the model's resolution
+  labels = ["ventricles", "lesions"]   # optional, voxel-space models only: anatomy channels
+                                       # generated with the image (UNet channels = 1 + len(labels))
+  super_resolution = "demo-brain-sr"   # optional: the stage synth3d runs next (entry name, or a folder
+                                       # relative to this model's folder)
+
+A super-resolution stage (voxel space, UNet input = noisy volume + upsampled low-res volume)::
+
+  [synth]
+  scale = 2          # the factor it was trained to add
+  patch = 32         # sliding-window side when sampling (and the training crop)
+  overlap = 0.25     # window overlap when sampling
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from cfgen.errors import ModelError
+
+KEYS = {"spacing": (int, float), "labels": list, "super_resolution": str, "scale": int, "patch": int,
+        "overlap": (int, float)}
+
+
+def check_synth_table(table: Any, where: str) -> dict[str, Any]:
+    """The validated table (a copy); ``where`` names the file and entry in errors."""
+    if not isinstance(table, dict):
+        raise ModelError(f"{where}: [synth] must be a table")
+    for key, value in table.items():
+        if key not in KEYS:
+            raise ModelError(f"{where}: [synth] key '{key}' is unknown (known: {', '.join(KEYS)})")
+        if not isinstance(value, KEYS[key]) or isinstance(value, bool):
+            raise ModelError(f"{where}: [synth] {key} = {value!r} has the wrong type")
+    labels = table.get("labels", [])
+    if not all(isinstance(x, str) and x for x in labels) or len(set(labels)) != len(labels):
+        raise ModelError(f"{where}: [synth] labels must be distinct non-empty names, got {labels!r}")
+    if "scale" in table and table["scale"] < 2:
+        raise ModelError(f"{where}: [synth] scale = {table['scale']} must be at least 2")
+    if "scale" in table and labels:
+        raise ModelError(f"{where}: [synth] a super-resolution stage (scale) generates no label channels")
+    if table.get("patch", 8) < 8:
+        raise ModelError(f"{where}: [synth] patch = {table['patch']} must be at least 8 voxels")
+    if not 0 <= table.get("overlap", 0.25) < 1:
+        raise ModelError(f"{where}: [synth] overlap = {table['overlap']} must be in [0, 1)")
+    if table.get("spacing", 1.0) <= 0:
+        raise ModelError(f"{where}: [synth] spacing = {table['spacing']} must be positive")
+    return {k: (list(v) if isinstance(v, list) else v) for k, v in table.items()}
+
+
+def is_super_resolution(entry) -> bool:
+    return "scale" in entry.synth
+
+
+def label_names(entry) -> list[str]:
+    return list(entry.synth.get("labels", []))
+
+
+def toml_lines(synth: dict[str, Any]) -> list[str]:
+    """The [synth] table as TOML lines (saved model folders keep their role)."""
+    import json
+
+    if not synth:
+        return []
+    return ["", "[synth]"] + [f"{k} = {json.dumps(v)}" for k, v in synth.items()]

@@ -1,0 +1,205 @@
+"""`cfgen synth3d`: base stage (DDIM or rectified flow, optional anatomy channels), sliding-window
+super-resolution, --mask-from, and training both stages through `cfgen finetune`."""
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from cfgen.errors import ModelError
+from cfgen.models.ldm3d import LDM3DSpec, build_ldm3d
+from schema import validate_report
+
+
+def _liven(folder, seed=0):
+    """MONAI zero-initialises the UNet's output layer: give the untrained net a real output."""
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "unet" / "model.safetensors"
+    sd = load_file(str(path))
+    g = torch.Generator().manual_seed(seed)
+    for k, v in sd.items():
+        if k.startswith("out."):
+            sd[k] = torch.randn(v.shape, generator=g) * 0.05
+    save_file(sd, str(path))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    sr = _liven(build_ldm3d(root / "sr", LDM3DSpec(resolution=16, ae_channels=None, unet_channels=(8, 16),
+                                                   synth={"scale": 2, "patch": 8, "overlap": 0.5}), seed=1))
+    base = _liven(build_ldm3d(root / "base", LDM3DSpec(
+        resolution=8, ae_channels=None, unet_channels=(8, 16),
+        synth={"spacing": 4.0, "labels": ["ventricles"], "super_resolution": "../sr"}), seed=2))
+    flow = _liven(build_ldm3d(root / "flow", LDM3DSpec(resolution=8, ae_channels=None, unet_channels=(8, 16),
+                                                       scheduler="rflow", synth={"spacing": 4.0}), seed=3))
+    return {"base": base, "sr": sr, "flow": flow}
+
+
+def _cube(side=8):
+    lab = np.zeros((side,) * 3, np.uint8)
+    lab[2:6, 3:6, 2:5] = 1
+    return lab
+
+
+def test_synth3d_writes_volumes_of_the_requested_shape_with_the_models_spacing(stages, cli, tmp_path):
+    args = ["synth3d", "--prompt", "brain MRI, high lesion load", "-m", stages["base"], "-n", "2", "--steps", "3",
+            "--sr-steps", "2", "--device", "cpu", "-q"]
+    assert cli(*args, "-o", tmp_path / "a").exit_code == 0
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    validate_report(report)
+    assert report["params"]["sr"] == "sr" and report["params"]["labels"] == ["ventricles"]
+    assert [it["status"] for it in report["items"]] == ["ok", "ok"]
+    vols = []
+    for it in report["items"]:
+        img = nib.load(tmp_path / "a" / it["outputs"]["volume"])
+        # base 8^3 x 4 mm (32 mm field of view) -> x2 -> 16^3 x 2 mm, centred RAS affine
+        assert img.shape == (16, 16, 16) and np.allclose(img.header.get_zooms(), 2.0)
+        assert np.allclose(img.affine[:3, 3], -7.5 * 2.0) and int(img.header["sform_code"]) == 1
+        assert b"SYNTHETIC" in img.header["descrip"].tobytes()
+        base = nib.load(tmp_path / "a" / it["outputs"]["base"])
+        assert base.shape == (8, 8, 8) and np.allclose(base.header.get_zooms(), 4.0)
+        lab = nib.load(tmp_path / "a" / it["outputs"]["labels"])
+        assert lab.shape == (16, 16, 16) and lab.get_data_dtype() == np.uint8
+        assert it["metrics"]["ventricles_ml"] == pytest.approx((np.asarray(lab.dataobj) == 1).sum() * 0.008)
+        vols.append(img.get_fdata())
+        assert 0 <= vols[-1].min() and vols[-1].max() <= 1 + 1e-6 and vols[-1].std() > 0  # int16 x scale
+    assert not np.allclose(vols[0], vols[1])  # seeds 0 and 1
+    # same seed, same volume; a requested size keeps the field of view
+    assert cli(*args, "-n", "1", "--size", "24", "-o", tmp_path / "b").exit_code == 0
+    again = nib.load(tmp_path / "b" / "sample-000" / "volume.nii.gz")
+    assert again.shape == (24, 24, 24) and np.allclose(again.header.get_zooms(), 32 / 24)
+    assert cli(*args, "-n", "1", "-o", tmp_path / "c").exit_code == 0
+    assert np.array_equal(nib.load(tmp_path / "c" / "sample-000" / "volume.nii.gz").get_fdata(), vols[0])
+    # resumed: both samples found done
+    assert cli(*args, "-o", tmp_path / "a").exit_code == 0
+    assert json.loads((tmp_path / "a" / "report.json").read_text())["summary"]["skipped"] == 2
+
+
+def test_rectified_flow_and_ddim_sample_through_the_same_command(stages, cli, tmp_path):
+    for name, kind in (("flow", "rflow"), ("base", "ddim")):
+        res = cli("synth3d", "-p", "brain MRI", "-m", stages[name], "--sr", "none", "--steps", "4", "--device", "cpu",
+                  "-q", "-o", tmp_path / name)
+        assert res.exit_code == 0, res.output
+        report = json.loads((tmp_path / name / "report.json").read_text())
+        assert report["params"]["scheduler"] == kind and report["params"]["sr"] is None
+        img = nib.load(tmp_path / name / "sample-000" / "volume.nii.gz")
+        assert img.shape == (8, 8, 8) and np.allclose(img.header.get_zooms(), 4.0)
+        assert img.get_fdata().std() > 0
+
+
+def test_sliding_window_super_resolution_equals_the_whole_volume(stages):
+    from cfgen.models.loader import load_model
+    from cfgen.synthesis.superres import WindowedUNet, super_resolve
+
+    sr = load_model(str(stages["sr"]), device="cpu")
+    g = torch.Generator().manual_seed(0)
+    low = torch.randn(1, 1, 16, 16, 16, generator=g)
+    z = torch.randn(1, 1, 16, 16, 16, generator=g)
+    direct = sr.unet(torch.cat([z, low], 1), 500).sample
+    one = WindowedUNet(sr.unet, low, 16, 0.25)(z, 500).sample  # one window: the stitching is exact
+    assert torch.allclose(one, direct, atol=1e-5)
+    tiled = WindowedUNet(sr.unet, low, 8, 0.5)(z, 500).sample  # 27 overlapping 8^3 windows
+    # close, not bit-equal: GroupNorm statistics are per window
+    assert (tiled - direct).abs().mean() < 0.1 * direct.abs().mean()
+    # a whole sampling run: windows of the volume's size reproduce the whole-volume run
+    a = super_resolve(sr, low[:, :, ::2, ::2, ::2], 16, 3, seed=0, patch=16)
+    b = super_resolve(sr, low[:, :, ::2, ::2, ::2], 16, 3, seed=0, patch=32)
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_mask_from_fixes_the_anatomy_and_generates_the_image_around_it(stages, cli, tmp_path):
+    cube = _cube()
+    nib.save(nib.Nifti1Image(cube, np.diag([4.0, 4.0, 4.0, 1.0])), tmp_path / "anatomy.nii.gz")
+    shifted = np.roll(cube, 2, axis=0)
+    nib.save(nib.Nifti1Image(shifted, np.diag([4.0, 4.0, 4.0, 1.0])), tmp_path / "shifted.nii.gz")
+    args = ["synth3d", "-p", "brain MRI", "-m", stages["base"], "--steps", "3", "--sr-steps", "2", "--device", "cpu", "-q"]
+    out = {}
+    for name in ("anatomy", "shifted"):
+        assert cli(*args, "--mask-from", tmp_path / f"{name}.nii.gz", "-o", tmp_path / name).exit_code == 0
+        out[name] = tmp_path / name / "sample-000"
+    assert cli(*args, "-o", tmp_path / "free").exit_code == 0
+    up = cube.repeat(2, 0).repeat(2, 1).repeat(2, 2)
+    got = np.asarray(nib.load(out["anatomy"] / "labels.nii.gz").dataobj)
+    assert np.array_equal(got, up)  # the given anatomy, at the output grid
+    free = np.asarray(nib.load(tmp_path / "free" / "sample-000" / "labels.nii.gz").dataobj)
+    assert not np.array_equal(free, up)
+    # same seed, other anatomy: the image channels were generated around it
+    a = nib.load(out["anatomy"] / "base.nii.gz").get_fdata()
+    b = nib.load(out["shifted"] / "base.nii.gz").get_fdata()
+    assert np.abs(a - b).max() > 1e-3
+    res = cli("synth3d", "-p", "x", "-m", stages["flow"], "--mask-from", tmp_path / "anatomy.nii.gz", "-o",
+              tmp_path / "no", "--device", "cpu", "-q")
+    assert res.exit_code == 2 and "generates no anatomy label channels" in res.output
+
+
+def _phantoms(folder, n=4):
+    from cfgen.phantoms.brain_dataset import write_brain_dataset
+
+    write_brain_dataset(folder, n, seed=5, size=16, spacing=12.0)
+    return folder / "labels.csv"
+
+
+def test_finetune_trains_the_super_resolution_stage_and_resumes(stages, cli, tmp_path):
+    import shutil
+
+    csv = _phantoms(tmp_path / "ph")
+    model = shutil.copytree(stages["sr"], tmp_path / "sr")
+    args = ["finetune", csv, "-m", model, "--batch-size", "2", "--learning-rate", "1e-3", "--device", "cpu", "-q",
+            "--checkpoint-every", "2", "-o", tmp_path / "run"]
+    assert cli(*args, "--max-steps", "2").exit_code == 0
+    res = cli(*args, "--max-steps", "3", "--resume")
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["params"]["objective"] == {"kind": "super-resolution", "scale": 2, "patch": 8}
+    assert report["training"]["start_step"] == 2 and report["training"]["final_step"] == 3
+    assert np.isfinite(report["training"]["eval_loss_end"])
+    # the trained stage keeps its role and serves synth3d
+    assert "scale = 2" in (tmp_path / "run" / "model" / "cfgen.toml").read_text()
+    res = cli("synth3d", "-p", "brain MRI", "-m", stages["base"], "--sr", tmp_path / "run" / "model", "--steps", "2",
+              "--sr-steps", "2", "--device", "cpu", "-q", "-o", tmp_path / "gen")
+    assert res.exit_code == 0, res.output
+    assert nib.load(tmp_path / "gen" / "sample-000" / "volume.nii.gz").shape == (16, 16, 16)
+
+
+def test_finetune_trains_a_base_stage_with_anatomy_channels(stages, cli, tmp_path):
+    import csv as csvmod
+    import shutil
+
+    labels_csv = _phantoms(tmp_path / "ph")
+    rows = list(csvmod.DictReader(labels_csv.open()))
+    lines = ["image,caption,labels"]
+    for i, r in enumerate(rows):
+        img = nib.load(tmp_path / "ph" / r["Path"])
+        lab = (img.get_fdata() > np.median(img.get_fdata())).astype(np.uint8)
+        if i == 1:
+            lab[0, 0, 0] = 7  # not a label of this model: the image is skipped, training goes on
+        nib.save(nib.Nifti1Image(lab, img.affine), tmp_path / f"lab{i}.nii.gz")
+        lines.append(f"ph/{r['Path']},brain MRI,lab{i}.nii.gz")
+    (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
+    model = shutil.copytree(stages["base"], tmp_path / "base")
+    res = cli("finetune", tmp_path / "train.csv", "-m", model, "--batch-size", "2", "--max-steps", "2",
+              "--device", "cpu", "-q", "-o", tmp_path / "run")
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert np.isfinite(report["training"]["eval_loss_end"])
+    assert any("label values must be 0..1" in s["error"] for s in report["training"]["skipped_images"])
+    (tmp_path / "nolab.csv").write_text("image,caption\n" + "\n".join(l.rsplit(",", 1)[0] for l in lines[1:]) + "\n")
+    res = cli("finetune", tmp_path / "nolab.csv", "-m", model, "--max-steps", "1", "--device", "cpu", "-q",
+              "-o", tmp_path / "run2")
+    assert res.exit_code == 1 and "needs a 'labels' column" in res.output
+
+
+def test_synth_tables_are_checked_when_the_registry_is_read(tmp_path):
+    from cfgen.synthesis.stages import check_synth_table
+
+    assert check_synth_table({"scale": 2, "patch": 32}, "w") == {"scale": 2, "patch": 32}
+    for bad, msg in (({"scal": 2}, "unknown"), ({"scale": 1}, "at least 2"), ({"scale": 2, "labels": ["a"]}, "no label"),
+                     ({"labels": ["a", "a"]}, "distinct"), ({"overlap": 1.5}, "overlap"), ({"spacing": "3"}, "wrong type")):
+        with pytest.raises(ModelError, match=msg):
+            check_synth_table(bad, "w")

@@ -188,6 +188,7 @@ class LDM3DSpec:
     scaling_factor: float = 1.0
     conditioning: dict | None = None  # tabular fields (cfgen/models/tabular.py) instead of a text encoder
     scheduler: str = "ddim"  # or "rflow": rectified flow (cfgen/editing/flow.py)
+    prediction_type: str = "epsilon"  # DDIM models: or "v_prediction", "sample" (x0, as MedSyn's stages)
     synth: dict | None = None  # [synth] table (cfgen/synthesis/stages.py): label channels or a super-resolution stage
 
 
@@ -252,7 +253,9 @@ def _write_common(folder: Path, spec: LDM3DSpec) -> None:
     (folder / "cfgen.toml").write_text(
         f'family = "latent-diffusion-3d"\nresolution = {spec.resolution}\nchannels = {spec.channels}\n'
         f'intensity = "{spec.intensity}"\n\n[defaults]\nmax_tokens = {spec.max_tokens}\n'
-        + (f'\n[scheduler]\nkind = "{spec.scheduler}"\n' if spec.scheduler != "ddim" else "")
+        + ("\n[scheduler]\n" if spec.scheduler != "ddim" or spec.prediction_type != "epsilon" else "")
+        + (f'kind = "{spec.scheduler}"\n' if spec.scheduler != "ddim" else "")
+        + (f'prediction_type = "{spec.prediction_type}"\n' if spec.prediction_type != "epsilon" else "")
         + "\n".join(toml_lines(spec.synth or {})) + "\n")
     if spec.conditioning or "scale" in (spec.synth or {}):
         return

@@ -24,7 +24,7 @@ import numpy as np
 
 from cfgen import __version__
 from cfgen.captions.templates import caption_rows
-from cfgen.io.atomic import atomic_path, write_json
+from cfgen.io.atomic import write_json
 from cfgen.io.nifti import write_volume as save_nifti
 from cfgen.phantoms import brain
 from cfgen.phantoms.dataset import edit_job, run_items, write_tables

@@ -36,6 +36,8 @@ COPIED_COMPONENTS = ("vae", "autoencoder", "text_encoder", "tokenizer", "schedul
 def _target(noise_scheduler, latents, noise, t):
     if noise_scheduler.config.prediction_type == "v_prediction":
         return noise_scheduler.get_velocity(latents, noise, t)
+    if noise_scheduler.config.prediction_type == "sample":  # x0 prediction (MedSyn Eq. 8)
+        return latents
     return noise
 
 

@@ -31,7 +31,7 @@ SYNTH = {"scale": 2, "patch": 32, "overlap": 0.25}
 RECIPES = {
     "cpu": {"spec": LDM3DSpec(resolution=128, ae_channels=None, unet_channels=(16, 32, 64), prediction_type="sample",
                               synth=SYNTH),
-            "n": 120, "spacing": 1.5, "steps": 400, "batch": 4, "lr": 1e-3, "warmup": 20, "ema_decay": 0.995},
+            "n": 120, "spacing": 1.5, "steps": 200, "batch": 4, "lr": 1e-3, "warmup": 20, "ema_decay": 0.995},
     "gpu": {"spec": LDM3DSpec(resolution=128, ae_channels=None, unet_channels=(32, 64, 128), prediction_type="sample",
                               synth={**SYNTH, "patch": 64}),
             "n": 1000, "spacing": 1.5, "steps": 20000, "batch": 8, "lr": 2e-4, "warmup": 500, "ema_decay": 0.999},

@@ -59,3 +59,46 @@ def test_demo_brain_ships_within_budget_and_edits_a_volume_by_values(cli, tmp_pa
     assert cf.shape == src.shape == (64, 64, 64) and np.array_equal(cf.affine, src.affine)
     change = np.abs(cf.get_fdata() - src.get_fdata()).mean() / np.ptp(src.get_fdata())
     assert 0 < change < 0.3
+
+
+def test_demo_synth3d_stages_ship_within_budget_and_super_resolve_a_phantom(cli, tmp_path):
+    """demo-brain (base) + demo-brain-sr: within the 30 MB budget together; the stage brings a held-out
+    phantom region back from half resolution close to the truth; synth3d chains the two by name."""
+    import nibabel as nib
+    import torch
+    import torch.nn.functional as F
+
+    from cfgen.editing.prepare import to_model
+    from cfgen.io.nifti import write_volume
+    from cfgen.io.scan import read_scan
+    from cfgen.models.loader import load_model
+    from cfgen.phantoms import brain
+    from cfgen.synthesis.superres import super_resolve, upsample
+
+    reg = load_registry()
+    base, sr = reg.get(reg.default_synth3d), reg.get("demo-brain-sr")
+    assert base.synth["super_resolution"] == "demo-brain-sr" and sr.synth["scale"] == 2
+    weights = {e.name: sorted(e.path.rglob("*.safetensors")) for e in (base, sr)}
+    assert {w.relative_to(sr.path).as_posix() for w in weights[sr.name]} == set(sr.sha256)
+    assert sum(w.stat().st_size for ws in weights.values() for w in ws) <= 30 * 1024 * 1024
+    exo, attrs = brain.subject(90000, 1)
+    truth = brain.acquire(brain.compose(brain.tissue_maps(exo, attrs, 128, 1.5)), exo, 1.5)
+    write_volume(tmp_path / "truth.nii.gz", truth, brain.affine(128, 1.5), "test")
+    x = to_model(read_scan(tmp_path / "truth.nii.gz"), 128, 1, (-1.0, 1.0), "auto", dims=3).x  # as training reads it
+    x = x[..., 40:72, 40:72, 48:80]  # a central 32^3 region (the stage is convolutional; 128^3 takes minutes on CPU)
+    low = F.avg_pool3d(x, 2)
+    stage = load_model("demo-brain-sr", device="cpu")
+    y = super_resolve(stage, low, 32, 4, seed=0)
+    err_sr = (y - x).abs().mean().item()
+    err_tri = (upsample(low, 32) - x).abs().mean().item()
+    # the CPU-trained stage (200 steps) follows its low-res input closely but does not beat trilinear
+    # upsampling yet (0.086 vs 0.062 here): a stage ignoring its input would be off by ~0.7 (one step)
+    assert err_sr < 1.5 * err_tri, (err_sr, err_tri)
+    # the default chain (demo-brain, then demo-brain-sr by name), kept small: one SR step in one 64^3 window
+    res = cli("synth3d", "-p", "brain MRI of an 85 year old", "--steps", "3", "--sr-steps", "1", "--size", "64",
+              "--patch", "64", "-o", tmp_path / "s", "-q", env={"HF_HUB_OFFLINE": "1"})
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "s" / "report.json").read_text())
+    assert report["params"]["model"] == "demo-brain" and report["params"]["sr"] == "demo-brain-sr"
+    img = nib.load(tmp_path / "s" / "sample-000" / "volume.nii.gz")
+    assert img.shape == (64, 64, 64) and np.allclose(img.header.get_zooms(), 3.0)

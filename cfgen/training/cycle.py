@@ -126,35 +126,24 @@ def _x0(noise_scheduler, z_t, out, t):
     a = noise_scheduler.alphas_cumprod.to(z_t.device)[t].float().reshape((-1,) + (1,) * (z_t.ndim - 1))
     if noise_scheduler.config.prediction_type == "v_prediction":
         return a.sqrt() * z_t - (1 - a).sqrt() * out
+    if noise_scheduler.config.prediction_type == "sample":
+        return out
     return (z_t - (1 - a).sqrt() * out) / a.sqrt()
-
-
-def _noisy(noise_scheduler, z0, noise, t):
-    if getattr(noise_scheduler, "is_flow", False):
-        s = (t.float() / noise_scheduler.config.num_train_timesteps).reshape((-1,) + (1,) * (z0.ndim - 1))
-        return (1 - s) * z0 + s * noise
-    return noise_scheduler.add_noise(z0, noise, t)
-
-
-def _target(noise_scheduler, z0, noise, t):
-    if getattr(noise_scheduler, "is_flow", False):
-        return z0 - noise
-    if noise_scheduler.config.prediction_type == "v_prediction":
-        return noise_scheduler.get_velocity(z0, noise, t)
-    return noise
 
 
 def cycle_terms(unet, noise_scheduler, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
                 cond: torch.Tensor, cond_cf: torch.Tensor) -> dict[str, torch.Tensor]:
     """The three terms of Eq. 2 (mean over the batch)."""
-    z_t = _noisy(noise_scheduler, z0, noise, t)
+    from cfgen.training.finetune import target
+
+    z_t = noise_scheduler.add_noise(z0, noise, t)  # DDPM forward process, or rectified flow's interpolation
     out_cf = unet(z_t, t, encoder_hidden_states=cond_cf).sample.float()
     z0_cf = _x0(noise_scheduler, z_t, out_cf, t)
-    z_t_cf = _noisy(noise_scheduler, z0_cf, noise, t)
+    z_t_cf = noise_scheduler.add_noise(z0_cf, noise, t)
     out_back = unet(z_t_cf, t, encoder_hidden_states=cond).sample.float()
     z0_back = _x0(noise_scheduler, z_t_cf, out_back, t)
-    return {"ldm_cf": F.mse_loss(out_cf, _target(noise_scheduler, z0, noise, t)),
-            "ldm_back": F.mse_loss(out_back, _target(noise_scheduler, z0_cf, noise, t)),
+    return {"ldm_cf": F.mse_loss(out_cf, target(noise_scheduler, z0, noise, t)),
+            "ldm_back": F.mse_loss(out_back, target(noise_scheduler, z0_cf, noise, t)),
             "cycle": (z0 - z0_back).abs().mean()}
 
 

@@ -33,10 +33,14 @@ COPIED_COMPONENTS = ("vae", "autoencoder", "text_encoder", "tokenizer", "schedul
 
 
 
-def _target(noise_scheduler, latents, noise, t):
+def target(noise_scheduler, latents, noise, t):
+    """What the network learns to output at (latents noised with ``noise`` to ``t``): the velocity
+    latents - noise (rectified flow), v, x0 itself (prediction_type "sample", MedSyn Eq. 8) or the noise."""
+    if getattr(noise_scheduler, "is_flow", False):
+        return latents - noise
     if noise_scheduler.config.prediction_type == "v_prediction":
         return noise_scheduler.get_velocity(latents, noise, t)
-    if noise_scheduler.config.prediction_type == "sample":  # x0 prediction (MedSyn Eq. 8)
+    if noise_scheduler.config.prediction_type == "sample":
         return latents
     return noise
 
@@ -70,7 +74,7 @@ def noising(noise_scheduler, latents: torch.Tensor, gen, cfg: FinetuneConfig, ev
 
         return training_pair(latents, noise, gen, noise_scheduler.config.num_train_timesteps)
     t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=gen).to(latents.device)
-    return t, noise_scheduler.add_noise(latents, noise, t), _target(noise_scheduler, latents, noise, t)
+    return t, noise_scheduler.add_noise(latents, noise, t), target(noise_scheduler, latents, noise, t)
 
 
 def weighted_mse(noise_scheduler, pred: torch.Tensor, target: torch.Tensor, t, cfg: FinetuneConfig,

@@ -52,6 +52,14 @@ RECIPES = {
 }
 
 
+def brain_phantoms(data: Path, n: int, seed: int, size: int, spacing: float) -> Path:
+    """Step 1 of the brain recipes: `cfgen phantoms brain` into ``data`` (kept when already there)."""
+    if not (data / "labels.csv").is_file():
+        sh(sys.executable, "-m", "cfgen.cli.main", "phantoms", "brain", "-n", str(n), "--seed", str(seed),
+           "--size", str(size), "--spacing", str(spacing), "--no-counterfactuals", "-o", str(data), "-q")
+    return data
+
+
 def autoencoder_phases(train_csv: Path, base: Path, out: Path, phases, device: str) -> None:
     """Step 4: the autoencoder trained phase by phase ((to_step, batch, lr, crop) each; resumes),
     then put into the base folder."""
@@ -86,10 +94,7 @@ def main() -> None:
     w = args.work
     cfgen = [sys.executable, "-m", "cfgen.cli.main"]
     t0 = time.time()
-    data = w / "phantoms"
-    if not (data / "labels.csv").is_file():
-        sh(*cfgen, "phantoms", "brain", "-n", str(cfg["n"]), "--seed", "1000", "--size", str(spec.resolution),
-           "--spacing", str(cfg["spacing"]), "--no-counterfactuals", "-o", str(data), "-q")
+    data = brain_phantoms(w / "phantoms", cfg["n"], 1000, spec.resolution, cfg["spacing"])
     if not (data / "train.csv").is_file():
         sh(*cfgen, "caption", str(data / "labels.csv"), "--template", "brain", "-o", str(data / "train.csv"))
     from cfgen.models.ldm3d import build_ldm3d

@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cfgen.models.ldm3d import LDM3DSpec  # noqa: E402
+from train_demo_brain import brain_phantoms  # noqa: E402
 from train_demo_cxr import export, sh  # noqa: E402
 
 SYNTH = {"scale": 2, "patch": 32, "overlap": 0.25}
@@ -52,10 +53,7 @@ def main() -> None:
     spec = cfg["spec"]
     cfgen = [sys.executable, "-m", "cfgen.cli.main"]
     t0 = time.time()
-    data = w / "phantoms"
-    if not (data / "labels.csv").is_file():
-        sh(*cfgen, "phantoms", "brain", "-n", str(cfg["n"]), "--seed", "2000", "--size", str(spec.resolution),
-           "--spacing", str(cfg["spacing"]), "--no-counterfactuals", "-o", str(data), "-q")
+    data = brain_phantoms(w / "phantoms", cfg["n"], 2000, spec.resolution, cfg["spacing"])
     from cfgen.models.ldm3d import build_ldm3d
 
     base = w / "base"

@@ -65,7 +65,6 @@ def test_demo_synth3d_stages_ship_within_budget_and_super_resolve_a_phantom(cli,
     """demo-brain (base) + demo-brain-sr: within the 30 MB budget together; the stage brings a held-out
     phantom region back from half resolution close to the truth; synth3d chains the two by name."""
     import nibabel as nib
-    import torch
     import torch.nn.functional as F
 
     from cfgen.editing.prepare import to_model

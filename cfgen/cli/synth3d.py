@@ -40,7 +40,6 @@ def synth3d(
 
     p = SynthParams(prompt=prompt, num=num, seed=seed, steps=steps, guidance=guidance, sr_steps=sr_steps, size=size,
                     patch=patch, overlap=overlap)
-    p.check()
     with simple_progress(None, "sampling steps", quiet) as tick:
         report = run_synth3d(p, out, model, sr, mask_from, device.value, dtype.value, overwrite, on_step=tick)
     if json_out:

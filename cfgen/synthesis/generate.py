@@ -60,6 +60,11 @@ class Volume:
     seed: int
 
 
+def output_size(p: SynthParams, base, sr) -> int:
+    """--size, else the base's resolution times the super-resolution stage's scale."""
+    return p.size or base.entry.resolution * (int(sr.entry.synth["scale"]) if sr is not None else 1)
+
+
 def check_base(model) -> None:
     if label_names(model.entry) and model.components["vae"].net is not None:
         raise ModelError(f"{model.folder}: label channels need a voxel-space base stage (no autoencoder/)")
@@ -139,7 +144,7 @@ def synthesize(base, sr, p: SynthParams, fixed: torch.Tensor | None = None,
     p.check()
     check_base(base)
     e = base.entry
-    size = p.size or (e.resolution * int(sr.entry.synth["scale"]) if sr is not None else e.resolution)
+    size = output_size(p, base, sr)
     if sr is not None:
         levels = len(sr.unet.config.channels) - 1
         if size % 2 ** levels:
@@ -176,4 +181,4 @@ def read_anatomy(path, model) -> torch.Tensor:
         raise UsageError(f"--mask-from {path}: needs a 3D label volume")
     e = model.entry
     prep = to_model(scan, e.resolution, 1, e.value_range, "minmax", dims=3)
-    return label_channels(path, scan, prep, len(names), e.resolution, e.value_range)[None]
+    return label_channels(scan.pixels[0], path, scan, prep, len(names), e.resolution, e.value_range)[None]

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from cfgen.errors import CfgenError, UsageError
-from cfgen.synthesis.generate import SynthParams, Volume, synthesize
+from cfgen.synthesis.generate import SynthParams, Volume, output_size, synthesize
 
 
 def _sample_outputs(out: Path, vol: Volume, spacing: float, base_spacing: float, prompt: str, labels: list[str]) -> dict:
@@ -85,7 +85,7 @@ def run_synth3d(p: SynthParams, out: Path, model: str | None = None, sr: str | N
     labels = label_names(base.entry)
     e = base.entry
     base_spacing = float(e.synth.get("spacing", 1.0))
-    size = p.size or (e.resolution * int(stage2.entry.synth["scale"]) if stage2 else e.resolution)
+    size = output_size(p, base, stage2)
     spacing = base_spacing * e.resolution / size  # the base's field of view at the output's grid
     params = {**vars(p), "size": size, "model": model, "sr": stage2.name if stage2 else None,
               "mask_from": str(mask_from) if mask_from else None, "device": device, "dtype": dtype,

@@ -31,9 +31,8 @@ class WindowedUNet:
     """The SR UNet with the call signature the DDIM loop uses; the low-res input is concatenated
     and the volume processed in windows of ``patch`` voxels (one window when it fits in one)."""
 
-    def __init__(self, unet, low: torch.Tensor, patch: int, overlap: float, windows_per_batch: int = 1):
+    def __init__(self, unet, low: torch.Tensor, patch: int, overlap: float):
         self.unet, self.low, self.patch, self.overlap = unet, low, patch, overlap
-        self.windows_per_batch = windows_per_batch
 
     def __call__(self, z: torch.Tensor, t, encoder_hidden_states=None):
         from monai.inferers import sliding_window_inference
@@ -44,7 +43,7 @@ class WindowedUNet:
             return self.unet(window, t).sample
 
         roi = [min(self.patch, s) for s in x.shape[2:]]  # never pad a small volume up to the window
-        out = sliding_window_inference(x, roi, self.windows_per_batch, predictor, overlap=self.overlap,
+        out = sliding_window_inference(x, roi, 1, predictor, overlap=self.overlap,
                                        mode="gaussian", sw_device=z.device, device=z.device)
         return SimpleNamespace(sample=torch.as_tensor(out))
 

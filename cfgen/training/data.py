@@ -95,21 +95,22 @@ class ImageCaptionDataset:
             if self.labels:
                 import torch
 
-                x = torch.cat([x, label_channels(s.labels, scan, prep, self.labels, self.resolution, self.value_range)])
+                lab = read_scan(s.labels).pixels[0]
+                x = torch.cat([x, label_channels(lab, s.labels, scan, prep, self.labels, self.resolution,
+                                                 self.value_range)])
         except CfgenError as exc:
             return {"error": str(exc), "row": s.row}
         return {"pixels": x, "caption": s.caption, "row": s.row}
 
 
-def label_channels(path: Path, scan, prep, count: int, resolution: int, value_range: tuple[float, float]):
-    """(count, R, R, R): label k of an integer label volume as channel k - 1, on the model's grid and
-    in the model's range (outside: low, inside: high)."""
+def label_channels(lab, path: Path, scan, prep, count: int, resolution: int, value_range: tuple[float, float]):
+    """(count, R, R, R): label k of the integer label volume ``lab`` (read from ``path``) as channel
+    k - 1, on the model's grid (``scan``'s, prepared as ``prep``) and in the model's range (outside:
+    low, inside: high)."""
     import numpy as np
 
     from cfgen.editing.prepare import geometry_to_model
-    from cfgen.io.scan import read_scan
 
-    lab = read_scan(path).pixels[0]
     if lab.shape != scan.pixels.shape[1:]:
         raise InputError(f"{path}: label volume of shape {lab.shape} is not on the image's grid {scan.pixels.shape[1:]}")
     codes = np.rint(lab).astype(np.int64)

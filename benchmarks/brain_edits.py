@@ -10,6 +10,10 @@ counterfactual's as target, and prints per edit:
              subject's ventricle / lesion region (bar: >= 0.90)
   ratio      error to the true counterfactual / error of doing nothing (bar: <= 0.5)
   outside    mean |change| outside the true-difference region
+  age_err    age edits: |age read from the counterfactual - target age| (years), by a phantom age
+             regressor (log ventricle CSF volume, linear in age, fitted on 80 training-seed phantoms;
+             the Cycle Diffusion paper's Tables 1-2 measure counterfactual age the same way);
+             age_err_true is the regressor's own error on the true counterfactuals (the floor)
   seconds    wall time per edit (bar for 64^3 on CPU: < 60 s)
 
     python benchmarks/brain_edits.py --model MODEL --n 50 --seed 90000
@@ -41,6 +45,29 @@ def regions(exo, attrs, size: int, spacing: float) -> tuple[np.ndarray, np.ndarr
     return binary_dilation(vent), binary_dilation(les) & ~vent
 
 
+def _csf(img: np.ndarray, roi: np.ndarray) -> float:
+    return float(max((img[roi] < CSF_THRESHOLD).sum(), 1))
+
+
+class AgeRegressor:
+    """Age from log ventricle CSF volume (the phantom's ventricles grow exponentially with age)."""
+
+    def __init__(self, size: int, spacing: float, n: int = 80, seed: int = 1000):
+        from cfgen.phantoms import brain
+
+        logv, ages = [], []
+        for i in range(n):
+            exo, attrs = brain.subject(seed, i)
+            logv.append(np.log(_csf(brain.render(exo, attrs, size, spacing), regions(exo, attrs, size, spacing)[0])))
+            ages.append(attrs.age)
+        self.slope, self.intercept = np.polyfit(np.asarray(logv), np.asarray(ages), 1)
+        fit = self.slope * np.asarray(logv) + self.intercept
+        self.train_mae = float(np.abs(fit - np.asarray(ages)).mean())
+
+    def __call__(self, img: np.ndarray, vent_roi: np.ndarray) -> float:
+        return float(np.clip(self.slope * np.log(_csf(img, vent_roi)) + self.intercept, 0, 100))
+
+
 def cases(exo, attrs):
     for d in AGE_DELTAS:
         if 0 <= attrs.age + d <= 100:
@@ -68,6 +95,7 @@ def run(model_name: str | None, n: int, seed: int, steps: int | None, guidance: 
     t = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float32))[None, None]  # noqa: E731
     rows: dict[str, list[dict]] = defaultdict(list)
     t0 = time.perf_counter()
+    age_of = AgeRegressor(size, spacing)
     for i in range(n):
         exo, attrs = brain.subject(seed, i)
         fact = brain.render(exo, attrs, size, spacing)
@@ -89,25 +117,33 @@ def run(model_name: str | None, n: int, seed: int, steps: int | None, guidance: 
             before, after = int((fact[roi] < thr).sum()), int((out[roi] < thr).sum())
             rows[name].append({"direction": float(np.sign(after - before) == sign), "err_cf": m["gt_l1"],
                                "err_none": m["gt_l1_nothing"], "outside": m["change_outside"], "seconds": secs})
+            if kind == "age":
+                rows[name][-1].update(age_err=abs(age_of(out, vent_roi) - alt.age),
+                                      age_err_true=abs(age_of(true, vent_roi) - alt.age))
     table = []
     for name, vals in sorted(rows.items()):
         e_cf, e_no = (float(np.mean([v[k] for v in vals])) for k in ("err_cf", "err_none"))
         table.append({"edit": name, "n": len(vals), "direction": float(np.mean([v["direction"] for v in vals])),
                       "err_cf": e_cf, "err_none": e_no, "ratio": e_cf / max(e_no, 1e-12),
                       "outside": float(np.nanmean([v["outside"] if v["outside"] is not None else np.nan for v in vals])),
-                      "seconds": float(np.mean([v["seconds"] for v in vals]))})
+                      "seconds": float(np.mean([v["seconds"] for v in vals])),
+                      **{k: float(np.mean([v[k] for v in vals])) for k in ("age_err", "age_err_true") if k in vals[0]}})
     return {"model": model.report_info(), "seed": seed, "n": n, "size": size, "spacing": spacing,
             "params": {"steps": steps, "guidance": guidance, "strength": strength, "mask": mask},
-            "seconds": round(time.perf_counter() - t0, 1), "table": table}
+            "seconds": round(time.perf_counter() - t0, 1), "age_regressor_train_mae": age_of.train_mae,
+            "table": table}
 
 
 def print_table(res: dict) -> None:
     print(f"model {res['model']['name']} ({res['model']['source']}), held-out seed {res['seed']}, "
           f"{res['n']} phantoms at {res['size']}^3 x {res['spacing']:g} mm, {res['seconds']} s")
-    print(f"{'edit':<16}{'n':>4}{'direction':>10}{'err_cf':>9}{'err_none':>10}{'ratio':>7}{'outside':>9}{'s/edit':>8}")
+    print(f"{'edit':<16}{'n':>4}{'direction':>10}{'err_cf':>9}{'err_none':>10}{'ratio':>7}{'outside':>9}{'s/edit':>8}"
+          f"{'age_err':>9}{'age_err_true':>13}")
     for r in res["table"]:
+        ages = f"{r['age_err']:>9.1f}{r['age_err_true']:>13.1f}" if "age_err" in r else ""
         print(f"{r['edit']:<16}{r['n']:>4}{r['direction']:>10.2f}{r['err_cf']:>9.4f}{r['err_none']:>10.4f}"
-              f"{r['ratio']:>7.2f}{r['outside']:>9.4f}{r['seconds']:>8.1f}")
+              f"{r['ratio']:>7.2f}{r['outside']:>9.4f}{r['seconds']:>8.1f}{ages}")
+    print(f"age regressor: MAE {res['age_regressor_train_mae']:.1f} years on its own training phantoms")
     print("bars: direction >= 0.90, ratio <= 0.50; 64^3 edit on CPU < 60 s")
 
 

@@ -134,6 +134,10 @@ def gpu_side(args) -> dict:
         fp32 = None  # free its memory before the fast path
         for compiled in ([False, True] if args.compile else [False]):
             fast = load_model(str(folder), device=args.device, dtype=args.dtype)
+            if not compiled:  # what --batch-size auto would choose here (cfgen/editing/memory.py)
+                from cfgen.editing import memory
+
+                res["auto_plan"] = memory.plan(fast, 1024).record()
             tune(fast, compile_unet=compiled)
             for b in args.batch_sizes:
                 if dev.startswith("cuda"):
@@ -186,6 +190,11 @@ def print_result(res: dict) -> None:
         mem = f"{r['peak_mem_gib']:.1f}" if r["peak_mem_gib"] is not None else "-"
         print(f"{r['batch']:>6}{str(r['compiled']):>9}{r['edits_per_s']:>10.3f}{r['forwards_per_s']:>9.1f}"
               f"{r['tflops']:>9.1f}{r['vs_plain']:>9.1f}{mem:>10}{r['psnr_vs_fp32']:>8.1f}")
+    a = g.get("auto_plan")
+    if a:
+        print(f"--batch-size auto would choose {a['batch_size']} (free {a['free_mb']:.0f} MiB, "
+              f"UNet {a['unet_item_mb'] or 0:.0f} / VAE {a['vae_item_mb'] or 0:.0f} MiB per item by {a['measured_by']}; "
+              f"VAE chunk {a['vae_chunk']}, tiling {a['vae_tiling']})")
     c = res["cpu"]
     print(f"CPU: cfgen --help {c['help_s']:.2f} s; demo edit {c.get('demo_edit_s') or float('nan'):.1f} s "
           "(process start included)")

@@ -90,4 +90,6 @@ def test_throughput_benchmark_runs_and_the_fast_path_matches_fp32(monkeypatch, c
     for r in g["rows"]:
         assert r["edits"] == r["batch"] and r["forwards_per_s"] == pytest.approx(r["edits_per_s"] * 9)
         assert r["psnr_vs_fp32"] > 60  # fp32 fast path: the same edit as the reference, batched or compiled
-    assert "x plain" in capsys.readouterr().out
+    assert 1 <= g["auto_plan"]["batch_size"] <= 8 and g["auto_plan"]["vae_chunk"] >= 1
+    out = capsys.readouterr().out
+    assert "x plain" in out and "--batch-size auto would choose" in out

@@ -48,8 +48,9 @@ BatchOpt = Annotated[Optional[Path], typer.Option("--batch", help="CSV of jobs (
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Redo items whose outputs exist")]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the UNet once per process (pays off on GPUs "
                                                           "over many items; CFGEN_COMPILE_BACKEND picks the backend)")]
-BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Items sharing each UNet forward (batch CSVs: consecutive "
-                                                         "rows with equal steps, strength, guidance and eta 0)")]
+BatchSizeOpt = Annotated[str, typer.Option("--batch-size", help="Items sharing each UNet forward (batch CSVs: consecutive "
+                                                         "rows with equal steps, strength, guidance and eta 0), or "
+                                                         "auto: as many as the free memory holds (measured)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Also print report.json to stdout")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary")]
 

@@ -20,7 +20,7 @@ SourceOpt = Annotated[Optional[str], typer.Option("--source-prompt", "-s", help=
 
 
 def _run(command: str, scan: str | None, batch: Path | None, out: Path, model: str | None, device: Device,
-         dtype: Dtype, fmt, overwrite: bool, json_out: bool, quiet: bool, batch_size: int = 1,
+         dtype: Dtype, fmt, overwrite: bool, json_out: bool, quiet: bool, batch_size: str = "1",
          compile_unet: bool = False, **given) -> None:
     from cfgen.editing.jobs import jobs_from_csv, single_job
     from cfgen.editing.params import EditParams
@@ -38,8 +38,7 @@ def _run(command: str, scan: str | None, batch: Path | None, out: Path, model: s
         from cfgen.errors import InputError
 
         raise InputError(f"{mask}: mask file not found (--mask takes none, auto or a file)")
-    if not 1 <= batch_size <= 1024:
-        raise UsageError(f"--batch-size {batch_size}: must be between 1 and 1024")
+    size = _batch_size(batch_size)
     if batch is not None and not batch.is_file():
         from cfgen.errors import InputError
 
@@ -57,7 +56,7 @@ def _run(command: str, scan: str | None, batch: Path | None, out: Path, model: s
         jobs = [single_job(scan, params)]
     report_params = {**params.as_dict(), "model": model or entry.name, "batch": str(batch) if batch else None,
                      "format": fmt.value if fmt else None, "device": device.value, "dtype": dtype.value,
-                     "overwrite": overwrite, "batch_size": batch_size, "compile": compile_unet}
+                     "overwrite": overwrite, "batch_size": size or "auto", "compile": compile_unet}
     report = RunReport(command, out, report_params)
 
     from cfgen.editing.operations import OPERATIONS
@@ -75,14 +74,23 @@ def _run(command: str, scan: str | None, batch: Path | None, out: Path, model: s
     report.set_model(loaded.report_info(), loaded.device)
     from cfgen.editing.speed import tune
 
+    plan = None
+    if size is None or str(loaded.device).startswith("cuda"):  # VAE slices/tiles when memory is short
+        from cfgen.editing import memory
+
+        plan = memory.plan(loaded, len(mine), size)  # before compiling: the probe's shapes are its own
+        memory.apply(loaded, plan)
+        size = plan.batch_size
     report.data["speed"] = tune(loaded, compile_unet)
+    if plan is not None:
+        report.data["speed"]["memory"] = plan.record()
     report.data["timings"]["model_load_s"] = round(time.perf_counter() - t1, 3)
     from cfgen.cli.progress import run_progress
 
     k = max(1, round(params.strength * params.steps))
     with run_progress(len(mine), 2 * k, quiet or not shard.main) as (on_item, on_step):
         run_jobs(OPERATIONS[command], loaded, mine, out, report, fmt=fmt.value if fmt else None,
-                 overwrite=overwrite, on_item=on_item, on_step=on_step, batch_size=batch_size)
+                 overwrite=overwrite, on_item=on_item, on_step=on_step, batch_size=size)
     report.data["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
     report.write()
     if shard.size > 1:
@@ -110,6 +118,19 @@ def _run(command: str, scan: str | None, batch: Path | None, out: Path, model: s
         raise typer.Exit(1)
 
 
+def _batch_size(text: str) -> int | None:
+    """--batch-size: a number in [1, 1024], or auto (None)."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        size = int(text)
+    except ValueError:
+        raise UsageError(f"--batch-size {text}: give a whole number or auto") from None
+    if not 1 <= size <= 1024:
+        raise UsageError(f"--batch-size {text}: must be between 1 and 1024")
+    return size
+
+
 @handle_errors
 def invert(
     scan: ScanArg = None,
@@ -126,7 +147,7 @@ def invert(
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
-    batch_size: BatchSizeOpt = 1,
+    batch_size: BatchSizeOpt = "1",
     compile_unet: CompileOpt = False,
 ) -> None:
     """DDIM-invert a scan under its source prompt; save the latents and the reconstruction with PSNR/SSIM."""
@@ -157,7 +178,7 @@ def edit(
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
-    batch_size: BatchSizeOpt = 1,
+    batch_size: BatchSizeOpt = "1",
     compile_unet: CompileOpt = False,
 ) -> None:
     """Counterfactual of a scan (or a CSV of scans) for a target prompt."""

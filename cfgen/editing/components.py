@@ -29,15 +29,31 @@ def _factors(vae) -> tuple[float, float]:
     return float(getattr(cfg, "scaling_factor", 1.0) or 1.0), float(getattr(cfg, "shift_factor", 0.0) or 0.0)
 
 
-@torch.no_grad()
-def encode_images(model, x: torch.Tensor) -> torch.Tensor:
-    """Deterministic latents: the posterior mean (identity preservation needs no sampling noise)."""
-    scale, shift = _factors(model.vae)
-    dist = model.vae.encode(x.to(model.device, model.dtype)).latent_dist
-    return (dist.mean - shift) * scale
+def _chunked(fn, x: torch.Tensor, chunk: int | None) -> torch.Tensor:
+    """``fn`` over slices of at most ``chunk`` items (None: the whole batch at once)."""
+    if not chunk or chunk >= x.shape[0]:
+        return fn(x)
+    return torch.cat([fn(part) for part in x.split(chunk)])
+
+
+def _to_device(model, x: torch.Tensor) -> torch.Tensor:
+    """Host -> device; on CUDA through pinned memory without blocking the host."""
+    if str(model.device).startswith("cuda") and x.device.type == "cpu":
+        return x.pin_memory().to(model.device, model.dtype, non_blocking=True)
+    return x.to(model.device, model.dtype)
 
 
 @torch.no_grad()
-def decode_latents(model, z: torch.Tensor) -> torch.Tensor:
+def encode_images(model, x: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+    """Deterministic latents: the posterior mean (identity preservation needs no sampling noise).
+    ``chunk``: items per VAE call [default: the memory plan's, cfgen/editing/memory.py; else all]."""
     scale, shift = _factors(model.vae)
-    return model.vae.decode(z / scale + shift).sample.float()
+    enc = lambda part: (model.vae.encode(part).latent_dist.mean - shift) * scale  # noqa: E731
+    return _chunked(enc, _to_device(model, x), chunk or model.extra.get("vae_chunk"))
+
+
+@torch.no_grad()
+def decode_latents(model, z: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+    scale, shift = _factors(model.vae)
+    dec = lambda part: model.vae.decode(part / scale + shift).sample.float()  # noqa: E731
+    return _chunked(dec, z, chunk or model.extra.get("vae_chunk"))

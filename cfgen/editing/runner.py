@@ -12,6 +12,7 @@ import json
 import os
 import time
 import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -98,60 +99,117 @@ def _chunks(jobs: list[Job], batch_size: int):
         yield chunk
 
 
+def _finite(outcomes: list[Outcome]) -> bool:
+    """No inf/NaN in the model's output (checked before the intensity window clips inf away)."""
+    import torch
+
+    return all(bool(torch.isfinite(o.model_out).all()) and np.isfinite(o.pixels).all() for o in outcomes)
+
+
+def _compute(op: Operation, model, scans: list[Scan], params: list[EditParams],
+             on_step: Callable[[], None] | None) -> tuple[list[Outcome], str | None]:
+    """Outcomes of one batch (or one item); a half-precision pass with non-finite values is
+    redone in float32 (the second value says so) rather than written as black images."""
+    import torch
+
+    def once(step):
+        if len(scans) > 1:
+            return op.run_many(model, scans, params, step)
+        return [op.run(model, scans[0], params[0], step)]
+
+    outcomes = once(on_step)
+    if _finite(outcomes) or model.dtype == torch.float32:
+        return outcomes, None
+    from cfgen.editing.speed import full_precision
+
+    half = str(model.dtype).removeprefix("torch.")
+    with full_precision(model):
+        outcomes = once(None)  # the progress bar already counted these steps
+    return outcomes, f"float32 (the {half} pass gave non-finite values)"
+
+
 def run_jobs(op: Operation, model, jobs: list[Job], out_dir: Path, report: RunReport, fmt: str | None = None,
              overwrite: bool = False, on_item: Callable[[Job, dict], None] | None = None,
-             on_step: Callable[[], None] | None = None, batch_size: int = 1) -> RunReport:
+             on_step: Callable[[], None] | None = None, batch_size: int = 1, io_threads: int = 2) -> RunReport:
     """Each job's item into ``report`` (kept current on disk); up to ``batch_size`` compatible
     jobs share each UNet forward. A batch that fails is retried item by item, so one bad scan
-    never costs its neighbours."""
-    out_dir = Path(out_dir)
+    never costs its neighbours.
 
-    def done(job: Job, item: dict, t0: float, share: int = 1) -> None:
+    Reading and writing overlap the computation: the next batch's scans are read by
+    ``io_threads`` threads while the current batch computes, and one writer thread writes
+    outputs, item.json and report.json in job order (scan decoding and PNG/NIfTI/DICOM
+    encoding release the GIL; threads need no pickling of scans or outcomes)."""
+    out_dir = Path(out_dir)
+    chunks = list(_chunks(jobs, max(1, batch_size)))
+
+    def done(job: Job, item: dict, t0: float, share: int = 1) -> None:  # writer thread only
         item.setdefault("timings", {})["total_s"] = round((time.perf_counter() - t0) / share, 3)
         report.add_item(item)
         report.write()
         if on_item:
             on_item(job, item)
 
-    for chunk in _chunks(jobs, max(1, batch_size)):
-        t0 = time.perf_counter()
-        ready = []  # (job, item, claim) for the items that need computing
-        for job in chunk:
-            item = _new_item(job, out_dir)
-            try:
-                if job.error:
-                    raise InputError(job.error)
-                claim = _claim(op, model, job, out_dir, fmt, overwrite)
-                if claim["status"] == "skipped":
-                    item.update(claim)
-                    done(job, item, t0)
+    def finish(job: Job, item: dict, claim: dict, outcome: Outcome, note: str | None, t0: float, share: int):
+        try:
+            item.update(_finish(op, job, out_dir, fmt, claim, outcome))
+            if note:
+                item["precision"] = note
+        except Exception as exc:  # noqa: BLE001
+            item["error"] = _error_text(job, exc)
+        done(job, item, t0, share)
+
+    def claims(chunk: list[Job]) -> list[Future | None]:
+        return [None if job.error else readers.submit(_claim, op, model, job, out_dir, fmt, overwrite) for job in chunk]
+
+    with ThreadPoolExecutor(max(1, io_threads), thread_name_prefix="cfgen-read") as readers, \
+            ThreadPoolExecutor(1, thread_name_prefix="cfgen-write") as writer:
+        writes: list[list[Future]] = []
+        ahead = claims(chunks[0]) if chunks else []
+        for k, chunk in enumerate(chunks):
+            futures, ahead = ahead, claims(chunks[k + 1]) if k + 1 < len(chunks) else []
+            t0 = time.perf_counter()
+            mine: list[Future] = []
+            ready = []  # (job, item, claim) for the items that need computing
+            for job, fut in zip(chunk, futures):
+                item = _new_item(job, out_dir)
+                try:
+                    if job.error:
+                        raise InputError(job.error)
+                    claim = fut.result()
+                    if claim["status"] == "skipped":
+                        item.update(claim)
+                        mine.append(writer.submit(done, job, item, t0))
+                        continue
+                    ready.append((job, item, claim))
+                except Exception as exc:  # noqa: BLE001 - recorded per item
+                    item["error"] = _error_text(job, exc)
+                    mine.append(writer.submit(done, job, item, t0))
+            computed = False
+            if len(ready) > 1:
+                try:
+                    outcomes, note = _compute(op, model, [c["scan"] for _, _, c in ready],
+                                              [j.params for j, _, _ in ready], on_step)
+                    mine += [writer.submit(finish, job, item, claim, outcome, note, t0, len(ready))
+                             for (job, item, claim), outcome in zip(ready, outcomes)]
+                    computed = True
+                except Exception:  # noqa: BLE001 - fall back to one by one, which records each error
+                    pass
+            for job, item, claim in ready if not computed else []:
+                t1 = time.perf_counter()
+                try:
+                    (outcome,), note = _compute(op, model, [claim["scan"]], [job.params], on_step)
+                except Exception as exc:  # noqa: BLE001
+                    item["error"] = _error_text(job, exc)
+                    mine.append(writer.submit(done, job, item, t1))
                     continue
-                ready.append((job, item, claim))
-            except Exception as exc:  # noqa: BLE001 - recorded per item
-                item["error"] = _error_text(job, exc)
-                done(job, item, t0)
-        if len(ready) > 1:
-            try:
-                outcomes = op.run_many(model, [c["scan"] for _, _, c in ready], [j.params for j, _, _ in ready],
-                                       on_step)
-            except Exception:  # noqa: BLE001 - fall back to one by one, which records each error
-                outcomes = None
-            if outcomes is not None:
-                for (job, item, claim), outcome in zip(ready, outcomes):
-                    try:
-                        item.update(_finish(op, job, out_dir, fmt, claim, outcome))
-                    except Exception as exc:  # noqa: BLE001
-                        item["error"] = _error_text(job, exc)
-                    done(job, item, t0, len(ready))
-                continue
-        for job, item, claim in ready:
-            t1 = time.perf_counter()
-            try:
-                outcome = op.run(model, claim["scan"], job.params, on_step)
-                item.update(_finish(op, job, out_dir, fmt, claim, outcome))
-            except Exception as exc:  # noqa: BLE001
-                item["error"] = _error_text(job, exc)
-            done(job, item, t1)
+                mine.append(writer.submit(finish, job, item, claim, outcome, note, t1, 1))
+            writes.append(mine)
+            if len(writes) > 1:  # at most two batches of outcomes in memory; writer errors surface here
+                for f in writes.pop(0):
+                    f.result()
+        for mine in writes:
+            for f in mine:
+                f.result()
     return report
 
 
@@ -185,7 +243,7 @@ def _claim(op: Operation, model, job: Job, out_dir: Path, fmt: str | None, overw
 
 def _finish(op: Operation, job: Job, out_dir: Path, fmt: str | None, claim: dict, outcome: Outcome) -> dict[str, Any]:
     scan, folder = claim["scan"], claim["folder"]
-    if not np.isfinite(outcome.pixels).all():
+    if not _finite([outcome]):
         raise InputError(f"{job.path}: the model produced non-finite values (try --dtype float32)")
     files, extra_metrics = op.write(folder, scan, outcome, job.params, fmt)
     record = {

@@ -26,3 +26,30 @@ def tune(model, compile_unet: bool = False) -> dict:
         unet.forward = torch.compile(unet.forward, backend=backend, dynamic=False)
         done["compiled"] = backend
     return done
+
+
+class full_precision:
+    """``with full_precision(model):`` runs with every network in float32, then restores the
+    loaded precision (half weights widened to float32 and narrowed back are unchanged)."""
+
+    def __init__(self, model):
+        self.model, self.saved = model, model.dtype
+
+    def __enter__(self):
+        import torch
+
+        cast(self.model, torch.float32)
+        return self.model
+
+    def __exit__(self, *exc) -> None:
+        cast(self.model, self.saved)
+
+
+def cast(model, dtype) -> None:
+    """Every network of a loaded model to ``dtype`` (what ``load_model(dtype=...)`` gives)."""
+    import torch
+
+    for comp in model.components.values():
+        if isinstance(comp, torch.nn.Module):
+            comp.to(dtype)
+    model.dtype = dtype

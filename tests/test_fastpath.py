@@ -1,0 +1,131 @@
+"""The edit fast path's safety nets: a half-precision batch with non-finite values is redone in
+float32, the VAE runs in slices that equal the whole batch, `--batch-size auto` picks a batch
+from measured per-item memory, and reading/writing overlaps the computation without changing
+what is written."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from schema import validate_report
+
+from cfgen.editing import memory
+from cfgen.editing.components import decode_latents, encode_images
+from cfgen.editing.jobs import jobs_from_csv
+from cfgen.editing.operations import OPERATIONS
+from cfgen.editing.params import EditParams
+from cfgen.editing.runner import run_jobs
+from cfgen.editing.speed import cast, full_precision
+from cfgen.models.loader import load_model
+from cfgen.report import RunReport
+
+
+def _csv(folder, n):
+    from cfgen.phantoms import cxr
+
+    folder.mkdir()
+    rows = ["image,prompt,seed"]
+    for i in range(n):
+        exo, attrs = cxr.subject(11, i)
+        Image.fromarray(np.round(cxr.render_clean(exo, attrs, 32) * 255).astype(np.uint8)).save(folder / f"p{i}.png")
+        rows.append(f"p{i}.png,Chest X-ray showing Cardiomegaly,{i}")
+    (folder / "jobs.csv").write_text("\n".join(rows) + "\n")
+    return folder / "jobs.csv"
+
+
+def _run(model, csv, out, batch_size=2):
+    params = EditParams.resolve(model.entry.defaults, steps=3, guidance=3.0, mask="none")
+    jobs = jobs_from_csv(csv, params, need_prompt=True)
+    report = RunReport("edit", out, {"batch_size": batch_size})
+    return run_jobs(OPERATIONS["edit"], model, jobs, out, report, batch_size=batch_size).data["items"]
+
+
+def test_a_half_precision_batch_with_non_finite_values_is_redone_in_float32(tiny_model, tmp_path):
+    csv = _csv(tmp_path / "in", 3)
+    model = load_model(str(tiny_model), device="cpu")
+    with torch.no_grad():  # a decoder whose last layer overflows float16 (max 65504) but not float32
+        model.vae.decoder.conv_out.weight.mul_(3e5)
+    cast(model, torch.float16)  # what a GPU load with --dtype float16 holds
+    cast(model, torch.float32)  # the reference: the same (float16-rounded) weights in float32
+    ref = _run(model, csv, tmp_path / "fp32")
+    cast(model, torch.float16)
+    items = _run(model, csv, tmp_path / "fp16")
+    assert model.dtype == torch.float16 and model.vae.decoder.conv_out.weight.dtype == torch.float16  # restored
+    assert [i["status"] for i in items] == ["ok"] * 3
+    assert all(i["precision"] == "float32 (the float16 pass gave non-finite values)" for i in items)
+    assert all("precision" not in i for i in ref)
+    validate_report(json.loads((tmp_path / "fp16" / "report.json").read_text()))
+    for i in range(3):
+        a = np.asarray(Image.open(tmp_path / "fp16" / f"p{i}" / "counterfactual.png"), dtype=np.int16)
+        b = np.asarray(Image.open(tmp_path / "fp32" / f"p{i}" / "counterfactual.png"), dtype=np.int16)
+        assert np.abs(a - b).max() <= 1 and a.std() > 0  # the float32 result, not a black/white image
+
+
+def test_full_precision_restores_the_loaded_weights_exactly(tiny_model):
+    model = load_model(str(tiny_model), device="cpu")
+    cast(model, torch.bfloat16)
+    before = model.unet.conv_in.weight.detach().clone()
+    with full_precision(model):
+        assert model.unet.conv_in.weight.dtype == torch.float32 and model.dtype == torch.float32
+    assert model.dtype == torch.bfloat16 and torch.equal(model.unet.conv_in.weight, before)
+
+
+def test_sliced_vae_equals_the_whole_batch(tiny_model):
+    model = load_model(str(tiny_model), device="cpu")
+    x = torch.rand(5, 1, 32, 32) * 2 - 1
+    z_all, z_sliced = encode_images(model, x), encode_images(model, x, chunk=2)
+    assert z_all.shape[0] == 5 and torch.allclose(z_all, z_sliced, atol=1e-5)
+    y_all, y_sliced = decode_latents(model, z_all), decode_latents(model, z_all, chunk=1)
+    assert torch.allclose(y_all, y_sliced, atol=1e-5) and y_all.abs().sum() > 0
+    model.extra["vae_chunk"] = 3  # the memory plan's setting is the default
+    assert torch.allclose(decode_latents(model, z_all), y_all, atol=1e-5)
+
+
+def test_batch_choice_fills_the_free_memory_within_caps():
+    assert memory.choose(10 * 2**30, 2**30, 64) == 7  # 0.7 x 10 GiB / 1 GiB
+    assert memory.choose(10 * 2**30, 2**30, 4) == 4
+    assert memory.choose(2**29, 2**30, 64) == 1  # not even one fits: batch 1 (then the VAE slices/tiles)
+    assert memory.choose(None, 2**30, 64) == 1 and memory.choose(2**30, None, 64) == 1
+
+
+def test_memory_plan_measures_a_real_probe_on_cpu(tiny_model):
+    model = load_model(str(tiny_model), device="cpu")
+    plan = memory.plan(model, n_jobs=3)
+    if plan.measured_by is None:
+        pytest.skip("no /proc/self/clear_refs here: the plan keeps batch 1")
+    assert plan.measured_by == "vmhwm" and plan.free_mb > 0 and plan.unet_item_mb >= 0
+    assert 1 <= plan.batch_size <= 3 and 1 <= plan.vae_chunk <= plan.batch_size and not plan.vae_tiling
+    rec = plan.record()
+    assert set(rec) >= {"batch_size", "vae_chunk", "free_mb", "unet_item_mb", "measured_by"}
+
+
+def test_batch_size_auto_on_the_cli_records_its_plan(tiny_model, cli, tmp_path):
+    csv = _csv(tmp_path / "in", 3)
+    res = cli("edit", "--batch", csv, "-m", tiny_model, "--steps", "3", "--batch-size", "auto", "-q",
+              "-o", tmp_path / "out")
+    assert res.exit_code == 0, res.output
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert rep["params"]["batch_size"] == "auto"
+    validate_report(rep)
+    mem = rep["speed"]["memory"]
+    assert 1 <= mem["batch_size"] <= 3 and mem["vae_chunk"] >= 1
+    assert [i["status"] for i in rep["items"]] == ["ok"] * 3
+    bad = cli("edit", "--batch", csv, "-m", tiny_model, "--batch-size", "many", "-o", tmp_path / "bad")
+    assert bad.exit_code == 2 and "--batch-size many" in bad.output
+
+
+def test_overlapped_io_writes_every_item_once_in_job_order(tiny_model, tmp_path):
+    csv = _csv(tmp_path / "in", 5)
+    model = load_model(str(tiny_model), device="cpu")
+    items = _run(model, csv, tmp_path / "out", batch_size=2)
+    assert [i["name"] for i in items] == [f"p{i}" for i in range(5)]
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [i["name"] for i in rep["items"]] == [f"p{i}" for i in range(5)]
+    for i in range(5):
+        rec = json.loads((tmp_path / "out" / f"p{i}" / "item.json").read_text())
+        assert rec["status"] == "ok" and (tmp_path / "out" / rec["outputs"]["counterfactual"]).is_file()
+    again = _run(model, csv, tmp_path / "out", batch_size=2)  # resume: everything done
+    assert [i["status"] for i in again] == ["skipped"] * 5

@@ -11,6 +11,7 @@ from PIL import Image
 from cfgen.editing.jobs import Job
 from cfgen.editing.params import EditParams
 from cfgen.editing.runner import _chunks
+from cxr_inputs import cxr_pngs
 
 
 def _job(i: int, **kw) -> Job:
@@ -25,14 +26,8 @@ def test_chunks_group_consecutive_compatible_jobs():
 
 
 def _inputs(folder, n):
-    from cfgen.phantoms import cxr
-
-    folder.mkdir()
-    rows = ["image,prompt,seed,mask"]
-    for i in range(n):
-        exo, attrs = cxr.subject(5, i)
-        Image.fromarray(np.round(cxr.render_clean(exo, attrs, 32) * 255).astype(np.uint8)).save(folder / f"p{i}.png")
-        rows.append(f"p{i}.png,Chest X-ray showing Cardiomegaly,{i},{'auto' if i == 1 else 'none'}")
+    rows = ["image,prompt,seed,mask"] + [f"{name},Chest X-ray showing Cardiomegaly,{i},{'auto' if i == 1 else 'none'}"
+                                         for i, name in enumerate(cxr_pngs(folder, n))]
     return folder, rows
 
 

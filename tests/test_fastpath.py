@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from cxr_inputs import cxr_pngs
 from schema import validate_report
 
 from cfgen.editing import memory
@@ -24,14 +25,8 @@ from cfgen.report import RunReport
 
 
 def _csv(folder, n):
-    from cfgen.phantoms import cxr
-
-    folder.mkdir()
-    rows = ["image,prompt,seed"]
-    for i in range(n):
-        exo, attrs = cxr.subject(11, i)
-        Image.fromarray(np.round(cxr.render_clean(exo, attrs, 32) * 255).astype(np.uint8)).save(folder / f"p{i}.png")
-        rows.append(f"p{i}.png,Chest X-ray showing Cardiomegaly,{i}")
+    rows = ["image,prompt,seed"] + [f"{name},Chest X-ray showing Cardiomegaly,{i}"
+                                    for i, name in enumerate(cxr_pngs(folder, n, seed=11))]
     (folder / "jobs.csv").write_text("\n".join(rows) + "\n")
     return folder / "jobs.csv"
 

@@ -47,6 +47,8 @@ def _to_eps(out: torch.Tensor, z: torch.Tensor, a: torch.Tensor, prediction_type
         return out
     if prediction_type == "v_prediction":
         return a.sqrt() * out + (1 - a).sqrt() * z
+    if prediction_type == "sample":  # x0-prediction: the noise that z at level a implies
+        return (z - a.sqrt() * out) / (1 - a).sqrt()
     raise ValueError(f"prediction_type {prediction_type} is not supported for inversion")
 
 
@@ -84,7 +86,8 @@ def invert(unet, scheduler, z0: torch.Tensor, cond: torch.Tensor, timesteps: tor
         a_prev = _alpha_prev(scheduler, t).to(z0.device).float()
         a_t = ac[t].float()
         out = predict(unet, z, t, cond).float()
-        eps = _to_eps(out, z.float(), a_prev, ptype)
+        # at a_prev = 1 (the clean end) an x0-prediction implies no noise direction: take it at t
+        eps = _to_eps(out, z.float(), a_t if ptype == "sample" and 1 - a_prev < 1e-4 else a_prev, ptype)
         x0 = (z.float() - (1 - a_prev).sqrt() * eps) / a_prev.sqrt()
         z = (a_t.sqrt() * x0 + (1 - a_t).sqrt() * eps).to(z0.dtype)
         traj.append(z)

@@ -43,7 +43,7 @@ def test_a_half_precision_batch_with_non_finite_values_is_redone_in_float32(tiny
     model = load_model(str(tiny_model), device="cpu")
     with torch.no_grad():  # a decoder whose last layer overflows float16 (max 65504) but not float32
         model.vae.decoder.conv_out.weight.mul_(3e5)
-    cast(model, torch.float16)  # what a GPU load with --dtype float16 holds
+    cast(model, torch.float16)  # what a GPU load of this 2D model with --dtype float16 holds
     cast(model, torch.float32)  # the reference: the same (float16-rounded) weights in float32
     ref = _run(model, csv, tmp_path / "fp32")
     cast(model, torch.float16)
@@ -66,6 +66,18 @@ def test_full_precision_restores_the_loaded_weights_exactly(tiny_model):
     with full_precision(model):
         assert model.unet.conv_in.weight.dtype == torch.float32 and model.dtype == torch.float32
     assert model.dtype == torch.bfloat16 and torch.equal(model.unet.conv_in.weight, before)
+
+
+def test_full_precision_gives_back_mixed_precision_parts_as_loaded():
+    """The 3D family keeps its tabular conditioner in float32 inside a half UNet; a float32 redo
+    must not leave it (or anything else) in another dtype afterwards."""
+    model = load_model("demo-brain", device="cpu", dtype="bfloat16")
+    dtypes = lambda: {k: t.dtype for k, t in model.unet.named_parameters()}  # noqa: E731
+    before = dtypes()
+    assert {torch.float32, torch.bfloat16} <= set(before.values())  # both precisions are there
+    with full_precision(model):
+        assert set(dtypes().values()) == {torch.float32}
+    assert dtypes() == before and model.dtype == torch.bfloat16
 
 
 def test_sliced_vae_equals_the_whole_batch(tiny_model):

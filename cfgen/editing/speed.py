@@ -29,27 +29,43 @@ def tune(model, compile_unet: bool = False) -> dict:
 
 
 class full_precision:
-    """``with full_precision(model):`` runs with every network in float32, then restores the
-    loaded precision (half weights widened to float32 and narrowed back are unchanged)."""
+    """``with full_precision(model):`` runs with every network in float32, then gives every
+    tensor back the dtype it was loaded in (a half model may hold float32 parts, e.g. the 3D
+    family's tabular conditioner; half weights widened to float32 and narrowed back are unchanged)."""
 
     def __init__(self, model):
-        self.model, self.saved = model, model.dtype
+        self.model, self.saved_dtype = model, model.dtype
 
     def __enter__(self):
         import torch
 
+        self.saved = {name: {k: t.dtype for k, t in _tensors(comp)} for name, comp in _modules(self.model)}
         cast(self.model, torch.float32)
         return self.model
 
     def __exit__(self, *exc) -> None:
-        cast(self.model, self.saved)
+        for name, comp in _modules(self.model):
+            dtypes = self.saved[name]
+            for k, t in _tensors(comp):
+                if t.dtype != dtypes[k]:
+                    t.data = t.data.to(dtypes[k])
+        self.model.dtype = self.saved_dtype
+
+
+def _modules(model):
+    import torch
+
+    return [(name, c) for name, c in model.components.items() if isinstance(c, torch.nn.Module)]
+
+
+def _tensors(module):
+    from itertools import chain
+
+    return chain(module.named_parameters(), module.named_buffers())
 
 
 def cast(model, dtype) -> None:
-    """Every network of a loaded model to ``dtype`` (what ``load_model(dtype=...)`` gives)."""
-    import torch
-
-    for comp in model.components.values():
-        if isinstance(comp, torch.nn.Module):
-            comp.to(dtype)
+    """Every network of a loaded model wholly to ``dtype``."""
+    for _, comp in _modules(model):
+        comp.to(dtype)
     model.dtype = dtype

@@ -118,7 +118,7 @@ def _compute(op: Operation, model, scans: list[Scan], params: list[EditParams],
         return [op.run(model, scans[0], params[0], step)]
 
     outcomes = once(on_step)
-    if _finite(outcomes) or model.dtype == torch.float32:
+    if model.dtype == torch.float32 or _finite(outcomes):  # float32: _finish's check is the only one
         return outcomes, None
     from cfgen.editing.speed import full_precision
 
@@ -184,17 +184,17 @@ def run_jobs(op: Operation, model, jobs: list[Job], out_dir: Path, report: RunRe
                 except Exception as exc:  # noqa: BLE001 - recorded per item
                     item["error"] = _error_text(job, exc)
                     mine.append(writer.submit(done, job, item, t0))
-            computed = False
+            alone = ready  # items left to compute one by one
             if len(ready) > 1:
                 try:
                     outcomes, note = _compute(op, model, [c["scan"] for _, _, c in ready],
                                               [j.params for j, _, _ in ready], on_step)
                     mine += [writer.submit(finish, job, item, claim, outcome, note, t0, len(ready))
                              for (job, item, claim), outcome in zip(ready, outcomes)]
-                    computed = True
+                    alone = []
                 except Exception:  # noqa: BLE001 - fall back to one by one, which records each error
                     pass
-            for job, item, claim in ready if not computed else []:
+            for job, item, claim in alone:
                 t1 = time.perf_counter()
                 try:
                     (outcome,), note = _compute(op, model, [claim["scan"]], [job.params], on_step)

@@ -66,9 +66,9 @@ def main(argv: list[str] | None = None) -> dict:
     import brain_edits
     from train_demo_brain import brain_phantoms
 
-    from cfgen.models.loader import load_model
+    from cfgen.models.loader import entry_for
 
-    size = load_model(args.model, device="cpu", family="latent-diffusion-3d").entry.resolution
+    size = entry_for(args.model).resolution  # the phantoms' grid: no weights need loading
     data = brain_phantoms(args.work / "phantoms", args.phantoms, 1000, size, 3.0)
     train_csv = data / "train.csv"
     if not train_csv.is_file():

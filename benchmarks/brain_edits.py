@@ -21,6 +21,7 @@ counterfactual's as target, and prints per edit:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from collections import defaultdict
@@ -68,6 +69,12 @@ class AgeRegressor:
         return float(np.clip(self.slope * np.log(_csf(img, vent_roi)) + self.intercept, 0, 100))
 
 
+@functools.lru_cache(maxsize=None)
+def age_regressor(size: int, spacing: float) -> AgeRegressor:
+    """Fitted once per grid and process (benchmarks/cycle_vs_plain.py scores several models)."""
+    return AgeRegressor(size, spacing)
+
+
 def cases(exo, attrs):
     for d in AGE_DELTAS:
         if 0 <= attrs.age + d <= 100:
@@ -95,7 +102,7 @@ def run(model_name: str | None, n: int, seed: int, steps: int | None, guidance: 
     t = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float32))[None, None]  # noqa: E731
     rows: dict[str, list[dict]] = defaultdict(list)
     t0 = time.perf_counter()
-    age_of = AgeRegressor(size, spacing)
+    age_of = age_regressor(size, spacing)
     for i in range(n):
         exo, attrs = brain.subject(seed, i)
         fact = brain.render(exo, attrs, size, spacing)

@@ -129,4 +129,34 @@ def test_brain_phantom_option_errors(cli, tmp_path):
     assert res.exit_code == 2 and "field of view" in res.output
     res = cli("phantoms", "brain", "--ms", "1.5", "-o", tmp_path / "x")
     assert res.exit_code == 2 and "--ms 1.5" in res.output
+    res = cli("phantoms", "brain", "--anatomy", "ventricles,skull", "-o", tmp_path / "x")
+    assert res.exit_code == 2 and "'skull' is unknown" in res.output
+    res = cli("phantoms", "brain", "--anatomy", "lesions,lesions", "-o", tmp_path / "x")
+    assert res.exit_code == 2 and "'lesions' is unknown or repeated" in res.output
     assert not (tmp_path / "x").exists()
+
+
+def test_anatomy_label_maps_follow_the_true_volumes(tmp_path, cli):
+    out = tmp_path / "brain"
+    res = cli("phantoms", "brain", "-n", "3", "--size", "48", "--spacing", "4", "--seed", "3", "--ms", "1",
+              "--no-counterfactuals", "--anatomy", "brain,ventricles,lesions", "-o", out, "-q")
+    assert res.exit_code == 0, res.output
+    rows = _rows(out / "labels.csv")
+    ml = 4.0 ** 3 / 1000
+    for row in rows:
+        img, lab = nib.load(out / row["Path"]), nib.load(out / row["labels"])
+        assert row["labels"].startswith("anatomy/") and lab.shape == img.shape and np.allclose(lab.affine, img.affine)
+        v = np.asarray(lab.dataobj)
+        assert v.dtype == np.uint8 and set(np.unique(v)) <= {0, 1, 2, 3}
+        # partial volume >= 0.5 against the soft volumes in labels.csv (the thin ventricles lose ~15%
+        # of their soft edge to the threshold)
+        assert (v == 2).sum() * ml == pytest.approx(float(row["ventricle_ml"]), rel=0.25)
+        assert (v == 3).sum() * ml == pytest.approx(float(row["lesion_ml"]), rel=0.35, abs=0.5)
+        # later structures paint over earlier ones: brain is what is left inside it
+        assert ((v >= 1).sum() * ml) == pytest.approx(float(row["brain_ml"]), rel=0.1)
+        # the label map is where the image shows the structure: ventricles are CSF-dark
+        t1 = img.get_fdata()
+        assert t1[v == 2].mean() < 0.5 * t1[v == 1].mean()
+    assert float(rows[0]["lesion_ml"]) > 0 and (np.asarray(nib.load(out / rows[0]["labels"]).dataobj) == 3).any()
+    report = __import__("json").loads((out / "report.json").read_text())
+    assert report["params"]["anatomy"] == ["brain", "ventricles", "lesions"]

@@ -203,3 +203,29 @@ def test_synth_tables_are_checked_when_the_registry_is_read(tmp_path):
                      ({"labels": ["a", "a"]}, "distinct"), ({"overlap": 1.5}, "overlap"), ({"spacing": "3"}, "wrong type")):
         with pytest.raises(ModelError, match=msg):
             check_synth_table(bad, "w")
+
+
+def test_phantom_anatomy_trains_a_labelled_base_and_serves_mask_from(stages, cli, tmp_path):
+    """`phantoms brain --anatomy` writes what a labelled base trains on (labels.csv as it is, captions
+    from --template brain) and what --mask-from takes."""
+    import shutil
+
+    from cfgen.phantoms.brain_dataset import write_brain_dataset
+
+    write_brain_dataset(tmp_path / "ph", 3, seed=5, size=32, spacing=6.0, counterfactuals=False,
+                        anatomy=("ventricles",))
+    model = shutil.copytree(stages["base"], tmp_path / "base")
+    res = cli("finetune", tmp_path / "ph" / "labels.csv", "--template", "brain", "-m", model, "--batch-size", "2",
+              "--max-steps", "2", "--device", "cpu", "-q", "-o", tmp_path / "run")
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["training"]["skipped_images"] == [] and np.isfinite(report["training"]["eval_loss_end"])
+    given = tmp_path / "ph" / "anatomy" / "brain_00001.nii.gz"
+    res = cli("synth3d", "-p", "brain MRI of a 70 year old", "-m", tmp_path / "run" / "model", "--steps", "2",
+              "--sr", "none", "--mask-from", given, "--device", "cpu", "-q", "-o", tmp_path / "gen")
+    assert res.exit_code == 0, res.output
+    got = np.asarray(nib.load(tmp_path / "gen" / "sample-000" / "labels.nii.gz").dataobj)
+    # the phantom's ventricles, at the base grid (8^3 from 32^3): labelled voxels lie on 4^3 blocks
+    # that hold ventricle voxels of the given map
+    src = np.asarray(nib.load(given).dataobj).reshape(8, 4, 8, 4, 8, 4).max(axis=(1, 3, 5))
+    assert got.shape == (8, 8, 8) and got.any() and src[got > 0].all()

@@ -68,13 +68,17 @@ def brain_command(
     ms: Annotated[float, typer.Option(help="Fraction of subjects with white-matter lesions")] = 0.3,
     mean_lesion_ml: Annotated[float, typer.Option(help="Mean lesion load (mL) of subjects with lesions")] = 8.0,
     counterfactuals: Annotated[bool, typer.Option(help="Also write the true counterfactuals and masks")] = True,
+    anatomy: Annotated[str, typer.Option(
+        help="Also write label maps of these structures, comma-separated, value k = the k-th "
+             "(icv, brain, wm, deep, ventricles, hippocampus, lesions): anatomy/*.nii.gz and a 'labels' "
+             "column, what `cfgen finetune` reads for a base with label channels")] = "",
     workers: Annotated[int, typer.Option(help="Processes [0 = up to 4, one per core]")] = 0,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """T1 brain MRI phantoms (NIfTI) from a structural causal model: age, sex, Alzheimer's stage, MS lesions."""
     from cfgen.cli.progress import simple_progress
-    from cfgen.phantoms.brain import MAX_LESION_ML, BrainPrevalence
+    from cfgen.phantoms.brain import ANATOMY, MAX_LESION_ML, BrainPrevalence
     from cfgen.phantoms.brain_dataset import write_brain_dataset
 
     if not 1 <= n <= 100_000:
@@ -90,11 +94,15 @@ def brain_command(
         raise UsageError(f"--ms {ms}: must be between 0 and 1")
     if not 0.0 < mean_lesion_ml <= MAX_LESION_ML:
         raise UsageError(f"--mean-lesion-ml {mean_lesion_ml}: must be in (0, {MAX_LESION_ML:g}]")
+    structures = tuple(a.strip() for a in anatomy.split(",") if a.strip())
+    bad = [a for a in structures if a not in ANATOMY] or [a for a in set(structures) if structures.count(a) > 1]
+    if bad:
+        raise UsageError(f"--anatomy {anatomy}: '{bad[0]}' is unknown or repeated (known: {', '.join(ANATOMY)})")
     prev = BrainPrevalence(ms=ms, mean_lesion_ml=mean_lesion_ml)
     with simple_progress(n, "phantoms", quiet) as tick:
         report = write_brain_dataset(out, n, seed=seed, size=size, spacing=spacing, prev=prev,
                                      counterfactuals=counterfactuals, workers=workers or None, start=start,
-                                     on_item=tick)
+                                     on_item=tick, anatomy=structures)
     if json_out:
         print_json(report)
     elif not quiet:

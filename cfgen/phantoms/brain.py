@@ -323,6 +323,19 @@ def measurements(maps: dict[str, np.ndarray], spacing: float) -> dict[str, float
             "lesion_ml": float(maps["lesions"].sum() * ml)}
 
 
+# structures `cfgen phantoms brain --anatomy` can write as label maps (tissue_maps keys)
+ANATOMY = ("icv", "brain", "wm", "deep", "ventricles", "hippocampus", "lesions")
+
+
+def anatomy_labels(maps: dict[str, np.ndarray], names: tuple[str, ...] | list[str]) -> np.ndarray:
+    """Integer label map (uint8): value k where the k-th named structure covers at least half the
+    voxel (partial volume >= 0.5); later names paint over earlier ones, 0 elsewhere."""
+    out = np.zeros(maps["head"].shape, np.uint8)
+    for k, name in enumerate(names, start=1):
+        out[maps[name] >= 0.5] = k
+    return out
+
+
 def counterfactual_attributes(exo: BrainExogenous, attrs: BrainAttributes) -> dict[str, BrainAttributes]:
     """The single-attribute counterfactuals written for every subject (any other can be rendered):
     age +-30 years (towards the middle of life), the other sex, CN <-> AD (MCI -> CN), lesions

@@ -3,7 +3,11 @@
 Layout of ``DIR``::
 
   images/brain_00000.nii.gz                           the factual T1 volumes ([0, 1] as int16 x 1/30000, RAS affine)
+  anatomy/brain_00000.nii.gz                          with ``anatomy``: integer label map (value k = the k-th
+                                                      structure named, where it covers >= half the voxel)
   labels.csv                                          Path, Age, Sex, Diagnosis, lesion_load, MS, true volumes (mL)
+                                                      (with ``anatomy``: a ``labels`` column, the label map;
+                                                      the column `cfgen finetune` reads for a labelled base)
   counterfactuals/brain_00000/<attr>-<value>.nii.gz   render(u, attributes with <attr> set to <value>)
   counterfactuals/brain_00000/<attr>-<value>.mask.nii.gz   where it differs from the factual (uint8)
   counterfactuals.csv                                 one row per (volume, counterfactual), with the true volumes
@@ -54,7 +58,7 @@ def job_label(attribute: str, alt: brain.BrainAttributes) -> tuple[str, str]:
 
 
 def _one(args: tuple) -> tuple[dict, list[dict]]:
-    out, seed, index, size, spacing, prev, with_cf = args
+    out, seed, index, size, spacing, prev, with_cf, anatomy = args
     exo, attrs = brain.subject(seed, index, prev)
     stem = f"brain_{index:05d}"
     rel = f"images/{stem}.nii.gz"
@@ -64,6 +68,10 @@ def _one(args: tuple) -> tuple[dict, list[dict]]:
     save_nifti(out / rel, brain.acquire(clean, exo, spacing), aff, f"brain phantom seed {seed} index {index}")
     label = {"Path": rel, **brain.labels_row(attrs, brain.measurements(maps, spacing)),
              "seed": str(seed), "index": str(index)}
+    if anatomy:
+        label["labels"] = f"anatomy/{stem}.nii.gz"
+        save_nifti(out / label["labels"], brain.anatomy_labels(maps, anatomy), aff,
+                   "labels " + " ".join(f"{k}={n}" for k, n in enumerate(anatomy, start=1)))
     cfs = []
     if with_cf:
         for attr, alt in brain.counterfactual_attributes(exo, attrs).items():
@@ -85,20 +93,27 @@ def _one(args: tuple) -> tuple[dict, list[dict]]:
 
 def write_brain_dataset(out: Path, n: int, seed: int = 0, size: int = 64, spacing: float = 3.0,
                         prev: brain.BrainPrevalence = brain.BrainPrevalence(), counterfactuals: bool = True,
-                        workers: int | None = None, start: int = 0, on_item=None) -> dict:
-    """Write ``n`` brain phantoms (indices start..start+n-1) and return the report."""
+                        workers: int | None = None, start: int = 0, on_item=None,
+                        anatomy: tuple[str, ...] = ()) -> dict:
+    """Write ``n`` brain phantoms (indices start..start+n-1) and return the report; ``anatomy``
+    names the structures (brain.ANATOMY) written as label maps, in label order."""
+    unknown = [a for a in anatomy if a not in brain.ANATOMY]
+    if unknown or len(set(anatomy)) != len(anatomy) or len(anatomy) > 255:
+        raise ValueError(f"anatomy {list(anatomy)}: give distinct names among {', '.join(brain.ANATOMY)}")
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     workers = workers or min(4, os.cpu_count() or 1)
-    jobs = [(out, seed, i, size, spacing, prev, counterfactuals) for i in range(start, start + n)]
+    anatomy = tuple(anatomy)
+    jobs = [(out, seed, i, size, spacing, prev, counterfactuals, anatomy) for i in range(start, start + n)]
     results = run_items(_one, jobs, workers, on_item, min_parallel=4, chunksize=1)
-    labels, cf_rows = write_tables(out, results, LABEL_COLUMNS, CF_COLUMNS if counterfactuals else None,
+    columns = LABEL_COLUMNS + (["labels"] if anatomy else [])
+    labels, cf_rows = write_tables(out, results, columns, CF_COLUMNS if counterfactuals else None,
                                    lambda r: edit_job(r, r["label"], r["target"]))
     report = {
         "schema": 1, "command": "phantoms brain", "cfgen_version": __version__,
         "params": {"n": n, "start": start, "seed": seed, "size": size, "spacing_mm": spacing,
-                   "counterfactuals": counterfactuals, "prevalence": asdict(prev)},
+                   "counterfactuals": counterfactuals, "prevalence": asdict(prev), "anatomy": list(anatomy)},
         "seed": seed, "model": None, "device": "cpu",
         "timings": {"total_s": round(time.perf_counter() - t0, 3)},
         "outputs": {"labels": "labels.csv", **({"counterfactuals": "counterfactuals.csv",

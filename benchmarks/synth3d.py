@@ -7,6 +7,12 @@
               phantom lesions can be (union over held-out phantoms), mL
      ventricles  voxels below CSF_THRESHOLD inside the region where phantom ventricles can be, mL
    printed: mean of each side, Cohen's d (pooled SD), and P(A > B) over all pairs (AUC; 0.5 = no effect).
+   A base with anatomy label channels (demo-brain-labels) is also measured on its generated labels
+   (the same attributes as labelled volumes), with the agreement of labels and image (share of the
+   voxels labelled ventricles that are CSF-dark in the image; share of labelled lesion voxels
+   darker than white matter), and --mask-from: held-out phantoms' label maps fixed, the share of
+   their ventricle / lesion voxels that come out dark in the generated image, against free
+   generation with the same seeds (the image follows the given anatomy when it is higher).
 2. Cost: the 64^3 base volume through the CLI on this machine (process start included; bar on CPU:
    under 60 s), the two-stage volume (64^3 -> 128^3), and with --size 256 on a GPU the 256^3 run
    with its peak memory (bar: within 16 GB).
@@ -59,23 +65,81 @@ def effect(a: list[float], b: list[float]) -> dict:
             "cohens_d": float((a_.mean() - b_.mean()) / pooled) if pooled else float("inf"), "p_a_gt_b": auc}
 
 
+def label_measures(labels: np.ndarray, image: np.ndarray, names: list[str], spacing: float) -> dict:
+    """Labelled volumes (mL) and the share of labelled voxels the image shows dark."""
+    ml, out = spacing ** 3 / 1000, {}
+    for key, name, threshold in (("ventricles", "ventricles", CSF_THRESHOLD), ("lesion", "lesions", LESION_THRESHOLD)):
+        if name in names:
+            where = labels == names.index(name) + 1
+            out[f"{key}_labels"] = float(where.sum() * ml)
+            out[f"{key}_dark"] = float((image[where] < threshold).mean()) if where.any() else float("nan")
+    return out
+
+
 def conditional(model: str, n: int, steps: int | None, device: str) -> dict:
     from cfgen.models.loader import load_model
     from cfgen.synthesis.generate import SynthParams, synthesize
+    from cfgen.synthesis.stages import label_names
 
     base = load_model(model, device=device, family="latent-diffusion-3d")
     spacing = float(base.entry.synth.get("spacing", 3.0))
+    names = label_names(base.entry)
     vent, les = search_regions(base.entry.resolution, spacing)
-    out = {}
+    out, dark = {}, []
     for attribute, prompt_a, prompt_b in PAIRS:
         sides = []
         for prompt in (prompt_a, prompt_b):
             t0 = time.perf_counter()
             vols = synthesize(base, None, SynthParams(prompt=prompt, num=n, seed=0, steps=steps))
-            sides.append([measure(v.image, vent, les, spacing)[attribute] for v in vols])
+            rows = [{**measure(v.image, vent, les, spacing),
+                     **(label_measures(v.labels, v.image, names, spacing) if v.labels is not None else {})} for v in vols]
+            sides.append(rows)
+            dark += rows
             print(f"  {prompt!r}: {n} volumes in {time.perf_counter() - t0:.0f} s", flush=True)
-        out[attribute] = {"a": prompt_a, "b": prompt_b, "n": n, **effect(*sides)}
+        for key in (attribute, f"{attribute}_labels"):
+            if key in sides[0][0]:
+                out[key] = {"a": prompt_a, "b": prompt_b, "n": n,
+                            **effect(*([r[key] for r in side] for side in sides))}
+    if names:
+        out["agreement"] = {k: float(np.nanmean([r[k] for r in dark if k in r]))
+                            for k in ("ventricles_dark", "lesion_dark") if any(k in r for r in dark)}
     return out
+
+
+def mask_from(model: str, n: int, steps: int | None, device: str, seed: int = 90000) -> dict:
+    """Held-out phantoms' anatomy fixed (--mask-from): is the image generated around it?"""
+    import nibabel as nib
+
+    from cfgen.models.loader import load_model
+    from cfgen.phantoms import brain
+    from cfgen.synthesis.generate import SynthParams, read_anatomy, synthesize
+    from cfgen.synthesis.stages import label_names
+
+    base = load_model(model, device=device, family="latent-diffusion-3d")
+    names = label_names(base.entry)
+    size, spacing = base.entry.resolution, float(base.entry.synth.get("spacing", 3.0))
+    res = {"fixed": [], "free": [], "phantom": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(n):
+            exo, attrs = brain.subject(seed, i, brain.BrainPrevalence(ms=1.0))
+            maps = brain.tissue_maps(exo, attrs, size, spacing)
+            lab = brain.anatomy_labels(maps, names)
+            path = Path(tmp) / f"anatomy-{i}.nii.gz"
+            nib.save(nib.Nifti1Image(lab, brain.affine(size, spacing)), path)
+            p = SynthParams(prompt=caption_of(attrs), num=1, seed=i, steps=steps)
+            fixed = synthesize(base, None, p, fixed=read_anatomy(path, base))[0]
+            free = synthesize(base, None, p)[0]
+            real = brain.acquire(brain.compose(maps), exo, spacing)
+            for key, img in (("fixed", fixed.image), ("free", free.image), ("phantom", real)):
+                res[key].append(label_measures(lab, img, names, spacing))
+    return {key: {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0] if k.endswith("_dark")}
+            for key, rows in res.items()}
+
+
+def caption_of(attrs) -> str:
+    from cfgen.phantoms.brain_dataset import caption_of as cap
+
+    return cap(attrs)
 
 
 def cost(model: str, size: int | None, device: str) -> dict:
@@ -83,7 +147,7 @@ def cost(model: str, size: int | None, device: str) -> dict:
              "-m", model, "--device", device, "-q", "--json"]
     res = {}
     with tempfile.TemporaryDirectory() as tmp:
-        runs = [("base 64^3 (--sr none)", ["--sr", "none"]), ("base + super-resolution", [])]
+        runs = [("base (--sr none)", ["--sr", "none"]), ("base + super-resolution", [])]
         if size:
             runs.append((f"base + super-resolution to {size}^3", ["--size", str(size)]))
         for label, extra in runs:
@@ -114,8 +178,17 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"conditional synthesis, {args.n} volumes per prompt, model {args.model}:")
         result["conditional"] = conditional(args.model, args.n, args.steps, args.device)
         for attr, r in result["conditional"].items():
-            print(f"  {attr:10s} {r['a']!r} {r['mean_a']:.2f} mL vs {r['b']!r} {r['mean_b']:.2f} mL: "
+            if attr == "agreement":
+                print("  labels and image agree: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()))
+                continue
+            print(f"  {attr:17s} {r['a']!r} {r['mean_a']:.2f} mL vs {r['b']!r} {r['mean_b']:.2f} mL: "
                   f"Cohen's d {r['cohens_d']:+.2f}, P(A > B) {r['p_a_gt_b']:.2f}")
+        if "agreement" in result["conditional"]:
+            k = min(args.n, 8)
+            print(f"--mask-from, {k} held-out phantoms' anatomy (share of their labelled voxels dark in the image):")
+            result["mask_from"] = mask_from(args.model, k, args.steps, args.device)
+            for key, r in result["mask_from"].items():
+                print(f"  {key:8s} " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()))
     print("cost (CLI, process start included):")
     result["cost"] = cost(args.model, args.size, args.device)
     for label, r in result["cost"].items():

@@ -76,12 +76,10 @@ def label_measures(labels: np.ndarray, image: np.ndarray, names: list[str], spac
     return out
 
 
-def conditional(model: str, n: int, steps: int | None, device: str) -> dict:
-    from cfgen.models.loader import load_model
+def conditional(base, n: int, steps: int | None) -> dict:
     from cfgen.synthesis.generate import SynthParams, synthesize
     from cfgen.synthesis.stages import label_names
 
-    base = load_model(model, device=device, family="latent-diffusion-3d")
     spacing = float(base.entry.synth.get("spacing", 3.0))
     names = label_names(base.entry)
     vent, les = search_regions(base.entry.resolution, spacing)
@@ -106,16 +104,15 @@ def conditional(model: str, n: int, steps: int | None, device: str) -> dict:
     return out
 
 
-def mask_from(model: str, n: int, steps: int | None, device: str, seed: int = 90000) -> dict:
+def mask_from(base, n: int, steps: int | None, seed: int = 90000) -> dict:
     """Held-out phantoms' anatomy fixed (--mask-from): is the image generated around it?"""
     import nibabel as nib
 
-    from cfgen.models.loader import load_model
     from cfgen.phantoms import brain
+    from cfgen.phantoms.brain_dataset import caption_of
     from cfgen.synthesis.generate import SynthParams, read_anatomy, synthesize
     from cfgen.synthesis.stages import label_names
 
-    base = load_model(model, device=device, family="latent-diffusion-3d")
     names = label_names(base.entry)
     size, spacing = base.entry.resolution, float(base.entry.synth.get("spacing", 3.0))
     res = {"fixed": [], "free": [], "phantom": []}
@@ -134,12 +131,6 @@ def mask_from(model: str, n: int, steps: int | None, device: str, seed: int = 90
                 res[key].append(label_measures(lab, img, names, spacing))
     return {key: {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0] if k.endswith("_dark")}
             for key, rows in res.items()}
-
-
-def caption_of(attrs) -> str:
-    from cfgen.phantoms.brain_dataset import caption_of as cap
-
-    return cap(attrs)
 
 
 def cost(model: str, size: int | None, device: str) -> dict:
@@ -175,8 +166,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     result = {}
     if args.n:
+        from cfgen.models.loader import load_model
+
+        base = load_model(args.model, device=args.device, family="latent-diffusion-3d")
         print(f"conditional synthesis, {args.n} volumes per prompt, model {args.model}:")
-        result["conditional"] = conditional(args.model, args.n, args.steps, args.device)
+        result["conditional"] = conditional(base, args.n, args.steps)
         for attr, r in result["conditional"].items():
             if attr == "agreement":
                 print("  labels and image agree: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()))
@@ -186,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
         if "agreement" in result["conditional"]:
             k = min(args.n, 8)
             print(f"--mask-from, {k} held-out phantoms' anatomy (share of their labelled voxels dark in the image):")
-            result["mask_from"] = mask_from(args.model, k, args.steps, args.device)
+            result["mask_from"] = mask_from(base, k, args.steps)
             for key, r in result["mask_from"].items():
                 print(f"  {key:8s} " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()))
     print("cost (CLI, process start included):")

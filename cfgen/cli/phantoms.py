@@ -78,7 +78,7 @@ def brain_command(
 ) -> None:
     """T1 brain MRI phantoms (NIfTI) from a structural causal model: age, sex, Alzheimer's stage, MS lesions."""
     from cfgen.cli.progress import simple_progress
-    from cfgen.phantoms.brain import ANATOMY, MAX_LESION_ML, BrainPrevalence
+    from cfgen.phantoms.brain import MAX_LESION_ML, BrainPrevalence, check_anatomy
     from cfgen.phantoms.brain_dataset import write_brain_dataset
 
     if not 1 <= n <= 100_000:
@@ -94,10 +94,10 @@ def brain_command(
         raise UsageError(f"--ms {ms}: must be between 0 and 1")
     if not 0.0 < mean_lesion_ml <= MAX_LESION_ML:
         raise UsageError(f"--mean-lesion-ml {mean_lesion_ml}: must be in (0, {MAX_LESION_ML:g}]")
-    structures = tuple(a.strip() for a in anatomy.split(",") if a.strip())
-    bad = [a for a in structures if a not in ANATOMY] or [a for a in set(structures) if structures.count(a) > 1]
-    if bad:
-        raise UsageError(f"--anatomy {anatomy}: '{bad[0]}' is unknown or repeated (known: {', '.join(ANATOMY)})")
+    try:
+        structures = check_anatomy(a.strip() for a in anatomy.split(",") if a.strip())
+    except ValueError as exc:
+        raise UsageError(f"--anatomy {anatomy}: {exc}") from None
     prev = BrainPrevalence(ms=ms, mean_lesion_ml=mean_lesion_ml)
     with simple_progress(n, "phantoms", quiet) as tick:
         report = write_brain_dataset(out, n, seed=seed, size=size, spacing=spacing, prev=prev,

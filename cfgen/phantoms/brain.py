@@ -327,6 +327,15 @@ def measurements(maps: dict[str, np.ndarray], spacing: float) -> dict[str, float
 ANATOMY = ("icv", "brain", "wm", "deep", "ventricles", "hippocampus", "lesions")
 
 
+def check_anatomy(names) -> tuple[str, ...]:
+    """The structure names as a tuple; ValueError naming the first unknown or repeated one."""
+    names = tuple(names)
+    bad = [a for a in names if a not in ANATOMY] or [a for a in names if names.count(a) > 1]
+    if bad:
+        raise ValueError(f"'{bad[0]}' is unknown or repeated (known: {', '.join(ANATOMY)})")
+    return names
+
+
 def anatomy_labels(maps: dict[str, np.ndarray], names: tuple[str, ...] | list[str]) -> np.ndarray:
     """Integer label map (uint8): value k where the k-th named structure covers at least half the
     voxel (partial volume >= 0.5); later names paint over earlier ones, 0 elsewhere."""

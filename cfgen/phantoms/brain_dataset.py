@@ -97,14 +97,11 @@ def write_brain_dataset(out: Path, n: int, seed: int = 0, size: int = 64, spacin
                         anatomy: tuple[str, ...] = ()) -> dict:
     """Write ``n`` brain phantoms (indices start..start+n-1) and return the report; ``anatomy``
     names the structures (brain.ANATOMY) written as label maps, in label order."""
-    unknown = [a for a in anatomy if a not in brain.ANATOMY]
-    if unknown or len(set(anatomy)) != len(anatomy) or len(anatomy) > 255:
-        raise ValueError(f"anatomy {list(anatomy)}: give distinct names among {', '.join(brain.ANATOMY)}")
+    anatomy = brain.check_anatomy(anatomy)
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     workers = workers or min(4, os.cpu_count() or 1)
-    anatomy = tuple(anatomy)
     jobs = [(out, seed, i, size, spacing, prev, counterfactuals, anatomy) for i in range(start, start + n)]
     results = run_items(_one, jobs, workers, on_item, min_parallel=4, chunksize=1)
     columns = LABEL_COLUMNS + (["labels"] if anatomy else [])

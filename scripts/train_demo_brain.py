@@ -19,7 +19,7 @@ The labels-* recipes train `demo-brain-labels`, a synth3d base with anatomy labe
 written with `--anatomy ventricles,lesions` (label 1 ventricles, 2 lesions), the same captions and
 tabular conditioner; `cfgen finetune` reads the labels column and trains image and labels jointly.
 
-Not run yet at full size (no GPU in the session that wrote it): no demo-brain ships. The gpu
+The shipped demo-brain comes from the cpu recipe; the gpu recipe has not been run (no GPU lent yet). The gpu
 architecture's cost, measured with random weights (cost does not depend on the values): about
 19 MB of fp16 weights, and a 64^3 edit (50 inversion + 50 guided steps, process start included)
 in 33.9 s on 2 CPU cores (the issue's bar: under 60 s).

@@ -8,6 +8,9 @@ depend on the values; `cfgen.models.build.PRESETS["sd15"]`), then times
   (b) cfgen's edit path (`cfgen.editing.core.edit_many`, what `cfgen edit --batch-size B` runs)
       in the given dtype at each batch size, with and without torch.compile;
 
+  (c) `cfgen edit --batch` end to end on 16-bit PNG files of CheXpert size (2500x2048): reading,
+      windowing, resizing and writing in the runner's worker threads, beside the model;
+
 and prints edits/s, UNet image-forwards/s, achieved TFLOP/s (UNet FLOPs counted once with
 torch.utils.flop_counter), the ratio (b)/(a), peak GPU memory, and the PSNR of the fast path's
 output against the fp32 path's. Also the CPU latency of the shipped demo model's edit and the
@@ -157,7 +160,69 @@ def gpu_side(args) -> dict:
                     "peak_mem_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if dev.startswith("cuda") else None,
                     "psnr_vs_fp32": psnr(outs[0].pixels, reference)})
             fast = None
+        if args.files:
+            res["files"] = files_side(args, folder, res["rows"])
     return res
+
+
+def files_side(args, folder: Path, rows: list[dict]) -> dict:
+    """(c) End to end on files, as `cfgen edit --batch jobs.csv` runs: ``args.files`` 16-bit PNGs
+    of ``args.file_size`` (CheXpert-size by default) read, windowed and resized to the model's
+    grid, edited, resized back and written (counterfactual, difference, panel, item.json). The
+    host work runs in the runner's worker threads, overlapping the model's; (c) near (b) at the
+    same batch size means it is hidden. Also the host seconds per item, measured alone."""
+    import torch
+    from PIL import Image
+
+    from cfgen.editing import core
+    from cfgen.editing.jobs import jobs_from_csv
+    from cfgen.editing.operations import OPERATIONS
+    from cfgen.editing.params import EditParams
+    from cfgen.editing.runner import _finish, run_jobs
+    from cfgen.editing.speed import tune
+    from cfgen.io.scan import read_scan
+    from cfgen.models.loader import load_model
+    from cfgen.report import RunReport
+
+    h, w = (int(v) for v in args.file_size.split("x"))
+    b = max(args.batch_sizes)
+    model = load_model(str(folder), device=args.device, dtype=args.dtype)
+    tune(model, compile_unet=args.compile)
+    base = EditParams.resolve(model.entry.defaults, prompt="an edited scan", source_prompt="a scan",
+                              steps=args.steps, guidance=args.guidance, mask="none")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "in"
+        src.mkdir()
+        rng = np.random.default_rng(1)
+        ramp = np.linspace(0, 40000, w)[None, :] + np.linspace(0, 20000, h)[:, None]
+        for i in range(args.files):
+            px = (ramp + rng.normal(0, 2000, (h, w))).clip(0, 65535).astype(np.uint16)
+            Image.fromarray(px).save(src / f"scan{i}.png")
+        (src / "jobs.csv").write_text("image,seed\n" + "".join(f"scan{i}.png,{i}\n" for i in range(args.files)))
+        jobs = jobs_from_csv(src / "jobs.csv", base, need_prompt=True)
+        op = OPERATIONS["edit"]
+
+        def run(out: str, todo) -> RunReport:
+            return run_jobs(op, model, todo, Path(tmp) / out, RunReport("edit", Path(tmp) / out, {}), batch_size=b)
+
+        run("warm", jobs[:b])
+        secs, rep = _timed(lambda: run("timed", jobs), model.device)
+        scan = read_scan(jobs[0].path)
+        t0 = time.perf_counter()
+        prep = core.prepare(model, scan, jobs[0].params)
+        t1 = time.perf_counter()
+        computed = core.compute_edits(model, [scan], [jobs[0].params], None, [prep])[0]
+        claim = {"scan": scan, "folder": Path(tmp) / "alone" / "scan0", "fingerprint": ""}
+        t2 = time.perf_counter()
+        _finish(op, model, jobs[0], Path(tmp) / "alone", None, claim, computed)
+        t3 = time.perf_counter()
+    ok = sum(i["status"] == "ok" for i in rep.data["items"])
+    model_only = [r["edits_per_s"] for r in rows if r["batch"] == b and r["compiled"] == args.compile]
+    if str(model.device).startswith("cuda"):
+        torch.cuda.empty_cache()
+    return {"files": args.files, "file_size": [h, w], "batch": b, "compiled": args.compile, "ok": ok,
+            "seconds": secs, "edits_per_s": ok / secs, "model_only_edits_per_s": model_only[0] if model_only else None,
+            "host_prepare_s": t1 - t0, "host_finish_write_s": t3 - t2}
 
 
 def cpu_side() -> dict:
@@ -195,6 +260,13 @@ def print_result(res: dict) -> None:
         print(f"--batch-size auto would choose {a['batch_size']} (free {a['free_mb']:.0f} MiB, "
               f"UNet {a['unet_item_mb'] or 0:.0f} / VAE {a['vae_item_mb'] or 0:.0f} MiB per item by {a['measured_by']}; "
               f"VAE chunk {a['vae_chunk']}, tiling {a['vae_tiling']})")
+    f = g.get("files")
+    if f:
+        rel = f" ({f['edits_per_s'] / f['model_only_edits_per_s']:.0%} of (b) at that batch)" \
+            if f["model_only_edits_per_s"] else ""
+        print(f"(c) end to end on {f['files']} {f['file_size'][0]}x{f['file_size'][1]} 16-bit PNG files, batch "
+              f"{f['batch']}, compile {f['compiled']}: {f['edits_per_s']:.3f} edits/s{rel}; host work per item "
+              f"alone: prepare {f['host_prepare_s']:.3f} s, finish + write {f['host_finish_write_s']:.3f} s")
     c = res["cpu"]
     print(f"CPU: cfgen --help {c['help_s']:.2f} s; demo edit {c.get('demo_edit_s') or float('nan'):.1f} s "
           "(process start included)")
@@ -212,6 +284,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batches", type=int, default=2, help="timed batches per batch size")
     ap.add_argument("--plain-edits", type=int, default=2, help="edits timed in the plain loop")
     ap.add_argument("--compile", action="store_true", help="also time the torch.compile'd UNet")
+    ap.add_argument("--files", type=int, default=64, help="(c): files edited end to end (0: skip)")
+    ap.add_argument("--file-size", default="2500x2048", help="(c): HxW of those files")
     ap.add_argument("--no-cpu-side", action="store_true", help="skip the demo edit and --help timings")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)

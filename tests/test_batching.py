@@ -78,7 +78,8 @@ def test_throughput_benchmark_runs_and_the_fast_path_matches_fp32(monkeypatch, c
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     res = mod.main(["--preset", "tiny", "--device", "cpu", "--dtype", "float32", "--steps", "3", "--batch-sizes", "2",
-                    "--batches", "1", "--plain-edits", "1", "--compile", "--no-cpu-side"])
+                    "--batches", "1", "--plain-edits", "1", "--compile", "--no-cpu-side", "--files", "3",
+                    "--file-size", "300x200"])
     g = res["gpu"]
     assert g["unet_tflop_per_forward"] > 0 and g["plain"]["edits_per_s"] > 0
     assert [(r["batch"], r["compiled"]) for r in g["rows"]] == [(2, False), (2, True)]
@@ -86,5 +87,9 @@ def test_throughput_benchmark_runs_and_the_fast_path_matches_fp32(monkeypatch, c
         assert r["edits"] == r["batch"] and r["forwards_per_s"] == pytest.approx(r["edits_per_s"] * 9)
         assert r["psnr_vs_fp32"] > 60  # fp32 fast path: the same edit as the reference, batched or compiled
     assert 1 <= g["auto_plan"]["batch_size"] <= 8 and g["auto_plan"]["vae_chunk"] >= 1
+    f = g["files"]  # (c): three 300x200 16-bit PNGs through run_jobs, batch 2, compiled
+    assert (f["ok"], f["batch"], f["compiled"], f["file_size"]) == (3, 2, True, [300, 200])
+    assert f["edits_per_s"] > 0 and f["model_only_edits_per_s"] == g["rows"][1]["edits_per_s"]
+    assert f["host_prepare_s"] > 0 and f["host_finish_write_s"] > 0
     out = capsys.readouterr().out
-    assert "x plain" in out and "--batch-size auto would choose" in out
+    assert "x plain" in out and "--batch-size auto would choose" in out and "(c) end to end on 3 300x200" in out

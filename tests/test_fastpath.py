@@ -111,17 +111,20 @@ def test_memory_plan_measures_a_real_probe_on_cpu(tiny_model):
 
 def test_batch_size_auto_on_the_cli_records_its_plan(tiny_model, cli, tmp_path):
     csv = _csv(tmp_path / "in", 3)
-    res = cli("edit", "--batch", csv, "-m", tiny_model, "--steps", "3", "--batch-size", "auto", "-q",
-              "-o", tmp_path / "out")
+    res = cli("edit", "--batch", csv, "-m", tiny_model, "--steps", "3", "--batch-size", "auto", "--workers", "3",
+              "-q", "-o", tmp_path / "out")
     assert res.exit_code == 0, res.output
     rep = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert rep["params"]["batch_size"] == "auto"
+    assert rep["params"]["batch_size"] == "auto" and rep["params"]["workers"] == 3
     validate_report(rep)
     mem = rep["speed"]["memory"]
     assert 1 <= mem["batch_size"] <= 3 and mem["vae_chunk"] >= 1
     assert [i["status"] for i in rep["items"]] == ["ok"] * 3
     bad = cli("edit", "--batch", csv, "-m", tiny_model, "--batch-size", "many", "-o", tmp_path / "bad")
     assert bad.exit_code == 2 and "--batch-size many" in bad.output
+    bad = cli("edit", "--batch", csv, "-m", tiny_model, "--workers", "0", "-o", tmp_path / "bad")
+    assert bad.exit_code == 2 and "--workers 0: must be between 1 and 64" in bad.output
+    assert not (tmp_path / "bad").exists()
 
 
 def test_overlapped_io_writes_every_item_once_in_job_order(tiny_model, tmp_path):
@@ -136,3 +139,40 @@ def test_overlapped_io_writes_every_item_once_in_job_order(tiny_model, tmp_path)
         assert rec["status"] == "ok" and (tmp_path / "out" / rec["outputs"]["counterfactual"]).is_file()
     again = _run(model, csv, tmp_path / "out", batch_size=2)  # resume: everything done
     assert [i["status"] for i in again] == ["skipped"] * 5
+
+
+def test_host_work_runs_in_worker_threads_beside_the_model(tiny_model, tmp_path, monkeypatch):
+    """Preparing a scan (window, resize) and finishing it (back to the scan's grid, metrics,
+    encoding) run in the runner's worker threads, so that on a GPU they overlap the next batch;
+    the thread that drives the model only computes."""
+    import threading
+
+    from cfgen.editing import core
+
+    where: dict[str, set] = {"to_model": set(), "from_model": set(), "compute": set()}
+
+    def spy(name, fn):
+        def wrapped(*a, **k):
+            where[name].add(threading.current_thread().name.split("_")[0])
+            return fn(*a, **k)
+        return wrapped
+
+    monkeypatch.setattr(core, "to_model", spy("to_model", core.to_model))
+    monkeypatch.setattr(core, "from_model", spy("from_model", core.from_model))
+    monkeypatch.setattr(core, "_run", spy("compute", core._run))
+    csv = _csv(tmp_path / "in", 4)
+    items = _run(load_model(str(tiny_model), device="cpu"), csv, tmp_path / "out", batch_size=2)
+    assert [i["status"] for i in items] == ["ok"] * 4
+    assert where == {"to_model": {"cfgen-io"}, "from_model": {"cfgen-io"}, "compute": {"MainThread"}}
+
+
+def test_default_workers_share_the_cores_among_local_processes(monkeypatch):
+    from cfgen.editing import runner
+
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 16)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert runner.default_workers() == 15
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # accelerate launch, 4 processes on this machine
+    assert runner.default_workers() == 3
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 2)
+    assert runner.default_workers() == 2

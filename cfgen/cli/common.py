@@ -51,6 +51,8 @@ CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the U
 BatchSizeOpt = Annotated[str, typer.Option("--batch-size", help="Items sharing each UNet forward (batch CSVs: consecutive "
                                                          "rows with equal steps, strength, guidance and eta 0), or "
                                                          "auto: as many as the free memory holds (measured)")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="Threads that read, prepare and write scans while "
+                                                   "the model computes [default: the cores, but one, per process; 2..16]")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Also print report.json to stdout")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary")]
 

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from cfgen.cli.common import (BatchOpt, BatchSizeOpt, CompileOpt, DeviceOpt, DtypeOpt, Device, Dtype, FormatOpt, JsonOpt, ModelOpt,
-                              OutOpt, OverwriteOpt, QuietOpt, StepsOpt, StrengthOpt, WindowOpt, handle_errors,
+                              OutOpt, OverwriteOpt, QuietOpt, StepsOpt, StrengthOpt, WindowOpt, WorkersOpt, handle_errors,
                               print_item_errors, print_json)
 from cfgen.errors import UsageError
 
@@ -21,7 +21,7 @@ SourceOpt = Annotated[Optional[str], typer.Option("--source-prompt", "-s", help=
 
 def _run(command: str, scan: str | None, batch: Path | None, out: Path, model: str | None, device: Device,
          dtype: Dtype, fmt, overwrite: bool, json_out: bool, quiet: bool, batch_size: str = "1",
-         compile_unet: bool = False, **given) -> None:
+         compile_unet: bool = False, workers: int | None = None, **given) -> None:
     from cfgen.editing.jobs import jobs_from_csv, single_job
     from cfgen.editing.params import EditParams
     from cfgen.models.loader import entry_for
@@ -39,6 +39,8 @@ def _run(command: str, scan: str | None, batch: Path | None, out: Path, model: s
 
         raise InputError(f"{mask}: mask file not found (--mask takes none, auto or a file)")
     size = _batch_size(batch_size)
+    if workers is not None and not 1 <= workers <= 64:
+        raise UsageError(f"--workers {workers}: must be between 1 and 64")
     if batch is not None and not batch.is_file():
         from cfgen.errors import InputError
 
@@ -56,7 +58,8 @@ def _run(command: str, scan: str | None, batch: Path | None, out: Path, model: s
         jobs = [single_job(scan, params)]
     report_params = {**params.as_dict(), "model": model or entry.name, "batch": str(batch) if batch else None,
                      "format": fmt.value if fmt else None, "device": device.value, "dtype": dtype.value,
-                     "overwrite": overwrite, "batch_size": size or "auto", "compile": compile_unet}
+                     "overwrite": overwrite, "batch_size": size or "auto", "compile": compile_unet,
+                     "workers": workers or "auto"}
     report = RunReport(command, out, report_params)
 
     from cfgen.editing.operations import OPERATIONS
@@ -90,7 +93,7 @@ def _run(command: str, scan: str | None, batch: Path | None, out: Path, model: s
     k = max(1, round(params.strength * params.steps))
     with run_progress(len(mine), 2 * k, quiet or not shard.main) as (on_item, on_step):
         run_jobs(OPERATIONS[command], loaded, mine, out, report, fmt=fmt.value if fmt else None,
-                 overwrite=overwrite, on_item=on_item, on_step=on_step, batch_size=size)
+                 overwrite=overwrite, on_item=on_item, on_step=on_step, batch_size=size, io_threads=workers)
     report.data["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
     report.write()
     if shard.size > 1:
@@ -149,10 +152,11 @@ def invert(
     quiet: QuietOpt = False,
     batch_size: BatchSizeOpt = "1",
     compile_unet: CompileOpt = False,
+    workers: WorkersOpt = None,
 ) -> None:
     """DDIM-invert a scan under its source prompt; save the latents and the reconstruction with PSNR/SSIM."""
     _run("invert", scan, batch, out, model, device, dtype, fmt, overwrite, json_out, quiet, batch_size, compile_unet,
-         source_prompt=source_prompt, steps=steps, strength=strength, window=window)
+         workers, source_prompt=source_prompt, steps=steps, strength=strength, window=window)
 
 
 @handle_errors
@@ -180,9 +184,10 @@ def edit(
     quiet: QuietOpt = False,
     batch_size: BatchSizeOpt = "1",
     compile_unet: CompileOpt = False,
+    workers: WorkersOpt = None,
 ) -> None:
     """Counterfactual of a scan (or a CSV of scans) for a target prompt."""
     _run("edit", scan, batch, out, model, device, dtype, fmt, overwrite, json_out, quiet, batch_size, compile_unet,
-         prompt=prompt, source_prompt=source_prompt, negative_prompt=negative_prompt, steps=steps,
+         workers, prompt=prompt, source_prompt=source_prompt, negative_prompt=negative_prompt, steps=steps,
          guidance=guidance, strength=strength, eta=eta, seed=seed, window=window, mask=mask,
          mask_threshold=mask_threshold)

@@ -36,10 +36,10 @@ def _chunked(fn, x: torch.Tensor, chunk: int | None) -> torch.Tensor:
     return torch.cat([fn(part) for part in x.split(chunk)])
 
 
-def _to_device(model, x: torch.Tensor) -> torch.Tensor:
+def to_device(model, x: torch.Tensor) -> torch.Tensor:
     """Host -> device; on CUDA through pinned memory without blocking the host."""
     if str(model.device).startswith("cuda") and x.device.type == "cpu":
-        return x.pin_memory().to(model.device, model.dtype, non_blocking=True)
+        return (x if x.is_pinned() else x.pin_memory()).to(model.device, model.dtype, non_blocking=True)
     return x.to(model.device, model.dtype)
 
 
@@ -49,7 +49,7 @@ def encode_images(model, x: torch.Tensor, chunk: int | None = None) -> torch.Ten
     ``chunk``: items per VAE call [default: the memory plan's, cfgen/editing/memory.py; else all]."""
     scale, shift = _factors(model.vae)
     enc = lambda part: (model.vae.encode(part).latent_dist.mean - shift) * scale  # noqa: E731
-    return _chunked(enc, _to_device(model, x), chunk or model.extra.get("vae_chunk"))
+    return _chunked(enc, to_device(model, x), chunk or model.extra.get("vae_chunk"))
 
 
 @torch.no_grad()

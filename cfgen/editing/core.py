@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from cfgen.editing import ddim, masks
-from cfgen.editing.components import decode_latents, encode_images, encode_prompts
+from cfgen.editing.components import decode_latents, encode_images, encode_prompts, to_device
 from cfgen.editing.prepare import Prepared, from_model, to_model, unit
 from cfgen.editing.params import EditParams
 from cfgen.errors import UsageError
@@ -29,9 +29,31 @@ class Outcome:
     mask: np.ndarray | None = None  # (1, H, W) in [0, 1] on the scan's grid, when an edit mask was used
 
 
-def _prepare(model, scan: Scan, p: EditParams) -> Prepared:
+def prepare(model, scan: Scan, p: EditParams) -> Prepared:
+    """The scan on the model's grid and value range; on CUDA in pinned host memory, so that the
+    copy to the GPU does not block (the runner does this in its reader threads)."""
     e = model.entry
-    return to_model(scan, e.resolution, e.channels, e.value_range, p.window, dims=e.spatial_dims)
+    prep = to_model(scan, e.resolution, e.channels, e.value_range, p.window, dims=e.spatial_dims)
+    if str(model.device).startswith("cuda"):
+        prep.x = prep.x.pin_memory()
+    return prep
+
+
+_prepare = prepare  # the name the benchmarks import
+
+
+@dataclass
+class Computed:
+    """One item's model-side result, on the host: what the scan-side finishing (resizing to the
+    scan, intensity window, metrics) needs. The runner finishes items in worker threads while
+    the next batch computes."""
+
+    prepared: Prepared
+    model_out: torch.Tensor  # (1, C, R, ...) float32, model space
+    latents: dict[str, torch.Tensor]  # float32
+    timesteps: list[int]
+    latent_mask: torch.Tensor | None = None
+    vae_out: torch.Tensor | None = None  # invert: the VAE alone (encode + decode), model space
 
 
 def batch_key(p: EditParams) -> tuple | None:
@@ -49,15 +71,16 @@ def _latent_mask(model, sched, z0, src, tgt, scan: Scan, prep: Prepared, p: Edit
 
 
 def _run(model, scans: list[Scan], ps: list[EditParams], targets: list[str], guidance: float, eta: float,
-         on_step: Callable[[], None] | None, mask_modes: list[str] | None = None) -> tuple:
+         on_step: Callable[[], None] | None, mask_modes: list[str] | None = None,
+         preps: list[Prepared] | None = None) -> tuple:
     """Invert and regenerate a batch: every UNet forward (guidance included) runs on all items."""
     if len(ps) > 1 and len({batch_key(p) for p in ps}) != 1 or (len(ps) > 1 and eta):
         raise ValueError("a batch needs equal steps, strength and guidance and eta 0")
     p0 = ps[0]
-    preps = [_prepare(model, sc, p) for sc, p in zip(scans, ps)]
+    preps = preps or [prepare(model, sc, p) for sc, p in zip(scans, ps)]
     sched = ddim.make_scheduler(model.entry.scheduler, p0.steps)
     ts = ddim.edit_timesteps(sched, p0.strength)
-    z0 = encode_images(model, torch.cat([pr.x for pr in preps]))
+    z0 = encode_images(model, torch.cat([to_device(model, pr.x) for pr in preps]))
     n = len(ps)
     src, tgt, neg = encode_prompts(model, [p.source_prompt for p in ps] + list(targets)
                                    + [p.negative_prompt for p in ps]).chunk(3)
@@ -77,8 +100,17 @@ def _run(model, scans: list[Scan], ps: list[EditParams], targets: list[str], gui
     return preps, decode_latents(model, z), lat, [int(t) for t in ts], latent_masks
 
 
-def _item(lat: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
-    return {k: v[i:i + 1] for k, v in lat.items()}
+def _host(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.detach().float().cpu()
+
+
+def _computed(preps, ys, lat, ts, latent_masks=None, vae=None) -> list[Computed]:
+    """Per item, on the host: one copy per tensor per batch (no synchronisation per step)."""
+    ys, vae = _host(ys), _host(vae)
+    lat = {k: _host(v) for k, v in lat.items()}
+    return [Computed(prepared=prep, model_out=ys[i:i + 1], latents={k: v[i:i + 1] for k, v in lat.items()},
+                     timesteps=ts, latent_mask=_host(latent_masks[i]) if latent_masks else None,
+                     vae_out=None if vae is None else vae[i:i + 1]) for i, prep in enumerate(preps)]
 
 
 def _identity_metrics(scan: Scan, prep: Prepared, pixels: np.ndarray) -> dict[str, Any]:
@@ -96,30 +128,38 @@ def _check_edit(p: EditParams) -> None:
         raise UsageError("--prompt: the target prompt is empty")
 
 
-def edit_many(model, scans: list[Scan], ps: list[EditParams],
-              on_step: Callable[[], None] | None = None) -> list[Outcome]:
-    """Counterfactuals of several scans in one batch (equal ``batch_key``): invert under each
-    source prompt, regenerate under each target prompt."""
+def compute_edits(model, scans: list[Scan], ps: list[EditParams], on_step: Callable[[], None] | None = None,
+                  preps: list[Prepared] | None = None) -> list[Computed]:
+    """The model side of a batch of edits (equal ``batch_key``): invert under each source
+    prompt, regenerate under each target prompt. ``preps``: the scans already prepared."""
     for p in ps:
         _check_edit(p)
     preps, ys, lat, ts, latent_masks = _run(model, scans, ps, [p.prompt for p in ps], ps[0].guidance, ps[0].eta,
-                                            on_step, [p.mask for p in ps])
+                                            on_step, [p.mask for p in ps], preps)
     lat.pop("z_out")
-    outs = []
-    for i, (scan, prep, p) in enumerate(zip(scans, preps, ps)):
-        y = ys[i:i + 1]
-        pixels = from_model(y, prep, scan.channels)
-        scan_mask = None
-        metrics: dict[str, Any] = {}
-        if latent_masks[i] is not None:
-            # outside the mask the scan itself, not its VAE reconstruction
-            scan_mask = masks.feathered_scan_mask(latent_masks[i], prep, model.entry.resolution)
-            pixels = (scan_mask * pixels + (1 - scan_mask) * scan.pixels).astype(np.float32)
-            metrics["mask_fraction"] = float((scan_mask > 0.5).mean())
-        metrics.update(_identity_metrics(scan, prep, pixels))
-        outs.append(Outcome(prepared=prep, pixels=pixels, model_out=y, latents=_item(lat, i), metrics=metrics,
-                            timesteps=ts, mask=scan_mask))
-    return outs
+    return _computed(preps, ys, lat, ts, latent_masks)
+
+
+def finish_edit(model, scan: Scan, c: Computed) -> Outcome:
+    """The scan side of one edit: back to the scan's grid and units, mask blend, metrics."""
+    prep = c.prepared
+    pixels = from_model(c.model_out, prep, scan.channels)
+    scan_mask = None
+    metrics: dict[str, Any] = {}
+    if c.latent_mask is not None:
+        # outside the mask the scan itself, not its VAE reconstruction
+        scan_mask = masks.feathered_scan_mask(c.latent_mask, prep, model.entry.resolution)
+        pixels = (scan_mask * pixels + (1 - scan_mask) * scan.pixels).astype(np.float32)
+        metrics["mask_fraction"] = float((scan_mask > 0.5).mean())
+    metrics.update(_identity_metrics(scan, prep, pixels))
+    return Outcome(prepared=prep, pixels=pixels, model_out=c.model_out, latents=c.latents, metrics=metrics,
+                   timesteps=c.timesteps, mask=scan_mask)
+
+
+def edit_many(model, scans: list[Scan], ps: list[EditParams],
+              on_step: Callable[[], None] | None = None) -> list[Outcome]:
+    """Counterfactuals of several scans in one batch (equal ``batch_key``)."""
+    return [finish_edit(model, scan, c) for scan, c in zip(scans, compute_edits(model, scans, ps, on_step))]
 
 
 def edit(model, scan: Scan, p: EditParams, on_step: Callable[[], None] | None = None) -> Outcome:
@@ -127,34 +167,38 @@ def edit(model, scan: Scan, p: EditParams, on_step: Callable[[], None] | None = 
     return edit_many(model, [scan], [p], on_step)[0]
 
 
-def invert_many(model, scans: list[Scan], ps: list[EditParams],
-                on_step: Callable[[], None] | None = None) -> list[Outcome]:
-    """DDIM inversion under the source prompt plus the reconstruction from the inverted noise.
-
-    Reports PSNR/SSIM of the reconstruction against the model-space input (invert + sample)
-    and of the VAE alone (encode + decode), so a user sees where fidelity is lost.
-    """
-    from cfgen.metrics.image import reconstruction_metrics
-
+def compute_inversions(model, scans: list[Scan], ps: list[EditParams], on_step: Callable[[], None] | None = None,
+                       preps: list[Prepared] | None = None) -> list[Computed]:
+    """The model side of DDIM inversion under the source prompt, the reconstruction from the
+    inverted noise, and the VAE alone (encode + decode)."""
     for p in ps:
         p.check()
-    preps, ys, lat, ts, _ = _run(model, scans, ps, [p.source_prompt for p in ps], 1.0, 0.0, on_step)
+    preps, ys, lat, ts, _ = _run(model, scans, ps, [p.source_prompt for p in ps], 1.0, 0.0, on_step, None, preps)
+    return _computed(preps, ys, lat, ts, vae=decode_latents(model, lat["z0"]))
+
+
+def finish_inversion(model, scan: Scan, c: Computed) -> Outcome:
+    """PSNR/SSIM of the reconstruction against the model-space input (invert + sample) and of
+    the VAE alone, so a user sees where fidelity is lost."""
+    from cfgen.metrics.image import reconstruction_metrics
+
     vo = model.entry.value_range
-    vae_all = unit(decode_latents(model, lat["z0"]), vo)
-    outs = []
-    for i, (scan, prep) in enumerate(zip(scans, preps)):
-        y, li = ys[i:i + 1], _item(lat, i)
-        x = unit(prep.x, vo)
-        metrics = reconstruction_metrics(x, unit(y, vo))
-        z0, z_rec = li["z0"].float(), li.pop("z_out").float()
-        metrics["latent_rel_error"] = float((z_rec - z0).norm() / z0.norm().clamp_min(1e-12))
-        vae_only = vae_all[i:i + 1]
-        metrics.update(reconstruction_metrics(x, vae_only, prefix="vae_"))
-        # the DDIM part alone: reconstruction against what the VAE gives back without diffusion
-        metrics.update(reconstruction_metrics(vae_only, unit(y, vo), prefix="inversion_"))
-        outs.append(Outcome(prepared=prep, pixels=from_model(y, prep, scan.channels), model_out=y, latents=li,
-                            metrics=metrics, timesteps=ts))
-    return outs
+    prep, li = c.prepared, dict(c.latents)
+    x, y = unit(prep.x.float(), vo), unit(c.model_out, vo)
+    metrics = reconstruction_metrics(x, y)
+    z0, z_rec = li["z0"], li.pop("z_out")
+    metrics["latent_rel_error"] = float((z_rec - z0).norm() / z0.norm().clamp_min(1e-12))
+    vae_only = unit(c.vae_out, vo)
+    metrics.update(reconstruction_metrics(x, vae_only, prefix="vae_"))
+    # the DDIM part alone: reconstruction against what the VAE gives back without diffusion
+    metrics.update(reconstruction_metrics(vae_only, y, prefix="inversion_"))
+    return Outcome(prepared=prep, pixels=from_model(c.model_out, prep, scan.channels), model_out=c.model_out,
+                   latents=li, metrics=metrics, timesteps=c.timesteps)
+
+
+def invert_many(model, scans: list[Scan], ps: list[EditParams],
+                on_step: Callable[[], None] | None = None) -> list[Outcome]:
+    return [finish_inversion(model, scan, c) for scan, c in zip(scans, compute_inversions(model, scans, ps, on_step))]
 
 
 def invert(model, scan: Scan, p: EditParams, on_step: Callable[[], None] | None = None) -> Outcome:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -52,13 +52,8 @@ def _write_mask(folder: Path, scan: Scan, mask: np.ndarray) -> Path:
 
 class EditOp:
     command = "edit"
-
-    def run(self, model, scan: Scan, params: EditParams, on_step: Callable[[], None] | None) -> Outcome:
-        return core.edit(model, scan, params, on_step)
-
-    def run_many(self, model, scans: list[Scan], params: list[EditParams],
-                 on_step: Callable[[], None] | None) -> list[Outcome]:
-        return core.edit_many(model, scans, params, on_step)
+    compute = staticmethod(core.compute_edits)
+    finish = staticmethod(core.finish_edit)
 
     def write(self, folder: Path, scan: Scan, outcome: Outcome, params: EditParams,
               fmt: str | None) -> tuple[dict[str, Path], dict[str, Any]]:
@@ -73,13 +68,8 @@ class EditOp:
 
 class InvertOp:
     command = "invert"
-
-    def run(self, model, scan: Scan, params: EditParams, on_step: Callable[[], None] | None) -> Outcome:
-        return core.invert(model, scan, params, on_step)
-
-    def run_many(self, model, scans: list[Scan], params: list[EditParams],
-                 on_step: Callable[[], None] | None) -> list[Outcome]:
-        return core.invert_many(model, scans, params, on_step)
+    compute = staticmethod(core.compute_inversions)
+    finish = staticmethod(core.finish_inversion)
 
     def write(self, folder: Path, scan: Scan, outcome: Outcome, params: EditParams,
               fmt: str | None) -> tuple[dict[str, Path], dict[str, Any]]:

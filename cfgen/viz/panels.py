@@ -28,14 +28,32 @@ def diff_scale(diff: np.ndarray) -> float:
     return float(max(np.percentile(np.abs(diff), 99.5), 0.01))
 
 
-def write_difference_png(diff: np.ndarray, target: Path, vmax: float) -> Path:
-    """A signed difference (H, W) as an RGB PNG through the diverging colour map."""
+def _diverging_rgb(t: np.ndarray) -> np.ndarray:
+    """[0, 1] -> uint8 RGB through the diverging map's own lookup table: the colours matplotlib's
+    ``cmap(t)`` gives (same bins), a few times faster on full-size scans."""
     import matplotlib
-    from PIL import Image
 
     cmap = matplotlib.colormaps[DIVERGING]
-    rgb = cmap(np.clip(diff / vmax, -1, 1) * 0.5 + 0.5)[..., :3]
-    im = Image.fromarray((rgb * 255).round().astype(np.uint8))
+    lut = (cmap(np.arange(cmap.N))[:, :3] * 255).round().astype(np.uint8)
+    return lut[np.minimum((t * cmap.N).astype(np.intp), cmap.N - 1)]
+
+
+def for_display(img: np.ndarray, max_side: int = 640) -> np.ndarray:
+    """(H, W[, 3]) shrunk by an integer factor (block means) to at most about ``max_side``: a
+    panel shows a few hundred pixels per image, and drawing a full-size scan costs seconds."""
+    k = -(-max(img.shape[:2]) // max_side)
+    if k <= 1:
+        return img
+    h, w = img.shape[0] // k * k, img.shape[1] // k * k
+    blocks = img[:h, :w].reshape((h // k, k, w // k, k) + img.shape[2:])
+    return blocks.mean(axis=(1, 3))
+
+
+def write_difference_png(diff: np.ndarray, target: Path, vmax: float) -> Path:
+    """A signed difference (H, W) as an RGB PNG through the diverging colour map."""
+    from PIL import Image
+
+    im = Image.fromarray(_diverging_rgb(np.clip(diff / vmax, -1, 1) * 0.5 + 0.5))
     with atomic_path(target) as tmp:
         im.save(tmp, format="PNG")
     return target
@@ -43,13 +61,15 @@ def write_difference_png(diff: np.ndarray, target: Path, vmax: float) -> Path:
 
 def write_panel_png(original: np.ndarray, counterfactual: np.ndarray, diff: np.ndarray, target: Path,
                     vmax: float, titles: tuple[str, str] = ("original", "counterfactual")) -> Path:
-    """original | counterfactual | difference, with a colour bar for the difference."""
+    """original | counterfactual | difference, with a colour bar for the difference (images larger
+    than the panel shows are shrunk first, ``for_display``)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     h, w = diff.shape
+    original, counterfactual, diff = (for_display(a) for a in (original, counterfactual, diff))
     fig, axes = plt.subplots(1, 3, figsize=(9.6, 3.4 * h / max(w, 1) + 0.4), dpi=100)
     cmap_img = "gray" if original.ndim == 2 else None
     for ax, img, title in zip(axes[:2], (original, counterfactual), titles):

@@ -160,3 +160,28 @@ def test_anatomy_label_maps_follow_the_true_volumes(tmp_path, cli):
     assert float(rows[0]["lesion_ml"]) > 0 and (np.asarray(nib.load(out / rows[0]["labels"]).dataobj) == 3).any()
     report = __import__("json").loads((out / "report.json").read_text())
     assert report["params"]["anatomy"] == ["brain", "ventricles", "lesions"]
+
+
+def test_counterfactuals_come_with_their_own_anatomy(tmp_path, cli):
+    """With --anatomy, each true counterfactual has the label map of its own anatomy: removing
+    lesions removes their label, ageing moves the ventricle label by the counterfactual's volume."""
+    out = tmp_path / "brain"
+    res = cli("phantoms", "brain", "-n", "2", "--size", "48", "--spacing", "4", "--seed", "5", "--ms", "1",
+              "--anatomy", "ventricles,lesions", "-o", out, "-q")
+    assert res.exit_code == 0, res.output
+    ml = 4.0 ** 3 / 1000
+    rows = _rows(out / "counterfactuals.csv")
+    assert len(rows) == 8 and all(r["labels"].endswith(".anatomy.nii.gz") for r in rows)
+    factual = {r["Path"]: np.asarray(nib.load(out / r["labels"]).dataobj) for r in _rows(out / "labels.csv")}
+    for r in rows:
+        cf, lab = nib.load(out / r["counterfactual"]), nib.load(out / r["labels"])
+        assert lab.shape == cf.shape and np.allclose(lab.affine, cf.affine)
+        v, f = np.asarray(lab.dataobj), factual[r["image"]]
+        assert (v == 1).sum() * ml == pytest.approx(float(r["cf_ventricle_ml"]), rel=0.25)
+        if r["attribute"] == "lesion_load":  # MS phantoms: lesions removed
+            assert (f == 2).any() and not (v == 2).any() and float(r["cf_lesion_ml"]) == 0
+        if r["attribute"] == "sex":  # head size changes with sex; the labels follow, and differ
+            assert not np.array_equal(v, f)
+        if r["attribute"] == "age":
+            older = float(r["counterfactual_value"]) > float(r["factual"])
+            assert ((v == 1).sum() > (f == 1).sum()) == older

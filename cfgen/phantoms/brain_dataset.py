@@ -10,7 +10,9 @@ Layout of ``DIR``::
                                                       the column `cfgen finetune` reads for a labelled base)
   counterfactuals/brain_00000/<attr>-<value>.nii.gz   render(u, attributes with <attr> set to <value>)
   counterfactuals/brain_00000/<attr>-<value>.mask.nii.gz   where it differs from the factual (uint8)
+  counterfactuals/brain_00000/<attr>-<value>.anatomy.nii.gz   with ``anatomy``: the counterfactual's label map
   counterfactuals.csv                                 one row per (volume, counterfactual), with the true volumes
+                                                      (with ``anatomy``: a ``labels`` column, its label map)
   edit_jobs.csv                                       a `cfgen edit --batch` job list (brain captions)
   report.json                                         generator, parameters, timings
 
@@ -68,10 +70,10 @@ def _one(args: tuple) -> tuple[dict, list[dict]]:
     save_nifti(out / rel, brain.acquire(clean, exo, spacing), aff, f"brain phantom seed {seed} index {index}")
     label = {"Path": rel, **brain.labels_row(attrs, brain.measurements(maps, spacing)),
              "seed": str(seed), "index": str(index)}
+    legend = "labels " + " ".join(f"{k}={n}" for k, n in enumerate(anatomy, start=1))
     if anatomy:
         label["labels"] = f"anatomy/{stem}.nii.gz"
-        save_nifti(out / label["labels"], brain.anatomy_labels(maps, anatomy), aff,
-                   "labels " + " ".join(f"{k}={n}" for k, n in enumerate(anatomy, start=1)))
+        save_nifti(out / label["labels"], brain.anatomy_labels(maps, anatomy), aff, legend)
     cfs = []
     if with_cf:
         for attr, alt in brain.counterfactual_attributes(exo, attrs).items():
@@ -84,7 +86,11 @@ def _one(args: tuple) -> tuple[dict, list[dict]]:
             save_nifti(out / mask_rel, mask.astype(np.uint8), aff, f"difference mask {name}")
             meas = brain.measurements(alt_maps, spacing)
             label_name, target = job_label(attr, alt)
-            cfs.append({"label": label_name, "target": target, "image": rel, "attribute": attr, "factual": attrs.value(attr),
+            extra = {}
+            if anatomy:  # the anatomy the counterfactual should have (e.g. older: larger ventricles)
+                extra["labels"] = f"counterfactuals/{stem}/{name}.anatomy.nii.gz"
+                save_nifti(out / extra["labels"], brain.anatomy_labels(alt_maps, anatomy), aff, legend)
+            cfs.append({**extra, "label": label_name, "target": target, "image": rel, "attribute": attr, "factual": attrs.value(attr),
                         "counterfactual_value": alt.value(attr), "counterfactual": cf_rel, "mask": mask_rel,
                         "mask_fraction": f"{mask.mean():.5f}", "source_prompt": caption_of(attrs),
                         "prompt": caption_of(alt), **{f"cf_{k}": f"{v:.2f}" for k, v in meas.items()}})
@@ -105,7 +111,8 @@ def write_brain_dataset(out: Path, n: int, seed: int = 0, size: int = 64, spacin
     jobs = [(out, seed, i, size, spacing, prev, counterfactuals, anatomy) for i in range(start, start + n)]
     results = run_items(_one, jobs, workers, on_item, min_parallel=4, chunksize=1)
     columns = LABEL_COLUMNS + (["labels"] if anatomy else [])
-    labels, cf_rows = write_tables(out, results, columns, CF_COLUMNS if counterfactuals else None,
+    cf_columns = CF_COLUMNS + (["labels"] if anatomy else []) if counterfactuals else None
+    labels, cf_rows = write_tables(out, results, columns, cf_columns,
                                    lambda r: edit_job(r, r["label"], r["target"]))
     report = {
         "schema": 1, "command": "phantoms brain", "cfgen_version": __version__,

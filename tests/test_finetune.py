@@ -144,3 +144,25 @@ def test_phantom_edit_benchmark_runs_on_any_model(tiny_model, capsys):
                                                  for v in ("remove", "add")}
     assert len(res["table"]) == 12 and all(r["err_none"] > 0 and r["psnr_rec"] is not None for r in res["table"])
     assert "ratio <= 0.50" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_min_snr_weights_the_x0_error_by_min_snr_gamma(prediction_type):
+    """Min-SNR (Hang et al.): whatever the target, the weight on the implied x0 error is
+    min(SNR, gamma). An epsilon error e is an x0 error e / sqrt(SNR), a v error e an x0 error
+    e / sqrt(SNR + 1) (alpha_bar = SNR / (SNR + 1)), an x0 error itself."""
+    import torch
+    from diffusers import DDPMScheduler
+
+    from cfgen.training.config import FinetuneConfig
+    from cfgen.training.finetune import weighted_mse
+
+    sched = DDPMScheduler(prediction_type=prediction_type)
+    t = torch.tensor([10, 500, 990])
+    snr = sched.alphas_cumprod[t] / (1 - sched.alphas_cumprod[t])
+    pred, target = torch.ones(3, 1, 4, 4), torch.zeros(3, 1, 4, 4)  # error 1 per element
+    cfg = FinetuneConfig(snr_gamma=5.0)
+    per_sample = torch.stack([weighted_mse(sched, pred[i:i + 1], target[i:i + 1], t[i:i + 1], cfg) for i in range(3)])
+    x0_error = {"epsilon": 1 / snr, "v_prediction": 1 / (snr + 1), "sample": torch.ones(3)}[prediction_type]
+    assert per_sample.tolist() == pytest.approx((torch.clamp(snr, max=5.0) * x0_error).tolist(), rel=1e-5)
+    assert float(weighted_mse(sched, pred, target, t, FinetuneConfig())) == pytest.approx(1.0)  # no gamma: plain MSE

@@ -16,6 +16,8 @@ A super-resolution stage (voxel space, UNet input = noisy volume + upsampled low
   scale = 2          # the factor it was trained to add
   patch = 32         # sliding-window side when sampling (and the training crop)
   overlap = 0.25     # window overlap when sampling
+  residual = true    # optional: the UNet predicts the volume minus the upsampled input (x0 prediction
+                     # only), so an untrained stage starts from trilinear upsampling
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from typing import Any
 from cfgen.errors import ModelError
 
 KEYS = {"spacing": (int, float), "labels": list, "super_resolution": str, "scale": int, "patch": int,
-        "overlap": (int, float)}
+        "overlap": (int, float), "residual": bool}
 
 
 def check_synth_table(table: Any, where: str) -> dict[str, Any]:
@@ -34,7 +36,7 @@ def check_synth_table(table: Any, where: str) -> dict[str, Any]:
     for key, value in table.items():
         if key not in KEYS:
             raise ModelError(f"{where}: [synth] key '{key}' is unknown (known: {', '.join(KEYS)})")
-        if not isinstance(value, KEYS[key]) or isinstance(value, bool):
+        if not isinstance(value, KEYS[key]) or (isinstance(value, bool) and KEYS[key] is not bool):
             raise ModelError(f"{where}: [synth] {key} = {value!r} has the wrong type")
     labels = table.get("labels", [])
     if not all(isinstance(x, str) and x for x in labels) or len(set(labels)) != len(labels):
@@ -43,6 +45,8 @@ def check_synth_table(table: Any, where: str) -> dict[str, Any]:
         raise ModelError(f"{where}: [synth] scale = {table['scale']} must be at least 2")
     if "scale" in table and labels:
         raise ModelError(f"{where}: [synth] a super-resolution stage (scale) generates no label channels")
+    if "residual" in table and "scale" not in table:
+        raise ModelError(f"{where}: [synth] residual applies to a super-resolution stage (scale) only")
     if table.get("patch", 8) < 8:
         raise ModelError(f"{where}: [synth] patch = {table['patch']} must be at least 8 voxels")
     if not 0 <= table.get("overlap", 0.25) < 1:

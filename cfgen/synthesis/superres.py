@@ -2,6 +2,9 @@
 full-resolution volume given the upsampled low-resolution one as extra input channels,
 ``H(concat(x_t, up(x_low)), t)``, and no text (MedSyn keeps text at the base only).
 
+With ``[synth] residual = true`` (x0 prediction) the UNet's output is added to the upsampled
+input: it learns the detail trilinear upsampling misses, and starts from trilinear itself.
+
 Sampling runs the UNet in overlapping windows (MONAI's ``sliding_window_inference``, Gaussian
 blending), so memory depends on the window, not on the output size. Training (`cfgen finetune`
 on a model whose ``[synth]`` table has ``scale``) crops windows of the same size: the low-res
@@ -31,8 +34,8 @@ class WindowedUNet:
     """The SR UNet with the call signature the DDIM loop uses; the low-res input is concatenated
     and the volume processed in windows of ``patch`` voxels (one window when it fits in one)."""
 
-    def __init__(self, unet, low: torch.Tensor, patch: int, overlap: float):
-        self.unet, self.low, self.patch, self.overlap = unet, low, patch, overlap
+    def __init__(self, unet, low: torch.Tensor, patch: int, overlap: float, residual: bool = False):
+        self.unet, self.low, self.patch, self.overlap, self.residual = unet, low, patch, overlap, residual
 
     def __call__(self, z: torch.Tensor, t, encoder_hidden_states=None):
         from monai.inferers import sliding_window_inference
@@ -43,9 +46,9 @@ class WindowedUNet:
             return self.unet(window, t).sample
 
         roi = [min(self.patch, s) for s in x.shape[2:]]  # never pad a small volume up to the window
-        out = sliding_window_inference(x, roi, 1, predictor, overlap=self.overlap,
-                                       mode="gaussian", sw_device=z.device, device=z.device)
-        return SimpleNamespace(sample=torch.as_tensor(out))
+        out = torch.as_tensor(sliding_window_inference(x, roi, 1, predictor, overlap=self.overlap,
+                                                       mode="gaussian", sw_device=z.device, device=z.device))
+        return SimpleNamespace(sample=out + self.low.to(out.dtype) if self.residual else out)
 
 
 def check_stage(model) -> None:
@@ -56,6 +59,8 @@ def check_stage(model) -> None:
         raise ModelError(f"{model.folder / 'unet' / 'config.json'}: a super-resolution stage takes 2 x {model.entry.channels} "
                          f"channels (noisy + low-res) and returns {model.entry.channels}; found in_channels "
                          f"{cfg.in_channels}, out_channels {cfg.out_channels}")
+    if model.entry.synth.get("residual") and model.entry.scheduler.get("prediction_type") != "sample":
+        raise ModelError(f"{model.folder}: [synth] residual needs x0 prediction (scheduler prediction_type = \"sample\")")
 
 
 @torch.no_grad()
@@ -75,7 +80,7 @@ def super_resolve(model, low: torch.Tensor, size: int, steps: int, seed: int, pa
     sched = ddim.make_scheduler(model.entry.scheduler, steps)
     gen = torch.Generator().manual_seed(int(seed))
     z = torch.randn(cond.shape, generator=gen).to(model.device) * sched.init_noise_sigma
-    net = WindowedUNet(model.unet, cond.to(model.dtype), patch, overlap)
+    net = WindowedUNet(model.unet, cond.to(model.dtype), patch, overlap, bool(synth.get("residual")))
     z = ddim.sample(net, sched, z.to(model.dtype), None, sched.timesteps, on_step=on_step)
     return z.float()
 
@@ -84,11 +89,11 @@ class SuperResObjective:
     """`cfgen finetune` on a super-resolution stage: the denoising loss on random windows with the
     low-res input concatenated (selected from the model's [synth] table, not by an option)."""
 
-    def __init__(self, scale: int, patch: int):
-        self.scale, self.patch = int(scale), int(patch)
+    def __init__(self, scale: int, patch: int, residual: bool = False):
+        self.scale, self.patch, self.residual = int(scale), int(patch), bool(residual)
 
     def describe(self) -> dict:
-        return {"kind": "super-resolution", "scale": self.scale, "patch": self.patch}
+        return {"kind": "super-resolution", "scale": self.scale, "patch": self.patch, "residual": self.residual}
 
     def check(self, model, cfg) -> None:
         check_stage(model)
@@ -109,4 +114,6 @@ class SuperResObjective:
         x, low = self._crop(x, low_res_input(x, self.scale), gen)
         t, noisy, target = noising(noise_scheduler, x, gen, cfg, eval_mode)
         pred = unet(torch.cat([noisy, low], dim=1), t).sample.float()
+        if self.residual:  # x0 = upsampled input + the predicted detail
+            pred = pred + low.float()
         return weighted_mse(noise_scheduler, pred, target, t, cfg, eval_mode)

@@ -85,9 +85,10 @@ def weighted_mse(noise_scheduler, pred: torch.Tensor, target: torch.Tensor, t, c
         from diffusers.training_utils import compute_snr
 
         snr = compute_snr(noise_scheduler, t)
-        weight = torch.clamp(snr, max=cfg.snr_gamma) / snr
-        if noise_scheduler.config.prediction_type == "v_prediction":
-            weight = torch.clamp(snr, max=cfg.snr_gamma) / (snr + 1)
+        capped = torch.clamp(snr, max=cfg.snr_gamma)
+        # the loss on x0 weighted min(SNR, gamma) (Hang et al.), in each target's own units
+        weight = {"v_prediction": capped / (snr + 1), "sample": capped}.get(
+            noise_scheduler.config.prediction_type, capped / snr)
         per_sample = per_sample * weight
     return per_sample.mean()
 
@@ -220,7 +221,7 @@ def finetune(data_csv: Path, model_name: str | None, out: Path, cfg: FinetuneCon
     if sr:
         from cfgen.synthesis.superres import SuperResObjective
 
-        objective = SuperResObjective(e.synth["scale"], e.synth.get("patch", 64))
+        objective = SuperResObjective(e.synth["scale"], e.synth.get("patch", 64), e.synth.get("residual", False))
     loss_fn = objective or _loss
     if objective is not None:
         objective.check(model, cfg)

@@ -156,7 +156,7 @@ def test_finetune_trains_the_super_resolution_stage_and_resumes(stages, cli, tmp
     res = cli(*args, "--max-steps", "3", "--resume")
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "run" / "report.json").read_text())
-    assert report["params"]["objective"] == {"kind": "super-resolution", "scale": 2, "patch": 8}
+    assert report["params"]["objective"] == {"kind": "super-resolution", "scale": 2, "patch": 8, "residual": False}
     assert report["training"]["start_step"] == 2 and report["training"]["final_step"] == 3
     assert np.isfinite(report["training"]["eval_loss_end"])
     # the trained stage keeps its role and serves synth3d
@@ -200,9 +200,30 @@ def test_synth_tables_are_checked_when_the_registry_is_read(tmp_path):
 
     assert check_synth_table({"scale": 2, "patch": 32}, "w") == {"scale": 2, "patch": 32}
     for bad, msg in (({"scal": 2}, "unknown"), ({"scale": 1}, "at least 2"), ({"scale": 2, "labels": ["a"]}, "no label"),
-                     ({"labels": ["a", "a"]}, "distinct"), ({"overlap": 1.5}, "overlap"), ({"spacing": "3"}, "wrong type")):
+                     ({"labels": ["a", "a"]}, "distinct"), ({"overlap": 1.5}, "overlap"), ({"spacing": "3"}, "wrong type"),
+                     ({"residual": True}, "super-resolution stage"), ({"scale": 2, "residual": 1}, "wrong type")):
         with pytest.raises(ModelError, match=msg):
             check_synth_table(bad, "w")
+
+
+def test_a_residual_stage_starts_from_trilinear_and_needs_x0_prediction(tmp_path):
+    """[synth] residual: the UNet adds detail to the upsampled input, so the untrained stage (MONAI
+    zero-initialises the output layer) gives back trilinear upsampling, windows and all."""
+    from cfgen.models.loader import load_model
+    from cfgen.synthesis.superres import super_resolve, upsample
+
+    synth = {"scale": 2, "patch": 8, "overlap": 0.5, "residual": True}
+    folder = build_ldm3d(tmp_path / "res", LDM3DSpec(resolution=16, ae_channels=None, unet_channels=(8, 16),
+                                                      prediction_type="sample", synth=synth), seed=1)
+    sr = load_model(str(folder), device="cpu")
+    low = torch.rand(1, 1, 8, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    out = super_resolve(sr, low, 16, 4, seed=0)
+    # the last DDIM step keeps sqrt(1 - alpha_bar_0) ~ 0.03 of the noise estimate
+    assert (out - upsample(low, 16)).abs().max() < 0.15 and (out - upsample(low, 16)).abs().mean() < 0.03
+    plain = build_ldm3d(tmp_path / "eps", LDM3DSpec(resolution=16, ae_channels=None, unet_channels=(8, 16),
+                                                     synth=synth), seed=1)
+    with pytest.raises(ModelError, match="residual needs x0 prediction"):
+        super_resolve(load_model(str(plain), device="cpu"), low, 16, 2, seed=0)
 
 
 def test_phantom_anatomy_trains_a_labelled_base_and_serves_mask_from(stages, cli, tmp_path):

@@ -73,10 +73,10 @@ def plain_loop(model, scan, steps: int, guidance: float) -> np.ndarray:
 
     from cfgen.editing import ddim
     from cfgen.editing.components import decode_latents, encode_images, encode_prompts
-    from cfgen.editing.core import _prepare
+    from cfgen.editing.core import prepare
     from cfgen.editing.params import EditParams
 
-    prep = _prepare(model, scan, EditParams(window="0,255"))
+    prep = prepare(model, scan, EditParams(window="0,255"))
     sched = ddim.make_scheduler(model.entry.scheduler, steps)
     src, tgt, neg = encode_prompts(model, ["a scan", "an edited scan", ""]).chunk(3)
     with torch.no_grad():

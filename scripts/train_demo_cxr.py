@@ -112,6 +112,17 @@ def main() -> None:
         export(unet_out / "model", ROOT / "cfgen" / "models" / "weights" / "demo-cxr")
 
 
+def portable(data: str | None, model: Path) -> str | None:
+    """An absolute training-data path as WORK/... (WORK: the recipe's --work folder, the nearest
+    folder above the model that holds the data); relative paths as given."""
+    if not data or not Path(data).is_absolute():
+        return data
+    for work in model.resolve().parents:
+        if Path(data).is_relative_to(work) and work != Path(work.anchor):
+            return "WORK/" + Path(data).relative_to(work).as_posix()
+    return Path(data).name
+
+
 def export(model: Path, target: Path) -> None:
     """fp16 safetensors copy of the model folder and the sha256 lines for models.toml."""
     import torch
@@ -128,6 +139,7 @@ def export(model: Path, target: Path) -> None:
         base = info.get("base_model") or {}
         base.pop("folder", None)
         base["source"] = f"built by scripts/train_{target.name.replace('-', '_')}.py"
+        info["data"] = portable(info.get("data"), model)
         meta.write_text(json.dumps(info, indent=2) + "\n")
     for cfg in target.glob("*/config.json"):
         info = json.loads(cfg.read_text())

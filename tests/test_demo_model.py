@@ -136,3 +136,16 @@ def test_demo_brain_labels_generates_image_and_anatomy_and_follows_a_given_anato
     # the CPU-trained base couples image and labels only weakly (here 0.64 vs 0.68 at 10 steps): the
     # given ventricles come out darker than white matter, not yet CSF-dark (benchmarks/synth3d.py)
     assert x[given == 1].mean() < x[brain_wm & (given == 0)].mean()
+
+
+def test_shipped_model_metadata_names_no_path_of_the_machine_that_trained_it():
+    """training.json and configs travel with the package: no absolute paths in them (tokenizer
+    vocabularies hold "/" as a token and are left out)."""
+    import re
+
+    weights = Path(__file__).parents[1] / "cfgen" / "models" / "weights"
+    files = [f for f in weights.rglob("*") if f.suffix in (".json", ".toml") and "tokenizer" not in f.parent.name]
+    assert len(files) >= 5
+    for f in files:
+        found = re.findall(r'"(/[^"]*|[A-Za-z]:\\\\[^"]*)"', f.read_text(encoding="utf-8"))
+        assert not found, (f, found)

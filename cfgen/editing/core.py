@@ -39,9 +39,6 @@ def prepare(model, scan: Scan, p: EditParams) -> Prepared:
     return prep
 
 
-_prepare = prepare  # the name the benchmarks import
-
-
 @dataclass
 class Computed:
     """One item's model-side result, on the host: what the scan-side finishing (resizing to the

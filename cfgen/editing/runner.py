@@ -16,7 +16,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-
 from cfgen.editing.core import Computed, Outcome, prepare
 from cfgen.editing.params import EditParams
 from cfgen.editing.jobs import Job
@@ -126,7 +125,7 @@ def _compute(op: Operation, model, scans: list[Scan], params: list[EditParams], 
 def default_workers() -> int:
     """The cores, but one for the thread that drives the model, shared among the processes on this
     machine (``accelerate launch`` sets LOCAL_WORLD_SIZE); 2..16. Writing a 2500x2048 scan's
-    outputs (16-bit PNG, difference map, panel) takes about 2.8 s of one core."""
+    outputs (16-bit PNG, difference map, panel) takes about 2.9 s of one core."""
     processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
     return max(2, min(16, (os.cpu_count() or 2) // processes - 1))
 
@@ -139,8 +138,9 @@ def run_jobs(op: Operation, model, jobs: list[Job], out_dir: Path, report: RunRe
     jobs share each UNet forward. A batch that fails is retried item by item, so one bad scan
     never costs its neighbours.
 
-    The host work overlaps the model's: ``io_threads`` worker threads [``default_workers()``] read and prepare the next batch's scans (window, resize, pinned memory on CUDA) while
-    the current batch computes, and finish each computed item (back to the scan's grid, metrics,
+    The host work overlaps the model's: ``io_threads`` worker threads [``default_workers()``]
+    read and prepare the next batch's scans (window, resize, pinned memory on CUDA) while the
+    current batch computes, and finish each computed item (back to the scan's grid, metrics,
     PNG/NIfTI/DICOM encoding, item.json); one thread records the items in report.json in job
     order. Decoding, resizing and encoding release the GIL, and threads need no pickling."""
     out_dir = Path(out_dir)

@@ -21,7 +21,6 @@ counterfactual's as target, and prints per edit:
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import time
 from collections import defaultdict
@@ -29,50 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cfgen.phantoms.oracle import CSF_THRESHOLD, LESION_THRESHOLD, age_regressor, dark_voxels, regions  # noqa: F401
+
 AGE_DELTAS = (-60, -30, -10, 10, 30, 60)
-CSF_THRESHOLD = 0.30  # between CSF (0.12) and grey matter (0.50), in [0, 1] T1 units
-LESION_THRESHOLD = 0.55  # between lesion (0.36) and white matter (0.82)
-
-
-def regions(exo, attrs, size: int, spacing: float) -> tuple[np.ndarray, np.ndarray]:
-    """Where ventricles can be (largest: age 100, AD) and where lesions can be (all sites, max load)."""
-    from scipy.ndimage import binary_dilation
-
-    from cfgen.phantoms import brain
-
-    big = attrs.with_value("age", 100).with_value("diagnosis", "AD")
-    vent = brain.tissue_maps(exo, big, size, spacing)["ventricles"] > 0.05
-    les = brain.tissue_maps(exo, big.with_value("lesion_load", brain.MAX_LESION_ML), size, spacing)["lesions"] > 0.05
-    return binary_dilation(vent), binary_dilation(les) & ~vent
-
-
-def _csf(img: np.ndarray, roi: np.ndarray) -> float:
-    return float(max((img[roi] < CSF_THRESHOLD).sum(), 1))
-
-
-class AgeRegressor:
-    """Age from log ventricle CSF volume (the phantom's ventricles grow exponentially with age)."""
-
-    def __init__(self, size: int, spacing: float, n: int = 80, seed: int = 1000):
-        from cfgen.phantoms import brain
-
-        logv, ages = [], []
-        for i in range(n):
-            exo, attrs = brain.subject(seed, i)
-            logv.append(np.log(_csf(brain.render(exo, attrs, size, spacing), regions(exo, attrs, size, spacing)[0])))
-            ages.append(attrs.age)
-        self.slope, self.intercept = np.polyfit(np.asarray(logv), np.asarray(ages), 1)
-        fit = self.slope * np.asarray(logv) + self.intercept
-        self.train_mae = float(np.abs(fit - np.asarray(ages)).mean())
-
-    def __call__(self, img: np.ndarray, vent_roi: np.ndarray) -> float:
-        return float(np.clip(self.slope * np.log(_csf(img, vent_roi)) + self.intercept, 0, 100))
-
-
-@functools.lru_cache(maxsize=None)
-def age_regressor(size: int, spacing: float) -> AgeRegressor:
-    """Fitted once per grid and process (benchmarks/cycle_vs_plain.py scores several models)."""
-    return AgeRegressor(size, spacing)
 
 
 def cases(exo, attrs):
@@ -120,8 +78,8 @@ def run(model_name: str | None, n: int, seed: int, steps: int | None, guidance: 
             out = np.clip(core.edit(model, scan, p).pixels[0], 0, 1)
             secs = time.perf_counter() - t1
             m = truth_metrics(t(fact), t(out), t(true), t(region).bool())
-            roi, thr = (vent_roi, CSF_THRESHOLD) if kind == "age" else (les_roi, LESION_THRESHOLD)
-            before, after = int((fact[roi] < thr).sum()), int((out[roi] < thr).sum())
+            roi = vent_roi if kind == "age" else les_roi
+            before, after = dark_voxels(fact, roi, kind), dark_voxels(out, roi, kind)
             rows[name].append({"direction": float(np.sign(after - before) == sign), "err_cf": m["gt_l1"],
                                "err_none": m["gt_l1_nothing"], "outside": m["change_outside"], "seconds": secs})
             if kind == "age":

@@ -175,21 +175,19 @@ def files_side(args, folder: Path, rows: list[dict]) -> dict:
     from PIL import Image
 
     from cfgen.editing import core
-    from cfgen.editing.jobs import jobs_from_csv
+    from cfgen.editing.batch import RunSettings, run_edits
     from cfgen.editing.operations import OPERATIONS
     from cfgen.editing.params import EditParams
-    from cfgen.editing.runner import _finish, run_jobs
     from cfgen.editing.speed import tune
     from cfgen.io.scan import read_scan
     from cfgen.models.loader import load_model
-    from cfgen.report import RunReport
 
     h, w = (int(v) for v in args.file_size.split("x"))
     b = max(args.batch_sizes)
     model = load_model(str(folder), device=args.device, dtype=args.dtype)
-    tune(model, compile_unet=args.compile)
-    base = EditParams.resolve(model.entry.defaults, prompt="an edited scan", source_prompt="a scan",
-                              steps=args.steps, guidance=args.guidance, mask="none")
+    tune(model, compile_unet=args.compile)  # once here; the runs below must not compile again
+    options = dict(prompt="an edited scan", source_prompt="a scan", steps=args.steps, guidance=args.guidance,
+                   mask="none")
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "in"
         src.mkdir()
@@ -199,22 +197,25 @@ def files_side(args, folder: Path, rows: list[dict]) -> dict:
             px = (ramp + rng.normal(0, 2000, (h, w))).clip(0, 65535).astype(np.uint16)
             Image.fromarray(px).save(src / f"scan{i}.png")
         (src / "jobs.csv").write_text("image,seed\n" + "".join(f"scan{i}.png,{i}\n" for i in range(args.files)))
-        jobs = jobs_from_csv(src / "jobs.csv", base, need_prompt=True)
+        (src / "warm.csv").write_text("image,seed\n" + "".join(f"scan{i}.png,{i}\n" for i in range(b)))
+
+        def run(out: str, csv: str):  # what `cfgen edit --batch CSV --batch-size B` runs
+            settings = RunSettings(out=Path(tmp) / out, model=model, device=args.device, batch_size=b)
+            return run_edits(batch=src / csv, settings=settings, **options).report
+
+        run("warm", "warm.csv")
+        secs, rep = _timed(lambda: run("timed", "jobs.csv"), model.device)
+        params = EditParams.resolve(model.entry.defaults, **options)
+        scan = read_scan(src / "scan0.png")
         op = OPERATIONS["edit"]
-
-        def run(out: str, todo) -> RunReport:
-            return run_jobs(op, model, todo, Path(tmp) / out, RunReport("edit", Path(tmp) / out, {}), batch_size=b)
-
-        run("warm", jobs[:b])
-        secs, rep = _timed(lambda: run("timed", jobs), model.device)
-        scan = read_scan(jobs[0].path)
         t0 = time.perf_counter()
-        prep = core.prepare(model, scan, jobs[0].params)
+        prep = core.prepare(model, scan, params)
         t1 = time.perf_counter()
-        computed = core.compute_edits(model, [scan], [jobs[0].params], None, [prep])[0]
-        claim = {"scan": scan, "folder": Path(tmp) / "alone" / "scan0", "fingerprint": ""}
+        computed = op.compute(model, [scan], [params], None, [prep])[0]
         t2 = time.perf_counter()
-        _finish(op, model, jobs[0], Path(tmp) / "alone", None, claim, computed)
+        folder_alone = Path(tmp) / "alone"
+        folder_alone.mkdir()
+        op.write(folder_alone, scan, op.finish(model, scan, computed), params, None)
         t3 = time.perf_counter()
     ok = sum(i["status"] == "ok" for i in rep.data["items"])
     model_only = [r["edits_per_s"] for r in rows if r["batch"] == b and r["compiled"] == args.compile]

@@ -32,8 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from brain_edits import CSF_THRESHOLD, LESION_THRESHOLD, regions  # noqa: E402
+from cfgen.phantoms.oracle import CSF_THRESHOLD, LESION_THRESHOLD, regions
 
 PAIRS = (("lesion", "brain MRI, high lesion load", "brain MRI, no lesions"),
          ("ventricles", "brain MRI of an 85 year old", "brain MRI of a 25 year old"))
@@ -78,7 +77,7 @@ def label_measures(labels: np.ndarray, image: np.ndarray, names: list[str], spac
 
 def conditional(base, n: int, steps: int | None) -> dict:
     from cfgen.synthesis.generate import SynthParams, synthesize
-    from cfgen.synthesis.stages import label_names
+    from cfgen.models.synth import label_names
 
     spacing = float(base.entry.synth.get("spacing", 3.0))
     names = label_names(base.entry)
@@ -111,7 +110,7 @@ def mask_from(base, n: int, steps: int | None, seed: int = 90000) -> dict:
     from cfgen.phantoms import brain
     from cfgen.phantoms.brain_dataset import caption_of
     from cfgen.synthesis.generate import SynthParams, read_anatomy, synthesize
-    from cfgen.synthesis.stages import label_names
+    from cfgen.models.synth import label_names
 
     names = label_names(base.entry)
     size, spacing = base.entry.resolution, float(base.entry.synth.get("spacing", 3.0))

@@ -27,17 +27,14 @@ in 33.9 s on 2 CPU cores (the issue's bar: under 60 s).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cfgen.models.ldm3d import LDM3DSpec
+from cfgen.models.tabular import BRAIN_FIELDS
+from cfgen.training.recipes import CFGEN, brain_phantoms, export, finetune_unet, first_stage, sh
 
-from cfgen.models.ldm3d import LDM3DSpec  # noqa: E402
-from cfgen.models.tabular import BRAIN_FIELDS  # noqa: E402
-from train_demo_cxr import export, finetune_unet, sh  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 GPU_SPEC = LDM3DSpec(resolution=64, channels=1, latent_channels=4, ae_channels=(32, 64, 64),
                      unet_channels=(32, 64, 128), text_hidden=64, conditioning=BRAIN_FIELDS)
@@ -71,39 +68,6 @@ RECIPES = {
 }
 
 
-def brain_phantoms(data: Path, n: int, seed: int, size: int, spacing: float, anatomy: list[str] = ()) -> Path:
-    """Step 1 of the brain recipes: `cfgen phantoms brain` into ``data`` (kept when already there)."""
-    if not (data / "labels.csv").is_file():
-        sh(sys.executable, "-m", "cfgen.cli.main", "phantoms", "brain", "-n", str(n), "--seed", str(seed),
-           "--size", str(size), "--spacing", str(spacing), "--no-counterfactuals", "-o", str(data), "-q",
-           *(["--anatomy", ",".join(anatomy)] if anatomy else []))
-    return data
-
-
-def autoencoder_phases(train_csv: Path, base: Path, out: Path, phases, device: str) -> None:
-    """Step 4: the autoencoder trained phase by phase ((to_step, batch, lr, crop) each; resumes),
-    then put into the base folder."""
-    import json
-    import shutil
-
-    from cfgen.training.vae import train_vae
-
-    if not phases:  # voxel-space recipes
-        return
-    for to_step, batch, lr, crop in phases:
-        log = out / "vae_training.json"
-        done = json.loads(log.read_text())["steps"] if log.is_file() and (out / "autoencoder").is_dir() else 0
-        if done >= to_step:
-            continue
-        summary = train_vae(train_csv, base, out, steps=to_step, batch_size=batch, lr=lr, seed=0, device=device,
-                            checkpoint_every=100, resume=(out / "checkpoints").is_dir(), crop=crop,
-                            on_step=lambda s, loss: print(f"autoencoder step {s} loss {loss:.4f}", flush=True)
-                            if s % 50 == 0 else None)
-        print(json.dumps({k: v for k, v in summary.items() if k != "losses"}), flush=True)
-    shutil.rmtree(base / "autoencoder", ignore_errors=True)
-    shutil.copytree(out / "autoencoder", base / "autoencoder")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, required=True)
@@ -115,7 +79,7 @@ def main() -> None:
     cfg = RECIPES[args.recipe]
     spec = cfg["spec"]
     w = args.work
-    cfgen = [sys.executable, "-m", "cfgen.cli.main"]
+    cfgen = CFGEN
     t0 = time.time()
     anatomy = (spec.synth or {}).get("labels", [])
     data = brain_phantoms(w / "phantoms", cfg["n"], 1000, spec.resolution, cfg["spacing"], anatomy)
@@ -126,14 +90,15 @@ def main() -> None:
     base = w / "base"
     if not (base / "unet").is_dir():
         build_ldm3d(base, spec, seed=0)
-    autoencoder_phases(data / "train.csv", base, w / "ae", cfg["ae_phases"], args.device)
+    first_stage(data / "train.csv", base, w / "ae", "autoencoder", cfg["ae_phases"], args.device)
     unet_out = w / "unet"
     finetune_unet(data / "train.csv", base, unet_out, cfg, args.device,
                   ["Brain MRI of a 85 year old female with no cognitive impairment, no lesions",
                    "Brain MRI of a 30 year old male with no cognitive impairment, lesion load 20 mL"])
     print(f"recipe finished in {time.time() - t0:.0f} s; model: {unet_out / 'model'}")
     if args.export:
-        export(unet_out / "model", ROOT / "cfgen" / "models" / "weights" / ("demo-brain-labels" if anatomy else "demo-brain"))
+        export(unet_out / "model", ROOT / "cfgen" / "models" / "weights" / ("demo-brain-labels" if anatomy else "demo-brain"),
+               "scripts/train_demo_brain.py")
 
 
 if __name__ == "__main__":

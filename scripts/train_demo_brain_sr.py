@@ -18,17 +18,13 @@ Steps (reproducible from the seeds below):
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cfgen.models.ldm3d import LDM3DSpec
+from cfgen.training.recipes import CFGEN, brain_phantoms, export, sh
 
-from cfgen.models.ldm3d import LDM3DSpec  # noqa: E402
-from train_demo_brain import brain_phantoms  # noqa: E402
-from train_demo_cxr import export, sh  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SYNTH = {"scale": 2, "patch": 32, "overlap": 0.25, "residual": True}
 RECIPES = {
@@ -53,7 +49,7 @@ def main() -> None:
     args = ap.parse_args()
     cfg, w = RECIPES[args.recipe], args.work
     spec = cfg["spec"]
-    cfgen = [sys.executable, "-m", "cfgen.cli.main"]
+    cfgen = CFGEN
     t0 = time.time()
     data = brain_phantoms(w / "phantoms", cfg["n"], 2000, spec.resolution, cfg["spacing"])
     from cfgen.models.ldm3d import build_ldm3d
@@ -69,7 +65,7 @@ def main() -> None:
        *(["--resume"] if (out / "checkpoints").is_dir() else []))
     print(f"recipe finished in {time.time() - t0:.0f} s; model: {out / 'model'}")
     if args.export:
-        export(out / "model", ROOT / "cfgen" / "models" / "weights" / "demo-brain-sr")
+        export(out / "model", ROOT / "cfgen" / "models" / "weights" / "demo-brain-sr", "scripts/train_demo_brain_sr.py")
 
 
 if __name__ == "__main__":

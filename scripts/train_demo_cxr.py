@@ -18,17 +18,13 @@ Measured cost of the full recipe goes in the CHANGELOG and the models.toml entry
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from cfgen.models.build import LDM2DSpec
+from cfgen.training.recipes import CFGEN, export, finetune_unet, first_stage, sh
 
-from cfgen.models.build import LDM2DSpec  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 # character-level CLIP text encoder (frozen at its random init): 96 tokens hold the longest caption
 GPU_SPEC = LDM2DSpec(resolution=128, image_channels=1, latent_channels=4, vae_channels=(32, 64, 64),
@@ -48,37 +44,6 @@ RECIPES = {
 }
 
 
-def sh(*args: str) -> None:
-    print("+", " ".join(args), flush=True)
-    subprocess.run(args, check=True)
-
-
-def finetune_unet(train_csv: Path, base: Path, unet_out: Path, cfg: dict, device: str, prompts: list[str]) -> None:
-    """Step 5 of the demo recipes: `cfgen finetune` (resumes when checkpoints exist)."""
-    sh(sys.executable, "-m", "cfgen.cli.main", "finetune", str(train_csv), "-m", str(base), "-o", str(unet_out),
-       "--learning-rate", str(cfg["lr"]), "--lr-scheduler", "cosine", "--lr-warmup-steps", str(cfg["warmup"]),
-       "--batch-size", str(cfg["unet_batch"]), "--max-steps", str(cfg["unet_steps"]), "--ema",
-       "--ema-decay", str(cfg["ema_decay"]), "--snr-gamma", "5", "--checkpoint-every", str(cfg.get("checkpoint_every", 2000)),
-       "--device", device,
-       "-q", *[a for pr in prompts for a in ("--validation-prompt", pr)],
-       *(["--resume"] if (unet_out / "checkpoints").is_dir() else []))
-
-
-def first_stage(train_csv: Path, base: Path, out: Path, component: str, steps: int, batch: int, lr: float,
-                device: str, crop: int | None = None) -> None:
-    """Step 4 of the demo recipes: train the autoencoder (resumes), then put it into the base folder."""
-    from cfgen.training.vae import train_vae
-
-    if not (out / component).is_dir():
-        summary = train_vae(train_csv, base, out, steps=steps, batch_size=batch, lr=lr, seed=0, device=device,
-                            checkpoint_every=250, resume=(out / "checkpoints").is_dir(), crop=crop,
-                            on_step=lambda s, loss: print(f"{component} step {s} loss {loss:.4f}", flush=True)
-                            if s % 50 == 0 else None)
-        print(json.dumps({k: v for k, v in summary.items() if k != "losses"}))
-    shutil.rmtree(base / component, ignore_errors=True)
-    shutil.copytree(out / component, base / component)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, required=True)
@@ -89,7 +54,7 @@ def main() -> None:
     args = ap.parse_args()
     cfg = RECIPES[args.recipe]
     w = args.work
-    cfgen = [sys.executable, "-m", "cfgen.cli.main"]
+    cfgen = CFGEN
     t0 = time.time()
     data = w / "phantoms"
     if not (data / "labels.csv").is_file():
@@ -101,7 +66,7 @@ def main() -> None:
     base = w / "base"
     if not (base / "unet").is_dir():
         build_ldm2d(base, cfg["spec"], seed=0)
-    first_stage(data / "train.csv", base, w / "vae", "vae", cfg["vae_steps"], cfg["vae_batch"], cfg["vae_lr"],
+    first_stage(data / "train.csv", base, w / "vae", "vae", [(cfg["vae_steps"], cfg["vae_batch"], cfg["vae_lr"], None)],
                 args.device)
     unet_out = w / "unet"
     finetune_unet(data / "train.csv", base, unet_out, cfg, args.device,
@@ -109,49 +74,7 @@ def main() -> None:
                    "Normal chest X-ray with no significant findings"])
     print(f"recipe finished in {time.time() - t0:.0f} s; model: {unet_out / 'model'}")
     if args.export:
-        export(unet_out / "model", ROOT / "cfgen" / "models" / "weights" / "demo-cxr")
-
-
-def portable(data: str | None, model: Path) -> str | None:
-    """An absolute training-data path as WORK/... (WORK: the recipe's --work folder, the nearest
-    folder above the model that holds the data); relative paths as given."""
-    if not data or not Path(data).is_absolute():
-        return data
-    for work in model.resolve().parents:
-        if Path(data).is_relative_to(work) and work != Path(work.anchor):
-            return "WORK/" + Path(data).relative_to(work).as_posix()
-    return Path(data).name
-
-
-def export(model: Path, target: Path) -> None:
-    """fp16 safetensors copy of the model folder and the sha256 lines for models.toml."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    from cfgen.models.files import hashes, weight_files
-
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(model, target)
-    meta = target / "training.json"
-    if meta.is_file():  # no paths of the machine that trained it inside the package
-        info = json.loads(meta.read_text())
-        base = info.get("base_model") or {}
-        base.pop("folder", None)
-        base["source"] = f"built by scripts/train_{target.name.replace('-', '_')}.py"
-        info["data"] = portable(info.get("data"), model)
-        meta.write_text(json.dumps(info, indent=2) + "\n")
-    for cfg in target.glob("*/config.json"):
-        info = json.loads(cfg.read_text())
-        if info.pop("_name_or_path", None) is not None:
-            cfg.write_text(json.dumps(info, indent=2) + "\n")
-    for f in weight_files(target):
-        save_file({k: v.to(torch.float16) if v.is_floating_point() else v for k, v in load_file(str(f)).items()},
-                  str(f))
-    total = sum(f.stat().st_size for f in weight_files(target))
-    print(f"exported {total / 1e6:.1f} MB of weights to {target}")
-    for rel, digest in hashes(target, weight_files(target)).items():
-        print(f'"{rel}" = "{digest}"')
+        export(unet_out / "model", ROOT / "cfgen" / "models" / "weights" / "demo-cxr", "scripts/train_demo_cxr.py")
 
 
 if __name__ == "__main__":

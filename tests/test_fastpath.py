@@ -15,13 +15,9 @@ from schema import validate_report
 
 from cfgen.editing import memory
 from cfgen.editing.components import decode_latents, encode_images
-from cfgen.editing.jobs import jobs_from_csv
-from cfgen.editing.operations import OPERATIONS
-from cfgen.editing.params import EditParams
-from cfgen.editing.runner import run_jobs
+from cfgen.editing.batch import RunSettings, run_edits
 from cfgen.editing.speed import cast, full_precision
 from cfgen.models.loader import load_model
-from cfgen.report import RunReport
 
 
 def _csv(folder, n):
@@ -32,10 +28,9 @@ def _csv(folder, n):
 
 
 def _run(model, csv, out, batch_size=2):
-    params = EditParams.resolve(model.entry.defaults, steps=3, guidance=3.0, mask="none")
-    jobs = jobs_from_csv(csv, params, need_prompt=True)
-    report = RunReport("edit", out, {"batch_size": batch_size})
-    return run_jobs(OPERATIONS["edit"], model, jobs, out, report, batch_size=batch_size).data["items"]
+    """The library's whole run (what `cfgen edit --batch` calls) on an already loaded model."""
+    settings = RunSettings(out=out, model=model, device="cpu", batch_size=batch_size)
+    return run_edits(batch=csv, settings=settings, steps=3, guidance=3.0, mask="none").report.data["items"]
 
 
 def test_a_half_precision_batch_with_non_finite_values_is_redone_in_float32(tiny_model, tmp_path):

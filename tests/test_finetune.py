@@ -155,7 +155,7 @@ def test_min_snr_weights_the_x0_error_by_min_snr_gamma(prediction_type):
     from diffusers import DDPMScheduler
 
     from cfgen.training.config import FinetuneConfig
-    from cfgen.training.finetune import weighted_mse
+    from cfgen.training.objectives import weighted_mse
 
     sched = DDPMScheduler(prediction_type=prediction_type)
     t = torch.tensor([10, 500, 990])

@@ -196,7 +196,7 @@ def test_finetune_trains_a_base_stage_with_anatomy_channels(stages, cli, tmp_pat
 
 
 def test_synth_tables_are_checked_when_the_registry_is_read(tmp_path):
-    from cfgen.synthesis.stages import check_synth_table
+    from cfgen.models.synth import check_synth_table
 
     assert check_synth_table({"scale": 2, "patch": 32}, "w") == {"scale": 2, "patch": 32}
     for bad, msg in (({"scal": 2}, "unknown"), ({"scale": 1}, "at least 2"), ({"scale": 2, "labels": ["a"]}, "no label"),

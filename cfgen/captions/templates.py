@@ -60,7 +60,7 @@ def chexpert_template(columns: list[str], uncertain: UncertainPolicy, blank: Unc
         for cond in present:
             lab = _label(row.get(cond))
             if lab.startswith("?"):
-                raise InputError(f"{where}: column '{cond}' has value '{lab[1:]}' (expected 1, 0, -1 or blank)")
+                raise InputError(f"{where}: column '{cond}' has value {lab[1:]!r} (expected 1, 0, -1 or blank)")
             policy = uncertain if lab == "-1" else blank if lab == "" else None
             state = lab
             if policy is UncertainPolicy.positive:
@@ -113,7 +113,7 @@ def brain_template(columns: list[str], where: str) -> Callable[[dict], str]:
             try:
                 who.append(f"{float(age):g} year old")
             except ValueError:
-                raise InputError(f"{where}: age '{age}' is not a number") from None
+                raise InputError(f"{where}: age {age!r} is not a number") from None
         if sex:
             who.append(_SEX.get(sex.lower(), sex))
         if who:

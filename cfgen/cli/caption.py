@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from cfgen.captions.templates import UncertainPolicy, caption_rows
-from cfgen.cli.common import handle_errors
+from cfgen.cli.common import handle_errors, out_option
 from cfgen.errors import UsageError
 from cfgen.io.tables import format_csv, read_csv, write_csv
 
@@ -16,7 +16,7 @@ from cfgen.io.tables import format_csv, read_csv, write_csv
 @handle_errors
 def caption(
     labels: Annotated[Path, typer.Argument(help="Labels CSV (e.g. CheXpert's train.csv)")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output CSV [default: stdout]")] = None,
+    out: out_option("Output CSV [default: stdout]", Optional[Path]) = None,
     template: Annotated[str, typer.Option("--template", "-t", help="chexpert, brain, or a string with {column} fields")] = "chexpert",
     uncertain: Annotated[UncertainPolicy, typer.Option(help="CheXpert -1 labels: ignore (not mentioned, never called normal), negative, positive, possible")] = UncertainPolicy.ignore,
     blank: Annotated[UncertainPolicy, typer.Option(help="CheXpert blank labels (same choices)")] = UncertainPolicy.negative,

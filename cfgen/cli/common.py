@@ -36,8 +36,19 @@ class Format(str, Enum):
     nifti = "nifti"
 
 
+def out_option(help: str, type_: Any = Path) -> Any:
+    """``--out/-o`` for a command, with the command's own help text (the names are defined here once)."""
+    return Annotated[type_, typer.Option("--out", "-o", help=help)]
+
+
+def seed_option(help: str, type_: Any = int) -> Any:
+    """``--seed`` for a command, with what the seed drives in that command."""
+    return Annotated[type_, typer.Option("--seed", help=help)]
+
+
 ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="models.toml entry name or a model folder [default: the registry's default]")]
-OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder (report.json and one folder per scan)")]
+OutOpt = out_option("Output folder (report.json and one folder per scan)")
+SeedOpt = seed_option("Seed for the random parts (eta > 0); recorded per item", Optional[int])
 DeviceOpt = Annotated[Device, typer.Option(help="Where to run")]
 DtypeOpt = Annotated[Dtype, typer.Option(help="Weights/activations precision (scheduler maths stays float32)")]
 FormatOpt = Annotated[Optional[Format], typer.Option("--format", help="Output format [default: the input's]")]
@@ -94,3 +105,26 @@ def print_item_errors(items: list[dict]) -> None:
     for item in items:
         if item["status"] == "error":
             typer.echo(f"cfgen: error: {safe_text(str(item['error']))}", err=True)
+
+
+#: metrics worth a glance on the terminal after a run (all of them are in report.json)
+SUMMARY_METRICS = ("l1", "changed_fraction", "psnr", "ssim", "vae_psnr", "inversion_psnr", "latent_rel_error")
+
+
+def finish_run(command: str, result: Any, json_out: bool, quiet: bool) -> None:
+    """After an item run (cfgen.editing.batch.RunResult): the failed items, the report or a one-line
+    summary, and exit code 1 when an item failed. A secondary shard process prints nothing."""
+    if not result.main:
+        raise typer.Exit(1 if result.failed else 0)
+    data = result.report.data
+    print_item_errors(data["items"])
+    if json_out:
+        print_json(data)
+    elif not quiet:
+        s = data["summary"]
+        means = ", ".join(f"{k} {v['mean']:.4g}" for k, v in s["metrics"].items() if k in SUMMARY_METRICS)
+        typer.echo(f"{command}: {s['ok']} ok, {s['skipped']} skipped, {s['error']} failed in "
+                   f"{data['timings']['total_s']:.1f} s{'; ' + means if means else ''}; report: {result.report.path}",
+                   err=True)
+    if result.failed:
+        raise typer.Exit(1)

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cfgen.cli.common import Device, DeviceOpt, JsonOpt, QuietOpt, handle_errors, print_item_errors, print_json
+from cfgen.cli.common import Device, DeviceOpt, JsonOpt, QuietOpt, handle_errors, out_option, print_item_errors, print_json, seed_option
 
 SHOWN_SETS = ("fid_vs_originals", "fid_vs_truth", "fid_truth_vs_originals", "mmd_vs_originals", "mmd_vs_truth")
 
@@ -43,13 +43,13 @@ def evaluate(
     source: Annotated[Path, typer.Argument(help="An edit run's report.json (or its folder), or a CSV with "
                                                 "original, counterfactual [, label, target, true_counterfactual, mask, "
                                                 "source_prompt, prompt, name]")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for report.json and figures")] = Path("evaluation"),
+    out: out_option("Output folder for report.json and figures") = Path("evaluation"),
     classifier: Annotated[Optional[str], typer.Option(help="Classifier entry or folder for CPG, flip rate, FID/MMD features; 'none' to skip [default: the registry's default_classifier]")] = None,
     clip: Annotated[Optional[str], typer.Option(help="CLIP entry or folder for CLIP scores [default: none]")] = None,
     clip_threshold: Annotated[float, typer.Option(help="Items with S_CLIP (clip_direction) below this are marked passed_filter=false (PRISM: 0.1)")] = 0.1,
     rank_by: Annotated[Optional[str], typer.Option(help="Metric that picks the best/median/worst examples [default: gt_error_ratio with ground truth, else l1]")] = None,
     figures: Annotated[bool, typer.Option(help="Write examples.png and histograms.png")] = True,
-    seed: Annotated[int, typer.Option(help="Seed of the bootstrap and of the diversity sample")] = 0,
+    seed: seed_option("Seed of the bootstrap and of the diversity sample") = 0,
     device: DeviceOpt = Device.auto,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cfgen.cli.common import JsonOpt, QuietOpt, handle_errors, print_json
+from cfgen.cli.common import JsonOpt, QuietOpt, handle_errors, out_option, print_json, seed_option
 from cfgen.errors import UsageError
 
 app = typer.Typer(help="Procedural phantoms with ground-truth counterfactuals.", no_args_is_help=True)
@@ -16,8 +16,8 @@ app = typer.Typer(help="Procedural phantoms with ground-truth counterfactuals.",
 @handle_errors
 def cxr_command(
     n: Annotated[int, typer.Option("-n", help="Number of images")] = 100,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder")] = Path("phantoms-cxr"),
-    seed: Annotated[int, typer.Option(help="Data set seed (image i uses SeedSequence([seed, i]))")] = 0,
+    out: out_option("Output folder") = Path("phantoms-cxr"),
+    seed: seed_option("Data set seed (image i uses SeedSequence([seed, i]))") = 0,
     start: Annotated[int, typer.Option(help="First image index (held-out sets: a different seed or start)")] = 0,
     size: Annotated[int, typer.Option(help="Image size in pixels (square)")] = 256,
     effusion: Annotated[float, typer.Option(help="Prevalence of pleural effusion")] = 0.4,
@@ -60,8 +60,8 @@ def cxr_command(
 @handle_errors
 def brain_command(
     n: Annotated[int, typer.Option("-n", help="Number of volumes")] = 20,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder")] = Path("phantoms-brain"),
-    seed: Annotated[int, typer.Option(help="Data set seed (volume i uses SeedSequence([seed, i]))")] = 0,
+    out: out_option("Output folder") = Path("phantoms-brain"),
+    seed: seed_option("Data set seed (volume i uses SeedSequence([seed, i]))") = 0,
     start: Annotated[int, typer.Option(help="First volume index (held-out sets: a different seed or start)")] = 0,
     size: Annotated[int, typer.Option(help="Volume size in voxels per axis (cubic)")] = 64,
     spacing: Annotated[float, typer.Option(help="Voxel size in mm (the anatomy does not depend on the grid)")] = 3.0,

@@ -7,17 +7,17 @@ from typing import Annotated, Optional
 import typer
 
 from cfgen.cli.common import (Device, DeviceOpt, Dtype, DtypeOpt, JsonOpt, OverwriteOpt, QuietOpt, handle_errors,
-                              print_item_errors, print_json)
+                              out_option, print_item_errors, print_json, seed_option)
 
 
 @handle_errors
 def synth3d(
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="What to generate, e.g. 'brain MRI of an 85 year old, high lesion load'")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: sample-NNN/volume.nii.gz, labels, base, preview, report.json")],
+    out: out_option("Output folder: sample-NNN/volume.nii.gz, labels, base, preview, report.json"),
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Base stage: models.toml entry or folder [default: the registry's default_synth3d]")] = None,
     sr: Annotated[Optional[str], typer.Option("--sr", help="Super-resolution stage: entry or folder, or none [default: the base's [synth] super_resolution]")] = None,
     num: Annotated[int, typer.Option("--num", "-n", help="Volumes to generate (seeds SEED, SEED+1, ...)")] = 1,
-    seed: Annotated[int, typer.Option(help="Seed of the first volume")] = 0,
+    seed: seed_option("Seed of the first volume") = 0,
     steps: Annotated[Optional[int], typer.Option(help="Base sampling steps [default: the model's, else 50]")] = None,
     guidance: Annotated[Optional[float], typer.Option(help="Classifier-free guidance at the base [default: the model's, else 7.5]")] = None,
     sr_steps: Annotated[Optional[int], typer.Option(help="Super-resolution sampling steps [default: the stage's, else 20]")] = None,

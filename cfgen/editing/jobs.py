@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cfgen.editing.params import EditParams
-from cfgen.errors import InputError, UsageError
+from cfgen.errors import CfgenError, InputError, UsageError
 from cfgen.io.tables import read_csv
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -66,6 +66,18 @@ def check_name(name: str) -> str | None:
     return None
 
 
+def check_mask_value(mask: str | None, given_as: str) -> None:
+    """A mask is none, auto or a file that exists (``given_as``: how the user gave it, e.g. "--mask")."""
+    if mask not in (None, "", "none", "auto") and not Path(mask).is_file():
+        raise InputError(f"{mask}: mask file not found ({given_as} takes none, auto or a file)")
+
+
+def require_prompt(prompt: str | None, message: str, error: type[CfgenError] = UsageError) -> None:
+    """An edit needs a target prompt: raise ``error(message)`` when there is none."""
+    if not prompt:
+        raise error(message)
+
+
 def single_job(image: str, params: EditParams) -> Job:
     return Job(row=None, image=image, path=Path(image), name=default_name(image), params=params)
 
@@ -74,8 +86,7 @@ def _row_params(row: dict[str, str], base: EditParams, folder: Path) -> EditPara
     p = replace(base)
     if row.get("mask"):
         p.mask = row["mask"] if row["mask"] in ("none", "auto") else str(folder / row["mask"])
-        if p.mask not in ("none", "auto") and not Path(p.mask).is_file():
-            raise InputError(f"mask {row['mask']}: file not found")
+        check_mask_value(p.mask, "the 'mask' column")
     for key in ("prompt", "negative_prompt"):
         if row.get(key):
             setattr(p, key, row[key])
@@ -103,9 +114,9 @@ def jobs_from_csv(csv_path: Path, base: EditParams, need_prompt: bool = True) ->
     columns, rows = read_csv(csv_path)
     if "image" not in columns:
         raise InputError(f"{csv_path}: batch CSV needs an 'image' column; columns found: {', '.join(columns)}")
-    if need_prompt and "prompt" not in columns and not base.prompt:
-        raise InputError(f"{csv_path}: no 'prompt' column and no --prompt given; columns found: "
-                         f"{', '.join(columns)}")
+    if need_prompt and "prompt" not in columns:
+        require_prompt(base.prompt, f"{csv_path}: no 'prompt' column and no --prompt given; columns found: "
+                       f"{', '.join(columns)}", InputError)
     folder = csv_path.parent
     jobs: list[Job] = []
     taken: dict[str, int] = {}
@@ -119,8 +130,8 @@ def jobs_from_csv(csv_path: Path, base: EditParams, need_prompt: bool = True) ->
             if not image:
                 raise InputError("the 'image' cell is empty")
             job.params = _row_params(row, base, folder)
-            if need_prompt and not job.params.prompt:
-                raise InputError("no prompt for this row (empty 'prompt' and no --prompt)")
+            if need_prompt:
+                require_prompt(job.params.prompt, "no prompt for this row (empty 'prompt' and no --prompt)", InputError)
             if explicit:
                 why = check_name(explicit)
                 if why:

@@ -54,7 +54,7 @@ def build_ldm2d(folder: Path, spec: LDM2DSpec = LDM2DSpec(), seed: int = 0) -> P
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from cfgen.models.loader import quiet_hf
+    from cfgen.models.hf import quiet_hf
 
     quiet_hf()
     folder = Path(folder)

@@ -14,7 +14,7 @@ Folder layout (safetensors only)::
   scheduler/scheduler_config.json  optional: DDIM settings (diffusers keys)
 
 A UNet with ``"with_conditioning": false`` needs neither (the super-resolution stage of
-`cfgen synth3d`, whose role the ``[synth]`` table of cfgen.toml declares: cfgen/synthesis/stages.py).
+`cfgen synth3d`, whose role the ``[synth]`` table of cfgen.toml declares: cfgen/models/synth.py).
 
 The networks are wrapped so that they answer the calls the 2D family answers (``unet(z, t,
 encoder_hidden_states=...).sample``, ``vae.encode(x).latent_dist.mean``, ``vae.decode(z).sample``):
@@ -135,7 +135,7 @@ def load_ldm3d(entry, folder: Path, device: str, dtype):
 
     from transformers import AutoModel, AutoTokenizer
 
-    from cfgen.models.loader import quiet_hf
+    from cfgen.models.hf import quiet_hf
 
     quiet_hf()
     ucfg = _read_config(folder / UNET_DIR)
@@ -189,7 +189,7 @@ class LDM3DSpec:
     conditioning: dict | None = None  # tabular fields (cfgen/models/tabular.py) instead of a text encoder
     scheduler: str = "ddim"  # or "rflow": rectified flow (cfgen/editing/flow.py)
     prediction_type: str = "epsilon"  # DDIM models: or "v_prediction", "sample" (x0, as MedSyn's stages)
-    synth: dict | None = None  # [synth] table (cfgen/synthesis/stages.py): label channels or a super-resolution stage
+    synth: dict | None = None  # [synth] table (cfgen/models/synth.py): label channels or a super-resolution stage
 
 
 def build_ldm3d(folder: Path, spec: LDM3DSpec = LDM3DSpec(), seed: int = 0) -> Path:
@@ -197,7 +197,7 @@ def build_ldm3d(folder: Path, spec: LDM3DSpec = LDM3DSpec(), seed: int = 0) -> P
     from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
     from safetensors.torch import save_file
 
-    from cfgen.models.loader import quiet_hf
+    from cfgen.models.hf import quiet_hf
 
     quiet_hf()
     folder = Path(folder)
@@ -247,7 +247,7 @@ def _write_common(folder: Path, spec: LDM3DSpec) -> None:
     from cfgen.models.build import char_clip_tokenizer
     from cfgen.models.registry import DEFAULT_SCHEDULER
 
-    from cfgen.synthesis.stages import toml_lines
+    from cfgen.models.synth import toml_lines
 
     DDIMScheduler(**DEFAULT_SCHEDULER).save_pretrained(folder / "scheduler")
     (folder / "cfgen.toml").write_text(

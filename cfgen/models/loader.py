@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cfgen.errors import ModelError, UsageError
+from cfgen.models.hf import quiet_hf
 from cfgen.models.files import FAMILY_COMPONENTS, FAMILY_OPTIONAL, OPTIONAL_COMPONENTS, missing_files, verify_sha256
 from cfgen.models.registry import ModelEntry, Registry, _entry_from_table, load_registry, resolve_model_name
 
@@ -146,16 +147,6 @@ def locate(entry: ModelEntry) -> tuple[Path, str | None]:
     return entry.path, entry.revision
 
 
-def quiet_hf() -> None:
-    """diffusers/transformers: errors only, no progress bars (cfgen draws its own)."""
-    from diffusers.utils import logging as dlog
-    from transformers.utils import logging as tlog
-
-    for lib in (dlog, tlog):
-        lib.set_verbosity_error()
-        lib.disable_progress_bar()
-
-
 def _load_ldm2d(entry: ModelEntry, folder: Path, device: str, dtype) -> tuple[ModelEntry, dict[str, Any]]:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import AutoModel, AutoTokenizer
@@ -199,13 +190,13 @@ def _load_ldm3d(entry: ModelEntry, folder: Path, device: str, dtype):
 
 
 def _load_classifier(entry: ModelEntry, folder: Path, device: str, dtype):
-    from cfgen.evaluation.classifier import load_family
+    from cfgen.models.classifier import load_family
 
     return load_family(entry, folder, device, dtype)
 
 
 def _load_clip(entry: ModelEntry, folder: Path, device: str, dtype):
-    from cfgen.evaluation.clip import load_family
+    from cfgen.models.clip import load_family
 
     return load_family(entry, folder, device, dtype)
 

@@ -70,7 +70,7 @@ class ModelEntry:
     scheduler: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SCHEDULER))
     defaults: dict[str, Any] = field(default_factory=dict)
     sha256: dict[str, str] = field(default_factory=dict)
-    synth: dict[str, Any] = field(default_factory=dict)  # [synth] table: `cfgen synth3d` roles (synthesis/stages.py)
+    synth: dict[str, Any] = field(default_factory=dict)  # [synth] table: `cfgen synth3d` roles (models/synth.py)
     origin: str = ""  # the toml file the entry came from
 
     @property
@@ -159,7 +159,7 @@ def _entry_from_table(name: str, table: dict[str, Any], origin: Path) -> ModelEn
     scheduler.update(table.get("scheduler", {}))
     if scheduler.get("kind", "ddim") not in ("ddim", "rflow"):
         raise ModelError(f"{where}: scheduler kind '{scheduler['kind']}' is not ddim or rflow")
-    from cfgen.synthesis.stages import check_synth_table
+    from cfgen.models.synth import check_synth_table
 
     synth = check_synth_table(table.get("synth", {}), where)
     return ModelEntry(

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from cfgen.errors import ModelError, UsageError
-from cfgen.synthesis.stages import label_names
+from cfgen.models.synth import label_names
 
 
 @dataclass
@@ -168,9 +168,8 @@ def synthesize(base, sr, p: SynthParams, fixed: torch.Tensor | None = None,
 
 def read_anatomy(path, model) -> torch.Tensor:
     """--mask-from: an integer label NIfTI (value k = the k-th label) -> (1, L, r, r, r) in the model's range."""
-    from cfgen.editing.prepare import to_model
+    from cfgen.editing.prepare import label_channels, to_model
     from cfgen.io.scan import read_scan
-    from cfgen.training.data import label_channels
 
     names = label_names(model.entry)
     if not names:

@@ -61,7 +61,7 @@ def run_synth3d(p: SynthParams, out: Path, model: str | None = None, sr: str | N
     from cfgen.models.registry import load_registry
     from cfgen.report import RunReport
     from cfgen.synthesis.generate import read_anatomy
-    from cfgen.synthesis.stages import label_names
+    from cfgen.models.synth import label_names
 
     p.check()
     if mask_from is not None and not Path(mask_from).is_file():

@@ -7,8 +7,8 @@ input: it learns the detail trilinear upsampling misses, and starts from triline
 
 Sampling runs the UNet in overlapping windows (MONAI's ``sliding_window_inference``, Gaussian
 blending), so memory depends on the window, not on the output size. Training (`cfgen finetune`
-on a model whose ``[synth]`` table has ``scale``) crops windows of the same size: the low-res
-input is the volume average-pooled by ``scale`` and upsampled back (trilinear).
+on a model whose ``[synth]`` table has ``scale``: cfgen/training/objectives.py) crops windows of
+the same size; the stage's inputs and checks are in cfgen/models/sr_stage.py.
 """
 from __future__ import annotations
 
@@ -16,18 +16,9 @@ from types import SimpleNamespace
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
-from cfgen.errors import ModelError, UsageError
-
-
-def upsample(x: torch.Tensor, size: int) -> torch.Tensor:
-    return F.interpolate(x, size=(size,) * (x.ndim - 2), mode="trilinear", align_corners=False)
-
-
-def low_res_input(x: torch.Tensor, scale: int) -> torch.Tensor:
-    """What the stage sees in training: ``x`` at 1/scale resolution, upsampled back to ``x``'s grid."""
-    return upsample(F.avg_pool3d(x, scale), x.shape[-1])
+from cfgen.errors import UsageError
+from cfgen.models.sr_stage import check_stage, upsample
 
 
 class WindowedUNet:
@@ -51,18 +42,6 @@ class WindowedUNet:
         return SimpleNamespace(sample=out + self.low.to(out.dtype) if self.residual else out)
 
 
-def check_stage(model) -> None:
-    if model.components["vae"].net is not None:
-        raise ModelError(f"{model.folder}: a super-resolution stage works in voxel space; remove autoencoder/")
-    cfg = model.unet.config
-    if cfg.in_channels != 2 * cfg.out_channels or cfg.out_channels != model.entry.channels:
-        raise ModelError(f"{model.folder / 'unet' / 'config.json'}: a super-resolution stage takes 2 x {model.entry.channels} "
-                         f"channels (noisy + low-res) and returns {model.entry.channels}; found in_channels "
-                         f"{cfg.in_channels}, out_channels {cfg.out_channels}")
-    if model.entry.synth.get("residual") and model.entry.scheduler.get("prediction_type") != "sample":
-        raise ModelError(f"{model.folder}: [synth] residual needs x0 prediction (scheduler prediction_type = \"sample\")")
-
-
 @torch.no_grad()
 def super_resolve(model, low: torch.Tensor, size: int, steps: int, seed: int, patch: int | None = None,
                   overlap: float | None = None, on_step: Callable[[], None] | None = None) -> torch.Tensor:
@@ -83,37 +62,3 @@ def super_resolve(model, low: torch.Tensor, size: int, steps: int, seed: int, pa
     net = WindowedUNet(model.unet, cond.to(model.dtype), patch, overlap, bool(synth.get("residual")))
     z = ddim.sample(net, sched, z.to(model.dtype), None, sched.timesteps, on_step=on_step)
     return z.float()
-
-
-class SuperResObjective:
-    """`cfgen finetune` on a super-resolution stage: the denoising loss on random windows with the
-    low-res input concatenated (selected from the model's [synth] table, not by an option)."""
-
-    def __init__(self, scale: int, patch: int, residual: bool = False):
-        self.scale, self.patch, self.residual = int(scale), int(patch), bool(residual)
-
-    def describe(self) -> dict:
-        return {"kind": "super-resolution", "scale": self.scale, "patch": self.patch, "residual": self.residual}
-
-    def check(self, model, cfg) -> None:
-        check_stage(model)
-        if model.entry.resolution % self.scale:
-            raise ModelError(f"{model.folder}: resolution {model.entry.resolution} is not a multiple of scale {self.scale}")
-
-    def _crop(self, x: torch.Tensor, low: torch.Tensor, gen: torch.Generator):
-        side = x.shape[-1]
-        p = min(self.patch, side)
-        corners = torch.randint(0, side - p + 1, (x.shape[0], 3), generator=gen).tolist()
-        cut = [(slice(None),) + tuple(slice(c, c + p) for c in cs) for cs in corners]
-        return (torch.stack([x[i][c] for i, c in enumerate(cut)]), torch.stack([low[i][c] for i, c in enumerate(cut)]))
-
-    def __call__(self, model, unet, noise_scheduler, pixels, captions, gen, cfg, eval_mode=False):
-        from cfgen.training.finetune import noising, weighted_mse
-
-        x = pixels.to(model.device).float()
-        x, low = self._crop(x, low_res_input(x, self.scale), gen)
-        t, noisy, target = noising(noise_scheduler, x, gen, cfg, eval_mode)
-        pred = unet(torch.cat([noisy, low], dim=1), t).sample.float()
-        if self.residual:  # x0 = upsampled input + the predicted detail
-            pred = pred + low.float()
-        return weighted_mse(noise_scheduler, pred, target, t, cfg, eval_mode)

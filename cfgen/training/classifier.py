@@ -111,7 +111,7 @@ def train_classifier(train_csv: Path, out: Path, labels: list[str], kinds: list[
     """Train, evaluate on ``heldout_csv`` and save to ``out``; returns the config written."""
     import torch
 
-    from cfgen.evaluation.classifier import Classifier, build_network, check_config, save_classifier
+    from cfgen.models.classifier import Classifier, build_network, check_config, save_classifier
 
     kinds = kinds or ["binary"] * len(labels)
     cfg = check_config({"labels": list(labels), "kinds": list(kinds), "spatial_dims": 2, "in_channels": 1,

@@ -134,7 +134,7 @@ def _x0(noise_scheduler, z_t, out, t):
 def cycle_terms(unet, noise_scheduler, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
                 cond: torch.Tensor, cond_cf: torch.Tensor) -> dict[str, torch.Tensor]:
     """The three terms of Eq. 2 (mean over the batch)."""
-    from cfgen.training.finetune import target
+    from cfgen.training.objectives import target
 
     z_t = noise_scheduler.add_noise(z0, noise, t)  # DDPM forward process, or rectified flow's interpolation
     out_cf = unet(z_t, t, encoder_hidden_states=cond_cf).sample.float()

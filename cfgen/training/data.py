@@ -83,7 +83,7 @@ class ImageCaptionDataset:
         return len(self.samples)
 
     def __getitem__(self, i: int):
-        from cfgen.editing.prepare import to_model
+        from cfgen.editing.prepare import label_channels, to_model
         from cfgen.errors import CfgenError
         from cfgen.io.scan import read_scan
 
@@ -101,24 +101,6 @@ class ImageCaptionDataset:
         except CfgenError as exc:
             return {"error": str(exc), "row": s.row}
         return {"pixels": x, "caption": s.caption, "row": s.row}
-
-
-def label_channels(lab, path: Path, scan, prep, count: int, resolution: int, value_range: tuple[float, float]):
-    """(count, R, R, R): label k of the integer label volume ``lab`` (read from ``path``) as channel
-    k - 1, on the model's grid (``scan``'s, prepared as ``prep``) and in the model's range (outside:
-    low, inside: high)."""
-    import numpy as np
-
-    from cfgen.editing.prepare import geometry_to_model
-
-    if lab.shape != scan.pixels.shape[1:]:
-        raise InputError(f"{path}: label volume of shape {lab.shape} is not on the image's grid {scan.pixels.shape[1:]}")
-    codes = np.rint(lab).astype(np.int64)
-    if codes.min() < 0 or codes.max() > count:
-        raise InputError(f"{path}: label values must be 0..{count} (the model's labels), found {codes.min()}..{codes.max()}")
-    onehot = np.stack([(codes == k).astype(np.float32) for k in range(1, count + 1)])
-    lo, hi = value_range
-    return lo + (hi - lo) * geometry_to_model(onehot, prep, resolution, fill=0.0)[0]
 
 
 def collate(batch: list[dict]) -> dict:

@@ -9,98 +9,68 @@ Determinism and resume: the data order of epoch e is a permutation seeded by (se
 noise, timesteps and caption dropout of micro-batch m of step s on process r come from a
 generator seeded by (seed, r, s, m). Nothing random depends on history, so resuming from a
 checkpoint (weights, optimizer, LR schedule, EMA) continues exactly where the run stopped.
+
+The parts: objectives (what the UNet learns) in objectives.py and cycle.py, validation grids in
+validation.py, the saved model folder in export.py, checkpoints in checkpoint.py; this module
+sets a run up (:func:`prepare_run`) and runs its loop (:class:`Trainer`).
 """
 from __future__ import annotations
 
-import json
-import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 from cfgen.errors import InputError, UsageError
-from cfgen.io.atomic import atomic_dir
 from cfgen.report import RunReport
 from cfgen.training.checkpoint import checkpoints, load_checkpoint, save_checkpoint
 from cfgen.training.config import FinetuneConfig, derived_seed
-from cfgen.synthesis.stages import toml_lines
 from cfgen.training.data import ImageCaptionDataset, collate, read_training_csv
+from cfgen.training.objectives import Denoising, Objective, SuperResObjective
 
-COPIED_COMPONENTS = ("vae", "autoencoder", "text_encoder", "tokenizer", "scheduler")
-
-
-
-def target(noise_scheduler, latents, noise, t):
-    """What the network learns to output at (latents noised with ``noise`` to ``t``): the velocity
-    latents - noise (rectified flow), v, x0 itself (prediction_type "sample", MedSyn Eq. 8) or the noise."""
-    if getattr(noise_scheduler, "is_flow", False):
-        return latents - noise
-    if noise_scheduler.config.prediction_type == "v_prediction":
-        return noise_scheduler.get_velocity(latents, noise, t)
-    if noise_scheduler.config.prediction_type == "sample":
-        return latents
-    return noise
+StepCallback = Callable[[int, int, float], None]
 
 
-def _condition(model, captions, gen, cfg: FinetuneConfig, eval_mode: bool) -> torch.Tensor:
-    """Encoded captions with classifier-free-guidance dropout (tabular models: per field and per row)."""
-    from cfgen.editing.components import encode_prompts
+@dataclass
+class Schedule:
+    """How the samples split into processes, micro-batches and optimizer steps."""
 
-    tabular = model.components.get("fields") is not None
-    if not eval_mode and cfg.caption_dropout > 0 and not tabular:
-        drop = torch.rand(len(captions), generator=gen) < cfg.caption_dropout
-        captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
-    cond = encode_prompts(model, captions).float()
-    if not eval_mode and cfg.caption_dropout > 0 and tabular:
-        from cfgen.models.tabular import drop_fields
+    world: int
+    rank: int
+    batch: int  # per process per micro-batch
+    micro_per_epoch: int
+    steps_per_epoch: int
+    total: int
 
-        cond = drop_fields(cond, cfg.caption_dropout, gen)
-    return cond
-
-
-def noising(noise_scheduler, latents: torch.Tensor, gen, cfg: FinetuneConfig, eval_mode: bool = False):
-    """(timesteps, noisy latents, target) of one batch: DDPM forward process and the noise (or v)
-    target, or rectified flow's interpolation and velocity target."""
-    b = latents.shape[0]
-    noise = torch.randn(latents.shape, generator=gen).to(latents.device)
-    if cfg.noise_offset and not eval_mode:
-        shape = (b, latents.shape[1]) + (1,) * (latents.ndim - 2)
-        noise = noise + cfg.noise_offset * torch.randn(shape, generator=gen).to(latents.device)
-    if getattr(noise_scheduler, "is_flow", False):  # rectified flow: velocity target, t uniform
-        from cfgen.editing.flow import training_pair
-
-        return training_pair(latents, noise, gen, noise_scheduler.config.num_train_timesteps)
-    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=gen).to(latents.device)
-    return t, noise_scheduler.add_noise(latents, noise, t), target(noise_scheduler, latents, noise, t)
+    @classmethod
+    def plan(cls, n_samples: int, world: int, rank: int, cfg: FinetuneConfig) -> "Schedule":
+        per_proc = n_samples // world
+        batch = min(cfg.batch_size, max(1, per_proc))
+        micro = max(1, per_proc // batch)
+        steps = max(1, micro // cfg.gradient_accumulation)
+        return cls(world, rank, batch, micro, steps, cfg.max_steps or cfg.epochs * steps)
 
 
-def weighted_mse(noise_scheduler, pred: torch.Tensor, target: torch.Tensor, t, cfg: FinetuneConfig,
-                 eval_mode: bool = False) -> torch.Tensor:
-    """MSE per sample, Min-SNR weighted when --snr-gamma is set (DDPM models only)."""
-    per_sample = F.mse_loss(pred, target, reduction="none").flatten(1).mean(dim=1)
-    if cfg.snr_gamma is not None and not eval_mode and not getattr(noise_scheduler, "is_flow", False):
-        from diffusers.training_utils import compute_snr
+@dataclass
+class Run:
+    """A prepared training run: model, data, objective, optimisation state, schedule, report."""
 
-        snr = compute_snr(noise_scheduler, t)
-        capped = torch.clamp(snr, max=cfg.snr_gamma)
-        # the loss on x0 weighted min(SNR, gamma) (Hang et al.), in each target's own units
-        weight = {"v_prediction": capped / (snr + 1), "sample": capped}.get(
-            noise_scheduler.config.prediction_type, capped / snr)
-        per_sample = per_sample * weight
-    return per_sample.mean()
-
-
-def _loss(model, unet, noise_scheduler, pixels, captions, gen, cfg: FinetuneConfig, eval_mode=False):
-    from cfgen.editing.components import encode_images
-
-    latents = encode_images(model, pixels).float()
-    t, noisy, target = noising(noise_scheduler, latents, gen, cfg, eval_mode)
-    cond = _condition(model, captions, gen, cfg, eval_mode)
-    pred = unet(noisy, t, encoder_hidden_states=cond).sample.float()
-    return weighted_mse(noise_scheduler, pred, target, t, cfg, eval_mode)
+    model: Any
+    objective: Objective
+    noise_scheduler: Any
+    dataset: ImageCaptionDataset
+    acc: Any
+    unet: Any  # prepared by accelerate
+    optimizer: Any  # prepared by accelerate
+    raw_optimizer: Any
+    lr_sched: Any
+    ema: Any
+    start: int
+    schedule: Schedule
+    report: RunReport
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _tabular_rows(samples: list, fields, csv_path: Path) -> tuple[list, list[dict]]:
@@ -121,148 +91,91 @@ def _tabular_rows(samples: list, fields, csv_path: Path) -> tuple[list, list[dic
     return good, bad
 
 
-def _toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    return json.dumps(str(v))
-
-
-def _model_toml(entry) -> str:
-    lines = [f'family = "{entry.family}"', f"resolution = {entry.resolution}", f"channels = {entry.channels}",
-             f'intensity = "{entry.intensity}"', "", "[scheduler]"]
-    lines += [f"{k} = {_toml_value(v)}" for k, v in entry.scheduler.items() if v is not None]
-    lines += ["", "[defaults]"] + [f"{k} = {_toml_value(v)}" for k, v in entry.defaults.items()]
-    return "\n".join(lines + toml_lines(entry.synth)) + "\n"
-
-
-def save_model(out: Path, model, unet, recipe: dict) -> Path:
-    """A model folder that `--model OUT/model` loads: the base's frozen parts + the trained UNet."""
-    target = out / "model"
-    with atomic_dir(target) as tmp:
-        for comp in COPIED_COMPONENTS:
-            if (model.folder / comp).is_dir():
-                shutil.copytree(model.folder / comp, tmp / comp)
-        unet.save_pretrained(tmp / "unet", safe_serialization=True)
-        (tmp / "cfgen.toml").write_text(_model_toml(model.entry))
-        (tmp / "training.json").write_text(json.dumps(recipe, indent=2, default=str))
-    return target
-
-
-@torch.no_grad()
-def render_validation(model, unet, prompts: list[str], steps: int, guidance: float, seed: int,
-                      target: Path) -> Path:
-    """One image per prompt from fixed noise, side by side, as a PNG grid."""
-    import numpy as np
-    from PIL import Image
-
-    from cfgen.editing import ddim
-    from cfgen.editing.components import decode_latents, encode_prompts
-    from cfgen.editing.prepare import unit
-    from cfgen.io.atomic import atomic_path
-
-    e = model.entry
-    sched = ddim.make_scheduler(e.scheduler, steps)
-    from cfgen.viz.figures import as_2d
-
-    side = e.resolution // model.vae_scale_factor
-    tiles = []
-    for i, prompt in enumerate(prompts):
-        gen = torch.Generator().manual_seed(derived_seed(seed, i))
-        shape = (1, unet.config.in_channels) + (side,) * e.spatial_dims
-        z = torch.randn(shape, generator=gen).to(model.device) * sched.init_noise_sigma
-        cond, uncond = encode_prompts(model, [prompt, ""]).float().chunk(2)
-        z = ddim.sample(unet, sched, z, cond, sched.timesteps, uncond=uncond, guidance=guidance)
-        img = unit(decode_latents(model, z)[0], e.value_range).cpu().numpy()
-        tiles.append(np.round(as_2d(img) * 255).astype(np.uint8))  # volumes: orthogonal mid-slices
-    grid = np.concatenate(tiles, axis=1) if tiles else np.zeros((8, 8), np.uint8)
-    with atomic_path(target) as tmp:
-        Image.fromarray(grid).save(tmp, format="PNG")
-    (target.with_suffix(".json")).write_text(json.dumps({"prompts": prompts, "steps": steps, "guidance": guidance}))
-    return target
-
-
-def finetune(data_csv: Path, model_name: str | None, out: Path, cfg: FinetuneConfig, resume: bool = False,
-             caption_column: str = "caption", template: str | None = None, device: str = "auto",
-             on_step: Callable[[int, int, float], None] | None = None, objective=None) -> dict:
-    """Train the UNet of ``model_name`` on ``data_csv``; ``objective`` (default: the denoising loss)
-    may replace the loss, e.g. cfgen.training.cycle.CycleObjective (`cfgen cycle-train`)."""
-    from accelerate import Accelerator
+def noise_schedule(entry, cfg: FinetuneConfig):
+    """The training forward process: DDPM from the entry's scheduler, or rectified flow."""
     from diffusers import DDPMScheduler
-    from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel
 
-    from cfgen.models.loader import load_model, resolve_device
+    from cfgen.editing.flow import FlowSchedule, is_flow
 
-    cfg.check()
-    t0 = time.perf_counter()
-    out = Path(out)
+    if is_flow(entry.scheduler):
+        if cfg.snr_gamma is not None:
+            raise UsageError("--snr-gamma: Min-SNR weighting is for DDPM models; this model is trained by "
+                             "rectified flow (velocity target, uniform timesteps)")
+        return FlowSchedule(entry.scheduler, 1)
+    return DDPMScheduler.from_config({k: v for k, v in entry.scheduler.items()
+                                      if k not in ("set_alpha_to_one", "steps_offset", "kind")})
+
+
+def _trainable_unet(model, cfg: FinetuneConfig):
+    unet = model.components["unet"]
+    unet.requires_grad_(True)
+    unet.train()
+    if cfg.gradient_checkpointing:
+        if not hasattr(unet, "enable_gradient_checkpointing"):
+            raise UsageError(f"--gradient-checkpointing: not available for '{model.entry.family}' models")
+        unet.enable_gradient_checkpointing()
+    return unet
+
+
+def _read_data(data_csv: Path, model_name: str | None, caption_column: str, template: str | None,
+               objective: Objective | None, cfg: FinetuneConfig) -> tuple[list, list[dict], bool]:
+    """The training rows (and the bad ones), checked against what the model is before loading it."""
     from cfgen.models.loader import entry_for
-    from cfgen.synthesis.stages import is_super_resolution, label_names
+    from cfgen.models.synth import is_super_resolution, label_names
 
     planned = entry_for(model_name)
     sr = is_super_resolution(planned)
     if sr and (objective is not None or cfg.validation_prompts):
         raise UsageError(f"--model {model_name}: a super-resolution stage trains with its own objective and "
                          "renders no prompts (drop the cycle rules / --validation-prompt)")
-    samples, bad_rows = read_training_csv(Path(data_csv), caption_column, template, need_captions=not sr,
-                                          label_column="labels" if label_names(planned) else None)
-    existing = checkpoints(out)
-    if existing and not resume:
-        raise InputError(f"{out}: holds checkpoints ({existing[-1].name}); pass --resume to continue "
-                         "or choose another output folder")
-    dev = resolve_device(device)
-    acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation,
-                      cpu=dev == "cpu")
-    model = load_model(model_name, device=str(acc.device))
-    e = model.entry
-    command = "cycle-train" if objective else "finetune"
-    if sr:
-        from cfgen.synthesis.superres import SuperResObjective
+    samples, bad = read_training_csv(Path(data_csv), caption_column, template, need_captions=not sr,
+                                     label_column="labels" if label_names(planned) else None)
+    return samples, bad, sr
 
-        objective = SuperResObjective(e.synth["scale"], e.synth.get("patch", 64), e.synth.get("residual", False))
-    loss_fn = objective or _loss
-    if objective is not None:
-        objective.check(model, cfg)
-    if model.components.get("fields") is not None:
-        samples, unreadable = _tabular_rows(samples, model.components["fields"], Path(data_csv))
-        bad_rows += unreadable
-    unet = model.components["unet"]
-    unet.requires_grad_(True)
-    unet.train()
-    if cfg.gradient_checkpointing:
-        if not hasattr(unet, "enable_gradient_checkpointing"):
-            raise UsageError(f"--gradient-checkpointing: not available for '{e.family}' models")
-        unet.enable_gradient_checkpointing()
-    from cfgen.editing.flow import FlowSchedule, is_flow
 
-    if is_flow(e.scheduler):
-        if cfg.snr_gamma is not None:
-            raise UsageError("--snr-gamma: Min-SNR weighting is for DDPM models; this model is trained by "
-                             "rectified flow (velocity target, uniform timesteps)")
-        noise_scheduler = FlowSchedule(e.scheduler, 1)
-    else:
-        noise_scheduler = DDPMScheduler.from_config({k: v for k, v in e.scheduler.items()
-                                                     if k not in ("set_alpha_to_one", "steps_offset", "kind")})
-    dataset = ImageCaptionDataset(samples, e.resolution, e.channels, e.value_range, cfg.window, dims=e.spatial_dims,
-                                  labels=len(label_names(e)))
-    world, rank = acc.num_processes, acc.process_index
-    per_proc = len(samples) // world
-    batch = min(cfg.batch_size, max(1, per_proc))
-    micro_per_epoch = max(1, per_proc // batch)
-    steps_per_epoch = max(1, micro_per_epoch // cfg.gradient_accumulation)
-    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+def _optimisation(unet, cfg: FinetuneConfig, total: int, existing: list[Path]):
+    """AdamW, the LR schedule and EMA, restored from the newest checkpoint when resuming."""
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   weight_decay=cfg.weight_decay, eps=cfg.adam_epsilon)
     lr_sched = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=total)
     ema = EMAModel(unet.parameters(), decay=cfg.ema_decay) if cfg.ema else None
-    start = 0
-    if existing:
-        state = load_checkpoint(existing[-1], unet, optimizer, lr_sched, ema)
-        start = int(state["step"])
-    unet_p, optimizer_p = acc.prepare(unet, optimizer)
+    start = int(load_checkpoint(existing[-1], unet, optimizer, lr_sched, ema)["step"]) if existing else 0
+    return optimizer, lr_sched, ema, start
 
+
+def prepare_run(data_csv: Path, model_name: str | None, out: Path, cfg: FinetuneConfig, resume: bool,
+                caption_column: str, template: str | None, device: str, objective: Objective | None) -> Run:
+    """Everything checked and loaded before the first step."""
+    from accelerate import Accelerator
+
+    from cfgen.models.loader import load_model, resolve_device
+    from cfgen.models.synth import label_names
+
+    samples, bad_rows, sr = _read_data(data_csv, model_name, caption_column, template, objective, cfg)
+    existing = checkpoints(out)
+    if existing and not resume:
+        raise InputError(f"{out}: holds checkpoints ({existing[-1].name}); pass --resume to continue "
+                         "or choose another output folder")
+    acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation,
+                      cpu=resolve_device(device) == "cpu")
+    model = load_model(model_name, device=str(acc.device))
+    e = model.entry
+    command = "cycle-train" if objective else "finetune"
+    objective = SuperResObjective.for_entry(e) if sr else objective
+    (objective or Denoising()).check(model, cfg)
+    if model.components.get("fields") is not None:
+        samples, unreadable = _tabular_rows(samples, model.components["fields"], Path(data_csv))
+        bad_rows += unreadable
+    unet = _trainable_unet(model, cfg)
+    noise_scheduler = noise_schedule(e, cfg)
+    dataset = ImageCaptionDataset(samples, e.resolution, e.channels, e.value_range, cfg.window, dims=e.spatial_dims,
+                                  labels=len(label_names(e)))
+    schedule = Schedule.plan(len(samples), acc.num_processes, acc.process_index, cfg)
+    optimizer, lr_sched, ema, start = _optimisation(unet, cfg, schedule.total, existing)
+    unet_p, optimizer_p = acc.prepare(unet, optimizer)
     report = RunReport(command, out, {
         **cfg.as_dict(), "objective": objective.describe() if objective else "denoising",
         "data": str(data_csv), "model": model_name or e.name, "resume": resume, "template": template,
@@ -270,83 +183,145 @@ def finetune(data_csv: Path, model_name: str | None, out: Path, cfg: FinetuneCon
     report.set_model(model.report_info(), str(acc.device))
     for item in bad_rows:
         report.add_item(item)
-    eval_idx = list(range(min(4, len(samples))))
-    eval_batch = collate([dataset[i] for i in eval_idx])
+    return Run(model, objective or Denoising(), noise_scheduler, dataset, acc, unet_p, optimizer_p, optimizer,
+               lr_sched, ema, start, schedule, report, {"samples": samples, "data": str(data_csv)})
 
-    def eval_loss() -> float | None:
-        if eval_batch["pixels"] is None:
+
+class Trainer:
+    """The loop of a prepared :class:`Run`: micro-batches, accumulation, checkpoints, validation."""
+
+    def __init__(self, run: Run, out: Path, cfg: FinetuneConfig, on_step: StepCallback | None = None):
+        self.run, self.out, self.cfg, self.on_step = run, Path(out), cfg, on_step
+        samples = run.extra["samples"]
+        self.eval_batch = collate([run.dataset[i] for i in range(min(4, len(samples)))])
+        self.training: dict[str, Any] = {}
+        self.running: list[float] = []  # micro-batch losses of the optimizer step under way
+
+    def loss(self, net, data: dict, gen: torch.Generator, eval_mode: bool = False) -> torch.Tensor:
+        r = self.run
+        return r.objective(r.model, net, r.noise_scheduler, data["pixels"].to(r.acc.device), data["captions"], gen,
+                           self.cfg, eval_mode=eval_mode)
+
+    def eval_loss(self) -> float | None:
+        """The loss on the first four samples with fixed noise (no dropout): comparable across runs."""
+        if self.eval_batch["pixels"] is None:
             return None
-        net = acc.unwrap_model(unet_p)
+        net = self.run.acc.unwrap_model(self.run.unet)
         net.eval()
         with torch.no_grad():
-            v = float(loss_fn(model, net, noise_scheduler, eval_batch["pixels"].to(acc.device), eval_batch["captions"],
-                            torch.Generator().manual_seed(derived_seed(cfg.seed, "eval")), cfg, eval_mode=True))
+            v = float(self.loss(net, self.eval_batch, torch.Generator().manual_seed(derived_seed(self.cfg.seed, "eval")),
+                                eval_mode=True))
         net.train()
         return v
 
-    training = {"start_step": start, "total_steps": total, "steps_per_epoch": steps_per_epoch,
-                "batch_size_per_process": batch, "processes": world,
-                "effective_batch": batch * cfg.gradient_accumulation * world, "samples": len(samples),
-                "eval_loss_start": eval_loss(), "losses": [], "skipped_images": []}
-    step = start
-    running: list[float] = []
-    while step < total:
-        epoch, within = divmod(step, steps_per_epoch)
-        perm = torch.randperm(len(samples), generator=torch.Generator().manual_seed(derived_seed(cfg.seed, "epoch", epoch)))
-        shard = perm[rank::world][: micro_per_epoch * batch].tolist()
-        for mb in range(within * cfg.gradient_accumulation, steps_per_epoch * cfg.gradient_accumulation):
-            data = collate([dataset[i] for i in shard[mb * batch:(mb + 1) * batch]])
-            for err in data["errors"]:
-                training["skipped_images"].append(err)
-            gen = torch.Generator().manual_seed(derived_seed(cfg.seed, rank, step, mb))
-            with acc.accumulate(unet_p):
-                if data["pixels"] is not None:
-                    loss = loss_fn(model, unet_p, noise_scheduler, data["pixels"].to(acc.device), data["captions"], gen, cfg)
-                else:  # every image of this micro-batch failed: a zero loss keeps processes in step
-                    loss = sum(p.sum() for p in unet_p.parameters()) * 0.0
-                acc.backward(loss)
-                if acc.sync_gradients and cfg.max_grad_norm:
-                    acc.clip_grad_norm_(unet_p.parameters(), cfg.max_grad_norm)
-                optimizer_p.step()
-                optimizer_p.zero_grad(set_to_none=True)
-            running.append(float(acc.gather(loss.detach().reshape(1)).mean()))
-            if not acc.sync_gradients:
+    def _micro_step(self, data: dict, gen: torch.Generator) -> float:
+        r, cfg = self.run, self.cfg
+        with r.acc.accumulate(r.unet):
+            if data["pixels"] is not None:
+                loss = self.loss(r.unet, data, gen)
+            else:  # every image of this micro-batch failed: a zero loss keeps processes in step
+                loss = sum(p.sum() for p in r.unet.parameters()) * 0.0
+            r.acc.backward(loss)
+            if r.acc.sync_gradients and cfg.max_grad_norm:
+                r.acc.clip_grad_norm_(r.unet.parameters(), cfg.max_grad_norm)
+            r.optimizer.step()
+            r.optimizer.zero_grad(set_to_none=True)
+        return float(r.acc.gather(loss.detach().reshape(1)).mean())
+
+    def _after_step(self, step: int, epoch: int, mean_loss: float) -> None:
+        """Optimizer step done: LR, EMA, the loss log, checkpoint and validation when due."""
+        r, cfg, s = self.run, self.cfg, self.run.schedule
+        r.lr_sched.step()
+        if r.ema is not None:
+            r.ema.step(r.acc.unwrap_model(r.unet).parameters())
+        self.training["losses"].append([step, round(mean_loss, 6)])
+        if self.on_step and r.acc.is_main_process:
+            self.on_step(step, s.total, mean_loss)
+        if step % cfg.checkpoint_every == 0 or step == s.total:
+            r.acc.wait_for_everyone()
+            if r.acc.is_main_process:
+                save_checkpoint(self.out, step, r.acc.unwrap_model(r.unet), r.raw_optimizer, r.lr_sched, r.ema,
+                                extra={"epoch": epoch, "seed": cfg.seed}, keep=cfg.keep_checkpoints)
+        if cfg.validation_prompts and cfg.validate_every and step % cfg.validate_every == 0 and r.acc.is_main_process:
+            self.validate(r.acc.unwrap_model(r.unet), f"step-{step:07d}.png")
+
+    def validate(self, net, name: str) -> None:
+        from cfgen.training.validation import render_validation
+
+        cfg = self.cfg
+        render_validation(self.run.model, net, cfg.validation_prompts, cfg.validation_steps, cfg.validation_guidance,
+                          cfg.seed, self.out / "validation" / name)
+
+    def _epoch(self, step: int) -> int:
+        """The rest of the epoch that ``step`` falls in; returns the step reached."""
+        s, cfg = self.run.schedule, self.cfg
+        epoch, within = divmod(step, s.steps_per_epoch)
+        order = torch.Generator().manual_seed(derived_seed(cfg.seed, "epoch", epoch))
+        perm = torch.randperm(len(self.run.extra["samples"]), generator=order)
+        shard = perm[s.rank::s.world][: s.micro_per_epoch * s.batch].tolist()
+        running = self.running
+        for mb in range(within * cfg.gradient_accumulation, s.steps_per_epoch * cfg.gradient_accumulation):
+            data = collate([self.run.dataset[i] for i in shard[mb * s.batch:(mb + 1) * s.batch]])
+            self.training["skipped_images"] += data["errors"]
+            gen = torch.Generator().manual_seed(derived_seed(cfg.seed, s.rank, step, mb))
+            running.append(self._micro_step(data, gen))
+            if not self.run.acc.sync_gradients:
                 continue
-            lr_sched.step()
-            if ema is not None:
-                ema.step(acc.unwrap_model(unet_p).parameters())
             step += 1
-            mean_loss = sum(running) / len(running)
+            self._after_step(step, epoch, sum(running) / len(running))
             running.clear()
-            training["losses"].append([step, round(mean_loss, 6)])
-            if on_step and acc.is_main_process:
-                on_step(step, total, mean_loss)
-            if step % cfg.checkpoint_every == 0 or step == total:
-                acc.wait_for_everyone()
-                if acc.is_main_process:
-                    save_checkpoint(out, step, acc.unwrap_model(unet_p), optimizer, lr_sched, ema, extra={"epoch": epoch, "seed": cfg.seed}, keep=cfg.keep_checkpoints)
-            if cfg.validation_prompts and cfg.validate_every and step % cfg.validate_every == 0 and acc.is_main_process:
-                render_validation(model, acc.unwrap_model(unet_p), cfg.validation_prompts, cfg.validation_steps,
-                                  cfg.validation_guidance, cfg.seed, out / "validation" / f"step-{step:07d}.png")
-            if step >= total:
+            if step >= s.total:
                 break
+        return step
+
+    def train(self) -> dict[str, Any]:
+        s = self.run.schedule
+        self.training = {"start_step": self.run.start, "total_steps": s.total, "steps_per_epoch": s.steps_per_epoch,
+                         "batch_size_per_process": s.batch, "processes": s.world,
+                         "effective_batch": s.batch * self.cfg.gradient_accumulation * s.world,
+                         "samples": len(self.run.extra["samples"]), "eval_loss_start": self.eval_loss(),
+                         "losses": [], "skipped_images": []}
+        step = self.run.start
+        while step < s.total:
+            step = self._epoch(step)
+        self.training["final_step"] = step
+        return self.training
+
+
+def _finish(run: Run, trainer: Trainer, out: Path, cfg: FinetuneConfig, t0: float) -> dict:
+    """EMA weights into the UNet, the final validation grid, the model folder and the report."""
+    from cfgen.training.export import save_model
+
+    acc = run.acc
     acc.wait_for_everyone()
-    final = acc.unwrap_model(unet_p)
-    if ema is not None:
-        ema.copy_to(final.parameters())
-    training["eval_loss_end"] = eval_loss()
-    training["final_step"] = step
+    final = acc.unwrap_model(run.unet)
+    if run.ema is not None:
+        run.ema.copy_to(final.parameters())
+    trainer.training["eval_loss_end"] = trainer.eval_loss()
     if acc.is_main_process:
         final.eval()
         if cfg.validation_prompts:
-            render_validation(model, final, cfg.validation_prompts, cfg.validation_steps, cfg.validation_guidance,
-                              cfg.seed, out / "validation" / "final.png")
-        recipe = {"base_model": model.report_info(), "data": str(data_csv), "config": cfg.as_dict(),
-                  "steps": step, "processes": world, "device": str(acc.device)}
-        save_model(out, model, final, recipe)
-        report.data["training"] = training
-        report.data["outputs"] = {"model": "model", "checkpoints": "checkpoints"}
-        report.data["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
-        report.write()
+            trainer.validate(final, "final.png")
+        recipe = {"base_model": run.model.report_info(), "data": run.extra["data"], "config": cfg.as_dict(),
+                  "steps": trainer.training["final_step"], "processes": run.schedule.world, "device": str(acc.device)}
+        save_model(out, run.model, final, recipe)
+        run.report.data["training"] = trainer.training
+        run.report.data["outputs"] = {"model": "model", "checkpoints": "checkpoints"}
+        run.report.data["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
+        run.report.write()
     acc.end_training()
-    return report.data
+    return run.report.data
+
+
+def finetune(data_csv: Path, model_name: str | None, out: Path, cfg: FinetuneConfig, resume: bool = False,
+             caption_column: str = "caption", template: str | None = None, device: str = "auto",
+             on_step: StepCallback | None = None, objective: Objective | None = None) -> dict:
+    """Train the UNet of ``model_name`` on ``data_csv``; ``objective`` (default: the denoising loss)
+    may replace the loss, e.g. cfgen.training.cycle.CycleObjective (`cfgen cycle-train`)."""
+    cfg.check()
+    t0 = time.perf_counter()
+    out = Path(out)
+    run = prepare_run(Path(data_csv), model_name, out, cfg, resume, caption_column, template, device, objective)
+    trainer = Trainer(run, out, cfg, on_step)
+    trainer.train()
+    return _finish(run, trainer, out, cfg, t0)

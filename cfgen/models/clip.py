@@ -85,7 +85,7 @@ def load_family(entry, folder: Path, device: str, dtype) -> tuple[Any, dict[str,
     """FAMILY_LOADERS hook for ``family = "clip"``."""
     from transformers import AutoTokenizer, CLIPModel
 
-    from cfgen.models.loader import quiet_hf
+    from cfgen.models.hf import quiet_hf
 
     quiet_hf()
     try:

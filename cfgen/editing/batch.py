@@ -1,0 +1,198 @@
+"""A whole `invert` / `edit` run as one library call: jobs, shard, model load, memory plan,
+runner, merge. The CLI parses options, calls :func:`run_edits` / :func:`run_inversions` and
+prints; benchmarks and tests call the same functions.
+
+    from cfgen.editing.batch import RunSettings, run_edits
+    report = run_edits("scan.png", RunSettings(out=Path("out"), model="demo-cxr"),
+                       prompt="Chest X-ray showing Pleural Effusion", mask="auto")
+    report.data["items"][0]["outputs"]["counterfactual"]
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Optional
+
+from cfgen.errors import InputError, ScanReadError, UsageError
+
+if TYPE_CHECKING:
+    from cfgen.editing.jobs import Job
+    from cfgen.editing.params import EditParams
+    from cfgen.editing.shard import Shard
+    from cfgen.models.loader import LoadedModel
+    from cfgen.report import RunReport
+
+#: (items in this process, denoising steps per item) -> a context yielding (on_item, on_step)
+Progress = Callable[[int, int], ContextManager[tuple[Optional[Callable], Optional[Callable]]]]
+
+
+@dataclass
+class RunSettings:
+    """How a run runs (not what it does to a scan: that is EditParams)."""
+
+    out: Path = Path("cfgen-out")
+    model: "str | LoadedModel | None" = None  # entry name, folder, or an already loaded model
+    device: str = "auto"
+    dtype: str = "float32"
+    fmt: str | None = None  # output format [default: the input's]
+    overwrite: bool = False
+    batch_size: int | None = 1  # None: as many as the free memory holds (measured)
+    compile: bool = False
+    workers: int | None = None  # host threads [default: runner.default_workers()]
+
+    def check(self) -> None:
+        if self.workers is not None and not 1 <= self.workers <= 64:
+            raise UsageError(f"--workers {self.workers}: must be between 1 and 64")
+        if self.batch_size is not None and not 1 <= self.batch_size <= 1024:
+            raise UsageError(f"--batch-size {self.batch_size}: must be between 1 and 1024")
+
+
+@dataclass
+class RunResult:
+    report: "RunReport"
+    main: bool = True  # False: a secondary process of a sharded run (the main one merged the report)
+
+    @property
+    def failed(self) -> int:
+        return self.report.failed
+
+
+@contextlib.contextmanager
+def no_progress(items: int, steps: int) -> Iterator[tuple[None, None]]:
+    yield (None, None)
+
+
+def parse_batch_size(text: str) -> int | None:
+    """--batch-size: a number in [1, 1024], or auto (None)."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        size = int(text)
+    except ValueError:
+        raise UsageError(f"--batch-size {text}: give a whole number or auto") from None
+    if not 1 <= size <= 1024:
+        raise UsageError(f"--batch-size {text}: must be between 1 and 1024")
+    return size
+
+
+def run_edits(scan: str | Path | None = None, settings: RunSettings | None = None, *, batch: Path | None = None,
+              progress: Progress = no_progress, **options: Any) -> RunResult:
+    """Counterfactuals of ``scan`` (or of every row of the ``batch`` CSV); ``options`` are EditParams
+    fields (prompt, source_prompt, steps, guidance, mask, ...; None = the model's default)."""
+    return run_operation("edit", scan, settings or RunSettings(), batch=batch, progress=progress, **options)
+
+
+def run_inversions(scan: str | Path | None = None, settings: RunSettings | None = None, *,
+                   batch: Path | None = None, progress: Progress = no_progress, **options: Any) -> RunResult:
+    """DDIM inversions (latents, reconstruction, PSNR/SSIM) of ``scan`` or of the ``batch`` CSV's rows."""
+    return run_operation("invert", scan, settings or RunSettings(), batch=batch, progress=progress, **options)
+
+
+def _check_inputs(scan: str | Path | None, batch: Path | None, settings: RunSettings, mask: str | None) -> None:
+    """Before anything is loaded: one source of scans, files that exist, sane settings."""
+    if (scan is None) == (batch is None):
+        raise UsageError("give one scan or --batch CSV (not both, not neither)")
+    if scan is not None and not Path(scan).exists():
+        raise ScanReadError(f"{scan}: file not found")
+    if batch is not None and not Path(batch).is_file():
+        raise InputError(f"{batch}: CSV file not found")
+    from cfgen.editing.jobs import check_mask_value
+
+    check_mask_value(mask, "--mask")
+    settings.check()
+
+
+def _jobs(command: str, scan, batch, params: "EditParams") -> list["Job"]:
+    from cfgen.editing.jobs import jobs_from_csv, require_prompt, single_job
+
+    need_prompt = command == "edit"
+    if batch is not None:
+        return jobs_from_csv(Path(batch), params, need_prompt=need_prompt)
+    if need_prompt:
+        require_prompt(params.prompt, "--prompt is required: the text of the counterfactual")
+    return [single_job(str(scan), params)]
+
+
+def _report_params(params: "EditParams", model_name: str, batch, s: RunSettings) -> dict[str, Any]:
+    return {**params.as_dict(), "model": model_name, "batch": str(batch) if batch else None, "format": s.fmt,
+            "device": s.device, "dtype": s.dtype, "overwrite": s.overwrite, "batch_size": s.batch_size or "auto",
+            "compile": s.compile, "workers": s.workers or "auto"}
+
+
+def _load(s: RunSettings, shard: "Shard", n_items: int, report: "RunReport") -> tuple["LoadedModel", int]:
+    """The model (loaded here unless given), its memory plan and speed settings; the batch size to use."""
+    from cfgen.editing import memory
+    from cfgen.editing.speed import tune
+    from cfgen.models.loader import LoadedModel, load_model
+
+    t1 = time.perf_counter()
+    loaded = s.model if isinstance(s.model, LoadedModel) else \
+        load_model(s.model, device=shard.device or s.device, dtype=s.dtype)
+    report.set_model(loaded.report_info(), loaded.device)
+    size, plan = s.batch_size, None
+    if size is None or str(loaded.device).startswith("cuda"):  # VAE slices/tiles when memory is short
+        plan = memory.plan(loaded, n_items, size)  # before compiling: the probe's shapes are its own
+        memory.apply(loaded, plan)
+        size = plan.batch_size
+    report.data["speed"] = tune(loaded, s.compile)
+    if plan is not None:
+        report.data["speed"]["memory"] = plan.record()
+    report.data["timings"]["model_load_s"] = round(time.perf_counter() - t1, 3)
+    return loaded, size
+
+
+def run_operation(command: str, scan: str | Path | None, settings: RunSettings, *, batch: Path | None = None,
+                  progress: Progress = no_progress, **options: Any) -> RunResult:
+    """`command` ("edit" or "invert") over one scan or a batch CSV into ``settings.out``; the report
+    is on disk (``report.json``) and returned. Several processes (accelerate launch) share the jobs."""
+    from cfgen.editing.operations import OPERATIONS
+    from cfgen.editing.params import EditParams
+    from cfgen.editing.runner import run_jobs
+    from cfgen.editing.shard import Shard
+    from cfgen.models.loader import LoadedModel, entry_for
+    from cfgen.report import RunReport
+
+    _check_inputs(scan, batch, settings, options.get("mask"))
+    t0 = time.perf_counter()
+    given = settings.model if isinstance(settings.model, LoadedModel) else None
+    entry = given.entry if given is not None else entry_for(settings.model)
+    params = EditParams.resolve(entry.defaults, **options)
+    params.check()
+    jobs = _jobs(command, scan, batch, params)
+    name = entry.name if given is not None or settings.model is None else str(settings.model)
+    report_params = _report_params(params, name, batch, settings)
+    out = Path(settings.out)
+    report = RunReport(command, out, report_params)
+    shard = Shard(settings.device)  # several processes (accelerate launch): jobs r, r + N, ... each
+    mine = shard.take(jobs)
+    if shard.size > 1:
+        report.path = shard.partial_path(out)
+    loaded, size = _load(settings, shard, len(mine), report)
+    k = max(1, round(params.strength * params.steps))
+    with progress(len(mine), 2 * k) as (on_item, on_step):
+        run_jobs(OPERATIONS[command], loaded, mine, out, report, fmt=settings.fmt, overwrite=settings.overwrite,
+                 on_item=on_item, on_step=on_step, batch_size=size, io_threads=settings.workers)
+    report.data["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
+    report.write()
+    if shard.size == 1:
+        return RunResult(report)
+    return _merge(command, out, report, report_params, shard, jobs, t0)
+
+
+def _merge(command: str, out: Path, report: "RunReport", report_params: dict, shard: "Shard", jobs: list,
+           t0: float) -> RunResult:
+    """Sharded runs: after a barrier the main process merges the partial reports into one."""
+    from cfgen.report import RunReport
+
+    shard.wait()
+    if not shard.main:
+        return RunResult(report, main=False)
+    merged = RunReport(command, out, report_params)
+    merged.set_model(report.data["model"], report.data["device"])
+    merged.data["timings"] = dict(report.data["timings"])
+    shard.merge(out, merged, jobs)
+    merged.data["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
+    merged.write()
+    return RunResult(merged)

@@ -1,0 +1,149 @@
+"""What the UNet learns: targets, noising, the weighted loss, and the objectives the training loop
+(cfgen/training/finetune.py) calls as ``objective(model, unet, noise_scheduler, pixels, captions,
+gen, cfg, eval_mode)``.
+
+  target         epsilon (noise), v (``v_prediction``), x0 (``sample``, MedSyn Eq. 8), or the
+                 rectified-flow velocity z0 - noise
+  weighted_mse   MSE per sample, Min-SNR weighted (Hang et al.) with --snr-gamma
+  Denoising      PRISM Algorithm 1: the latent diffusion loss under the (dropped-out) caption
+  SuperRes       MedSyn's super-resolution stage: the same loss on random windows with the
+                 low-res input concatenated
+  (cfgen/training/cycle.py: the Cycle Diffusion Model objective)
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from cfgen.errors import ModelError
+from cfgen.training.config import FinetuneConfig
+
+
+class Objective(Protocol):
+    def check(self, model: Any, cfg: FinetuneConfig) -> None: ...
+
+    def describe(self) -> Any: ...
+
+    def __call__(self, model: Any, unet: Any, noise_scheduler: Any, pixels: torch.Tensor, captions: list[str],
+                 gen: torch.Generator, cfg: FinetuneConfig, eval_mode: bool = False) -> torch.Tensor: ...
+
+
+def target(noise_scheduler, latents, noise, t):
+    """What the network learns to output at (latents noised with ``noise`` to ``t``): the velocity
+    latents - noise (rectified flow), v, x0 itself (prediction_type "sample", MedSyn Eq. 8) or the noise."""
+    if getattr(noise_scheduler, "is_flow", False):
+        return latents - noise
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        return noise_scheduler.get_velocity(latents, noise, t)
+    if noise_scheduler.config.prediction_type == "sample":
+        return latents
+    return noise
+
+
+def noising(noise_scheduler, latents: torch.Tensor, gen, cfg: FinetuneConfig, eval_mode: bool = False):
+    """(timesteps, noisy latents, target) of one batch: DDPM forward process and the noise (or v)
+    target, or rectified flow's interpolation and velocity target."""
+    b = latents.shape[0]
+    noise = torch.randn(latents.shape, generator=gen).to(latents.device)
+    if cfg.noise_offset and not eval_mode:
+        shape = (b, latents.shape[1]) + (1,) * (latents.ndim - 2)
+        noise = noise + cfg.noise_offset * torch.randn(shape, generator=gen).to(latents.device)
+    if getattr(noise_scheduler, "is_flow", False):  # rectified flow: velocity target, t uniform
+        from cfgen.editing.flow import training_pair
+
+        return training_pair(latents, noise, gen, noise_scheduler.config.num_train_timesteps)
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=gen).to(latents.device)
+    return t, noise_scheduler.add_noise(latents, noise, t), target(noise_scheduler, latents, noise, t)
+
+
+def weighted_mse(noise_scheduler, pred: torch.Tensor, target: torch.Tensor, t, cfg: FinetuneConfig,
+                 eval_mode: bool = False) -> torch.Tensor:
+    """MSE per sample, Min-SNR weighted when --snr-gamma is set (DDPM models only)."""
+    per_sample = F.mse_loss(pred, target, reduction="none").flatten(1).mean(dim=1)
+    if cfg.snr_gamma is not None and not eval_mode and not getattr(noise_scheduler, "is_flow", False):
+        from diffusers.training_utils import compute_snr
+
+        snr = compute_snr(noise_scheduler, t)
+        capped = torch.clamp(snr, max=cfg.snr_gamma)
+        # the loss on x0 weighted min(SNR, gamma) (Hang et al.), in each target's own units
+        weight = {"v_prediction": capped / (snr + 1), "sample": capped}.get(
+            noise_scheduler.config.prediction_type, capped / snr)
+        per_sample = per_sample * weight
+    return per_sample.mean()
+
+
+def condition(model, captions: list[str], gen, cfg: FinetuneConfig, eval_mode: bool) -> torch.Tensor:
+    """Encoded captions with classifier-free-guidance dropout (tabular models: per field and per row)."""
+    from cfgen.editing.components import encode_prompts
+
+    tabular = model.components.get("fields") is not None
+    if not eval_mode and cfg.caption_dropout > 0 and not tabular:
+        drop = torch.rand(len(captions), generator=gen) < cfg.caption_dropout
+        captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+    cond = encode_prompts(model, captions).float()
+    if not eval_mode and cfg.caption_dropout > 0 and tabular:
+        from cfgen.models.tabular import drop_fields
+
+        cond = drop_fields(cond, cfg.caption_dropout, gen)
+    return cond
+
+
+class Denoising:
+    """PRISM Algorithm 1: latents from the frozen autoencoder, noised, predicted under the caption."""
+
+    def check(self, model, cfg: FinetuneConfig) -> None:
+        pass
+
+    def describe(self) -> str:
+        return "denoising"
+
+    def __call__(self, model, unet, noise_scheduler, pixels, captions, gen, cfg: FinetuneConfig, eval_mode=False):
+        from cfgen.editing.components import encode_images
+
+        latents = encode_images(model, pixels).float()
+        t, noisy, tgt = noising(noise_scheduler, latents, gen, cfg, eval_mode)
+        cond = condition(model, captions, gen, cfg, eval_mode)
+        pred = unet(noisy, t, encoder_hidden_states=cond).sample.float()
+        return weighted_mse(noise_scheduler, pred, tgt, t, cfg, eval_mode)
+
+
+class SuperResObjective:
+    """`cfgen finetune` on a super-resolution stage: the denoising loss on random windows with the
+    low-res input concatenated (selected from the model's [synth] table, not by an option)."""
+
+    def __init__(self, scale: int, patch: int, residual: bool = False):
+        self.scale, self.patch, self.residual = int(scale), int(patch), bool(residual)
+
+    @classmethod
+    def for_entry(cls, entry) -> "SuperResObjective":
+        return cls(entry.synth["scale"], entry.synth.get("patch", 64), entry.synth.get("residual", False))
+
+    def describe(self) -> dict:
+        return {"kind": "super-resolution", "scale": self.scale, "patch": self.patch, "residual": self.residual}
+
+    def check(self, model, cfg) -> None:
+        from cfgen.models.sr_stage import check_stage
+
+        check_stage(model)
+        if model.entry.resolution % self.scale:
+            raise ModelError(f"{model.folder}: resolution {model.entry.resolution} is not a multiple of scale {self.scale}")
+
+    def _crop(self, x: torch.Tensor, low: torch.Tensor, gen: torch.Generator):
+        side = x.shape[-1]
+        p = min(self.patch, side)
+        corners = torch.randint(0, side - p + 1, (x.shape[0], 3), generator=gen).tolist()
+        cut = [(slice(None),) + tuple(slice(c, c + p) for c in cs) for cs in corners]
+        return (torch.stack([x[i][c] for i, c in enumerate(cut)]), torch.stack([low[i][c] for i, c in enumerate(cut)]))
+
+    def __call__(self, model, unet, noise_scheduler, pixels, captions, gen, cfg, eval_mode=False):
+        from cfgen.models.sr_stage import low_res_input
+
+        x = pixels.to(model.device).float()
+        x, low = self._crop(x, low_res_input(x, self.scale), gen)
+        t, noisy, tgt = noising(noise_scheduler, x, gen, cfg, eval_mode)
+        pred = unet(torch.cat([noisy, low], dim=1), t).sample.float()
+        if self.residual:  # x0 = upsampled input + the predicted detail
+            pred = pred + low.float()
+        return weighted_mse(noise_scheduler, pred, tgt, t, cfg, eval_mode)

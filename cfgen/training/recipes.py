@@ -1,0 +1,74 @@
+"""Steps the demo-model recipes share (scripts/train_demo_*.py): each runs cfgen's own commands
+or library functions and resumes when its output is already there, so a recipe killed mid-way
+continues from its last checkpoint when re-run with the same --work folder."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+CFGEN = (sys.executable, "-m", "cfgen.cli.main")
+
+
+def sh(*args: str) -> None:
+    """Run a command (echoed, as a recipe's log), failing the recipe when it fails."""
+    print("+", " ".join(args), flush=True)
+    subprocess.run(args, check=True)
+
+
+def finetune_unet(train_csv: Path, base: Path, unet_out: Path, cfg: dict, device: str, prompts: list[str]) -> None:
+    """`cfgen finetune` with a recipe's UNet settings (resumes when checkpoints exist)."""
+    sh(*CFGEN, "finetune", str(train_csv), "-m", str(base), "-o", str(unet_out),
+       "--learning-rate", str(cfg["lr"]), "--lr-scheduler", "cosine", "--lr-warmup-steps", str(cfg["warmup"]),
+       "--batch-size", str(cfg["unet_batch"]), "--max-steps", str(cfg["unet_steps"]), "--ema",
+       "--ema-decay", str(cfg["ema_decay"]), "--snr-gamma", "5",
+       "--checkpoint-every", str(cfg.get("checkpoint_every", 2000)), "--device", device,
+       "-q", *[a for pr in prompts for a in ("--validation-prompt", pr)],
+       *(["--resume"] if (unet_out / "checkpoints").is_dir() else []))
+
+
+def _log_every_50(component: str):
+    return lambda s, loss: print(f"{component} step {s} loss {loss:.4f}", flush=True) if s % 50 == 0 else None
+
+
+def first_stage(train_csv: Path, base: Path, out: Path, component: str, phases: Sequence[tuple], device: str) -> None:
+    """The autoencoder (``component``: vae or autoencoder) trained phase by phase, (to_step, batch,
+    lr, crop) each, resuming from checkpoints; then put into the base model folder."""
+    from cfgen.training.vae import train_vae
+
+    for to_step, batch, lr, crop in phases:
+        log = out / "vae_training.json"
+        done = json.loads(log.read_text())["steps"] if log.is_file() and (out / component).is_dir() else 0
+        if done >= to_step:
+            continue
+        summary = train_vae(train_csv, base, out, steps=to_step, batch_size=batch, lr=lr, seed=0, device=device,
+                            checkpoint_every=250 if component == "vae" else 100,
+                            resume=(out / "checkpoints").is_dir(), crop=crop, on_step=_log_every_50(component))
+        print(json.dumps({k: v for k, v in summary.items() if k != "losses"}), flush=True)
+    if phases:
+        shutil.rmtree(base / component, ignore_errors=True)
+        shutil.copytree(out / component, base / component)
+
+
+def brain_phantoms(data: Path, n: int, seed: int, size: int, spacing: float, anatomy: Sequence[str] = ()) -> Path:
+    """`cfgen phantoms brain` into ``data`` (kept when already there)."""
+    if not (data / "labels.csv").is_file():
+        sh(*CFGEN, "phantoms", "brain", "-n", str(n), "--seed", str(seed), "--size", str(size),
+           "--spacing", str(spacing), "--no-counterfactuals", "-o", str(data), "-q",
+           *(["--anatomy", ",".join(anatomy)] if anatomy else []))
+    return data
+
+
+def export(model: Path, target: Path, recipe_script: str) -> None:
+    """The recipes' --export: the shipped copy and the sha256 lines for models.toml, printed."""
+    from cfgen.models.files import weight_files
+    from cfgen.training.export import export_shipped
+
+    digests = export_shipped(model, target, recipe_script)
+    total = sum(f.stat().st_size for f in weight_files(target))
+    print(f"exported {total / 1e6:.1f} MB of weights to {target}")
+    for rel, digest in digests.items():
+        print(f'"{rel}" = "{digest}"')

@@ -290,7 +290,6 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--no-cpu-side", action="store_true", help="skip the demo edit and --help timings")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
     res = {"gpu": gpu_side(args), "cpu": {} if args.no_cpu_side else cpu_side()}
     if not res["cpu"]:
         res["cpu"] = {"help_s": float("nan")}

@@ -20,13 +20,9 @@ the same input are scored against the truth in [0, 1] units:
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def detail(x):
@@ -87,7 +83,6 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=None, help="sampling steps [default: the stage's]")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
     res = run(args.model, args.n, args.region, args.spacing, args.steps, args.device)
     s = res["settings"]
     print(f"{s['model']} (scale {s['scale']}, residual {s['residual']}, {s['steps']} steps): {s['n']} held-out "

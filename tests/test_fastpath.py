@@ -82,8 +82,7 @@ def test_sliced_vae_equals_the_whole_batch(tiny_model):
     assert z_all.shape[0] == 5 and torch.allclose(z_all, z_sliced, atol=1e-5)
     y_all, y_sliced = decode_latents(model, z_all), decode_latents(model, z_all, chunk=1)
     assert torch.allclose(y_all, y_sliced, atol=1e-5) and y_all.abs().sum() > 0
-    model.extra["vae_chunk"] = 3  # the memory plan's setting is the default
-    assert torch.allclose(decode_latents(model, z_all), y_all, atol=1e-5)
+    assert torch.allclose(decode_latents(model, z_all, chunk=3), y_all, atol=1e-5)  # a memory plan's chunk
 
 
 def test_batch_choice_fills_the_free_memory_within_caps():

@@ -132,18 +132,15 @@ def test_vae_training_reduces_reconstruction_error_and_sets_the_scale(tiny_model
     assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["step-0000015", "step-0000030"]
 
 
-def test_phantom_edit_benchmark_runs_on_any_model(tiny_model, capsys):
-    import importlib.util
+def test_phantom_edit_benchmark_runs_on_any_model(tiny_model, tmp_path):
+    from benchmark_run import run_benchmark
 
-    spec = importlib.util.spec_from_file_location("phantom_edits", Path(__file__).parents[1] / "benchmarks" / "phantom_edits.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    res = mod.main(["--model", str(tiny_model), "--n", "1", "--steps", "3", "--masks", "none", "auto",
-                    "--recon-per-type", "1", "--device", "cpu"])
+    res, out = run_benchmark("phantom_edits.py", tmp_path, "--model", tiny_model, "--n", "1", "--steps", "3",
+                             "--masks", "none", "auto", "--recon-per-type", "1", "--device", "cpu")
     assert {r["edit"] for r in res["table"]} == {f"{v} {a}" for a in ("effusion", "cardiomegaly", "devices")
                                                  for v in ("remove", "add")}
     assert len(res["table"]) == 12 and all(r["err_none"] > 0 and r["psnr_rec"] is not None for r in res["table"])
-    assert "ratio <= 0.50" in capsys.readouterr().out
+    assert "ratio <= 0.50" in out
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])

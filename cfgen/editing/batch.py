@@ -121,8 +121,9 @@ def _report_params(params: "EditParams", model_name: str, batch, s: RunSettings)
             "compile": s.compile, "workers": s.workers or "auto"}
 
 
-def _load(s: RunSettings, shard: "Shard", n_items: int, report: "RunReport") -> tuple["LoadedModel", int]:
-    """The model (loaded here unless given), its memory plan and speed settings; the batch size to use."""
+def _load(s: RunSettings, shard: "Shard", n_items: int, report: "RunReport") -> tuple["LoadedModel", int, int | None]:
+    """The model (loaded here unless given), its memory plan and speed settings; the batch size and
+    the VAE chunk size (items per encode/decode call; None: the whole batch) to use."""
     from cfgen.editing import memory
     from cfgen.editing.speed import tune
     from cfgen.models.loader import LoadedModel, load_model
@@ -140,7 +141,7 @@ def _load(s: RunSettings, shard: "Shard", n_items: int, report: "RunReport") -> 
     if plan is not None:
         report.data["speed"]["memory"] = plan.record()
     report.data["timings"]["model_load_s"] = round(time.perf_counter() - t1, 3)
-    return loaded, size
+    return loaded, size, plan.vae_chunk if plan is not None else None
 
 
 def run_operation(command: str, scan: str | Path | None, settings: RunSettings, *, batch: Path | None = None,
@@ -169,11 +170,11 @@ def run_operation(command: str, scan: str | Path | None, settings: RunSettings, 
     mine = shard.take(jobs)
     if shard.size > 1:
         report.path = shard.partial_path(out)
-    loaded, size = _load(settings, shard, len(mine), report)
+    loaded, size, vae_chunk = _load(settings, shard, len(mine), report)
     k = max(1, round(params.strength * params.steps))
     with progress(len(mine), 2 * k) as (on_item, on_step):
         run_jobs(OPERATIONS[command], loaded, mine, out, report, fmt=settings.fmt, overwrite=settings.overwrite,
-                 on_item=on_item, on_step=on_step, batch_size=size, io_threads=settings.workers)
+                 on_item=on_item, on_step=on_step, batch_size=size, io_threads=settings.workers, vae_chunk=vae_chunk)
     report.data["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
     report.write()
     if shard.size == 1:

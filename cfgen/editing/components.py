@@ -1,14 +1,19 @@
 """Text and image encoding with a loaded latent diffusion model."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+
+if TYPE_CHECKING:
+    from cfgen.models.loader import LoadedModel
 
 
 @torch.no_grad()
-def encode_prompts(model, prompts: list[str]) -> torch.Tensor:
+def encode_prompts(model: LoadedModel, prompts: list[str]) -> torch.Tensor:
     """Per-token embeddings the UNet cross-attends to (last hidden state, as SD v1.5); for a
     tabular model, the [value, present] rows its UNet embeds (cfgen/models/tabular.py)."""
-    fields = model.components.get("fields")
+    fields = model.fields
     if fields is not None:
         from cfgen.models.tabular import encode_values
 
@@ -36,7 +41,7 @@ def _chunked(fn, x: torch.Tensor, chunk: int | None) -> torch.Tensor:
     return torch.cat([fn(part) for part in x.split(chunk)])
 
 
-def to_device(model, x: torch.Tensor) -> torch.Tensor:
+def to_device(model: LoadedModel, x: torch.Tensor) -> torch.Tensor:
     """Host -> device; on CUDA through pinned memory without blocking the host."""
     if str(model.device).startswith("cuda") and x.device.type == "cpu":
         return (x if x.is_pinned() else x.pin_memory()).to(model.device, model.dtype, non_blocking=True)
@@ -44,16 +49,16 @@ def to_device(model, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_images(model, x: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+def encode_images(model: LoadedModel, x: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
     """Deterministic latents: the posterior mean (identity preservation needs no sampling noise).
-    ``chunk``: items per VAE call [default: the memory plan's, cfgen/editing/memory.py; else all]."""
+    ``chunk``: items per VAE call (a run's memory plan, cfgen/editing/memory.py) [default: all]."""
     scale, shift = _factors(model.vae)
     enc = lambda part: (model.vae.encode(part).latent_dist.mean - shift) * scale  # noqa: E731
-    return _chunked(enc, to_device(model, x), chunk or model.extra.get("vae_chunk"))
+    return _chunked(enc, to_device(model, x), chunk)
 
 
 @torch.no_grad()
-def decode_latents(model, z: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+def decode_latents(model: LoadedModel, z: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
     scale, shift = _factors(model.vae)
     dec = lambda part: model.vae.decode(part / scale + shift).sample.float()  # noqa: E731
-    return _chunked(dec, z, chunk or model.extra.get("vae_chunk"))
+    return _chunked(dec, z, chunk)

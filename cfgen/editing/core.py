@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -13,6 +13,9 @@ from cfgen.editing.prepare import Prepared, from_model, to_model, unit
 from cfgen.editing.params import EditParams
 from cfgen.errors import UsageError
 from cfgen.io.scan import Scan
+
+if TYPE_CHECKING:
+    from cfgen.models.loader import LoadedModel
 
 
 
@@ -29,7 +32,7 @@ class Outcome:
     mask: np.ndarray | None = None  # (1, H, W) in [0, 1] on the scan's grid, when an edit mask was used
 
 
-def prepare(model, scan: Scan, p: EditParams) -> Prepared:
+def prepare(model: LoadedModel, scan: Scan, p: EditParams) -> Prepared:
     """The scan on the model's grid and value range; on CUDA in pinned host memory, so that the
     copy to the GPU does not block (the runner does this in its reader threads)."""
     e = model.entry
@@ -59,7 +62,7 @@ def batch_key(p: EditParams) -> tuple | None:
     return None if p.eta else (p.steps, p.strength, p.guidance)
 
 
-def _latent_mask(model, sched, z0, src, tgt, scan: Scan, prep: Prepared, p: EditParams, mode: str):
+def _latent_mask(model: LoadedModel, sched, z0, src, tgt, scan: Scan, prep: Prepared, p: EditParams, mode: str):
     if mode == "auto":
         return masks.auto_mask(model.unet, sched, z0, src, tgt, int(p.seed), p.mask_threshold)
     if mode != "none":
@@ -67,9 +70,9 @@ def _latent_mask(model, sched, z0, src, tgt, scan: Scan, prep: Prepared, p: Edit
     return None
 
 
-def _run(model, scans: list[Scan], ps: list[EditParams], targets: list[str], guidance: float, eta: float,
+def _run(model: LoadedModel, scans: list[Scan], ps: list[EditParams], targets: list[str], guidance: float, eta: float,
          on_step: Callable[[], None] | None, mask_modes: list[str] | None = None,
-         preps: list[Prepared] | None = None) -> tuple:
+         preps: list[Prepared] | None = None, vae_chunk: int | None = None) -> tuple:
     """Invert and regenerate a batch: every UNet forward (guidance included) runs on all items."""
     if len(ps) > 1 and len({batch_key(p) for p in ps}) != 1 or (len(ps) > 1 and eta):
         raise ValueError("a batch needs equal steps, strength and guidance and eta 0")
@@ -77,7 +80,7 @@ def _run(model, scans: list[Scan], ps: list[EditParams], targets: list[str], gui
     preps = preps or [prepare(model, sc, p) for sc, p in zip(scans, ps)]
     sched = ddim.make_scheduler(model.entry.scheduler, p0.steps)
     ts = ddim.edit_timesteps(sched, p0.strength)
-    z0 = encode_images(model, torch.cat([to_device(model, pr.x) for pr in preps]))
+    z0 = encode_images(model, torch.cat([to_device(model, pr.x) for pr in preps]), chunk=vae_chunk)
     n = len(ps)
     src, tgt, neg = encode_prompts(model, [p.source_prompt for p in ps] + list(targets)
                                    + [p.negative_prompt for p in ps]).chunk(3)
@@ -94,7 +97,7 @@ def _run(model, scans: list[Scan], ps: list[EditParams], targets: list[str], gui
     z = ddim.sample(model.unet, sched, traj[-1], tgt, ts, uncond=neg, guidance=guidance, eta=eta,
                     generator=gen, blend=blend, on_step=step)
     lat = {"z0": z0, "zT": traj[-1], "z_out": z}
-    return preps, decode_latents(model, z), lat, [int(t) for t in ts], latent_masks
+    return preps, decode_latents(model, z, chunk=vae_chunk), lat, [int(t) for t in ts], latent_masks
 
 
 def _host(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -125,19 +128,20 @@ def _check_edit(p: EditParams) -> None:
         raise UsageError("--prompt: the target prompt is empty")
 
 
-def compute_edits(model, scans: list[Scan], ps: list[EditParams], on_step: Callable[[], None] | None = None,
-                  preps: list[Prepared] | None = None) -> list[Computed]:
+def compute_edits(model: LoadedModel, scans: list[Scan], ps: list[EditParams], on_step: Callable[[], None] | None = None,
+                  preps: list[Prepared] | None = None, vae_chunk: int | None = None) -> list[Computed]:
     """The model side of a batch of edits (equal ``batch_key``): invert under each source
-    prompt, regenerate under each target prompt. ``preps``: the scans already prepared."""
+    prompt, regenerate under each target prompt. ``preps``: the scans already prepared;
+    ``vae_chunk``: items per VAE call (the run's memory plan; None: the whole batch)."""
     for p in ps:
         _check_edit(p)
     preps, ys, lat, ts, latent_masks = _run(model, scans, ps, [p.prompt for p in ps], ps[0].guidance, ps[0].eta,
-                                            on_step, [p.mask for p in ps], preps)
+                                            on_step, [p.mask for p in ps], preps, vae_chunk)
     lat.pop("z_out")
     return _computed(preps, ys, lat, ts, latent_masks)
 
 
-def finish_edit(model, scan: Scan, c: Computed) -> Outcome:
+def finish_edit(model: LoadedModel, scan: Scan, c: Computed) -> Outcome:
     """The scan side of one edit: back to the scan's grid and units, mask blend, metrics."""
     prep = c.prepared
     pixels = from_model(c.model_out, prep, scan.channels)
@@ -153,28 +157,29 @@ def finish_edit(model, scan: Scan, c: Computed) -> Outcome:
                    timesteps=c.timesteps, mask=scan_mask)
 
 
-def edit_many(model, scans: list[Scan], ps: list[EditParams],
+def edit_many(model: LoadedModel, scans: list[Scan], ps: list[EditParams],
               on_step: Callable[[], None] | None = None) -> list[Outcome]:
     """Counterfactuals of several scans in one batch (equal ``batch_key``)."""
     return [finish_edit(model, scan, c) for scan, c in zip(scans, compute_edits(model, scans, ps, on_step))]
 
 
-def edit(model, scan: Scan, p: EditParams, on_step: Callable[[], None] | None = None) -> Outcome:
+def edit(model: LoadedModel, scan: Scan, p: EditParams, on_step: Callable[[], None] | None = None) -> Outcome:
     """Counterfactual: invert under the source prompt, regenerate under the target prompt."""
     return edit_many(model, [scan], [p], on_step)[0]
 
 
-def compute_inversions(model, scans: list[Scan], ps: list[EditParams], on_step: Callable[[], None] | None = None,
-                       preps: list[Prepared] | None = None) -> list[Computed]:
+def compute_inversions(model: LoadedModel, scans: list[Scan], ps: list[EditParams], on_step: Callable[[], None] | None = None,
+                       preps: list[Prepared] | None = None, vae_chunk: int | None = None) -> list[Computed]:
     """The model side of DDIM inversion under the source prompt, the reconstruction from the
     inverted noise, and the VAE alone (encode + decode)."""
     for p in ps:
         p.check()
-    preps, ys, lat, ts, _ = _run(model, scans, ps, [p.source_prompt for p in ps], 1.0, 0.0, on_step, None, preps)
-    return _computed(preps, ys, lat, ts, vae=decode_latents(model, lat["z0"]))
+    preps, ys, lat, ts, _ = _run(model, scans, ps, [p.source_prompt for p in ps], 1.0, 0.0, on_step, None, preps,
+                                 vae_chunk)
+    return _computed(preps, ys, lat, ts, vae=decode_latents(model, lat["z0"], chunk=vae_chunk))
 
 
-def finish_inversion(model, scan: Scan, c: Computed) -> Outcome:
+def finish_inversion(model: LoadedModel, scan: Scan, c: Computed) -> Outcome:
     """PSNR/SSIM of the reconstruction against the model-space input (invert + sample) and of
     the VAE alone, so a user sees where fidelity is lost."""
     from cfgen.metrics.image import reconstruction_metrics
@@ -193,10 +198,10 @@ def finish_inversion(model, scan: Scan, c: Computed) -> Outcome:
                    latents=li, metrics=metrics, timesteps=c.timesteps)
 
 
-def invert_many(model, scans: list[Scan], ps: list[EditParams],
+def invert_many(model: LoadedModel, scans: list[Scan], ps: list[EditParams],
                 on_step: Callable[[], None] | None = None) -> list[Outcome]:
     return [finish_inversion(model, scan, c) for scan, c in zip(scans, compute_inversions(model, scans, ps, on_step))]
 
 
-def invert(model, scan: Scan, p: EditParams, on_step: Callable[[], None] | None = None) -> Outcome:
+def invert(model: LoadedModel, scan: Scan, p: EditParams, on_step: Callable[[], None] | None = None) -> Outcome:
     return invert_many(model, [scan], [p], on_step)[0]

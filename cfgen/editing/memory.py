@@ -9,10 +9,15 @@ plan keeps batch 1.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+if TYPE_CHECKING:
+    from cfgen.models.loader import LoadedModel
 
 #: share of the free memory a plan may fill (the rest: allocator fragmentation, output buffers)
 FILL = 0.7
@@ -107,7 +112,7 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in str(exc)
 
 
-def _probe(model) -> tuple[int | None, int | None, str | None, bool]:
+def _probe(model: LoadedModel) -> tuple[int | None, int | None, str | None, bool]:
     """(UNet bytes per item, VAE bytes per item, how measured, tiling needed)."""
     import torch
 
@@ -141,7 +146,7 @@ def choose(free: int | None, per_item: int | None, cap: int) -> int:
     return max(1, min(cap, math.floor(FILL * free / per_item)))
 
 
-def plan(model, n_jobs: int, batch_size: int | None = None) -> MemoryPlan:
+def plan(model: LoadedModel, n_jobs: int, batch_size: int | None = None) -> MemoryPlan:
     """The memory plan for ``n_jobs`` items on the model's device; ``batch_size`` given: only
     the VAE's slicing/tiling is planned for it."""
     device = str(model.device)
@@ -161,11 +166,10 @@ def plan(model, n_jobs: int, batch_size: int | None = None) -> MemoryPlan:
                       unet_item_mb=mb(unet_item), vae_item_mb=mb(vae_item), measured_by=how)
 
 
-def apply(model, p: MemoryPlan) -> None:
-    """VAE chunking and tiling on the loaded model (read by components.encode/decode)."""
-    model.extra["vae_chunk"] = p.vae_chunk
+def apply(model: LoadedModel, p: MemoryPlan) -> None:
+    """The plan's VAE tiling on the loaded model (its chunk size the run passes to each encode/decode)."""
     if p.vae_tiling:
-        vae = model.components["vae"]
+        vae = model.vae
         if not hasattr(vae, "enable_tiling"):
             from cfgen.errors import ModelError
 

@@ -14,7 +14,7 @@ import time
 import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, TYPE_CHECKING
 
 from cfgen.editing.core import Computed, Outcome, prepare
 from cfgen.editing.params import EditParams
@@ -25,16 +25,19 @@ from cfgen.io.atomic import write_json
 from cfgen.io.scan import Scan, read_scan
 from cfgen.report import RunReport
 
+if TYPE_CHECKING:
+    from cfgen.models.loader import LoadedModel
+
 ITEM_FILE = "item.json"
 
 
 class Operation(Protocol):
     command: str
 
-    def compute(self, model, scans: list[Scan], params: list[EditParams], on_step: Callable[[], None] | None,
-                preps: list[Prepared] | None) -> list[Computed]: ...
+    def compute(self, model: LoadedModel, scans: list[Scan], params: list[EditParams], on_step: Callable[[], None] | None,
+                preps: list[Prepared] | None, vae_chunk: int | None = None) -> list[Computed]: ...
 
-    def finish(self, model, scan: Scan, computed: Computed) -> Outcome: ...
+    def finish(self, model: LoadedModel, scan: Scan, computed: Computed) -> Outcome: ...
 
     def write(self, folder: Path, scan: Scan, outcome: Outcome, params: EditParams,
               fmt: str | None) -> tuple[dict[str, Path], dict[str, Any]]: ...
@@ -106,19 +109,19 @@ def _finite(tensors) -> bool:
 
 
 def _compute(op: Operation, model, scans: list[Scan], params: list[EditParams], preps: list[Prepared],
-             on_step: Callable[[], None] | None) -> tuple[list[Computed], str | None]:
+             on_step: Callable[[], None] | None, vae_chunk: int | None) -> tuple[list[Computed], str | None]:
     """The model side of one batch (or one item); a half-precision pass with non-finite values
     is redone in float32 (the second value says so) rather than written as black images."""
     import torch
 
-    computed = op.compute(model, scans, params, on_step, preps)
+    computed = op.compute(model, scans, params, on_step, preps, vae_chunk)
     if model.dtype == torch.float32 or _finite(c.model_out for c in computed):  # float32: _finish checks
         return computed, None
     from cfgen.editing.speed import full_precision
 
     half = str(model.dtype).removeprefix("torch.")
     with full_precision(model):
-        computed = op.compute(model, scans, params, None, preps)  # the progress bar already counted these steps
+        computed = op.compute(model, scans, params, None, preps, vae_chunk)  # the progress bar counted these steps
     return computed, f"float32 (the {half} pass gave non-finite values)"
 
 
@@ -132,8 +135,8 @@ def default_workers() -> int:
 
 def run_jobs(op: Operation, model, jobs: list[Job], out_dir: Path, report: RunReport, fmt: str | None = None,
              overwrite: bool = False, on_item: Callable[[Job, dict], None] | None = None,
-             on_step: Callable[[], None] | None = None, batch_size: int = 1, io_threads: int | None = None
-             ) -> RunReport:
+             on_step: Callable[[], None] | None = None, batch_size: int = 1, io_threads: int | None = None,
+             vae_chunk: int | None = None) -> RunReport:
     """Each job's item into ``report`` (kept current on disk); up to ``batch_size`` compatible
     jobs share each UNet forward. A batch that fails is retried item by item, so one bad scan
     never costs its neighbours.
@@ -198,7 +201,7 @@ def run_jobs(op: Operation, model, jobs: list[Job], out_dir: Path, report: RunRe
                 try:
                     computed, note = _compute(op, model, [c["scan"] for _, _, c in ready],
                                               [j.params for j, _, _ in ready], [c["prep"] for _, _, c in ready],
-                                              on_step)
+                                              on_step, vae_chunk)
                     mine += [post(job, item, claim, c, note, t0, len(ready))
                              for (job, item, claim), c in zip(ready, computed)]
                     alone = []
@@ -207,7 +210,7 @@ def run_jobs(op: Operation, model, jobs: list[Job], out_dir: Path, report: RunRe
             for job, item, claim in alone:
                 t1 = time.perf_counter()
                 try:
-                    (c,), note = _compute(op, model, [claim["scan"]], [job.params], [claim["prep"]], on_step)
+                    (c,), note = _compute(op, model, [claim["scan"]], [job.params], [claim["prep"]], on_step, vae_chunk)
                 except Exception as exc:  # noqa: BLE001
                     item["error"] = _error_text(job, exc)
                     mine.append(recorder.submit(done, job, item, t1))

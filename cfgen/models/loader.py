@@ -7,7 +7,7 @@ from the folder layout and the rest from the component configs.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -55,26 +55,39 @@ def resolve_dtype(dtype: str, device: str):
 
 @dataclass
 class LoadedModel:
-    """Ready-to-use components of one model plus everything the run report needs."""
+    """Ready-to-use components of one model plus everything the run report needs.
+
+    Diffusion families fill ``unet``, ``vae`` (2D: a diffusers AutoencoderKL; 3D: the family's
+    autoencoder wrapper, ``.net`` None in voxel space), ``text_encoder``, ``tokenizer`` and
+    ``vae_scale_factor`` (pixels per latent cell); tabular 3D models also ``fields``. The
+    ``classifier`` and ``clip`` families fill their scorer. The memory plan is not kept here: a run
+    passes its VAE chunk size to the functions that encode and decode."""
 
     entry: ModelEntry
     folder: Path
     revision: str | None
     sha256: dict[str, str]
-    components: dict[str, Any]
     device: str
-    dtype: Any
-    extra: dict[str, Any] = field(default_factory=dict)
+    dtype: Any  # torch.dtype of the loaded weights
+    unet: Any = None
+    vae: Any = None
+    text_encoder: Any = None
+    tokenizer: Any = None
+    vae_scale_factor: int = 1
+    fields: tuple | None = None  # tabular conditioning fields (cfgen.models.tabular.Field)
+    classifier: Any = None  # cfgen.models.classifier.Classifier
+    clip: Any = None  # cfgen.models.clip.ClipScorer
 
     @property
     def name(self) -> str:
         return self.entry.name
 
-    def __getattr__(self, item: str):  # vae, unet, text_encoder, tokenizer, ...
-        comps = self.__dict__.get("components", {})
-        if item in comps:
-            return comps[item]
-        raise AttributeError(item)
+    def networks(self) -> list[tuple[str, Any]]:
+        """(name, torch module) of every network component (casts, device moves, layouts)."""
+        import torch
+
+        comps = [(n, getattr(self, n)) for n in ("unet", "vae", "text_encoder")]
+        return [(n, c) for n, c in comps if isinstance(c, torch.nn.Module)]
 
     def report_info(self) -> dict[str, Any]:
         return {
@@ -229,5 +242,4 @@ def load_model(model: str | None = None, device: str = "auto", dtype: str = "flo
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     entry, comps = FAMILY_LOADERS[entry.family](entry, folder, dev, dt)
-    return LoadedModel(entry=entry, folder=folder, revision=revision, sha256=sha,
-                       components=comps, device=dev, dtype=dt)
+    return LoadedModel(entry=entry, folder=folder, revision=revision, sha256=sha, device=dev, dtype=dt, **comps)

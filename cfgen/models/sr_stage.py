@@ -7,10 +7,15 @@ In training the low-res input is the volume average-pooled by ``scale`` and upsa
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 
 from cfgen.errors import ModelError
+
+if TYPE_CHECKING:
+    from cfgen.models.loader import LoadedModel
 
 
 def upsample(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -22,9 +27,9 @@ def low_res_input(x: torch.Tensor, scale: int) -> torch.Tensor:
     return upsample(F.avg_pool3d(x, scale), x.shape[-1])
 
 
-def check_stage(model) -> None:
+def check_stage(model: LoadedModel) -> None:
     """A loaded model can serve as a super-resolution stage: voxel space, 2C in, C out."""
-    if model.components["vae"].net is not None:
+    if model.vae.net is not None:
         raise ModelError(f"{model.folder}: a super-resolution stage works in voxel space; remove autoencoder/")
     cfg = model.unet.config
     if cfg.in_channels != 2 * cfg.out_channels or cfg.out_channels != model.entry.channels:

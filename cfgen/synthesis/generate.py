@@ -11,13 +11,16 @@ No printing, no files: tensors and numbers.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from cfgen.errors import ModelError, UsageError
 from cfgen.models.synth import label_names
+
+if TYPE_CHECKING:
+    from cfgen.models.loader import LoadedModel
 
 
 @dataclass
@@ -65,8 +68,8 @@ def output_size(p: SynthParams, base, sr) -> int:
     return p.size or base.entry.resolution * (int(sr.entry.synth["scale"]) if sr is not None else 1)
 
 
-def check_base(model) -> None:
-    if label_names(model.entry) and model.components["vae"].net is not None:
+def check_base(model: LoadedModel) -> None:
+    if label_names(model.entry) and model.vae.net is not None:
         raise ModelError(f"{model.folder}: label channels need a voxel-space base stage (no autoencoder/)")
     if "scale" in model.entry.synth:
         raise UsageError(f"--model {model.name}: a super-resolution stage; synth3d needs a base stage first")
@@ -90,7 +93,7 @@ def _fixer(sched, fixed: torch.Tensor, channels: int, timesteps: torch.Tensor, g
 
 
 @torch.no_grad()
-def sample_base(model, prompt: str, seed: int, steps: int, guidance: float, fixed: torch.Tensor | None = None,
+def sample_base(model: LoadedModel, prompt: str, seed: int, steps: int, guidance: float, fixed: torch.Tensor | None = None,
                 on_step: Callable[[], None] | None = None) -> torch.Tensor:
     """(1, C + labels, r, r, r) in the model's range from the base stage."""
     from cfgen.editing import ddim

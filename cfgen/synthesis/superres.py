@@ -13,12 +13,15 @@ the same size; the stage's inputs and checks are in cfgen/models/sr_stage.py.
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Callable
+from typing import Callable, TYPE_CHECKING
 
 import torch
 
 from cfgen.errors import UsageError
 from cfgen.models.sr_stage import check_stage, upsample
+
+if TYPE_CHECKING:
+    from cfgen.models.loader import LoadedModel
 
 
 class WindowedUNet:
@@ -43,7 +46,7 @@ class WindowedUNet:
 
 
 @torch.no_grad()
-def super_resolve(model, low: torch.Tensor, size: int, steps: int, seed: int, patch: int | None = None,
+def super_resolve(model: LoadedModel, low: torch.Tensor, size: int, steps: int, seed: int, patch: int | None = None,
                   overlap: float | None = None, on_step: Callable[[], None] | None = None) -> torch.Tensor:
     """(N, C, r, r, r) in the model's range -> (N, C, size, size, size) sampled by the stage."""
     from cfgen.editing import ddim

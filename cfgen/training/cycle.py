@@ -19,12 +19,17 @@ Counterfactual conditions come from rules, one drawn per sample among those that
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from cfgen.errors import UsageError
+
+if TYPE_CHECKING:
+    from cfgen.models.loader import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -156,8 +161,8 @@ class CycleObjective:
         self.rules, self.weight = rules, weight
         self.last: dict[str, float] = {}
 
-    def check(self, model, cfg) -> None:
-        check_rules(self.rules, model.components.get("fields"))
+    def check(self, model: LoadedModel, cfg) -> None:
+        check_rules(self.rules, model.fields)
         if cfg.snr_gamma is not None or cfg.noise_offset:
             raise UsageError("--snr-gamma / --noise-offset: not part of the cycle objective (CDM Eq. 2); leave them out")
 
@@ -166,14 +171,14 @@ class CycleObjective:
                 "rules": [r.swap and "=>".join(r.swap) or (f"{r.field}:" + ",".join(f"{d:g}" for d in r.deltas)
                                                           if r.deltas else r.field) for r in self.rules]}
 
-    def __call__(self, model, unet, noise_scheduler, pixels, captions, gen, cfg, eval_mode=False) -> torch.Tensor:
+    def __call__(self, model: LoadedModel, unet, noise_scheduler, pixels, captions, gen, cfg, eval_mode=False) -> torch.Tensor:
         from cfgen.editing.components import encode_images, encode_prompts
 
         z0 = encode_images(model, pixels).float()
         noise = torch.randn(z0.shape, generator=gen).to(z0.device)
         total = noise_scheduler.config.num_train_timesteps
         t = (torch.rand(z0.shape[0], generator=gen) * total).long().clamp(0, total - 1).to(z0.device)
-        fields = model.components.get("fields")
+        fields = model.fields
         drop = not eval_mode and cfg.caption_dropout > 0  # classifier-free guidance keeps working
         if fields is not None:
             from cfgen.models.tabular import drop_fields

@@ -17,9 +17,9 @@ sets a run up (:func:`prepare_run`) and runs its loop (:class:`Trainer`).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TYPE_CHECKING
 
 import torch
 
@@ -29,6 +29,9 @@ from cfgen.training.checkpoint import checkpoints, load_checkpoint, save_checkpo
 from cfgen.training.config import FinetuneConfig, derived_seed
 from cfgen.training.data import ImageCaptionDataset, collate, read_training_csv
 from cfgen.training.objectives import Denoising, Objective, SuperResObjective
+
+if TYPE_CHECKING:
+    from cfgen.models.loader import LoadedModel
 
 StepCallback = Callable[[int, int, float], None]
 
@@ -57,7 +60,7 @@ class Schedule:
 class Run:
     """A prepared training run: model, data, objective, optimisation state, schedule, report."""
 
-    model: Any
+    model: LoadedModel
     objective: Objective
     noise_scheduler: Any
     dataset: ImageCaptionDataset
@@ -70,7 +73,8 @@ class Run:
     start: int
     schedule: Schedule
     report: RunReport
-    extra: dict[str, Any] = field(default_factory=dict)
+    samples: list  # the readable training rows (cfgen.training.data.Sample)
+    data: str  # the training CSV as given
 
 
 def _tabular_rows(samples: list, fields, csv_path: Path) -> tuple[list, list[dict]]:
@@ -106,8 +110,8 @@ def noise_schedule(entry, cfg: FinetuneConfig):
                                       if k not in ("set_alpha_to_one", "steps_offset", "kind")})
 
 
-def _trainable_unet(model, cfg: FinetuneConfig):
-    unet = model.components["unet"]
+def _trainable_unet(model: LoadedModel, cfg: FinetuneConfig):
+    unet = model.unet
     unet.requires_grad_(True)
     unet.train()
     if cfg.gradient_checkpointing:
@@ -166,8 +170,8 @@ def prepare_run(data_csv: Path, model_name: str | None, out: Path, cfg: Finetune
     command = "cycle-train" if objective else "finetune"
     objective = SuperResObjective.for_entry(e) if sr else objective
     (objective or Denoising()).check(model, cfg)
-    if model.components.get("fields") is not None:
-        samples, unreadable = _tabular_rows(samples, model.components["fields"], Path(data_csv))
+    if model.fields is not None:
+        samples, unreadable = _tabular_rows(samples, model.fields, Path(data_csv))
         bad_rows += unreadable
     unet = _trainable_unet(model, cfg)
     noise_scheduler = noise_schedule(e, cfg)
@@ -184,7 +188,7 @@ def prepare_run(data_csv: Path, model_name: str | None, out: Path, cfg: Finetune
     for item in bad_rows:
         report.add_item(item)
     return Run(model, objective or Denoising(), noise_scheduler, dataset, acc, unet_p, optimizer_p, optimizer,
-               lr_sched, ema, start, schedule, report, {"samples": samples, "data": str(data_csv)})
+               lr_sched, ema, start, schedule, report, samples, str(data_csv))
 
 
 class Trainer:
@@ -192,7 +196,7 @@ class Trainer:
 
     def __init__(self, run: Run, out: Path, cfg: FinetuneConfig, on_step: StepCallback | None = None):
         self.run, self.out, self.cfg, self.on_step = run, Path(out), cfg, on_step
-        samples = run.extra["samples"]
+        samples = run.samples
         self.eval_batch = collate([run.dataset[i] for i in range(min(4, len(samples)))])
         self.training: dict[str, Any] = {}
         self.running: list[float] = []  # micro-batch losses of the optimizer step under way
@@ -257,7 +261,7 @@ class Trainer:
         s, cfg = self.run.schedule, self.cfg
         epoch, within = divmod(step, s.steps_per_epoch)
         order = torch.Generator().manual_seed(derived_seed(cfg.seed, "epoch", epoch))
-        perm = torch.randperm(len(self.run.extra["samples"]), generator=order)
+        perm = torch.randperm(len(self.run.samples), generator=order)
         shard = perm[s.rank::s.world][: s.micro_per_epoch * s.batch].tolist()
         running = self.running
         for mb in range(within * cfg.gradient_accumulation, s.steps_per_epoch * cfg.gradient_accumulation):
@@ -279,7 +283,7 @@ class Trainer:
         self.training = {"start_step": self.run.start, "total_steps": s.total, "steps_per_epoch": s.steps_per_epoch,
                          "batch_size_per_process": s.batch, "processes": s.world,
                          "effective_batch": s.batch * self.cfg.gradient_accumulation * s.world,
-                         "samples": len(self.run.extra["samples"]), "eval_loss_start": self.eval_loss(),
+                         "samples": len(self.run.samples), "eval_loss_start": self.eval_loss(),
                          "losses": [], "skipped_images": []}
         step = self.run.start
         while step < s.total:
@@ -302,7 +306,7 @@ def _finish(run: Run, trainer: Trainer, out: Path, cfg: FinetuneConfig, t0: floa
         final.eval()
         if cfg.validation_prompts:
             trainer.validate(final, "final.png")
-        recipe = {"base_model": run.model.report_info(), "data": run.extra["data"], "config": cfg.as_dict(),
+        recipe = {"base_model": run.model.report_info(), "data": run.data, "config": cfg.as_dict(),
                   "steps": trainer.training["final_step"], "processes": run.schedule.world, "device": str(acc.device)}
         save_model(out, run.model, final, recipe)
         run.report.data["training"] = trainer.training

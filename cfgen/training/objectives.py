@@ -12,13 +12,16 @@ gen, cfg, eval_mode)``.
 """
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from cfgen.errors import ModelError
 from cfgen.training.config import FinetuneConfig
+
+if TYPE_CHECKING:
+    from cfgen.models.loader import LoadedModel
 
 
 class Objective(Protocol):
@@ -74,11 +77,11 @@ def weighted_mse(noise_scheduler, pred: torch.Tensor, target: torch.Tensor, t, c
     return per_sample.mean()
 
 
-def condition(model, captions: list[str], gen, cfg: FinetuneConfig, eval_mode: bool) -> torch.Tensor:
+def condition(model: LoadedModel, captions: list[str], gen, cfg: FinetuneConfig, eval_mode: bool) -> torch.Tensor:
     """Encoded captions with classifier-free-guidance dropout (tabular models: per field and per row)."""
     from cfgen.editing.components import encode_prompts
 
-    tabular = model.components.get("fields") is not None
+    tabular = model.fields is not None
     if not eval_mode and cfg.caption_dropout > 0 and not tabular:
         drop = torch.rand(len(captions), generator=gen) < cfg.caption_dropout
         captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
@@ -93,13 +96,13 @@ def condition(model, captions: list[str], gen, cfg: FinetuneConfig, eval_mode: b
 class Denoising:
     """PRISM Algorithm 1: latents from the frozen autoencoder, noised, predicted under the caption."""
 
-    def check(self, model, cfg: FinetuneConfig) -> None:
+    def check(self, model: LoadedModel, cfg: FinetuneConfig) -> None:
         pass
 
     def describe(self) -> str:
         return "denoising"
 
-    def __call__(self, model, unet, noise_scheduler, pixels, captions, gen, cfg: FinetuneConfig, eval_mode=False):
+    def __call__(self, model: LoadedModel, unet, noise_scheduler, pixels, captions, gen, cfg: FinetuneConfig, eval_mode=False):
         from cfgen.editing.components import encode_images
 
         latents = encode_images(model, pixels).float()
@@ -123,7 +126,7 @@ class SuperResObjective:
     def describe(self) -> dict:
         return {"kind": "super-resolution", "scale": self.scale, "patch": self.patch, "residual": self.residual}
 
-    def check(self, model, cfg) -> None:
+    def check(self, model: LoadedModel, cfg) -> None:
         from cfgen.models.sr_stage import check_stage
 
         check_stage(model)
@@ -137,7 +140,7 @@ class SuperResObjective:
         cut = [(slice(None),) + tuple(slice(c, c + p) for c in cs) for cs in corners]
         return (torch.stack([x[i][c] for i, c in enumerate(cut)]), torch.stack([low[i][c] for i, c in enumerate(cut)]))
 
-    def __call__(self, model, unet, noise_scheduler, pixels, captions, gen, cfg, eval_mode=False):
+    def __call__(self, model: LoadedModel, unet, noise_scheduler, pixels, captions, gen, cfg, eval_mode=False):
         from cfgen.models.sr_stage import low_res_input
 
         x = pixels.to(model.device).float()

@@ -2,6 +2,8 @@
 by side in a PNG, so that runs and checkpoints can be compared by eye."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import json
 from pathlib import Path
 
@@ -9,9 +11,12 @@ import torch
 
 from cfgen.training.config import derived_seed
 
+if TYPE_CHECKING:
+    from cfgen.models.loader import LoadedModel
+
 
 @torch.no_grad()
-def _sample(model, unet, prompt: str, sched, guidance: float, seed: int):
+def _sample(model: LoadedModel, unet, prompt: str, sched, guidance: float, seed: int):
     from cfgen.editing import ddim
     from cfgen.editing.components import decode_latents, encode_prompts
     from cfgen.editing.prepare import unit
@@ -26,7 +31,7 @@ def _sample(model, unet, prompt: str, sched, guidance: float, seed: int):
     return unit(decode_latents(model, z)[0], e.value_range).cpu().numpy()
 
 
-def render_validation(model, unet, prompts: list[str], steps: int, guidance: float, seed: int,
+def render_validation(model: LoadedModel, unet, prompts: list[str], steps: int, guidance: float, seed: int,
                       target: Path) -> Path:
     """One image per prompt from fixed noise, side by side, as a PNG grid (+ a JSON of its settings)."""
     import numpy as np

@@ -68,14 +68,14 @@ def test_batched_inversion_reports_each_item(tiny_model, cli, tmp_path):
     assert len({i["metrics"]["psnr"] for i in b3}) == 3
 
 
-def test_throughput_benchmark_runs_and_the_fast_path_matches_fp32(tmp_path):
-    from benchmark_run import run_benchmark
+@pytest.mark.slow
+def test_throughput_benchmark_runs_and_the_fast_path_matches_fp32(monkeypatch, capsys):
+    import edit_throughput  # benchmarks/ is on the tests' path (pyproject.toml)
 
-    # CFGEN_COMPILE_BACKEND=eager: dynamo tracing without a C compiler run
-    res, out = run_benchmark("edit_throughput.py", tmp_path, "--preset", "tiny", "--device", "cpu", "--dtype",
-                             "float32", "--steps", "3", "--batch-sizes", "2", "--batches", "1", "--plain-edits", "1",
-                             "--compile", "--no-cpu-side", "--files", "3", "--file-size", "300x200",
-                             env={"CFGEN_COMPILE_BACKEND": "eager"})
+    monkeypatch.setenv("CFGEN_COMPILE_BACKEND", "eager")  # dynamo tracing without a C compiler run
+    res = edit_throughput.main(["--preset", "tiny", "--device", "cpu", "--dtype", "float32", "--steps", "3", "--batch-sizes", "2",
+                    "--batches", "1", "--plain-edits", "1", "--compile", "--no-cpu-side", "--files", "3",
+                    "--file-size", "300x200"])
     g = res["gpu"]
     assert g["unet_tflop_per_forward"] > 0 and g["plain"]["edits_per_s"] > 0
     assert [(r["batch"], r["compiled"]) for r in g["rows"]] == [(2, False), (2, True)]
@@ -87,4 +87,5 @@ def test_throughput_benchmark_runs_and_the_fast_path_matches_fp32(tmp_path):
     assert (f["ok"], f["batch"], f["compiled"], f["file_size"]) == (3, 2, True, [300, 200])
     assert f["edits_per_s"] > 0 and f["model_only_edits_per_s"] == g["rows"][1]["edits_per_s"]
     assert f["host_prepare_s"] > 0 and f["host_finish_write_s"] > 0
+    out = capsys.readouterr().out
     assert "x plain" in out and "--batch-size auto would choose" in out and "(c) end to end on 3 300x200" in out

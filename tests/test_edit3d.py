@@ -178,13 +178,13 @@ def test_3d_autoencoder_training_reduces_error_sets_the_scale_and_loads(tiny3d, 
     assert m.vae.config.scaling_factor == pytest.approx(s["scaling_factor"])
 
 
-def test_brain_edit_benchmark_runs_on_any_3d_model(tiny3d, tmp_path):
-    from benchmark_run import run_benchmark
+def test_brain_edit_benchmark_runs_on_any_3d_model(tiny3d, capsys):
+    import brain_edits  # benchmarks/ is on the tests' path (pyproject.toml)
 
-    res, out = run_benchmark("brain_edits.py", tmp_path, "--model", tiny3d, "--n", "1", "--seed", "90000",
-                             "--spacing", "12", "--steps", "2", "--device", "cpu")
+    res = brain_edits.main(["--model", str(tiny3d), "--n", "1", "--seed", "90000", "--spacing", "12", "--steps", "2",
+                    "--device", "cpu"])
     names = [r["edit"] for r in res["table"]]
     assert any(n.startswith("age ") for n in names) and any(n.endswith("lesions") for n in names)
     for r in res["table"]:
         assert r["n"] == 1 and r["direction"] in (0.0, 1.0) and r["err_none"] > 0 and r["seconds"] > 0
-    assert "direction" in out
+    assert "direction" in capsys.readouterr().out

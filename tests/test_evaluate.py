@@ -104,6 +104,7 @@ def _pairs_csv(root: Path, name: str, counterfactual_of) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_shipped_classifier_gives_high_gain_to_true_counterfactuals_and_none_to_copies(cli, phantom_pairs, tmp_path):
     truth = _pairs_csv(phantom_pairs, "truth.csv", lambda j: j["true_counterfactual"])
     same = _pairs_csv(phantom_pairs, "same.csv", lambda j: j["image"])

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from safetensors.torch import load_file
 
 
@@ -27,6 +28,7 @@ def _wait_for(pred, proc: subprocess.Popen, timeout: float = 240) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_killed_batch_edit_resumes_without_redoing_or_corrupting(tiny_model, ct_small, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -57,6 +59,7 @@ def test_killed_batch_edit_resumes_without_redoing_or_corrupting(tiny_model, ct_
     assert not list(out.rglob(".tmp-*"))
 
 
+@pytest.mark.slow
 def test_killed_finetune_resumes_from_its_last_checkpoint(tiny_model, tmp_path):
     from cfgen.phantoms.dataset import write_cxr_dataset
 

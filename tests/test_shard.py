@@ -2,6 +2,8 @@
 each process takes its share, one merged report in CSV order, outputs equal to one process."""
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import subprocess
@@ -40,6 +42,7 @@ def _images(folder, n):
     return folder / "jobs.csv"
 
 
+@pytest.mark.slow
 def test_two_processes_edit_a_batch_into_one_report(tiny_model, cli, tmp_path):
     csv = _images(tmp_path / "in", 5)
     args = ["edit", "--batch", str(csv), "-m", str(tiny_model), "--steps", "3", "--device", "cpu", "-q"]

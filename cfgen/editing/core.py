@@ -9,9 +9,9 @@ import torch
 
 from cfgen.editing import ddim, masks
 from cfgen.editing.components import decode_latents, encode_images, encode_prompts, to_device
-from cfgen.editing.prepare import Prepared, from_model, to_model, unit
+from cfgen.editing.jobs import require_prompt
 from cfgen.editing.params import EditParams
-from cfgen.errors import UsageError
+from cfgen.editing.prepare import Prepared, from_model, to_model, unit
 from cfgen.io.scan import Scan
 
 if TYPE_CHECKING:
@@ -124,8 +124,7 @@ def _identity_metrics(scan: Scan, prep: Prepared, pixels: np.ndarray) -> dict[st
 
 def _check_edit(p: EditParams) -> None:
     p.check()
-    if not p.prompt:
-        raise UsageError("--prompt: the target prompt is empty")
+    require_prompt(p.prompt, "--prompt: the target prompt is empty")
 
 
 def compute_edits(model: LoadedModel, scans: list[Scan], ps: list[EditParams], on_step: Callable[[], None] | None = None,

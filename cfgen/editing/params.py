@@ -9,17 +9,15 @@ from typing import Any
 
 from cfgen.errors import UsageError
 
-#: Defaults when neither the command line nor the model's models.toml entry sets a value.
-#: steps and the scheduler follow PRISM (REFERENCE.md); guidance 7.5 is SD v1.5's usual scale.
-DEFAULTS: dict[str, Any] = {"steps": 50, "guidance": 7.5, "strength": 1.0, "eta": 0.0, "seed": 0,
-                            "window": "auto", "negative_prompt": "",
-                            "mask": "none", "mask_threshold": 0.5}
-
 MAX_PROMPT_CHARS = 2000
 
 
 @dataclass
 class EditParams:
+    """The field defaults are cfgen's defaults (DEFAULTS), used when neither the command line nor
+    the model's models.toml entry sets a value. steps and the scheduler follow PRISM
+    (REFERENCE.md); guidance 7.5 is SD v1.5's usual scale."""
+
     prompt: str = ""
     source_prompt: str = ""
     negative_prompt: str = ""
@@ -68,3 +66,7 @@ class EditParams:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+#: cfgen's defaults, defined once: the dataclass's (synth3d's base stage reads steps and guidance)
+DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(EditParams)}

@@ -28,8 +28,8 @@ class SynthParams:
     prompt: str
     num: int = 1
     seed: int = 0
-    steps: int | None = None  # None: the base model's default, else 50
-    guidance: float | None = None  # None: the base model's default, else 7.5
+    steps: int | None = None  # None: the base model's default, else the edit default (editing.params)
+    guidance: float | None = None  # None: the base model's default, else the edit default
     sr_steps: int | None = None  # None: the SR stage's default, else 20
     size: int | None = None  # output side in voxels [default: base resolution x the SR stage's scale]
     patch: int | None = None  # SR window [default: the stage's]
@@ -39,8 +39,11 @@ class SynthParams:
         """Options left unset take the models' [defaults]."""
         from dataclasses import replace
 
-        return replace(self, steps=self.steps or int(base_defaults.get("steps", 50)),
-                       guidance=self.guidance if self.guidance is not None else float(base_defaults.get("guidance", 7.5)),
+        from cfgen.editing.params import DEFAULTS
+
+        return replace(self, steps=self.steps or int(base_defaults.get("steps", DEFAULTS["steps"])),
+                       guidance=self.guidance if self.guidance is not None
+                       else float(base_defaults.get("guidance", DEFAULTS["guidance"])),
                        sr_steps=self.sr_steps or int(sr_defaults.get("steps", 20)))
 
     def check(self) -> None:

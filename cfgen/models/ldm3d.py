@@ -162,14 +162,12 @@ def load_ldm3d(entry, folder: Path, device: str, dtype):
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise ModelError(f"{folder}: cannot load the text encoder of '{entry.name}' ({first})") from None
-    sched = dict(entry.scheduler)
-    sched_file = folder / "scheduler" / "scheduler_config.json"
-    if sched_file.is_file() and not (folder / "cfgen.toml").is_file():
-        saved = json.loads(sched_file.read_text())
-        sched.update({k: v for k, v in saved.items() if k in sched})
+    from cfgen.models.scheduler import folder_scheduler
+
+    sched, source = folder_scheduler(entry.scheduler, folder)
     entry = replace(entry, scheduler=sched)
     comps = {"vae": vae, "unet": unet, "text_encoder": text_encoder, "tokenizer": tokenizer,
-             "vae_scale_factor": vae.downsampling, "fields": fields}
+             "vae_scale_factor": vae.downsampling, "fields": fields, "scheduler_source": source}
     return entry, comps
 
 
@@ -249,7 +247,8 @@ def _write_common(folder: Path, spec: LDM3DSpec) -> None:
 
     from cfgen.models.synth import toml_lines
 
-    DDIMScheduler(**DEFAULT_SCHEDULER).save_pretrained(folder / "scheduler")
+    # the folder's scheduler file is what the loader reads first: it must say what cfgen.toml says
+    DDIMScheduler(**DEFAULT_SCHEDULER, prediction_type=spec.prediction_type).save_pretrained(folder / "scheduler")
     (folder / "cfgen.toml").write_text(
         f'family = "latent-diffusion-3d"\nresolution = {spec.resolution}\nchannels = {spec.channels}\n'
         f'intensity = "{spec.intensity}"\n\n[defaults]\nmax_tokens = {spec.max_tokens}\n'

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cfgen.errors import ModelError, UsageError
-from cfgen.models.hf import quiet_hf
 from cfgen.models.files import FAMILY_COMPONENTS, FAMILY_OPTIONAL, OPTIONAL_COMPONENTS, missing_files, verify_sha256
+from cfgen.models.hf import quiet_hf
 from cfgen.models.registry import ModelEntry, Registry, _entry_from_table, load_registry, resolve_model_name
+from cfgen.models.scheduler import folder_scheduler
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -77,6 +78,7 @@ class LoadedModel:
     fields: tuple | None = None  # tabular conditioning fields (cfgen.models.tabular.Field)
     classifier: Any = None  # cfgen.models.classifier.Classifier
     clip: Any = None  # cfgen.models.clip.ClipScorer
+    scheduler_source: dict | None = None  # which scheduler settings came from the folder's file (models/scheduler.py)
 
     @property
     def name(self) -> str:
@@ -100,6 +102,8 @@ class LoadedModel:
             "resolution": self.entry.resolution,
             "channels": self.entry.channels,
             "intensity": self.entry.intensity,
+            "scheduler": dict(self.entry.scheduler),
+            "scheduler_source": self.scheduler_source,
         }
 
 
@@ -179,20 +183,14 @@ def _load_ldm2d(entry: ModelEntry, folder: Path, device: str, dtype) -> tuple[Mo
         m.requires_grad_(False)
         m.eval()
         m.to(device)
-    sched = dict(entry.scheduler)
-    sched_file = folder / "scheduler" / "scheduler_config.json"
-    if sched_file.is_file() and entry.source == "local" and not (folder / "cfgen.toml").is_file():
-        import json
-
-        saved = json.loads(sched_file.read_text())
-        sched.update({k: v for k, v in saved.items() if k in sched})
+    sched, source = folder_scheduler(entry.scheduler, folder)
     vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
     inferred = {"channels": int(vae.config.in_channels)}
     if entry.source == "local" and not (folder / "cfgen.toml").is_file():
         inferred["resolution"] = int(unet.config.sample_size) * vae_scale
     entry = replace(entry, scheduler=sched, **inferred)
     comps = {"vae": vae, "unet": unet, "text_encoder": text_encoder, "tokenizer": tokenizer,
-             "vae_scale_factor": vae_scale}
+             "vae_scale_factor": vae_scale, "scheduler_source": source}
     return entry, comps
 
 

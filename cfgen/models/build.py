@@ -95,6 +95,9 @@ def build_ldm2d(folder: Path, spec: LDM2DSpec = LDM2DSpec(), seed: int = 0) -> P
     text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
     tokenizer.save_pretrained(folder / "tokenizer")
     scheduler.save_pretrained(folder / "scheduler")
+    from cfgen.models.pipeline_index import write_model_index
+
+    write_model_index(folder)
     (folder / "cfgen.toml").write_text(
         'family = "latent-diffusion-2d"\n'
         f"resolution = {spec.resolution}\nchannels = {spec.image_channels}\n"

@@ -47,6 +47,10 @@ def save_model(out: Path, model, unet, recipe: dict) -> Path:
                 shutil.copytree(model.folder / comp, tmp / comp)
         unet.save_pretrained(tmp / "unet", safe_serialization=True)
         (tmp / "cfgen.toml").write_text(model_toml(model.entry))
+        if model.entry.family == "latent-diffusion-2d":  # diffusers' DiffusionPipeline loads it too
+            from cfgen.models.pipeline_index import write_model_index
+
+            write_model_index(tmp)
         (tmp / "training.json").write_text(json.dumps(recipe, indent=2, default=str))
     return target
 

@@ -1,0 +1,36 @@
+"""``model_index.json`` for the 2D folders cfgen writes, so that diffusers'
+``DiffusionPipeline.from_pretrained(folder)`` loads them as a StableDiffusionPipeline (no safety
+checker, no feature extractor). The classes are read from the components' own saved configs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+INDEX = "model_index.json"
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def write_model_index(folder: Path) -> Path:
+    """Write ``folder/model_index.json`` from vae/, unet/, text_encoder/, tokenizer/, scheduler/."""
+    import diffusers
+
+    folder = Path(folder)
+    text_arch = (_read(folder / "text_encoder" / "config.json").get("architectures") or ["CLIPTextModel"])[0]
+    tok_class = _read(folder / "tokenizer" / "tokenizer_config.json").get("tokenizer_class") or "CLIPTokenizer"
+    sched_class = _read(folder / "scheduler" / "scheduler_config.json").get("_class_name") or "DDIMScheduler"
+    index = {
+        "_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
+        "feature_extractor": [None, None], "image_encoder": [None, None], "requires_safety_checker": False,
+        "safety_checker": [None, None], "scheduler": ["diffusers", sched_class],
+        "text_encoder": ["transformers", text_arch], "tokenizer": ["transformers", tok_class.removesuffix("Fast")],
+        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+    }
+    path = folder / INDEX
+    path.write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    return path

@@ -57,13 +57,13 @@ def write_nifti(template: Scan, pixels: np.ndarray, target: Path, description: s
         header.set_data_dtype(np.float32)
         # affine=None keeps the header's qform and sform (codes included) exactly as they were
         img = template.meta["image_class"](data, None, header=header)
-    else:  # from another format: the scan's pixel spacing on a plain (scanner-aligned) affine
+    else:  # from another format: DICOM's patient geometry, else the pixel spacing on a plain affine
         data = np.flipud(pixels[0]).T if template.spatial_dims == 2 else pixels[0]
-        spacing = list(template.spacing or [])
-        if template.spatial_dims == 2 and len(spacing) == 2:
-            spacing = [spacing[1], spacing[0]]  # DICOM (row, column) spacing -> NIfTI (x, y)
-        zooms = (spacing + [1.0] * 3)[:3]
-        img = nib.Nifti1Image(np.ascontiguousarray(data, dtype=np.float32), np.diag([*zooms, 1.0]))
+        affine, scanner = _affine(template)
+        img = nib.Nifti1Image(np.ascontiguousarray(data, dtype=np.float32), affine)
+        if scanner:  # qform = sform = the patient geometry, code 1 (scanner anatomical)
+            img.set_qform(affine, code=1)
+            img.set_sform(affine, code=1)
     img.header.set_slope_inter(1.0, 0.0)
     img.header["descrip"] = f"cfgen {__version__} SYNTHETIC: {description}"[:79].encode("ascii", "replace")
     with atomic_path(target) as tmp:
@@ -72,6 +72,24 @@ def write_nifti(template: Scan, pixels: np.ndarray, target: Path, description: s
 
 
 INT_SCALE = 30000
+
+
+def _affine(template: Scan) -> tuple[np.ndarray, bool]:
+    """(RAS affine, whether it is patient geometry) for a scan read from another format: a DICOM
+    input's position in the patient (cfgen/io/geometry.py), else the pixel spacing at origin 0."""
+    from cfgen.io.geometry import dicom_file_affine, itk_affine
+
+    if template.format == "dicom-series":
+        m = template.meta
+        return itk_affine(m["origin"], m["direction"], template.spacing), True
+    if template.format == "dicom" and template.spatial_dims == 2:
+        affine = dicom_file_affine(template.meta["dataset"], template.pixels.shape[1])
+        if affine is not None:
+            return affine, True
+    spacing = list(template.spacing or [])
+    if template.spatial_dims == 2 and len(spacing) == 2:
+        spacing = [spacing[1], spacing[0]]  # DICOM (row, column) spacing -> NIfTI (x, y)
+    return np.diag([*(spacing + [1.0] * 3)[:3], 1.0]), False
 
 
 def centred_affine(size: int, spacing: float) -> np.ndarray:

@@ -250,3 +250,35 @@ def test_classifier_training_writes_a_loadable_model(tmp_path):
     assert feats.shape[0] == 3
     # 30 steps of MSE move the regression output from ~0 towards the labels' mean
     assert cfg["evaluation"]["ctr"]["mae"] < ctr_mean
+
+
+def test_brain_masks_of_zeros_and_ones_are_regions(cli, tmp_path):
+    """The brain phantoms' uint8 0/1 masks mark the true-difference region (one rule, nonzero,
+    as an edit's --mask): change inside and outside are measured there, checked with nibabel."""
+    import nibabel as nib
+
+    root = tmp_path / "brain"
+    assert cli("phantoms", "brain", "-n", "1", "--size", "16", "--spacing", "10", "-o", root, "-q").exit_code == 0
+    jobs = _pairs_csv(root, "truth.csv", lambda j: j["true_counterfactual"])
+    res = cli("evaluate", jobs, "-o", tmp_path / "ev", "--classifier", "none", "--no-figures", "-q")
+    assert res.exit_code == 0, res.output
+    items = json.loads((tmp_path / "ev" / "report.json").read_text())["items"]
+    with open(jobs, newline="") as f:
+        rows = {r["name"]: r for r in csv.DictReader(f)}
+    checked = 0
+    for it in items:
+        row = rows[it["name"]]
+        mask = np.asarray(nib.load(root / row["mask"]).dataobj)
+        assert set(np.unique(mask)) <= {0, 1}
+        m = it["metrics"]
+        if not mask.any():
+            continue
+        x = nib.load(root / row["original"]).get_fdata()
+        t = nib.load(root / row["true_counterfactual"]).get_fdata()
+        assert m["region_fraction"] == pytest.approx(float(mask.mean()))
+        assert m["change_inside"] is not None and m["change_inside"] > 0
+        lo, hi = float(x.min()), float(x.max())  # evaluate's window: the original's min..max
+        want = float(np.abs(t - x)[mask > 0].mean()) / (hi - lo)
+        assert m["change_inside"] == pytest.approx(want, rel=1e-3)
+        checked += 1
+    assert checked >= 2

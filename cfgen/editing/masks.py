@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from cfgen.editing.prepare import Prepared, geometry_to_model, geometry_to_scan
 from cfgen.errors import InputError
-from cfgen.io.scan import Scan, read_scan
+from cfgen.io.scan import Scan, read_scan, region_of
 
 AUTO_NOISE_DRAWS = 5
 AUTO_STRENGTH = 0.5
@@ -48,7 +48,7 @@ def file_mask(path: str, scan: Scan, prep: Prepared, resolution: int, latent_siz
     if m.spatial_dims != scan.spatial_dims or m.pixels.shape[1:] != scan.pixels.shape[1:]:
         raise InputError(f"{path}: mask of shape {tuple(m.pixels.shape[1:])} does not match the scan "
                          f"{tuple(scan.pixels.shape[1:])}")
-    binary = (m.pixels.max(axis=0, keepdims=True) > 0).astype(np.float32)
+    binary = region_of(m).astype(np.float32)
     if not binary.any():
         raise InputError(f"{path}: mask is empty (no nonzero pixel)")
     on_model = geometry_to_model(binary, prep, resolution)

@@ -131,7 +131,7 @@ def read_pair(pair: Pair) -> LoadedPair:
     import torch
 
     from cfgen.io.intensity import choose_window
-    from cfgen.io.scan import read_scan
+    from cfgen.io.scan import read_scan, region_of
 
     orig = read_scan(pair.original)
     window = choose_window(orig.pixels, orig.source_dtype, "auto", (0.0, 1.0), where=str(pair.original))
@@ -151,8 +151,7 @@ def read_pair(pair: Pair) -> LoadedPair:
         if m.pixels.shape[1:] != orig.pixels.shape[1:]:
             raise InputError(f"{pair.region}: mask size {tuple(m.pixels.shape[1:])} differs from the original's "
                              f"{tuple(orig.pixels.shape[1:])}")
-        mw = choose_window(m.pixels, m.source_dtype, "auto", (0.0, 1.0), where=str(pair.region))
-        region = torch.from_numpy(_unit(m.pixels, mw).max(axis=0, keepdims=True)[None] > 0.5)
+        region = torch.from_numpy(region_of(m)[None])  # nonzero = region, as for an edit's --mask
     return LoadedPair(original=torch.from_numpy(_unit(orig.pixels, window)[None].astype(np.float32)),
                       counterfactual=tensors["counterfactual"], truth=tensors["truth"], region=region,
                       window=window.as_dict())

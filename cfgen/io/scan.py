@@ -48,6 +48,13 @@ class Scan:
                 "spacing": list(self.spacing) if self.spacing else None}
 
 
+def region_of(mask: Scan) -> np.ndarray:
+    """(1, *spatial) bool: where a mask scan is nonzero in any channel. The one rule for every mask
+    cfgen reads (an edit's --mask, evaluate's true-difference region): 0/1 label volumes and
+    0/255 PNGs alike."""
+    return mask.pixels.max(axis=0, keepdims=True) > 0
+
+
 def check_size(shape: tuple[int, ...], where: Path) -> None:
     n = int(np.prod([int(s) for s in shape], dtype=np.int64))
     if n > MAX_VOXELS or min(shape) < 1:

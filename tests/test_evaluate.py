@@ -282,3 +282,34 @@ def test_brain_masks_of_zeros_and_ones_are_regions(cli, tmp_path):
         assert m["change_inside"] == pytest.approx(want, rel=1e-3)
         checked += 1
     assert checked >= 2
+    gt = json.loads((tmp_path / "ev" / "report.json").read_text())["sets"]["ground_truth"]
+    assert gt["pooled_error_ratio"]["value"] == 0.0  # the true counterfactuals themselves
+    assert set(gt["by_edit_type"]) >= {"Age", "Sex -> 1"}
+
+
+def test_pooled_ratio_is_the_ratio_of_sums_with_a_bootstrap_interval():
+    from cfgen.metrics.stats import pooled_ratio
+
+    r = pooled_ratio([1.0, 0.1, 3.0], [2.0, 0.01, 3.0])
+    assert r["value"] == pytest.approx(4.1 / 5.01) and r["n"] == 3
+    assert r["ci95"][0] <= r["value"] <= r["ci95"][1]
+    assert pooled_ratio([1.0, None], [0.0, 2.0])["n"] == 0  # no usable pair: nothing to report
+    assert pooled_ratio([1.0, 2.0], [2.0, 4.0])["ci95"] == pytest.approx([0.5, 0.5])
+
+
+def test_the_report_heads_ground_truth_with_pooled_ratios_per_edit_type(tmp_path):
+    """Two items of one edit type: 0.1/0.01 and 1/2. The mean of per-item ratios is 5.25, the
+    pooled ratio 1.1/2.01: the one to read."""
+    from cfgen.evaluation.run import ground_truth_summary
+
+    items = [{"status": "ok", "label": "Pleural Effusion", "target": 1.0,
+              "metrics": {"gt_l1": a, "gt_l1_nothing": b, "gt_error_ratio": a / b}}
+             for a, b in ((0.1, 0.01), (1.0, 2.0))]
+    items.append({"status": "ok", "label": "Age", "target": 43.0,
+                  "metrics": {"gt_l1": 0.2, "gt_l1_nothing": 0.4, "gt_error_ratio": 0.5}})
+    items.append({"status": "error", "label": "Age", "target": 43.0, "metrics": {}})
+    s = ground_truth_summary(items)
+    eff = s["by_edit_type"]["Pleural Effusion -> 1"]
+    assert eff["value"] == pytest.approx(1.1 / 2.01) and eff["mean_of_item_ratios"] == pytest.approx(5.25)
+    assert s["by_edit_type"]["Age"]["value"] == pytest.approx(0.5) and s["by_edit_type"]["Age"]["n"] == 1
+    assert s["pooled_error_ratio"]["value"] == pytest.approx(1.3 / 2.41) and s["pooled_error_ratio"]["n"] == 3

@@ -35,6 +35,12 @@ def print_table(report: dict) -> None:
     if div.get("counterfactual") is not None:
         table.add_row("diversity_ms_ssim (cf / orig)", f"{_fmt(div['counterfactual'])} / {_fmt(div['original'])}",
                       "", "", f"{div['pairs']} pairs")
+    truth = sets.get("ground_truth")
+    if truth:
+        for name, d in [("all", truth["pooled_error_ratio"]), *truth["by_edit_type"].items()]:
+            ci = d["ci95"]
+            table.add_row(f"pooled error ratio: {name}", _fmt(d["value"]), "",
+                          f"{_fmt(ci[0])} .. {_fmt(ci[1])}" if ci else "-", str(d["n"]))
     Console(stderr=True).print(table)
 
 

@@ -313,3 +313,26 @@ def test_the_report_heads_ground_truth_with_pooled_ratios_per_edit_type(tmp_path
     assert eff["value"] == pytest.approx(1.1 / 2.01) and eff["mean_of_item_ratios"] == pytest.approx(5.25)
     assert s["by_edit_type"]["Age"]["value"] == pytest.approx(0.5) and s["by_edit_type"]["Age"]["n"] == 1
     assert s["pooled_error_ratio"]["value"] == pytest.approx(1.3 / 2.41) and s["pooled_error_ratio"]["n"] == 3
+
+
+def test_mask_recall_and_precision_of_the_edit_mask_against_the_true_region(cli, tmp_path):
+    """True region: a 10x10 square (100 px); the edit's mask: a 10x20 block that covers 60 of them
+    (120 px of 200 outside). Recall 0.6, precision 0.3, from files as an edit run writes them."""
+    from PIL import Image
+
+    x = np.full((64, 64), 100, np.uint8)
+    t = x.copy()
+    t[10:20, 10:20] = 200
+    true_mask = np.zeros((64, 64), np.uint8)
+    true_mask[10:20, 10:20] = 1  # 0/1, as the brain phantoms write them
+    edit_mask = np.zeros((64, 64), np.uint8)
+    edit_mask[14:24, 10:30] = 255  # 0/255, as mask.png
+    for name, arr in (("x", x), ("t", t), ("m", true_mask), ("e", edit_mask)):
+        Image.fromarray(arr).save(tmp_path / f"{name}.png")
+    (tmp_path / "pairs.csv").write_text("name,original,counterfactual,true_counterfactual,mask,edit_mask\n"
+                                        "a,x.png,t.png,t.png,m.png,e.png\n")
+    res = cli("evaluate", tmp_path / "pairs.csv", "-o", tmp_path / "ev", "--classifier", "none", "--no-figures", "-q")
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "ev" / "report.json").read_text())["items"][0]["metrics"]
+    assert m["mask_recall"] == pytest.approx(0.6) and m["mask_precision"] == pytest.approx(0.3)
+    assert m["mask_fraction"] == pytest.approx(200 / 64 ** 2)

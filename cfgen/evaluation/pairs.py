@@ -3,7 +3,8 @@
 From an edit run's ``report.json`` (paths relative to its folder; carried CSV columns give
 ``label``, ``target``, ``true_counterfactual``, ``true_mask``), or from a CSV with columns
 ``original`` and ``counterfactual`` and optionally ``label``, ``target``, ``true_counterfactual``,
-``mask`` (the true-difference region), ``source_prompt``, ``prompt`` and ``name``. Relative
+``mask`` (the true-difference region), ``edit_mask`` (the mask the edit used), ``source_prompt``,
+``prompt`` and ``name``. Relative
 paths in a CSV are resolved against the CSV's folder.
 """
 from __future__ import annotations
@@ -32,6 +33,7 @@ class Pair:
     source_prompt: str = ""
     prompt: str = ""
     error: str | None = None  # set when the pair cannot be scored (a failed edit, a bad row)
+    edit_mask: Path | None = None  # the mask the edit used (its mask.png / mask.nii.gz)
 
 
 def _target(value: str | None, where: str) -> float | None:
@@ -60,10 +62,12 @@ def pairs_from_report(path: Path) -> list[Pair]:
         params = it.get("params") or {}
         rel = lambda key: (root / cols[key]) if cols.get(key) else None  # noqa: E731
         cf = (it.get("outputs") or {}).get("counterfactual")
+        used = (it.get("outputs") or {}).get("mask")
         pair = Pair(name=name, original=root / str(it.get("input_file") or it.get("input") or ""),
                     counterfactual=root / cf if cf else root, truth=rel("true_counterfactual"),
                     region=rel("true_mask"), label=cols.get("label") or None,
-                    source_prompt=params.get("source_prompt") or "", prompt=params.get("prompt") or "")
+                    source_prompt=params.get("source_prompt") or "", prompt=params.get("prompt") or "",
+                    edit_mask=root / used if used else None)
         if it.get("status") == "error" or not cf:
             pair.error = f"edit failed: {it.get('error') or 'no counterfactual'}"
         else:
@@ -88,7 +92,8 @@ def pairs_from_csv(path: Path) -> list[Pair]:
         pair = Pair(name=row.get("name") or f"line-{line}", original=folder / row.get("original", ""),
                     counterfactual=folder / row.get("counterfactual", ""), truth=opt("true_counterfactual"),
                     region=opt("mask"), label=row.get("label") or None,
-                    source_prompt=row.get("source_prompt", ""), prompt=row.get("prompt", ""))
+                    source_prompt=row.get("source_prompt", ""), prompt=row.get("prompt", ""),
+                    edit_mask=opt("edit_mask"))
         try:
             if not row.get("original") or not row.get("counterfactual"):
                 raise InputError(f"{path} line {line}: empty 'original' or 'counterfactual' cell")
@@ -120,6 +125,7 @@ class LoadedPair:
     truth: "object | None"
     region: "object | None"  # bool, (1, 1, *spatial)
     window: dict
+    edit_region: "object | None" = None  # bool, (1, 1, *spatial): where the edit's mask let it change
 
 
 def _unit(pixels: np.ndarray, window) -> np.ndarray:
@@ -131,7 +137,7 @@ def read_pair(pair: Pair) -> LoadedPair:
     import torch
 
     from cfgen.io.intensity import choose_window
-    from cfgen.io.scan import read_scan, region_of
+    from cfgen.io.scan import read_scan
 
     orig = read_scan(pair.original)
     window = choose_window(orig.pixels, orig.source_dtype, "auto", (0.0, 1.0), where=str(pair.original))
@@ -145,13 +151,22 @@ def read_pair(pair: Pair) -> LoadedPair:
             raise InputError(f"{p}: shape {tuple(other.pixels.shape)} differs from the original's "
                              f"{tuple(orig.pixels.shape)} ({pair.original})")
         tensors[key] = torch.from_numpy(_unit(other.pixels, window)[None].astype(np.float32))
-    region = None
-    if pair.region is not None:
-        m = read_scan(pair.region)
-        if m.pixels.shape[1:] != orig.pixels.shape[1:]:
-            raise InputError(f"{pair.region}: mask size {tuple(m.pixels.shape[1:])} differs from the original's "
-                             f"{tuple(orig.pixels.shape[1:])}")
-        region = torch.from_numpy(region_of(m)[None])  # nonzero = region, as for an edit's --mask
+    region, edit_region = (_read_region(p, orig) for p in (pair.region, pair.edit_mask))
     return LoadedPair(original=torch.from_numpy(_unit(orig.pixels, window)[None].astype(np.float32)),
                       counterfactual=tensors["counterfactual"], truth=tensors["truth"], region=region,
-                      window=window.as_dict())
+                      window=window.as_dict(), edit_region=edit_region)
+
+
+def _read_region(path: Path | None, orig):
+    """A mask file on the original's grid as a bool tensor: nonzero = region, as for an edit's --mask."""
+    import torch
+
+    from cfgen.io.scan import read_scan, region_of
+
+    if path is None:
+        return None
+    m = read_scan(path)
+    if m.pixels.shape[1:] != orig.pixels.shape[1:]:
+        raise InputError(f"{path}: mask size {tuple(m.pixels.shape[1:])} differs from the original's "
+                         f"{tuple(orig.pixels.shape[1:])}")
+    return torch.from_numpy(region_of(m)[None])

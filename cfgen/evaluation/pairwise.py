@@ -10,6 +10,8 @@ Ground truth (phantoms, or any data with a true counterfactual ``t`` of the fact
                    (1 exact, 0 nothing, < 0 the wrong way)
   change_inside / change_outside   mean |x' - x| inside / outside the true-difference region
                    (the given mask, else where |t - x| > REGION_THRESHOLD)
+  mask_recall / mask_precision     when the edit used a mask: the share of the true region it
+                   covered, and the share of it that lies in the true region
 """
 from __future__ import annotations
 
@@ -26,6 +28,22 @@ def identity_metrics(x, xcf) -> dict[str, float | None]:
             "ssim": ssim(x, xcf), "ms_ssim": ms_ssim(x, xcf)}
 
 
+def true_region(x, truth, region=None):
+    """The true-difference region: the given mask, else where |t - x| > REGION_THRESHOLD."""
+    if region is not None:
+        return region.bool()
+    return (truth - x).float().abs().amax(dim=1, keepdim=True) > REGION_THRESHOLD
+
+
+def mask_metrics(edit_region, region) -> dict[str, float | None]:
+    """How well the edit's mask found the true region: recall |E & T| / |T|, precision |E & T| / |E|."""
+    e, t = edit_region.bool(), region.bool()
+    hit = float((e & t).sum())
+    return {"mask_recall": hit / float(t.sum()) if t.any() else None,
+            "mask_precision": hit / float(e.sum()) if e.any() else None,
+            "mask_fraction": float(e.float().mean())}
+
+
 def truth_metrics(x, xcf, truth, region=None) -> dict[str, float | None]:
     need = (truth - x).float()
     made = (xcf - x).float()
@@ -33,10 +51,9 @@ def truth_metrics(x, xcf, truth, region=None) -> dict[str, float | None]:
     denom = float((need * need).sum())
     out = {"gt_l1": err, "gt_l1_nothing": nothing, "gt_error_ratio": err / nothing if nothing > 0 else None,
            "gt_achieved": float((made * need).sum()) / denom if denom > 0 else None}
-    if region is None:
-        region = need.abs().amax(dim=1, keepdim=True) > REGION_THRESHOLD
+    region = true_region(x, truth, region)
     change = made.abs().mean(dim=1, keepdim=True)
-    inside, outside = region.bool(), ~region.bool()
+    inside, outside = region, ~region
     out["change_inside"] = float(change[inside].mean()) if inside.any() else None
     out["change_outside"] = float(change[outside].mean()) if outside.any() else None
     out["region_fraction"] = float(inside.float().mean())

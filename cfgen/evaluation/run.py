@@ -19,7 +19,7 @@ import numpy as np
 
 from cfgen.errors import CfgenError, UsageError
 from cfgen.evaluation.pairs import Pair, read_pair
-from cfgen.evaluation.pairwise import identity_metrics, truth_metrics
+from cfgen.evaluation.pairwise import identity_metrics, mask_metrics, true_region, truth_metrics
 from cfgen.report import RunReport
 
 #: metrics where smaller is better (the rest: larger is better)
@@ -29,7 +29,7 @@ MAX_DIVERSITY_IMAGES = 64
 ITEM_METRICS = ("l1", "psnr", "psnr_capped", "ssim", "ms_ssim", "gt_l1", "gt_l1_nothing", "gt_error_ratio",
                 "gt_achieved", "change_inside", "change_outside", "region_fraction", "cpg", "flip", "p_before",
                 "p_after", "attribute_change", "attribute_error", "clip_image_text", "clip_image_image",
-                "clip_direction")
+                "clip_direction", "mask_recall", "mask_precision", "mask_fraction")
 
 
 @dataclass
@@ -92,6 +92,8 @@ def score_pair(pair: Pair, clf=None, clip=None, options: EvalOptions = EvalOptio
     feats = {}
     if lp.truth is not None:
         metrics.update(truth_metrics(x, xcf, lp.truth, lp.region))
+        if lp.edit_region is not None:
+            metrics.update(mask_metrics(lp.edit_region, true_region(x, lp.truth, lp.region)))
     if clf is not None:
         m, info, feats["original"], feats["counterfactual"] = classifier_metrics(clf, x, xcf, pair)
         metrics.update(m)

@@ -336,3 +336,35 @@ def test_mask_recall_and_precision_of_the_edit_mask_against_the_true_region(cli,
     m = json.loads((tmp_path / "ev" / "report.json").read_text())["items"][0]["metrics"]
     assert m["mask_recall"] == pytest.approx(0.6) and m["mask_precision"] == pytest.approx(0.3)
     assert m["mask_fraction"] == pytest.approx(200 / 64 ** 2)
+
+
+def test_the_phantoms_floor_is_the_true_change_with_other_noise_and_evaluate_reports_it(cli, tmp_path):
+    """The ideal editor (true noise-free change, exposure known, quantum noise not): equal to the
+    factual outside the mask, differing from the truth only by noise inside; evaluate reports its
+    error per item and as a pooled floor ratio beside the editor's."""
+    from PIL import Image
+
+    root = tmp_path / "ph"
+    assert cli("phantoms", "cxr", "-n", "2", "--size", "64", "-o", root, "-q").exit_code == 0
+    with open(root / "edit_jobs.csv", newline="") as f:
+        jobs = list(csv.DictReader(f))
+    px = lambda rel: np.asarray(Image.open(root / rel), dtype=np.float64)  # noqa: E731
+    for j in jobs:
+        x, t, fl, m = (px(j[k]) for k in ("image", "true_counterfactual", "floor_counterfactual", "true_mask"))
+        inside = m > 0
+        assert np.array_equal(fl[~inside], x[~inside])
+        assert 0 < np.abs(fl - t)[inside].mean() < 12  # noise only: a few 8-bit levels
+    with open(root / "pairs.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["name", "original", "counterfactual", "true_counterfactual", "mask", "floor_counterfactual"])
+        for j in jobs:  # the "editor" here returns the input: the floor must come out far below it
+            w.writerow([j["output"], j["image"], j["image"], j["true_counterfactual"], j["true_mask"],
+                        j["floor_counterfactual"]])
+    res = cli("evaluate", root / "pairs.csv", "-o", tmp_path / "ev", "--classifier", "none", "--no-figures", "-q")
+    assert res.exit_code == 0, res.output
+    rep = json.loads((tmp_path / "ev" / "report.json").read_text())
+    for it, j in zip(rep["items"], jobs):
+        want = float(np.abs(px(j["floor_counterfactual"]) - px(j["true_counterfactual"])).mean()) / 255
+        assert it["metrics"]["gt_floor_l1"] == pytest.approx(want, rel=1e-4, abs=1e-7)
+    gt = rep["sets"]["ground_truth"]["pooled_error_ratio"]
+    assert gt["value"] == pytest.approx(1.0) and gt["floor"]["value"] < 0.5 and gt["floor"]["n"] == len(jobs)

@@ -38,9 +38,11 @@ def print_table(report: dict) -> None:
     truth = sets.get("ground_truth")
     if truth:
         for name, d in [("all", truth["pooled_error_ratio"]), *truth["by_edit_type"].items()]:
-            ci = d["ci95"]
-            table.add_row(f"pooled error ratio: {name}", _fmt(d["value"]), "",
-                          f"{_fmt(ci[0])} .. {_fmt(ci[1])}" if ci else "-", str(d["n"]))
+            for what, v in (("pooled error ratio", d), ("  floor (ideal editor)", d.get("floor"))):
+                if v is not None:
+                    ci = v["ci95"]
+                    table.add_row(f"{what}: {name}", _fmt(v["value"]), "",
+                                  f"{_fmt(ci[0])} .. {_fmt(ci[1])}" if ci else "-", str(v["n"]))
     Console(stderr=True).print(table)
 
 

@@ -5,7 +5,7 @@ Batch CSV columns: ``image`` (required), ``prompt``, and optional ``source_promp
 ``mask`` (none, auto or a mask file), ``output`` (the item's folder name). Row values override the command-line values. Relative
 image paths are resolved against the CSV's folder. Any other column is carried into the
 item's ``columns`` in the run report for ``cfgen evaluate`` (``label``, ``target``,
-``true_counterfactual``, ``true_mask``, ...); the file columns of PATH_COLUMNS are resolved
+``true_counterfactual``, ``true_mask``, ``floor_counterfactual``, ...); the file columns of PATH_COLUMNS are resolved
 against the CSV's folder like ``image``. Output names may not leave the output
 folder; a bad row becomes an error item, and the batch goes on.
 """
@@ -25,7 +25,7 @@ MAX_NAME = 120
 #: columns the edit itself reads; the rest are carried through to the report
 EDIT_COLUMNS = ("image", "prompt", "source_prompt", "caption", "negative_prompt", "strength", "seed", "mask", "output")
 #: carried columns that name files (resolved against the CSV's folder)
-PATH_COLUMNS = ("true_counterfactual", "true_mask")
+PATH_COLUMNS = ("true_counterfactual", "true_mask", "floor_counterfactual")
 
 
 @dataclass

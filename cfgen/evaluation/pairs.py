@@ -3,7 +3,8 @@
 From an edit run's ``report.json`` (paths relative to its folder; carried CSV columns give
 ``label``, ``target``, ``true_counterfactual``, ``true_mask``), or from a CSV with columns
 ``original`` and ``counterfactual`` and optionally ``label``, ``target``, ``true_counterfactual``,
-``mask`` (the true-difference region), ``edit_mask`` (the mask the edit used), ``source_prompt``,
+``mask`` (the true-difference region), ``edit_mask`` (the mask the edit used), ``floor_counterfactual``
+(the ideal editor's output, which the phantoms write), ``source_prompt``,
 ``prompt`` and ``name``. Relative
 paths in a CSV are resolved against the CSV's folder.
 """
@@ -34,6 +35,7 @@ class Pair:
     prompt: str = ""
     error: str | None = None  # set when the pair cannot be scored (a failed edit, a bad row)
     edit_mask: Path | None = None  # the mask the edit used (its mask.png / mask.nii.gz)
+    floor: Path | None = None  # the ideal editor's output (phantoms: true change, independent noise)
 
 
 def _target(value: str | None, where: str) -> float | None:
@@ -67,7 +69,7 @@ def pairs_from_report(path: Path) -> list[Pair]:
                     counterfactual=root / cf if cf else root, truth=rel("true_counterfactual"),
                     region=rel("true_mask"), label=cols.get("label") or None,
                     source_prompt=params.get("source_prompt") or "", prompt=params.get("prompt") or "",
-                    edit_mask=root / used if used else None)
+                    edit_mask=root / used if used else None, floor=rel("floor_counterfactual"))
         if it.get("status") == "error" or not cf:
             pair.error = f"edit failed: {it.get('error') or 'no counterfactual'}"
         else:
@@ -93,7 +95,7 @@ def pairs_from_csv(path: Path) -> list[Pair]:
                     counterfactual=folder / row.get("counterfactual", ""), truth=opt("true_counterfactual"),
                     region=opt("mask"), label=row.get("label") or None,
                     source_prompt=row.get("source_prompt", ""), prompt=row.get("prompt", ""),
-                    edit_mask=opt("edit_mask"))
+                    edit_mask=opt("edit_mask"), floor=opt("floor_counterfactual"))
         try:
             if not row.get("original") or not row.get("counterfactual"):
                 raise InputError(f"{path} line {line}: empty 'original' or 'counterfactual' cell")
@@ -126,6 +128,7 @@ class LoadedPair:
     region: "object | None"  # bool, (1, 1, *spatial)
     window: dict
     edit_region: "object | None" = None  # bool, (1, 1, *spatial): where the edit's mask let it change
+    floor: "object | None" = None
 
 
 def _unit(pixels: np.ndarray, window) -> np.ndarray:
@@ -142,7 +145,7 @@ def read_pair(pair: Pair) -> LoadedPair:
     orig = read_scan(pair.original)
     window = choose_window(orig.pixels, orig.source_dtype, "auto", (0.0, 1.0), where=str(pair.original))
     tensors = {}
-    for key, p in (("counterfactual", pair.counterfactual), ("truth", pair.truth)):
+    for key, p in (("counterfactual", pair.counterfactual), ("truth", pair.truth), ("floor", pair.floor)):
         if p is None:
             tensors[key] = None
             continue
@@ -154,7 +157,7 @@ def read_pair(pair: Pair) -> LoadedPair:
     region, edit_region = (_read_region(p, orig) for p in (pair.region, pair.edit_mask))
     return LoadedPair(original=torch.from_numpy(_unit(orig.pixels, window)[None].astype(np.float32)),
                       counterfactual=tensors["counterfactual"], truth=tensors["truth"], region=region,
-                      window=window.as_dict(), edit_region=edit_region)
+                      window=window.as_dict(), edit_region=edit_region, floor=tensors["floor"])
 
 
 def _read_region(path: Path | None, orig):

@@ -10,6 +10,8 @@ Ground truth (phantoms, or any data with a true counterfactual ``t`` of the fact
                    (1 exact, 0 nothing, < 0 the wrong way)
   change_inside / change_outside   mean |x' - x| inside / outside the true-difference region
                    (the given mask, else where |t - x| > REGION_THRESHOLD)
+  gt_floor_l1      mean |f - t| of the ideal editor's output f (the true change with another noise
+                   draw): the error no editor can go below; gt_floor_ratio = gt_floor_l1 / gt_l1_nothing
   mask_recall / mask_precision     when the edit used a mask: the share of the true region it
                    covered, and the share of it that lies in the true region
 """
@@ -42,6 +44,11 @@ def mask_metrics(edit_region, region) -> dict[str, float | None]:
     return {"mask_recall": hit / float(t.sum()) if t.any() else None,
             "mask_precision": hit / float(e.sum()) if e.any() else None,
             "mask_fraction": float(e.float().mean())}
+
+
+def floor_metrics(x, floor, truth) -> dict[str, float | None]:
+    err, nothing = l1(floor, truth), l1(x, truth)
+    return {"gt_floor_l1": err, "gt_floor_ratio": err / nothing if nothing > 0 else None}
 
 
 def truth_metrics(x, xcf, truth, region=None) -> dict[str, float | None]:

@@ -19,17 +19,18 @@ import numpy as np
 
 from cfgen.errors import CfgenError, UsageError
 from cfgen.evaluation.pairs import Pair, read_pair
-from cfgen.evaluation.pairwise import identity_metrics, mask_metrics, true_region, truth_metrics
+from cfgen.evaluation.pairwise import floor_metrics, identity_metrics, mask_metrics, true_region, truth_metrics
 from cfgen.report import RunReport
 
 #: metrics where smaller is better (the rest: larger is better)
-LOWER_IS_BETTER = {"l1", "gt_l1", "gt_l1_nothing", "gt_error_ratio", "change_outside", "attribute_error"}
+LOWER_IS_BETTER = {"l1", "gt_l1", "gt_l1_nothing", "gt_error_ratio", "change_outside", "attribute_error",
+                   "gt_floor_l1", "gt_floor_ratio"}
 MAX_DIVERSITY_IMAGES = 64
 #: every per-item metric evaluate can write
 ITEM_METRICS = ("l1", "psnr", "psnr_capped", "ssim", "ms_ssim", "gt_l1", "gt_l1_nothing", "gt_error_ratio",
                 "gt_achieved", "change_inside", "change_outside", "region_fraction", "cpg", "flip", "p_before",
                 "p_after", "attribute_change", "attribute_error", "clip_image_text", "clip_image_image",
-                "clip_direction", "mask_recall", "mask_precision", "mask_fraction")
+                "clip_direction", "mask_recall", "mask_precision", "mask_fraction", "gt_floor_l1", "gt_floor_ratio")
 
 
 @dataclass
@@ -92,6 +93,8 @@ def score_pair(pair: Pair, clf=None, clip=None, options: EvalOptions = EvalOptio
     feats = {}
     if lp.truth is not None:
         metrics.update(truth_metrics(x, xcf, lp.truth, lp.region))
+        if lp.floor is not None:
+            metrics.update(floor_metrics(x, lp.floor, lp.truth))
         if lp.edit_region is not None:
             metrics.update(mask_metrics(lp.edit_region, true_region(x, lp.truth, lp.region)))
     if clf is not None:
@@ -196,6 +199,9 @@ def _pooled(items: list[dict], seed: int) -> dict[str, Any]:
     m = [it["metrics"] for it in items]
     out = pooled_ratio([x.get("gt_l1") for x in m], [x.get("gt_l1_nothing") for x in m], seed=seed)
     out["mean_of_item_ratios"] = describe([x.get("gt_error_ratio") for x in m], seed=seed)["mean"]
+    if any("gt_floor_l1" in x for x in m):  # what an ideal editor reaches on the same items
+        out["floor"] = pooled_ratio([x.get("gt_floor_l1") for x in m], [x.get("gt_l1_nothing") for x in m],
+                                    seed=seed)
     return out
 
 
@@ -212,7 +218,8 @@ def ground_truth_summary(items: list[dict], seed: int = 0) -> dict[str, Any] | N
     return {"pooled_error_ratio": _pooled(scored, seed),
             "by_edit_type": {k: _pooled(v, seed) for k, v in sorted(groups.items())},
             "definition": "pooled_error_ratio = sum(gt_l1) / sum(gt_l1_nothing) over the items; "
-                          "mean_of_item_ratios = mean(gt_error_ratio)"}
+                          "mean_of_item_ratios = mean(gt_error_ratio); floor = sum(gt_floor_l1) / "
+                          "sum(gt_l1_nothing), the ideal editor's pooled ratio"}
 
 
 def sources(classifier, clip_model, sets: _Sets) -> dict[str, Any]:

@@ -291,18 +291,29 @@ def render_clean(exo: BrainExogenous, attrs: BrainAttributes, size: int = 64, sp
     return compose(tissue_maps(exo, attrs, size, spacing))
 
 
-def acquire(clean: np.ndarray, exo: BrainExogenous, spacing: float = 3.0) -> np.ndarray:
-    """Bias field, gain and Rician noise: all from u, so a counterfactual shares them."""
+def acquire(clean: np.ndarray, exo: BrainExogenous, spacing: float = 3.0, noise_seed: int | None = None) -> np.ndarray:
+    """Bias field, gain and Rician noise: all from u, so a counterfactual shares them
+    (``noise_seed``: the same bias field and gain, another noise realisation)."""
     from scipy.ndimage import zoom
 
     rng = np.random.default_rng(exo.seed + 1)
     coarse = rng.standard_normal((4, 4, 4)).astype(np.float32)
     bias = np.exp(0.08 * zoom(coarse, [s / 4 for s in clean.shape], order=3)[: clean.shape[0], : clean.shape[1], : clean.shape[2]])
     img = clean * bias * exo.gain
+    if noise_seed is not None:
+        rng = np.random.default_rng(noise_seed)
     n1 = rng.standard_normal(clean.shape).astype(np.float32)
     n2 = rng.standard_normal(clean.shape).astype(np.float32)
     img = np.sqrt((img + exo.noise_sigma * n1) ** 2 + (exo.noise_sigma * n2) ** 2)
     return np.clip(img, 0, 1).astype(np.float32)
+
+
+def ideal_edit(factual: np.ndarray, clean_alt: np.ndarray, exo: BrainExogenous, region: np.ndarray,
+               spacing: float = 3.0) -> np.ndarray:
+    """The floor of any editor: the true noise-free change with the subject's bias field and gain
+    but an independent noise realisation inside ``region``; the factual volume outside it."""
+    fresh = acquire(clean_alt, exo, spacing, noise_seed=exo.seed + 2)
+    return np.where(region, fresh, factual).astype(np.float32)
 
 
 def render(exo: BrainExogenous, attrs: BrainAttributes, size: int = 64, spacing: float = 3.0) -> np.ndarray:

@@ -37,7 +37,7 @@ from cfgen.phantoms.dataset import edit_job, run_items, write_tables
 
 MEASURES = ["icv_ml", "brain_ml", "ventricle_ml", "hippocampus_ml", "lesion_ml"]
 LABEL_COLUMNS = ["Path", "Age", "Sex", "Diagnosis", "lesion_load", "MS", *MEASURES, "seed", "index"]
-CF_COLUMNS = ["image", "attribute", "factual", "counterfactual_value", "counterfactual", "mask", "mask_fraction",
+CF_COLUMNS = ["image", "attribute", "factual", "counterfactual_value", "counterfactual", "mask", "floor", "mask_fraction",
               "source_prompt", "prompt", "label", "target", *[f"cf_{m}" for m in MEASURES]]
 
 
@@ -67,7 +67,8 @@ def _one(args: tuple) -> tuple[dict, list[dict]]:
     aff = brain.affine(size, spacing)
     maps = brain.tissue_maps(exo, attrs, size, spacing)
     clean = brain.compose(maps)
-    save_nifti(out / rel, brain.acquire(clean, exo, spacing), aff, f"brain phantom seed {seed} index {index}")
+    factual = brain.acquire(clean, exo, spacing)
+    save_nifti(out / rel, factual, aff, f"brain phantom seed {seed} index {index}")
     label = {"Path": rel, **brain.labels_row(attrs, brain.measurements(maps, spacing)),
              "seed": str(seed), "index": str(index)}
     legend = "labels " + " ".join(f"{k}={n}" for k, n in enumerate(anatomy, start=1))
@@ -84,6 +85,9 @@ def _one(args: tuple) -> tuple[dict, list[dict]]:
             mask = brain.mask_between(clean, clean_alt)
             save_nifti(out / cf_rel, brain.acquire(clean_alt, exo, spacing), aff, f"true counterfactual {name}")
             save_nifti(out / mask_rel, mask.astype(np.uint8), aff, f"difference mask {name}")
+            floor_rel = f"counterfactuals/{stem}/{name}.floor.nii.gz"
+            save_nifti(out / floor_rel, brain.ideal_edit(factual, clean_alt, exo, mask, spacing), aff,
+                       f"ideal edit {name} (true change, independent noise inside the mask)")
             meas = brain.measurements(alt_maps, spacing)
             label_name, target = job_label(attr, alt)
             extra = {}
@@ -92,7 +96,7 @@ def _one(args: tuple) -> tuple[dict, list[dict]]:
                 save_nifti(out / extra["labels"], brain.anatomy_labels(alt_maps, anatomy), aff, legend)
             cfs.append({**extra, "label": label_name, "target": target, "image": rel, "attribute": attr, "factual": attrs.value(attr),
                         "counterfactual_value": alt.value(attr), "counterfactual": cf_rel, "mask": mask_rel,
-                        "mask_fraction": f"{mask.mean():.5f}", "source_prompt": caption_of(attrs),
+                        "floor": floor_rel, "mask_fraction": f"{mask.mean():.5f}", "source_prompt": caption_of(attrs),
                         "prompt": caption_of(alt), **{f"cf_{k}": f"{v:.2f}" for k, v in meas.items()}})
     return label, cfs
 

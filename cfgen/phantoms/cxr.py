@@ -248,9 +248,9 @@ def render_clean(exo: CXRExogenous, attrs: CXRAttributes, size: int = 256) -> np
     return np.clip(img, 0, 1).astype(np.float32)
 
 
-def _acquire(clean: np.ndarray, exo: CXRExogenous, size: int) -> np.ndarray:
+def _acquire(clean: np.ndarray, exo: CXRExogenous, size: int, noise_seed: int | None = None) -> np.ndarray:
     img = np.clip(exo.gain * clean + exo.offset, 0, 1) ** exo.gamma
-    rng = np.random.default_rng(exo.seed + 1)
+    rng = np.random.default_rng(exo.seed + 1 if noise_seed is None else noise_seed)
     img = img + exo.noise_sigma * rng.standard_normal(img.shape).astype(np.float32)
     bm = _marker_bitmap(exo.marker, size)
     h, w = bm.shape
@@ -264,6 +264,14 @@ def _acquire(clean: np.ndarray, exo: CXRExogenous, size: int) -> np.ndarray:
 def acquire(clean: np.ndarray, exo: CXRExogenous) -> np.ndarray:
     """Exposure, quantum noise and the corner marker: the same for a factual and its counterfactuals."""
     return _acquire(clean, exo, clean.shape[0])
+
+
+def ideal_edit(factual: np.ndarray, clean_alt: np.ndarray, exo: CXRExogenous, region: np.ndarray) -> np.ndarray:
+    """The floor of any editor: it knows the true noise-free change and the exposure but not the
+    quantum-noise realisation, so inside ``region`` it renders the counterfactual with an
+    independent noise draw; outside it returns the factual image."""
+    fresh = _acquire(clean_alt, exo, clean_alt.shape[0], noise_seed=exo.seed + 2)
+    return np.where(region, fresh, factual).astype(np.float32)
 
 
 def render(exo: CXRExogenous, attrs: CXRAttributes, size: int = 256) -> np.ndarray:

@@ -6,6 +6,9 @@ Layout of ``DIR``::
   labels.csv                                Path + CheXpert columns + true values (CTR, ...)
   counterfactuals/cxr_00000/<attr>-<value>.png       render(u, attributes with <attr> flipped)
   counterfactuals/cxr_00000/<attr>-<value>.mask.png  where it differs from the factual
+  counterfactuals/cxr_00000/<attr>-<value>.floor.png the ideal editor's output: the true change
+                                            with an independent noise draw inside the mask (the
+                                            floor no editor can beat: it cannot know the noise)
   counterfactuals.csv                       one row per (image, flipped attribute)
   edit_jobs.csv                             a `cfgen edit --batch` job list (label, target and
                                             true_* columns carried into the report for evaluate)
@@ -32,10 +35,11 @@ from cfgen.phantoms import cxr
 
 LABEL_COLUMNS = ["Path", "Sex", "Age", "No Finding", "Cardiomegaly", "Pleural Effusion", "Support Devices",
                  "effusion_severity", "ctr", "pacemaker", "seed", "index"]
-CF_COLUMNS = ["image", "attribute", "factual", "counterfactual_value", "counterfactual", "mask",
+CF_COLUMNS = ["image", "attribute", "factual", "counterfactual_value", "counterfactual", "mask", "floor",
               "mask_fraction", "source_prompt", "prompt"]
 #: a `cfgen edit --batch` job list; label/target/true_* are carried into the report for `cfgen evaluate`
-JOB_COLUMNS = ["image", "prompt", "source_prompt", "output", "label", "target", "true_counterfactual", "true_mask"]
+JOB_COLUMNS = ["image", "prompt", "source_prompt", "output", "label", "target", "true_counterfactual", "true_mask",
+               "floor_counterfactual"]
 
 
 def _save_png(path: Path, img01: np.ndarray, note: str) -> None:
@@ -72,7 +76,7 @@ def edit_job(r: dict, label: str, target: str) -> dict:
     stem = Path(r["image"]).name.split(".")[0]
     return {"image": r["image"], "prompt": r["prompt"], "source_prompt": r["source_prompt"],
             "output": f"{stem}_{r['attribute']}-{r['counterfactual_value']}", "label": label, "target": target,
-            "true_counterfactual": r["counterfactual"], "true_mask": r["mask"]}
+            "true_counterfactual": r["counterfactual"], "true_mask": r["mask"], "floor_counterfactual": r["floor"]}
 
 
 def write_tables(out: Path, results: list, label_columns: list[str], cf_columns: list[str] | None,
@@ -99,7 +103,8 @@ def _one(args: tuple) -> tuple[dict, list[dict]]:
     stem = f"cxr_{index:05d}"
     rel = f"images/{stem}.png"
     clean = cxr.render_clean(exo, attrs, size)
-    _save_png(out / rel, cxr.acquire(clean, exo), f"seed {seed} index {index} {asdict(attrs)}")
+    factual = cxr.acquire(clean, exo)
+    _save_png(out / rel, factual, f"seed {seed} index {index} {asdict(attrs)}")
     label = {"Path": rel, **cxr.labels_row(exo, attrs), "seed": str(seed), "index": str(index)}
     cfs = []
     if with_cf:
@@ -109,10 +114,14 @@ def _one(args: tuple) -> tuple[dict, list[dict]]:
             cf_rel, mask_rel = f"counterfactuals/{stem}/{name}.png", f"counterfactuals/{stem}/{name}.mask.png"
             clean_alt = cxr.render_clean(exo, alt, size)
             mask = cxr.mask_between(clean, clean_alt)
+            floor_rel = f"counterfactuals/{stem}/{name}.floor.png"
             _save_png(out / cf_rel, cxr.acquire(clean_alt, exo), f"true counterfactual {name} of {stem}")
             _save_png(out / mask_rel, mask.astype(np.float32), f"difference mask {name} of {stem}")
+            _save_png(out / floor_rel, cxr.ideal_edit(factual, clean_alt, exo, mask),
+                      f"ideal edit {name} of {stem} (true change, independent noise inside the mask)")
             cfs.append({"image": rel, "attribute": attr, "factual": attrs.value(attr),
                         "counterfactual_value": alt.value(attr), "counterfactual": cf_rel, "mask": mask_rel,
+                        "floor": floor_rel,
                         "mask_fraction": f"{mask.mean():.5f}", "source_prompt": caption_of(exo, attrs),
                         "prompt": caption_of(exo, alt)})
     return label, cfs

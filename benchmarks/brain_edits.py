@@ -8,7 +8,10 @@ counterfactual's as target, and prints per edit:
   direction  fraction whose measured volume moves the right way: ventricles (age) or lesions
              (lesion load), measured in the counterfactual image by thresholding inside the
              subject's ventricle / lesion region (bar: >= 0.90)
-  ratio      error to the true counterfactual / error of doing nothing (bar: <= 0.5)
+  ratio      error to the true counterfactual / error of doing nothing, pooled over items, with a
+             95% bootstrap interval (bar: <= 0.5)
+  floor      the same ratio for the ideal editor (true noise-free change, the subject's bias field,
+             an independent noise draw inside the region): what no editor can beat
   outside    mean |change| outside the true-difference region
   age_err    age edits: |age read from the counterfactual - target age| (years), by a phantom age
              regressor (log ventricle CSF volume, linear in age, fitted on 80 training-seed phantoms;
@@ -49,7 +52,7 @@ def run(model_name: str | None, n: int, seed: int, steps: int | None, guidance: 
 
     from cfgen.editing import core
     from cfgen.editing.params import EditParams
-    from cfgen.evaluation.pairwise import truth_metrics
+    from cfgen.evaluation.pairwise import floor_metrics, truth_metrics
     from cfgen.io.scan import Scan
     from cfgen.models.loader import load_model
     from cfgen.phantoms import brain
@@ -69,8 +72,9 @@ def run(model_name: str | None, n: int, seed: int, steps: int | None, guidance: 
                     spacing=(spacing,) * 3)
         for name, kind, alt, sign in cases(exo, attrs):
             true = brain.render(exo, alt, size, spacing)
-            region = brain.mask_between(brain.render_clean(exo, attrs, size, spacing),
-                                        brain.render_clean(exo, alt, size, spacing))
+            clean_alt = brain.render_clean(exo, alt, size, spacing)
+            region = brain.mask_between(brain.render_clean(exo, attrs, size, spacing), clean_alt)
+            ideal = brain.ideal_edit(fact, clean_alt, exo, region, spacing)
             p = EditParams.resolve(model.entry.defaults, prompt=caption_of(alt), source_prompt=caption_of(attrs),
                                    steps=steps, guidance=guidance, strength=strength, mask=mask,
                                    window="0,1")
@@ -81,15 +85,21 @@ def run(model_name: str | None, n: int, seed: int, steps: int | None, guidance: 
             roi = vent_roi if kind == "age" else les_roi
             before, after = dark_voxels(fact, roi, kind), dark_voxels(out, roi, kind)
             rows[name].append({"direction": float(np.sign(after - before) == sign), "err_cf": m["gt_l1"],
-                               "err_none": m["gt_l1_nothing"], "outside": m["change_outside"], "seconds": secs})
+                               "err_none": m["gt_l1_nothing"], "outside": m["change_outside"], "seconds": secs,
+                               "err_floor": floor_metrics(t(fact), t(ideal), t(true))["gt_floor_l1"]})
             if kind == "age":
                 rows[name][-1].update(age_err=abs(age_of(out, vent_roi) - alt.age),
                                       age_err_true=abs(age_of(true, vent_roi) - alt.age))
+    from cfgen.metrics.stats import pooled_ratio
+
     table = []
     for name, vals in sorted(rows.items()):
         e_cf, e_no = (float(np.mean([v[k] for v in vals])) for k in ("err_cf", "err_none"))
+        ratio = pooled_ratio([v["err_cf"] for v in vals], [v["err_none"] for v in vals])
+        floor = pooled_ratio([v["err_floor"] for v in vals], [v["err_none"] for v in vals])
         table.append({"edit": name, "n": len(vals), "direction": float(np.mean([v["direction"] for v in vals])),
                       "err_cf": e_cf, "err_none": e_no, "ratio": e_cf / max(e_no, 1e-12),
+                      "ratio_ci95": ratio["ci95"], "floor": floor["value"],
                       "outside": float(np.nanmean([v["outside"] if v["outside"] is not None else np.nan for v in vals])),
                       "seconds": float(np.mean([v["seconds"] for v in vals])),
                       **{k: float(np.mean([v[k] for v in vals])) for k in ("age_err", "age_err_true") if k in vals[0]}})
@@ -102,12 +112,13 @@ def run(model_name: str | None, n: int, seed: int, steps: int | None, guidance: 
 def print_table(res: dict) -> None:
     print(f"model {res['model']['name']} ({res['model']['source']}), held-out seed {res['seed']}, "
           f"{res['n']} phantoms at {res['size']}^3 x {res['spacing']:g} mm, {res['seconds']} s")
-    print(f"{'edit':<16}{'n':>4}{'direction':>10}{'err_cf':>9}{'err_none':>10}{'ratio':>7}{'outside':>9}{'s/edit':>8}"
-          f"{'age_err':>9}{'age_err_true':>13}")
+    print(f"{'edit':<16}{'n':>4}{'direction':>10}{'err_cf':>9}{'err_none':>10}{'ratio':>7}{'95% CI':>13}{'floor':>7}"
+          f"{'outside':>9}{'s/edit':>8}{'age_err':>9}{'age_err_true':>13}")
     for r in res["table"]:
         ages = f"{r['age_err']:>9.1f}{r['age_err_true']:>13.1f}" if "age_err" in r else ""
+        ci = f"{r['ratio_ci95'][0]:.2f}..{r['ratio_ci95'][1]:.2f}"
         print(f"{r['edit']:<16}{r['n']:>4}{r['direction']:>10.2f}{r['err_cf']:>9.4f}{r['err_none']:>10.4f}"
-              f"{r['ratio']:>7.2f}{r['outside']:>9.4f}{r['seconds']:>8.1f}{ages}")
+              f"{r['ratio']:>7.2f}{ci:>13}{r['floor']:>7.2f}{r['outside']:>9.4f}{r['seconds']:>8.1f}{ages}")
     print(f"age regressor: MAE {res['age_regressor_train_mae']:.1f} years on its own training phantoms")
     print("bars: direction >= 0.90, ratio <= 0.50; 64^3 edit on CPU < 60 s")
 

@@ -6,12 +6,16 @@ caption as target (PRISM's protocol), and prints per edit type and mask mode:
 
   err_cf     mean L1 to the true counterfactual (images in [0, 1])
   err_none   mean L1 of doing nothing (factual vs true counterfactual)
-  ratio      err_cf / err_none          (bar: <= 0.5)
+  ratio      err_cf / err_none, pooled over items (sum / sum), with a 95% bootstrap interval
+             over items (bar: <= 0.5)
+  floor      the same ratio for the ideal editor (true noise-free change, independent noise
+             inside the mask): what no editor can beat
   outside    mean |change| outside the true-difference mask (bar: <= 0.02)
   achieved   fraction of the required change made (1 exact, 0 nothing)
   flip       fraction the scoring classifier calls the target class (--classifier, default cxr-classifier)
+  recall / precision   masked modes: the edit mask against the true-difference region
   psnr_rec   invert-then-reconstruct PSNR under the source prompt (bar: >= 30 dB)
-The ground-truth numbers are cfgen evaluate's (cfgen.evaluation.pairwise.truth_metrics).
+The ground-truth numbers are cfgen evaluate's (cfgen.evaluation.pairwise, cfgen.metrics.stats).
 
     python benchmarks/phantom_edits.py --model demo-cxr --n 100 --seed 90000 --masks none auto
 """
@@ -48,8 +52,8 @@ def run(model_name: str | None, n: int, seed: int, masks: list[str], steps: int 
     import torch
 
     from cfgen.editing import core
-    from cfgen.evaluation.pairwise import truth_metrics
     from cfgen.editing.params import EditParams
+    from cfgen.evaluation.pairwise import floor_metrics, mask_metrics, truth_metrics
     from cfgen.io.scan import Scan
     from cfgen.models.loader import load_model
     from cfgen.phantoms import cxr
@@ -66,16 +70,20 @@ def run(model_name: str | None, n: int, seed: int, masks: list[str], steps: int 
         fact = cxr.render(exo, fa, size)
         true = cxr.render(exo, cf, size)
         inside = cxr.difference_mask(exo, fa, cf, size)
+        floor = floor_metrics(t(fact), t(cxr.ideal_edit(fact, cxr.render_clean(exo, cf, size), exo, inside)), t(true))
         scan = Scan(path=Path(f"phantom-{kind.replace(' ', '_')}.png"), format="png",
                     pixels=np.round(fact * 255)[None].astype(np.float32), source_dtype="uint8")
         src, tgt = caption_of(exo, fa), caption_of(exo, cf)
         for mode in masks:
             p = EditParams.resolve(model.entry.defaults, prompt=tgt, source_prompt=src, steps=steps,
                                    guidance=guidance, strength=strength, mask=mode, mask_threshold=mask_threshold)
-            out = core.edit(model, scan, p).pixels[0] / 255.0
+            outcome = core.edit(model, scan, p)
+            out = outcome.pixels[0] / 255.0
             m = truth_metrics(t(fact), t(out), t(true), t(inside).bool())
             row = {"err_cf": m["gt_l1"], "err_none": m["gt_l1_nothing"], "outside": m["change_outside"],
-                   "achieved": m["gt_achieved"]}
+                   "achieved": m["gt_achieved"], "err_floor": floor["gt_floor_l1"]}
+            if outcome.mask is not None:
+                row.update(mask_metrics(t(outcome.mask[0] > 0), t(inside)))
             if clf is not None:
                 attr = kind.split(" ", 1)[1]
                 p_after = float(clf.predict(t(out))[0][cxr.LABEL_OF[attr]][0])
@@ -85,30 +93,42 @@ def run(model_name: str | None, n: int, seed: int, masks: list[str], steps: int 
             p = EditParams.resolve(model.entry.defaults, source_prompt=src, steps=steps, strength=strength)
             psnr = core.invert(model, scan, p).metrics["psnr"]
             recon[kind].append(float(psnr) if psnr is not None else 100.0)
-    table = []
-    for (kind, mode), vals in sorted(rows.items()):
-        e_cf = float(np.mean([v["err_cf"] for v in vals]))
-        e_no = float(np.mean([v["err_none"] for v in vals]))
-        table.append({"edit": kind, "mask": mode, "n": len(vals), "err_cf": e_cf, "err_none": e_no,
-                      "ratio": e_cf / max(e_no, 1e-12), "outside": float(np.mean([v["outside"] for v in vals])),
-                      "achieved": float(np.mean([v["achieved"] for v in vals])),
-                      "flip": float(np.mean([v["flip"] for v in vals])) if "flip" in vals[0] else None,
-                      "psnr_rec": float(np.mean(recon[kind])) if recon[kind] else None})
+    table = [_row(kind, mode, vals, recon[kind]) for (kind, mode), vals in sorted(rows.items())]
     return {"model": model.report_info(), "seed": seed, "n_per_type": n, "size": size,
             "params": {"steps": steps, "guidance": guidance, "strength": strength, "mask_threshold": mask_threshold},
             "seconds": round(time.perf_counter() - t0, 1), "table": table}
 
 
+def _row(kind: str, mode: str, vals: list[dict], recon: list[float]) -> dict:
+    from cfgen.metrics.stats import pooled_ratio
+
+    def mean(key: str) -> float | None:
+        got = [v[key] for v in vals if v.get(key) is not None]
+        return float(np.mean(got)) if got else None
+
+    ratio = pooled_ratio([v["err_cf"] for v in vals], [v["err_none"] for v in vals])
+    floor = pooled_ratio([v["err_floor"] for v in vals], [v["err_none"] for v in vals])
+    return {"edit": kind, "mask": mode, "n": len(vals), "err_cf": mean("err_cf"), "err_none": mean("err_none"),
+            "ratio": ratio["value"], "ratio_ci95": ratio["ci95"], "floor": floor["value"],
+            "outside": mean("outside"), "achieved": mean("achieved"), "flip": mean("flip"),
+            "recall": mean("mask_recall"), "precision": mean("mask_precision"),
+            "psnr_rec": float(np.mean(recon)) if recon else None}
+
+
 def print_table(res: dict) -> None:
     print(f"model {res['model']['name']} ({res['model']['source']}), held-out seed {res['seed']}, "
           f"{res['n_per_type']} phantoms per edit type at {res['size']} px, {res['seconds']} s")
-    print(f"{'edit':<22}{'mask':<6}{'n':>4}{'err_cf':>9}{'err_none':>10}{'ratio':>7}{'outside':>9}{'achieved':>9}"
-          f"{'flip':>6}{'psnr_rec':>10}")
+    print(f"{'edit':<22}{'mask':<6}{'n':>4}{'err_cf':>9}{'err_none':>10}{'ratio':>7}{'95% CI':>13}{'floor':>7}"
+          f"{'outside':>9}{'achieved':>9}{'flip':>6}{'recall':>7}{'prec':>6}{'psnr_rec':>10}")
+    f = lambda v, spec: format(v, spec) if v is not None else "-"  # noqa: E731
     for r in res["table"]:
-        psnr = f"{r['psnr_rec']:.1f}" if r["psnr_rec"] is not None else "-"
-        flip = f"{r['flip']:.2f}" if r["flip"] is not None else "-"
+        ci = f"{r['ratio_ci95'][0]:.2f}..{r['ratio_ci95'][1]:.2f}" if r["ratio_ci95"] else "-"
         print(f"{r['edit']:<22}{r['mask']:<6}{r['n']:>4}{r['err_cf']:>9.4f}{r['err_none']:>10.4f}"
-              f"{r['ratio']:>7.2f}{r['outside']:>9.4f}{r['achieved']:>9.2f}{flip:>6}{psnr:>10}")
+              f"{r['ratio']:>7.2f}{ci:>13}{f(r['floor'], '.2f'):>7}{r['outside']:>9.4f}{r['achieved']:>9.2f}"
+              f"{f(r['flip'], '.2f'):>6}{f(r['recall'], '.2f'):>7}{f(r['precision'], '.2f'):>6}"
+              f"{f(r['psnr_rec'], '.1f'):>10}")
+    print("ratio and floor: pooled (summed error / summed error of doing nothing); floor: the ideal editor, "
+          "true change with other noise")
     print("bars: ratio <= 0.50, outside <= 0.020, psnr_rec >= 30 dB")
 
 

@@ -30,22 +30,6 @@ from pathlib import Path
 import numpy as np
 
 
-def edit_cases(n: int, seed: int, size: int):
-    """(edit type, exo, factual attrs, counterfactual attrs) until every type has n cases."""
-    from cfgen.phantoms import cxr
-
-    want = {f"{verb} {a}": n for a in cxr.ATTRIBUTES for verb in ("remove", "add")}
-    i = 0
-    while any(want.values()):
-        exo, attrs = cxr.subject(seed, i)
-        for a in cxr.ATTRIBUTES:
-            kind = f"{'remove' if getattr(attrs, a) else 'add'} {a}"
-            if want[kind]:
-                want[kind] -= 1
-                yield kind, exo, attrs, attrs.flipped(a, exo)
-        i += 1
-
-
 def run(model_name: str | None, n: int, seed: int, masks: list[str], steps: int | None, guidance: float | None,
         strength: float | None, recon_per_type: int, device: str = "auto", classifier: str | None = "cxr-classifier",
         mask_threshold: float | None = None) -> dict:
@@ -66,7 +50,7 @@ def run(model_name: str | None, n: int, seed: int, masks: list[str], steps: int 
     rows: dict[tuple[str, str], list[dict]] = defaultdict(list)
     recon: dict[str, list[float]] = defaultdict(list)
     t0 = time.perf_counter()
-    for kind, exo, fa, cf in edit_cases(n, seed, size):
+    for kind, exo, fa, cf in cxr.edit_cases(n, seed):
         fact = cxr.render(exo, fa, size)
         true = cxr.render(exo, cf, size)
         inside = cxr.difference_mask(exo, fa, cf, size)

@@ -164,3 +164,18 @@ def test_min_snr_weights_the_x0_error_by_min_snr_gamma(prediction_type):
     x0_error = {"epsilon": 1 / snr, "v_prediction": 1 / (snr + 1), "sample": torch.ones(3)}[prediction_type]
     assert per_sample.tolist() == pytest.approx((torch.clamp(snr, max=5.0) * x0_error).tolist(), rel=1e-5)
     assert float(weighted_mse(sched, pred, target, t, FinetuneConfig())) == pytest.approx(1.0)  # no gamma: plain MSE
+
+
+def test_auto_mask_benchmark_scores_settings_against_the_true_region(tiny_model):
+    import auto_mask  # benchmarks/ is on the tests' path (pyproject.toml)
+
+    res = auto_mask.main(["--model", str(tiny_model), "--n", "1", "--seed", "70000", "--levels", "0.5",
+                          "--thresholds", "0.3", "0.6", "--dilations", "0", "1", "--draws", "1", "--device", "cpu"])
+    assert len(res["rows"]) == 4 and {r["threshold"] for r in res["rows"]} == {0.3, 0.6}
+    for r in res["rows"]:
+        assert len(r["types"]) == 6 and all(0 <= v["recall"] <= 1 and 0 <= v["precision"] <= 1
+                                            for v in r["types"].values())
+    by = {(r["threshold"], r["dilate"]): r for r in res["rows"]}
+    for kind in by[(0.3, 0)]["types"]:  # a lower threshold or a dilation never covers less
+        assert by[(0.3, 0)]["types"][kind]["recall"] >= by[(0.6, 0)]["types"][kind]["recall"] - 1e-9
+        assert by[(0.3, 1)]["types"][kind]["recall"] >= by[(0.3, 0)]["types"][kind]["recall"] - 1e-9

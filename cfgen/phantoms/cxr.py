@@ -274,6 +274,21 @@ def ideal_edit(factual: np.ndarray, clean_alt: np.ndarray, exo: CXRExogenous, re
     return np.where(region, fresh, factual).astype(np.float32)
 
 
+def edit_cases(n: int, seed: int, prev: Prevalence = Prevalence()):
+    """(edit type, exo, factual attributes, counterfactual attributes), subjects 0, 1, ... of
+    ``seed``, until each edit type ("remove effusion", "add devices", ...) has ``n`` cases."""
+    want = {f"{verb} {a}": n for a in ATTRIBUTES for verb in ("remove", "add")}
+    i = 0
+    while any(want.values()):
+        exo, attrs = subject(seed, i, prev)
+        for a in ATTRIBUTES:
+            kind = f"{'remove' if getattr(attrs, a) else 'add'} {a}"
+            if want[kind]:
+                want[kind] -= 1
+                yield kind, exo, attrs, attrs.flipped(a, exo)
+        i += 1
+
+
 def render(exo: CXRExogenous, attrs: CXRAttributes, size: int = 256) -> np.ndarray:
     """The radiograph in [0, 1]: render_clean, then exposure, quantum noise and the marker."""
     return _acquire(render_clean(exo, attrs, size), exo, size)

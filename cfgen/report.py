@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from cfgen.io.atomic import write_json
 
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "error", "skipped")
+#: while items come in, report.json is rewritten at most this often (the summary at the end)
+PROGRESS_EVERY_S = 2.0
 
 
 def summarize_metrics(items: list[dict]) -> dict[str, Any]:
@@ -49,6 +52,7 @@ class RunReport:
             "model": None, "params": params, "seed": params.get("seed"), "device": None,
             "timings": {}, "items": [], "summary": {},
         }
+        self._last_progress = -math.inf
 
     def set_model(self, info: dict[str, Any], device: str) -> None:
         self.data["model"] = info
@@ -66,8 +70,17 @@ class RunReport:
         return summary
 
     def write(self) -> Path:
+        """The whole report, summary (bootstrap intervals) included."""
         self.summarize()
         return write_json(self.path, self.data)
+
+    def write_progress(self) -> None:
+        """The items so far, at most every PROGRESS_EVERY_S seconds and without recomputing the
+        summary, so that the cost per item stays flat in a batch of thousands."""
+        now = time.monotonic()
+        if now - self._last_progress >= PROGRESS_EVERY_S:
+            self._last_progress = now
+            write_json(self.path, self.data)
 
     @property
     def failed(self) -> int:

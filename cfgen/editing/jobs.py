@@ -110,6 +110,17 @@ def _row_params(row: dict[str, str], base: EditParams, folder: Path) -> EditPara
     return p
 
 
+def _free_name(name: str, line: int, taken: dict[str, int], reserved: set[str]) -> str:
+    """``name``, else ``name-<line>``, else ``name-<line>-2``, ...: never a name another row has
+    taken or names explicitly in its ``output`` cell (``reserved``)."""
+    if name not in taken and name not in reserved:
+        return name
+    candidate, k = f"{name}-{line}", 2
+    while candidate in taken or candidate in reserved:
+        candidate, k = f"{name}-{line}-{k}", k + 1
+    return candidate
+
+
 def jobs_from_csv(csv_path: Path, base: EditParams, need_prompt: bool = True) -> list[Job]:
     columns, rows = read_csv(csv_path)
     if "image" not in columns:
@@ -120,6 +131,7 @@ def jobs_from_csv(csv_path: Path, base: EditParams, need_prompt: bool = True) ->
     folder = csv_path.parent
     jobs: list[Job] = []
     taken: dict[str, int] = {}
+    explicit_names = {row["output"] for row in rows if row.get("output")}  # generated names avoid them
     for i, row in enumerate(rows, start=2):
         image = row.get("image", "")
         job = Job(row=i, image=image, path=folder / image, name="", params=base,
@@ -140,8 +152,7 @@ def jobs_from_csv(csv_path: Path, base: EditParams, need_prompt: bool = True) ->
                     raise InputError(f"output name '{explicit}' is also used on line {taken[explicit]}")
                 job.name = explicit
             else:
-                name = default_name(image)
-                job.name = name if name not in taken else f"{name}-{i}"
+                job.name = _free_name(default_name(image), i, taken, explicit_names)
             taken[job.name] = i
         except InputError as exc:
             job.error = f"{csv_path} line {i}: {exc}"

@@ -1,7 +1,9 @@
 """Running jobs: per-item output folders, resume, errors recorded, report kept current.
 
 Layout: ``OUT/report.json`` and one folder per item, ``OUT/<name>/``, holding that item's
-outputs and ``item.json``. ``item.json`` is written last (atomically), so an item is done
+outputs and ``item.json``. report.json is rewritten with the items so far at most every
+PROGRESS_EVERY_S seconds (cfgen/report.py) and with its summary at the end; ``item.json`` is
+the per-item record. Item folders that are symbolic links are refused, never followed. ``item.json`` is written last (atomically), so an item is done
 exactly when it exists; a killed run leaves no half-written file and re-running the same
 command skips the finished items.
 """
@@ -161,7 +163,7 @@ def run_jobs(op: Operation, model, jobs: list[Job], out_dir: Path, report: RunRe
                 item["error"] = _error_text(job, exc)
         item.setdefault("timings", {})["total_s"] = round((time.perf_counter() - t0) / share, 3)
         report.add_item(item)
-        report.write()
+        report.write_progress()
         if on_item:
             on_item(job, item)
 
@@ -223,6 +225,7 @@ def run_jobs(op: Operation, model, jobs: list[Job], out_dir: Path, report: RunRe
         for mine in writes:
             for f in mine:
                 f.result()
+    report.write()
     return report
 
 
@@ -230,6 +233,9 @@ def _claim(op: Operation, model, job: Job, out_dir: Path, fmt: str | None, overw
     """Resume check, stale temporaries removed, the scan read: {"status": "skipped", ...} or
     {"status": "ready", "scan", "folder", "fingerprint"}."""
     folder = out_dir / job.name
+    if folder.is_symlink():  # resume would clean, and writes would land, wherever it points
+        raise InputError(f"{folder}: is a symbolic link; cfgen does not write through links inside the "
+                         "output folder (remove the link or choose another --out)")
     fp = fingerprint(op.command, job, model.sha256, fmt)
     prev = _previous(folder)
     if prev and not overwrite:

@@ -58,7 +58,9 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     try:
         yield tmp
         _normal_permissions(tmp)
-        if target.exists():
+        if target.is_symlink():  # replace the link itself: never follow it to what it points at
+            target.unlink()
+        elif target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
     finally:

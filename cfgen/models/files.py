@@ -46,7 +46,29 @@ PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 
 def _has_weights(folder: Path, weight_name: str) -> bool:
     stem = weight_name.removesuffix(".safetensors")
-    return (folder / weight_name).is_file() or (folder / f"{stem}.safetensors.index.json").is_file()
+    index = folder / f"{stem}.safetensors.index.json"
+    if index.is_file():
+        check_shard_index(index)
+        return True
+    return (folder / weight_name).is_file()
+
+
+def check_shard_index(index: Path) -> None:
+    """A sharded checkpoint's index may only name safetensors files beside it, which then get
+    hashed with the rest: a .bin shard would be unpickled by the library that follows the index."""
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+        shards = sorted(set((data.get("weight_map") or {}).values()))
+    except (OSError, ValueError, AttributeError, TypeError):
+        raise ModelError(f"{index}: not a readable shard index (JSON with a weight_map)") from None
+    if not shards:
+        raise ModelError(f"{index}: the shard index names no weight files")
+    for shard in shards:
+        if not isinstance(shard, str) or not shard.endswith(".safetensors") or Path(shard).name != shard:
+            raise ModelError(f"{index}: names the weight file {shard!r}; cfgen loads safetensors files beside "
+                             "the index only (pickle files can run code when loaded)")
+        if not (index.parent / shard).is_file():
+            raise ModelError(f"{index}: names {shard}, which is missing")
 
 
 def missing_files(root: Path, components: dict[str, tuple[str, str | None]] = LDM2D_COMPONENTS,

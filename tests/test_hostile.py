@@ -1,0 +1,107 @@
+"""Hostile inputs and folders (issue 19, its first items): nothing lost, nothing written outside
+OUT, no unpickling through a shard index, and a per-item report cost that stays flat."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from cxr_inputs import cxr_pngs
+
+from cfgen.errors import ModelError
+from cfgen.models.loader import load_model
+
+
+def test_a_generated_name_never_takes_another_rows_explicit_output(cli, tiny_model, tmp_path):
+    d = tmp_path / "d1"
+    cxr_pngs(d, 2)
+    (d / "b").mkdir()
+    shutil.copy(d / "p1.png", d / "b" / "p0.png")
+    (d / "jobs.csv").write_text("image,prompt,output\np0.png,Normal chest X-ray,\n"
+                                "p0.png,Chest X-ray showing Cardiomegaly,p0-4\n"
+                                "b/p0.png,Chest X-ray showing Pleural Effusion,\n")
+    res = cli("edit", "--batch", d / "jobs.csv", "-m", tiny_model, "--steps", "1", "-q", "-o", d / "out")
+    assert res.exit_code == 0, res.output
+    items = json.loads((d / "out" / "report.json").read_text())["items"]
+    names = [it["name"] for it in items]
+    assert names[1] == "p0-4" and len(set(names)) == 3 and all(it["status"] == "ok" for it in items)
+    for it in items:  # each row's own folder, holding that row's record
+        rec = json.loads((d / "out" / it["name"] / "item.json").read_text())
+        assert rec["row"] == it["row"] and rec["params"]["prompt"] == it["params"]["prompt"]
+
+
+def test_an_item_folder_that_is_a_link_is_refused_and_what_it_points_at_is_untouched(cli, tiny_model, tmp_path):
+    cxr_pngs(tmp_path / "in", 1)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("mine")
+    (victim / ".tmp-precious").write_text("also mine")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "p0").symlink_to(victim, target_is_directory=True)
+    res = cli("edit", tmp_path / "in" / "p0.png", "-p", "Chest X-ray showing Cardiomegaly", "-m", tiny_model,
+              "--steps", "1", "-q", "-o", out)
+    assert res.exit_code == 1 and "symbolic link" in res.stderr and res.stderr.count("\n") == 1, res.output
+    assert sorted(p.name for p in victim.iterdir()) == [".tmp-precious", "keep.txt"]
+    assert (victim / "keep.txt").read_text() == "mine"
+
+
+def test_atomic_folders_replace_a_link_without_following_it(tmp_path):
+    from cfgen.io.atomic import atomic_dir
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("mine")
+    link = tmp_path / "series"
+    link.symlink_to(victim, target_is_directory=True)
+    with atomic_dir(link) as tmp:
+        (tmp / "new.dcm").write_text("x")
+    assert not link.is_symlink() and (link / "new.dcm").is_file()
+    assert [p.name for p in victim.iterdir()] == ["keep.txt"]
+
+
+def _sharded(tiny_model, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    folder = tmp_path / "sharded"
+    shutil.copytree(tiny_model, folder)
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+    shutil.rmtree(folder / "unet")
+    unet.save_pretrained(folder / "unet", safe_serialization=True, max_shard_size="100KB")
+    return folder
+
+
+def test_a_sharded_safetensors_unet_loads_and_every_shard_is_hashed(tiny_model, tmp_path):
+    folder = _sharded(tiny_model, tmp_path)
+    shards = sorted(p.name for p in (folder / "unet").glob("*.safetensors"))
+    assert len(shards) > 1 and (folder / "unet" / "diffusion_pytorch_model.safetensors.index.json").is_file()
+    m = load_model(str(folder), device="cpu")
+    assert {f"unet/{s}" for s in shards} <= set(m.sha256)
+
+
+@pytest.mark.parametrize("bad", ["diffusion_pytorch_model-00001.bin", "../elsewhere.safetensors"])
+def test_a_shard_index_naming_a_pickle_or_another_folder_is_refused(tiny_model, tmp_path, bad):
+    folder = _sharded(tiny_model, tmp_path)
+    index = folder / "unet" / "diffusion_pytorch_model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    first = next(iter(data["weight_map"]))
+    data["weight_map"][first] = bad
+    index.write_text(json.dumps(data))
+    (folder / "unet" / "diffusion_pytorch_model-00001.bin").write_bytes(b"not to be unpickled")
+    with pytest.raises(ModelError, match="safetensors files beside the index only"):
+        load_model(str(folder), device="cpu")
+
+
+def test_progress_writes_of_the_report_are_throttled_and_skip_the_summary(tmp_path, monkeypatch):
+    from cfgen import report as rep
+
+    writes, summaries = [], []
+    monkeypatch.setattr(rep, "write_json", lambda path, data: writes.append(len(data["items"])))
+    r = rep.RunReport("edit", tmp_path, {})
+    monkeypatch.setattr(r, "summarize", lambda: summaries.append(1))
+    for i in range(500):
+        r.add_item({"status": "ok", "metrics": {"l1": 0.1}})
+        r.write_progress()
+    assert writes == [1] and not summaries  # 500 items within 2 s: one write, no bootstrap
+    r.write()
+    assert writes == [1, 500] and summaries == [1]

@@ -105,3 +105,34 @@ def test_progress_writes_of_the_report_are_throttled_and_skip_the_summary(tmp_pa
     assert writes == [1] and not summaries  # 500 items within 2 s: one write, no bootstrap
     r.write()
     assert writes == [1, 500] and summaries == [1]
+
+
+@pytest.mark.parametrize("make, message", [
+    ("png_strip", "would be padded to 200000 x 200000"),
+    ("nifti_needle", "would be padded to 4000 x 4000 x 4000"),
+    ("rgb_giant", "3 channel(s)"),
+])
+def test_padding_and_channel_bombs_are_refused_from_the_header(cli, tiny_model, tmp_path, make, message):
+    """A 1 x 200000 PNG is a few hundred bytes; padded to a square it would be 160 GB."""
+    import nibabel as nib
+    import numpy as np
+    from PIL import Image
+
+    if make == "png_strip":
+        path = tmp_path / "strip.png"
+        Image.new("L", (200000, 1)).save(path)
+    elif make == "nifti_needle":
+        path = tmp_path / "needle.nii.gz"
+        nib.save(nib.Nifti1Image(np.zeros((1, 2, 4000), np.uint8), np.eye(4)), path)
+    else:  # a 16384^2 RGB PNG header (805 M values) with no pixels behind it: only the header is read
+        import struct
+        import zlib
+
+        def chunk(kind: bytes, data: bytes) -> bytes:
+            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+        path = tmp_path / "giant.png"
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 16384, 16384, 8, 2, 0, 0, 0))
+                         + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    res = cli("edit", path, "-p", "x", "-m", tiny_model, "-q", "-o", tmp_path / "out")
+    assert res.exit_code == 1 and message in res.stderr and res.stderr.count("\n") == 1, res.output

@@ -38,7 +38,7 @@ def _modality_values(ds, path: Path) -> tuple[np.ndarray, dict]:
     if "PixelData" not in ds:
         raise ScanReadError(f"{path}: DICOM has no pixel data (not an image object)")
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    check_size((int(ds.Rows), int(ds.Columns), frames, int(getattr(ds, "SamplesPerPixel", 1))), path)
+    check_size((int(ds.Rows), int(ds.Columns), frames), path, channels=int(getattr(ds, "SamplesPerPixel", 1) or 1))
     try:
         arr = ds.pixel_array
     except Exception as exc:

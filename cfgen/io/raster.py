@@ -19,7 +19,7 @@ def read_raster(path: Path) -> Scan:
     Image.MAX_IMAGE_PIXELS = None  # cfgen's own limit (check_size) applies, before decoding
     try:
         with Image.open(path) as im:
-            check_size((im.height, im.width), path)
+            check_size((im.height, im.width), path, channels=len(im.getbands()))
             fmt = {"PNG": "png", "JPEG": "jpeg", "TIFF": "tiff", "MPO": "jpeg"}.get(im.format or "")
             if fmt is None:
                 raise ScanReadError(f"{path}: {im.format} images are not supported (PNG, JPEG, TIFF)")

@@ -13,8 +13,10 @@ from cfgen.errors import InputError, ScanReadError, UsageError
 SUFFIXES = {"png": ".png", "jpeg": ".jpg", "tiff": ".tif", "dicom": ".dcm", "dicom-series": "",
             "nifti": ".nii.gz"}
 
-#: refuse before allocating: the largest number of voxels cfgen will read from one scan
+#: refuse before allocating: the most values (voxels x channels) cfgen will read from one scan
 MAX_VOXELS = 512 * 1024 * 1024
+#: ... and the most a scan may hold once padded to a square / cube on its way to the model grid
+MAX_PADDED = 4 * MAX_VOXELS
 
 
 @dataclass
@@ -55,11 +57,23 @@ def region_of(mask: Scan) -> np.ndarray:
     return mask.pixels.max(axis=0, keepdims=True) > 0
 
 
-def check_size(shape: tuple[int, ...], where: Path) -> None:
-    n = int(np.prod([int(s) for s in shape], dtype=np.int64))
-    if n > MAX_VOXELS or min(shape) < 1:
-        raise InputError(f"{where}: image size {tuple(shape)} is outside what cfgen reads "
-                         f"(1..{MAX_VOXELS} voxels)")
+def check_size(shape: tuple[int, ...], where: Path, channels: int = 1) -> None:
+    """From the header, before anything is decoded: the scan's values (spatial size x channels)
+    and its size padded to a square or cube (what preparing for the model allocates) are bounded."""
+    spatial = tuple(int(s) for s in shape)
+    while len(spatial) > 2 and spatial[-1] == 1:
+        spatial = spatial[:-1]
+    if not spatial or min(spatial) < 1 or channels < 1:
+        raise InputError(f"{where}: image size {tuple(shape)} has an empty dimension")
+    n = int(np.prod(spatial, dtype=np.int64)) * int(channels)
+    if n > MAX_VOXELS:
+        raise InputError(f"{where}: image size {tuple(shape)} x {channels} channel(s) is {n} values, outside "
+                         f"what cfgen reads (at most {MAX_VOXELS})")
+    padded = max(spatial) ** len(spatial) * int(channels)
+    if padded > MAX_PADDED:
+        side = " x ".join([str(max(spatial))] * len(spatial))
+        raise InputError(f"{where}: image size {tuple(shape)} would be padded to {side} on its way to the model "
+                         f"({padded} values, more than {MAX_PADDED}); crop it to a less elongated region first")
 
 
 def _format_of(path: Path) -> str:

@@ -99,6 +99,27 @@ def random_crop(x: torch.Tensor, side: int | None, seed: int) -> torch.Tensor:
     return x[(slice(None), slice(None)) + tuple(slice(a, a + side) for a in starts)]
 
 
+def _loss(ae, x: torch.Tensor, gen: torch.Generator, kl_weight: float) -> torch.Tensor:
+    """L1 reconstruction of a posterior sample plus the weighted KL term."""
+    mean, std, kl = ae.encode(x)
+    z = mean + std * torch.randn(mean.shape, generator=gen, device=x.device)
+    return (ae.decode(z) - x).abs().mean() + kl_weight * kl.mean()
+
+
+def _save_scaled(ae, ds, out: Path, dev: str) -> tuple[float, float]:
+    """The trained autoencoder into ``out``, scaled for unit-variance latents (what the UNet
+    expects); returns (latent std, probe L1 in the model's range) on up to 64 samples."""
+    ae.net.eval()
+    with torch.no_grad():
+        probe = collate([ds[i] for i in range(min(64, len(ds)))])["pixels"].to(dev)
+        mean = ae.encode(probe)[0]
+        std = float(mean.std())
+        l1 = float((ae.decode(mean) - probe).abs().mean())
+    with atomic_dir(out / ae.subfolder) as tmp:
+        ae.save(tmp, 1.0 / max(std, 1e-6))
+    return std, l1
+
+
 def train_vae(data_csv: Path, model_folder: Path, out: Path, steps: int, batch_size: int = 16, lr: float = 1e-4,
               kl_weight: float = 1e-6, seed: int = 0, device: str = "auto", checkpoint_every: int = 1000,
               resume: bool = False, on_step: Callable[[int, float], None] | None = None,
@@ -106,7 +127,8 @@ def train_vae(data_csv: Path, model_folder: Path, out: Path, steps: int, batch_s
     """Train the autoencoder of ``model_folder``; write it to ``out``/vae (2D) or ``out``/autoencoder
     (3D) and return a summary. ``crop``: train on random crops of this side (the networks are
     convolutional, so a 3D autoencoder learns from 32^3 patches at an eighth of the cost of 64^3)."""
-    from cfgen.models.loader import _folder_entry, quiet_hf, resolve_device
+    from cfgen.models.hf import quiet_hf
+    from cfgen.models.loader import _folder_entry, resolve_device
 
     quiet_hf()
     t0 = time.perf_counter()
@@ -134,9 +156,7 @@ def train_vae(data_csv: Path, model_folder: Path, out: Path, steps: int, batch_s
             continue
         gen = torch.Generator(device=dev).manual_seed(derived_seed(seed, "step", step))
         x = random_crop(data["pixels"], crop, derived_seed(seed, "crop", step)).to(dev)
-        mean, std, kl = ae.encode(x)
-        z = mean + std * torch.randn(mean.shape, generator=gen, device=dev)
-        loss = (ae.decode(z) - x).abs().mean() + kl_weight * kl.mean()
+        loss = _loss(ae, x, gen, kl_weight)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(ae.net.parameters(), 1.0)
         opt.step()
@@ -147,14 +167,7 @@ def train_vae(data_csv: Path, model_folder: Path, out: Path, steps: int, batch_s
             on_step(step + 1, float(loss.detach()))
         if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
             save_checkpoint(out, step + 1, ae.net, opt, sched, extra={"seed": seed})
-    ae.net.eval()
-    with torch.no_grad():  # unit-variance latents for the UNet
-        probe = collate([ds[i] for i in range(min(64, len(ds)))])["pixels"].to(dev)
-        mean = ae.encode(probe)[0]
-        std = float(mean.std())
-        l1 = float((ae.decode(mean) - probe).abs().mean())
-    with atomic_dir(Path(out) / ae.subfolder) as tmp:
-        ae.save(tmp, 1.0 / max(std, 1e-6))
+    std, l1 = _save_scaled(ae, ds, Path(out), dev)
     summary = {"steps": steps, "start_step": start, "losses": losses, "latent_std": std,
                "scaling_factor": 1.0 / max(std, 1e-6), "probe_l1_model_range": l1, "samples": len(samples),
                "seconds": round(time.perf_counter() - t0, 1), "component": ae.subfolder, "crop": crop}

@@ -48,6 +48,8 @@ def _modality_values(ds, path: Path) -> tuple[np.ndarray, dict]:
         raise ScanReadError(f"{path}: cannot decode DICOM pixel data ({exc})") from None
     if "ModalityLUTSequence" in ds:
         raise ScanReadError(f"{path}: DICOM Modality LUT Sequence is not supported (only linear rescale)")
+    if str(ds.PhotometricInterpretation) == "PALETTE COLOR":  # indices into a colour table, not intensities
+        return _palette_to_rgb(ds, arr, path)
     slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
     intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
     values = arr.astype(np.float32) * slope + intercept
@@ -67,10 +69,25 @@ def _modality_values(ds, path: Path) -> tuple[np.ndarray, dict]:
     return values, info
 
 
+def _palette_to_rgb(ds, arr: np.ndarray, path: Path) -> tuple[np.ndarray, dict]:
+    """PALETTE COLOR pixels through their colour table (pydicom's apply_color_lut): what the image
+    shows, as RGB; the output is written as an RGB derived image."""
+    from pydicom.pixels import apply_color_lut
+
+    try:
+        rgb = apply_color_lut(arr, ds)
+    except Exception as exc:  # pydicom raises several types for a broken or segmented table
+        raise ScanReadError(f"{path}: PALETTE COLOR image whose colour table cannot be applied ({exc})") from None
+    bits = 8 if rgb.dtype.itemsize == 1 else 16
+    info = {"slope": 1.0, "intercept": 0.0, "bits_stored": bits, "signed": False, "stored_range": (0, 2 ** bits - 1),
+            "dtype": str(rgb.dtype), "photometric": "RGB", "mono1_sum": 0.0, "from_palette": True}
+    return rgb.astype(np.float32), info
+
+
 def read_dicom(path: Path) -> Scan:
     ds = _dcmread(path)
     values, info = _modality_values(ds, path)
-    samples = int(getattr(ds, "SamplesPerPixel", 1))
+    samples = 3 if info.get("from_palette") else int(getattr(ds, "SamplesPerPixel", 1))
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     if frames > 1:
         if samples > 1:
@@ -87,11 +104,10 @@ def read_dicom(path: Path) -> Scan:
 def _stored(values: np.ndarray, info: dict) -> np.ndarray:
     if info["photometric"] == "MONOCHROME1":
         values = info["mono1_sum"] - values
-    stored = np.round((values - info["intercept"]) / info["slope"])
+    stored = np.round((values.astype(np.float64) - info["intercept"]) / info["slope"])
     smin, smax = info["stored_range"]
-    dtype = np.int16 if info["signed"] else np.uint16
-    if info["bits_stored"] <= 8:
-        dtype = np.int8 if info["signed"] else np.uint8
+    bits = 8 if info["bits_stored"] <= 8 else 16 if info["bits_stored"] <= 16 else 32  # as BitsAllocated
+    dtype = np.dtype(f"{'int' if info['signed'] else 'uint'}{bits}")
     return np.clip(stored, smin, smax).astype(dtype)
 
 
@@ -110,12 +126,39 @@ def mark_derived(ds, description: str, series_uid: str) -> None:
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
 
 
+PALETTE_TAGS = ("RedPaletteColorLookupTableDescriptor", "GreenPaletteColorLookupTableDescriptor",
+                "BluePaletteColorLookupTableDescriptor", "RedPaletteColorLookupTableData",
+                "GreenPaletteColorLookupTableData", "BluePaletteColorLookupTableData",
+                "SegmentedRedPaletteColorLookupTableData", "SegmentedGreenPaletteColorLookupTableData",
+                "SegmentedBluePaletteColorLookupTableData", "PaletteColorLookupTableUID")
+
+
 def _set_pixels(ds, arr: np.ndarray, info: dict) -> None:
     from pydicom.uid import ExplicitVRLittleEndian
 
+    if info.get("from_palette"):  # written as the RGB it showed: the colour table no longer applies
+        for tag in PALETTE_TAGS:
+            if tag in ds:
+                delattr(ds, tag)
     if not ds.file_meta.TransferSyntaxUID.is_little_endian:
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    if arr.dtype.itemsize == 4:  # e.g. RT dose grids; pydicom's set_pixel_data stops at 16 bits
+        _set_32bit_pixels(ds, arr, info)
+        return
     ds.set_pixel_data(arr, info["photometric"], info["bits_stored"])
+
+
+def _set_32bit_pixels(ds, arr: np.ndarray, info: dict) -> None:
+    """Uncompressed 32-bit monochrome pixel data with the tags that describe it."""
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 32, info["bits_stored"], info["bits_stored"] - 1
+    ds.PixelRepresentation = 1 if info["signed"] else 0
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, info["photometric"]
+    ds.PixelData = np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("<"))).tobytes()
+    ds["PixelData"].VR = "OW"
 
 
 def _save(ds, path: Path) -> None:

@@ -25,6 +25,10 @@ def read_nifti(path: Path) -> Scan:
         img = nib.load(path)
         shape = tuple(int(s) for s in img.shape)
         check_size(shape, path)
+        kind = np.dtype(img.get_data_dtype())
+        if kind.kind == "c" or kind.names is not None:  # complex (real + imaginary) or RGB records
+            raise ScanReadError(f"{path}: NIfTI of data type {kind} holds no single intensity per voxel; give its "
+                                "magnitude (complex data) or one channel as a real-valued NIfTI")
         data = np.asarray(img.get_fdata(dtype=np.float32))
     except (ImageFileError, EOFError, gzip.BadGzipFile, zlib.error, OSError, ValueError) as exc:
         raise ScanReadError(f"{path}: not a readable NIfTI file ({exc.__class__.__name__}: {exc})") from None

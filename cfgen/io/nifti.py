@@ -46,7 +46,27 @@ def read_nifti(path: Path) -> Scan:
     zooms = tuple(float(z) for z in img.header.get_zooms()[: data.ndim])
     return Scan(path=path, format="nifti", pixels=np.ascontiguousarray(pixels, dtype=np.float32),
                 source_dtype=str(img.get_data_dtype()), spacing=zooms,
-                meta={"header": img.header.copy(), "shape": shape, "image_class": type(img)})
+                meta={"header": img.header.copy(), "shape": shape, "image_class": type(img),
+                      "scaling": _scaling(img), "suffix": ".nii" if path.name.lower().endswith(".nii") else ".nii.gz"})
+
+
+def _scaling(img) -> tuple[float, float]:
+    """(scl_slope, scl_inter) the file's values were stored with ((1, 0) when unscaled)."""
+    slope, inter = getattr(img.dataobj, "slope", 1.0), getattr(img.dataobj, "inter", 0.0)
+    return (float(slope) if np.isfinite(slope) and slope != 0 else 1.0, float(inter) if np.isfinite(inter) else 0.0)
+
+
+def stored_values(values: np.ndarray, dtype: np.dtype, scaling: tuple[float, float]) -> tuple[np.ndarray, float, float]:
+    """``values`` in an integer on-disk ``dtype``: with the input's scaling where the values fit
+    its range, else with a new slope and intercept spanning them (scl_slope/scl_inter)."""
+    info = np.iinfo(dtype)
+    slope, inter = scaling
+    lo, hi = float(np.min(values)), float(np.max(values))
+    if not (info.min <= (lo - inter) / slope <= info.max and info.min <= (hi - inter) / slope <= info.max):
+        slope = (hi - lo) / (info.max - info.min) if hi > lo else 1.0
+        inter = lo - slope * info.min
+    stored = np.clip(np.round((values.astype(np.float64) - inter) / slope), info.min, info.max)
+    return stored.astype(dtype), slope, inter
 
 
 def write_nifti(template: Scan, pixels: np.ndarray, target: Path, description: str, window=None) -> Path:
@@ -58,17 +78,23 @@ def write_nifti(template: Scan, pixels: np.ndarray, target: Path, description: s
         header = template.meta["header"].copy()
         data = np.flipud(pixels[0]).T if template.spatial_dims == 2 else pixels[0]
         data = np.ascontiguousarray(data.reshape(template.meta["shape"]), dtype=np.float32)
-        header.set_data_dtype(np.float32)
+        dtype, slope, inter = np.dtype(template.source_dtype), 1.0, 0.0
+        if dtype.kind in "iu":  # the input's own on-disk type, its scaling where the values fit
+            data, slope, inter = stored_values(data, dtype, template.meta.get("scaling", (1.0, 0.0)))
+        elif dtype.kind != "f":
+            dtype = np.dtype(np.float32)
+        header.set_data_dtype(dtype)
         # affine=None keeps the header's qform and sform (codes included) exactly as they were
-        img = template.meta["image_class"](data, None, header=header)
+        img = template.meta["image_class"](data.astype(dtype), None, header=header)
+        img.header.set_slope_inter(slope, inter)
     else:  # from another format: DICOM's patient geometry, else the pixel spacing on a plain affine
         data = np.flipud(pixels[0]).T if template.spatial_dims == 2 else pixels[0]
         affine, scanner = _affine(template)
         img = nib.Nifti1Image(np.ascontiguousarray(data, dtype=np.float32), affine)
+        img.header.set_slope_inter(1.0, 0.0)
         if scanner:  # qform = sform = the patient geometry, code 1 (scanner anatomical)
             img.set_qform(affine, code=1)
             img.set_sform(affine, code=1)
-    img.header.set_slope_inter(1.0, 0.0)
     img.header["descrip"] = f"cfgen {__version__} SYNTHETIC: {description}"[:79].encode("ascii", "replace")
     with atomic_path(target) as tmp:
         nib.save(img, tmp)

@@ -146,4 +146,7 @@ def write_scan(template: Scan, pixels: np.ndarray, stem: Path, fmt: str | None =
                          "derived copy of the source header")
     if pixels.shape != template.pixels.shape:
         raise ValueError(f"pixels {pixels.shape} do not match the template {template.pixels.shape}")
-    return _writers()[fmt](template, pixels, output_path(stem, fmt), description=description, window=window)
+    target = output_path(stem, fmt)
+    if fmt == template.format == "nifti":  # .nii stays .nii
+        target = stem.with_name(stem.name + template.meta.get("suffix", SUFFIXES["nifti"]))
+    return _writers()[fmt](template, pixels, target, description=description, window=window)

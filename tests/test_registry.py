@@ -85,3 +85,31 @@ def test_offline_hub_model_fails_fast_with_the_missing_files(cli, tmp_path, ct_s
     assert "unet/diffusion_pytorch_model.safetensors" in err and "hf download" in err
     assert str(tmp_path / "m" / "sd15") in err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_offline_message_command_parses_to_the_files_cfgen_needs(cli, tmp_path, ct_small):
+    """The `hf download` command of the message, parsed by the hf CLI itself (not run): every
+    pattern is an --include (none turns into a positional file name), the component weights are
+    named exactly (no root checkpoints, no fp16 / non-EMA variants), configs are included."""
+    import fnmatch
+    import re
+    import shlex
+
+    import typer
+    from huggingface_hub.cli.download import download  # the function behind `hf download`
+
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    err = cli("edit", ct_small, "-p", "x", "-m", "sd15", "-o", tmp_path / "out", env=env).stderr
+    command = shlex.split(re.search(r"`(hf download [^`]+)`", err).group(1))
+    hf = typer.Typer()
+    hf.command("download")(download)
+    params = typer.main.get_command(hf).make_context("download", command[2:], resilient_parsing=True).params
+    assert not params["filenames"] and params["local_dir"] == "sd15"
+    include = params["include"]
+    wanted = ["unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+              "text_encoder/model.safetensors", "unet/config.json", "tokenizer/vocab.json",
+              "scheduler/scheduler_config.json", "model_index.json"]
+    unwanted = ["v1-5-pruned-emaonly.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors",
+                "unet/diffusion_pytorch_model.non_ema.safetensors", "safety_checker/model.safetensors"]
+    matches = lambda f: any(fnmatch.fnmatch(f, p) for p in include)  # noqa: E731
+    assert all(matches(f) for f in wanted) and not any(matches(f) for f in unwanted)

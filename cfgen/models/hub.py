@@ -1,22 +1,47 @@
 """Finding a hub entry's files: a user-placed folder, the local hub cache, or a download.
 
-Offline is the normal case: honour ``HF_HUB_OFFLINE``, check reachability with a short
-timeout instead of hanging, and say exactly which files are missing and how to place them.
+Offline is the normal case: honour ``HF_HUB_OFFLINE``, let huggingface_hub reach the hub its own
+way (``HF_ENDPOINT`` mirrors on any port, ``HTTPS_PROXY``) with a short timeout instead of
+hanging, and say exactly which files are missing and how to place them. Only the files each
+component needs are fetched (per-component patterns), never a repository's root checkpoints or
+its fp16 / non-EMA variants.
 """
 from __future__ import annotations
 
 import os
-import socket
+import shlex
 from pathlib import Path
-from urllib.parse import urlparse
 
 from cfgen.errors import ModelNotAvailableError
 from cfgen.models.files import FAMILY_COMPONENTS, missing_files
 from cfgen.models.registry import ModelEntry
 
-ALLOW_PATTERNS = ["model_index.json", "config.json", "*/config.json", "*.safetensors", "*.safetensors.index.json",
-                  "tokenizer/*", "scheduler/*", "preprocessor_config.json", "tokenizer*", "vocab.json", "merges.txt",
-                  "special_tokens_map.json"]
+#: files some components need beside their config and weights
+EXTRA_PATTERNS = {"tokenizer": ["tokenizer/*"], "scheduler": ["scheduler/*"]}
+
+
+def download_patterns(entry: ModelEntry) -> list[str]:
+    """The files of ``entry``'s components: configs, the exact weight names (or their shards and
+    index), tokenizer and scheduler folders, model_index.json."""
+    patterns = ["model_index.json"]
+    for comp, (config, weights) in FAMILY_COMPONENTS[entry.family].items():
+        prefix = "" if comp == "." else f"{comp}/"
+        patterns += EXTRA_PATTERNS.get(comp, [f"{prefix}{config}"])
+        if weights:
+            stem = weights.removesuffix(".safetensors")
+            patterns += [f"{prefix}{weights}", f"{prefix}{stem}.safetensors.index.json",
+                         f"{prefix}{stem}-*-of-*.safetensors"]
+    if entry.family == "clip":
+        patterns += ["preprocessor_config.json", "tokenizer*", "vocab.json", "merges.txt", "special_tokens_map.json"]
+    return patterns
+
+
+def download_command(entry: ModelEntry) -> str:
+    """The `hf download` command (huggingface_hub >= 0.34) that fetches exactly those files."""
+    args = ["hf", "download", entry.repo_id, "--revision", entry.revision or "main"]
+    for p in download_patterns(entry):
+        args += ["--include", p]
+    return shlex.join(args + ["--local-dir", entry.name])
 
 
 def models_dir() -> Path | None:
@@ -24,17 +49,12 @@ def models_dir() -> Path | None:
     return Path(value) if value else None
 
 
-def _offline_reason(timeout: float = 3.0) -> str | None:
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        return "HF_HUB_OFFLINE is set"
+def _offline_reason() -> str | None:
     from huggingface_hub import constants
 
-    host = urlparse(constants.ENDPOINT).hostname or ""
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return None
-    except OSError as exc:
-        return f"{host} cannot be reached ({exc.__class__.__name__})"
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    return None
 
 
 def _not_available(entry: ModelEntry, reason: str, missing: list[str]) -> ModelNotAvailableError:
@@ -44,8 +64,7 @@ def _not_available(entry: ModelEntry, reason: str, missing: list[str]) -> ModelN
     return ModelNotAvailableError(
         f"model '{entry.name}' (hub {entry.repo_id}@{rev}) is not on this machine and cannot be "
         f"downloaded: {reason}; missing {', '.join(missing)}. On a machine with network run "
-        f"`hf download {entry.repo_id} --revision {rev} --include '*.json' '*.txt' "
-        f"'*.safetensors' --local-dir {entry.name}`, copy that folder here and pass "
+        f"`{download_command(entry)}`, copy that folder here and pass "
         f"--model PATH/{entry.name}, or place it at {where}"
     )
 
@@ -62,7 +81,7 @@ def hub_folder(entry: ModelEntry) -> tuple[Path, str | None]:
     all_missing = [str(Path(c) / (w or cfg)) for c, (cfg, w) in components.items()]
     try:
         folder = Path(snapshot_download(entry.repo_id, revision=entry.revision,
-                                        allow_patterns=ALLOW_PATTERNS, local_files_only=True))
+                                        allow_patterns=download_patterns(entry), local_files_only=True))
         missing = missing_files(folder, components)
         if not missing:
             return folder, folder.name
@@ -73,7 +92,7 @@ def hub_folder(entry: ModelEntry) -> tuple[Path, str | None]:
         raise _not_available(entry, reason, missing)
     try:
         folder = Path(snapshot_download(entry.repo_id, revision=entry.revision,
-                                        allow_patterns=ALLOW_PATTERNS, etag_timeout=10))
+                                        allow_patterns=download_patterns(entry), etag_timeout=10))
     except Exception as exc:  # network errors come in many classes; report, never hang
         raise _not_available(entry, f"download failed ({exc.__class__.__name__}: {exc})", missing) from None
     return folder, folder.name

@@ -136,3 +136,32 @@ def test_padding_and_channel_bombs_are_refused_from_the_header(cli, tiny_model, 
                          + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
     res = cli("edit", path, "-p", "x", "-m", tiny_model, "-q", "-o", tmp_path / "out")
     assert res.exit_code == 1 and message in res.stderr and res.stderr.count("\n") == 1, res.output
+
+
+@pytest.mark.parametrize("case, code, message", [
+    ("out_is_a_file", 2, "is a file, not a folder"),
+    ("out_is_the_input", 2, "is the input itself"),
+])
+def test_output_problems_are_refused_before_the_model_is_loaded(cli, tmp_path, monkeypatch, case, code, message):
+    from cfgen.models import loader
+
+    cxr_pngs(tmp_path / "in", 1)
+    scan, out = tmp_path / "in" / "p0.png", tmp_path / "out"
+    if case == "out_is_a_file":
+        out.write_text("not a folder")
+    else:
+        out = scan
+    monkeypatch.setattr(loader, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    res = cli("edit", scan, "-p", "x", "-o", out)
+    assert res.exit_code == code and message in res.stderr and res.stderr.count("\n") == 1, res.output
+
+
+def test_an_output_named_like_the_runs_own_files_is_refused_per_row(tmp_path):
+    from cfgen.editing.jobs import default_name, jobs_from_csv
+    from cfgen.editing.params import EditParams
+
+    cxr_pngs(tmp_path / "in", 1)
+    (tmp_path / "in" / "jobs.csv").write_text("image,prompt,output\np0.png,x,report.json\np0.png,x,ok\n")
+    jobs = jobs_from_csv(tmp_path / "in" / "jobs.csv", EditParams())
+    assert "reserved" in jobs[0].error and jobs[1].error is None and jobs[1].name == "ok"
+    assert default_name("report.json.png") == "report.json-scan"

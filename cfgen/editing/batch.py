@@ -102,6 +102,20 @@ def _check_inputs(scan: str | Path | None, batch: Path | None, settings: RunSett
 
     check_mask_value(mask, "--mask")
     settings.check()
+    _check_out(Path(settings.out), scan)  # (an output format the scan cannot take: per item, before computing)
+
+
+def _check_out(out: Path, scan) -> None:
+    """The output folder can hold the results: not a file, not the input, writable."""
+    import os
+
+    if scan is not None and out.resolve() == Path(scan).resolve():
+        raise UsageError(f"--out {out}: is the input itself; choose another folder")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: is a file, not a folder")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"--out {out}: {existing} is not writable")
 
 
 def _jobs(command: str, scan, batch, params: "EditParams") -> list["Job"]:

@@ -22,6 +22,8 @@ from cfgen.io.tables import read_csv
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _SCAN_SUFFIXES = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".ima")
 MAX_NAME = 120
+#: files and folders of OUT that belong to the run, not to an item
+RESERVED_NAMES = ("report.json", ".shards")
 #: columns the edit itself reads; the rest are carried through to the report
 EDIT_COLUMNS = ("image", "prompt", "source_prompt", "caption", "negative_prompt", "strength", "seed", "mask", "output")
 #: carried columns that name files (resolved against the CSV's folder)
@@ -49,14 +51,16 @@ def default_name(image: str) -> str:
         if low.endswith(suf):
             base = base[: -len(suf)]
             break
-    name = _SAFE.sub("_", base).strip("._") or "scan"
-    return name[:MAX_NAME]
+    name = (_SAFE.sub("_", base).strip("._") or "scan")[:MAX_NAME]
+    return name + "-scan" if name.lower() in RESERVED_NAMES else name
 
 
 def check_name(name: str) -> str | None:
     """Why an explicit output name is refused, or None."""
     if not name:
         return "output name is empty"
+    if name.lower() in RESERVED_NAMES:
+        return f"output name '{name}' is reserved for the run's own files"
     if "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
         return f"output name '{name}' must be a plain folder name (no path separators, no leading '.')"
     if _SAFE.search(name):

@@ -24,7 +24,7 @@ from cfgen.editing.jobs import Job
 from cfgen.editing.prepare import Prepared
 from cfgen.errors import CfgenError, InputError
 from cfgen.io.atomic import write_json
-from cfgen.io.scan import Scan, read_scan
+from cfgen.io.scan import Scan, check_output_format, read_scan
 from cfgen.report import RunReport
 
 if TYPE_CHECKING:
@@ -258,6 +258,8 @@ def _claim(op: Operation, model, job: Job, out_dir: Path, fmt: str | None, overw
         else:
             stale.unlink(missing_ok=True)
     scan = read_scan(job.path)
+    if fmt is not None:  # before the model computes: a format the scan cannot be written as
+        check_output_format(scan.format, fmt, job.path)
     return {"status": "ready", "scan": scan, "prep": prepare(model, scan, job.params), "folder": folder,
             "fingerprint": fp}
 

@@ -76,6 +76,16 @@ def check_size(shape: tuple[int, ...], where: Path, channels: int = 1) -> None:
                          f"({padded} values, more than {MAX_PADDED}); crop it to a less elongated region first")
 
 
+def check_output_format(input_format: str, fmt: str, where: Path | str) -> None:
+    """Whether a scan of ``input_format`` can be written as ``fmt``: checked before any work."""
+    if fmt not in SUFFIXES:
+        raise UsageError(f"--format {fmt}: use one of {', '.join(SUFFIXES)}")
+    if fmt.startswith("dicom") and fmt != input_format:
+        raise UsageError(f"--format {fmt}: DICOM output needs a DICOM input of the same kind "
+                         f"({where} is {input_format}); cfgen writes DICOM as a "
+                         "derived copy of the source header")
+
+
 def _format_of(path: Path) -> str:
     name = path.name.lower()
     if path.is_dir():
@@ -138,12 +148,7 @@ def write_scan(template: Scan, pixels: np.ndarray, stem: Path, fmt: str | None =
     file is marked synthetic in its own format and written atomically.
     """
     fmt = fmt or template.format
-    if fmt not in SUFFIXES:
-        raise UsageError(f"--format {fmt}: use one of {', '.join(SUFFIXES)}")
-    if fmt.startswith("dicom") and fmt != template.format:
-        raise UsageError(f"--format {fmt}: DICOM output needs a DICOM input of the same kind "
-                         f"({template.path} is {template.format}); cfgen writes DICOM as a "
-                         "derived copy of the source header")
+    check_output_format(template.format, fmt, template.path)
     if pixels.shape != template.pixels.shape:
         raise ValueError(f"pixels {pixels.shape} do not match the template {template.pixels.shape}")
     target = output_path(stem, fmt)

@@ -65,16 +65,13 @@ def no_progress(items: int, steps: int) -> Iterator[tuple[None, None]]:
 
 
 def parse_batch_size(text: str) -> int | None:
-    """--batch-size: a number in [1, 1024], or auto (None)."""
+    """--batch-size: a whole number (its range is RunSettings.check's), or auto (None)."""
     if text.strip().lower() == "auto":
         return None
     try:
-        size = int(text)
+        return int(text)
     except ValueError:
         raise UsageError(f"--batch-size {text}: give a whole number or auto") from None
-    if not 1 <= size <= 1024:
-        raise UsageError(f"--batch-size {text}: must be between 1 and 1024")
-    return size
 
 
 def run_edits(scan: str | Path | None = None, settings: RunSettings | None = None, *, batch: Path | None = None,

@@ -9,12 +9,11 @@ plan keeps batch 1.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from cfgen.models.loader import LoadedModel

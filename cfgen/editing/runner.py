@@ -1,11 +1,11 @@
 """Running jobs: per-item output folders, resume, errors recorded, report kept current.
 
 Layout: ``OUT/report.json`` and one folder per item, ``OUT/<name>/``, holding that item's
-outputs and ``item.json``. report.json is rewritten with the items so far at most every
-PROGRESS_EVERY_S seconds (cfgen/report.py) and with its summary at the end; ``item.json`` is
-the per-item record. Item folders that are symbolic links are refused, never followed. ``item.json`` is written last (atomically), so an item is done
+outputs and ``item.json``. ``item.json`` is written last (atomically), so an item is done
 exactly when it exists; a killed run leaves no half-written file and re-running the same
-command skips the finished items.
+command skips the finished items. ``report.json`` is rewritten with the items so far at most
+every PROGRESS_EVERY_S seconds (cfgen/report.py) and with its summary at the end. Item folders
+that are symbolic links are refused, never followed.
 """
 from __future__ import annotations
 

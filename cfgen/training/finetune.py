@@ -168,8 +168,8 @@ def prepare_run(data_csv: Path, model_name: str | None, out: Path, cfg: Finetune
     model = load_model(model_name, device=str(acc.device))
     e = model.entry
     command = "cycle-train" if objective else "finetune"
-    objective = SuperResObjective.for_entry(e) if sr else objective
-    (objective or Denoising()).check(model, cfg)
+    objective = SuperResObjective.for_entry(e) if sr else (objective or Denoising())
+    objective.check(model, cfg)
     if model.fields is not None:
         samples, unreadable = _tabular_rows(samples, model.fields, Path(data_csv))
         bad_rows += unreadable
@@ -181,13 +181,13 @@ def prepare_run(data_csv: Path, model_name: str | None, out: Path, cfg: Finetune
     optimizer, lr_sched, ema, start = _optimisation(unet, cfg, schedule.total, existing)
     unet_p, optimizer_p = acc.prepare(unet, optimizer)
     report = RunReport(command, out, {
-        **cfg.as_dict(), "objective": objective.describe() if objective else "denoising",
+        **cfg.as_dict(), "objective": objective.describe(),
         "data": str(data_csv), "model": model_name or e.name, "resume": resume, "template": template,
         "caption_column": caption_column})
     report.set_model(model.report_info(), str(acc.device))
     for item in bad_rows:
         report.add_item(item)
-    return Run(model, objective or Denoising(), noise_scheduler, dataset, acc, unet_p, optimizer_p, optimizer,
+    return Run(model, objective, noise_scheduler, dataset, acc, unet_p, optimizer_p, optimizer,
                lr_sched, ema, start, schedule, report, samples, str(data_csv))
 
 
@@ -263,17 +263,16 @@ class Trainer:
         order = torch.Generator().manual_seed(derived_seed(cfg.seed, "epoch", epoch))
         perm = torch.randperm(len(self.run.samples), generator=order)
         shard = perm[s.rank::s.world][: s.micro_per_epoch * s.batch].tolist()
-        running = self.running
         for mb in range(within * cfg.gradient_accumulation, s.steps_per_epoch * cfg.gradient_accumulation):
             data = collate([self.run.dataset[i] for i in shard[mb * s.batch:(mb + 1) * s.batch]])
             self.training["skipped_images"] += data["errors"]
             gen = torch.Generator().manual_seed(derived_seed(cfg.seed, s.rank, step, mb))
-            running.append(self._micro_step(data, gen))
+            self.running.append(self._micro_step(data, gen))
             if not self.run.acc.sync_gradients:
                 continue
             step += 1
-            self._after_step(step, epoch, sum(running) / len(running))
-            running.clear()
+            self._after_step(step, epoch, sum(self.running) / len(self.running))
+            self.running.clear()
             if step >= s.total:
                 break
         return step

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from cfgen.models.ldm3d import LDM3DSpec
@@ -89,7 +90,7 @@ def main() -> None:
 
     base = w / "base"
     if not (base / "unet").is_dir():
-        build_ldm3d(base, spec, seed=0)
+        build_ldm3d(base, replace(spec, spacing=cfg["spacing"]), seed=0)
     first_stage(data / "train.csv", base, w / "ae", "autoencoder", cfg["ae_phases"], args.device)
     unet_out = w / "unet"
     finetune_unet(data / "train.csv", base, unet_out, cfg, args.device,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from cfgen.models.ldm3d import LDM3DSpec
@@ -56,7 +57,7 @@ def main() -> None:
 
     base = w / "base"
     if not (base / "unet").is_dir():
-        build_ldm3d(base, spec, seed=0)
+        build_ldm3d(base, replace(spec, spacing=cfg["spacing"]), seed=0)
     out = w / "train"
     sh(*cfgen, "finetune", str(data / "labels.csv"), "-m", str(base), "-o", str(out),
        "--learning-rate", str(cfg["lr"]), "--lr-scheduler", "cosine", "--lr-warmup-steps", str(cfg["warmup"]),

@@ -72,6 +72,7 @@ def test_demo_synth3d_stages_ship_within_budget_and_super_resolve_a_phantom(cli,
     from cfgen.io.nifti import write_volume
     from cfgen.io.scan import read_scan
     from cfgen.models.loader import load_model
+    from cfgen.editing.grid import ModelGrid
     from cfgen.phantoms import brain
     from cfgen.synthesis.superres import super_resolve, upsample
 
@@ -84,7 +85,7 @@ def test_demo_synth3d_stages_ship_within_budget_and_super_resolve_a_phantom(cli,
     exo, attrs = brain.subject(90000, 1)
     truth = brain.acquire(brain.compose(brain.tissue_maps(exo, attrs, 128, 1.5)), exo, 1.5)
     write_volume(tmp_path / "truth.nii.gz", truth, brain.affine(128, 1.5), "test")
-    x = to_model(read_scan(tmp_path / "truth.nii.gz"), 128, 1, (-1.0, 1.0), "auto", dims=3).x  # as training reads it
+    x = to_model(read_scan(tmp_path / "truth.nii.gz"), ModelGrid.of(sr), 1, (-1.0, 1.0), "auto").x  # as training reads it
     x = x[..., 40:72, 40:72, 48:80]  # a central 32^3 region (the stage is convolutional; 128^3 takes minutes on CPU)
     low = F.avg_pool3d(x, 2)
     stage = load_model("demo-brain-sr", device="cpu")

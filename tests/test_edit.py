@@ -109,7 +109,11 @@ def test_gray_png_through_rgb_model_stays_gray(cli, tiny_rgb_model, tmp_path):
     assert res.exit_code == 0, res.output
     item = json.loads((out / "xray" / "item.json").read_text())
     assert item["preprocessing"]["channels"] == "gray-to-rgb"
-    assert item["preprocessing"]["pad"] == [0, 0, 4, 4]  # 48x40 padded to a square
+    r = item["preprocessing"]["model_size"][0]
+    # 48 x 40: the long side fills the model's square, the short side keeps the aspect and is padded
+    assert item["preprocessing"]["resized"] == [r, round(40 * r / 48)]
+    short = r - round(40 * r / 48)
+    assert item["preprocessing"]["pad"] == [0, 0, short // 2, short - short // 2]
     with Image.open(out / "xray" / "counterfactual.png") as im:
         assert im.mode == "L" and im.size == (40, 48) and im.text["cfgen:synthetic"] == "YES"
 

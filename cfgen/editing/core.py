@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from cfgen.editing import ddim, masks
+from cfgen.editing.grid import ModelGrid
 from cfgen.editing.components import decode_latents, encode_images, encode_prompts, to_device
 from cfgen.editing.jobs import require_prompt
 from cfgen.editing.params import EditParams
@@ -36,7 +37,7 @@ def prepare(model: LoadedModel, scan: Scan, p: EditParams) -> Prepared:
     """The scan on the model's grid and value range; on CUDA in pinned host memory, so that the
     copy to the GPU does not block (the runner does this in its reader threads)."""
     e = model.entry
-    prep = to_model(scan, e.resolution, e.channels, e.value_range, p.window, dims=e.spatial_dims)
+    prep = to_model(scan, ModelGrid.of(e), e.channels, e.value_range, p.window)
     if str(model.device).startswith("cuda"):
         prep.x = prep.x.pin_memory()
     return prep
@@ -66,7 +67,7 @@ def _latent_mask(model: LoadedModel, sched, z0, src, tgt, scan: Scan, prep: Prep
     if mode == "auto":
         return masks.auto_mask(model.unet, sched, z0, src, tgt, int(p.seed), p.mask_threshold)
     if mode != "none":
-        return masks.file_mask(mode, scan, prep, model.entry.resolution, z0.shape[-1])
+        return masks.file_mask(mode, scan, prep, z0.shape[-1])
     return None
 
 

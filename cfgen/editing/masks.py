@@ -42,7 +42,7 @@ def auto_mask(unet, scheduler, z0: torch.Tensor, src: torch.Tensor, tgt: torch.T
     return (acc > threshold).float()
 
 
-def file_mask(path: str, scan: Scan, prep: Prepared, resolution: int, latent_size: int) -> torch.Tensor:
+def file_mask(path: str, scan: Scan, prep: Prepared, latent_size: int) -> torch.Tensor:
     """A user mask (same size as the scan) -> (1, 1, h, w[, d]) binary latent mask."""
     m = read_scan(Path(path))
     if m.spatial_dims != scan.spatial_dims or m.pixels.shape[1:] != scan.pixels.shape[1:]:
@@ -51,7 +51,7 @@ def file_mask(path: str, scan: Scan, prep: Prepared, resolution: int, latent_siz
     binary = region_of(m).astype(np.float32)
     if not binary.any():
         raise InputError(f"{path}: mask is empty (no nonzero pixel)")
-    on_model = geometry_to_model(binary, prep, resolution)
+    on_model = geometry_to_model(binary, prep)
     pool = F.adaptive_max_pool3d if on_model.ndim == 5 else F.adaptive_max_pool2d
     return (pool(on_model, latent_size) > 0).float()
 

@@ -1,4 +1,4 @@
-"""Scan <-> model tensor: intensity window, channel handling, resizing to the model's grid.
+"""Scan <-> model tensor: intensity window, channel handling, placing on the model's grid (grid.py).
 
 Every step is recorded (``Prepared.record()``) so the report says exactly what was done.
 """
@@ -8,9 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from cfgen.editing.grid import ModelGrid, Placement, place
 from cfgen.errors import InputError
+from cfgen.io.geometry import volume_affine
 from cfgen.io.intensity import IntensityMap, choose_window
 from cfgen.io.scan import Scan
 
@@ -20,12 +21,10 @@ class Prepared:
     x: torch.Tensor  # (1, C_model, R, R[, R]) in the model's value range
     window: IntensityMap
     channel_mode: str  # as-is | gray-to-rgb | rgb-to-gray
-    size: tuple[int, ...]  # spatial size of the scan: (H, W) or (X, Y, Z)
-    pad: tuple[int, ...]  # (before, after) per spatial axis added to make it square / cubic
+    placement: Placement  # where the scan's pixels are on the model's grid (cfgen/editing/grid.py)
 
     def record(self) -> dict:
-        return {"window": self.window.as_dict(), "channels": self.channel_mode,
-                "scan_size": list(self.size), "pad": list(self.pad),
+        return {"window": self.window.as_dict(), "channels": self.channel_mode, **self.placement.record(),
                 "model_size": list(self.x.shape[2:])}
 
 
@@ -41,46 +40,26 @@ def _channels(img: np.ndarray, model_channels: int, where) -> tuple[np.ndarray, 
     raise InputError(f"{where}: image has {c} channels; the model takes {model_channels}")
 
 
-def _torch_pad(pad: tuple[int, ...]) -> tuple[int, ...]:
-    """(before, after) per axis in axis order -> F.pad's order (last axis first)."""
-    pairs = [pad[i:i + 2] for i in range(0, len(pad), 2)]
-    return tuple(v for pair in reversed(pairs) for v in pair)
-
-
-def _resize(x: torch.Tensor, side: int) -> torch.Tensor:
-    dims = x.ndim - 2
-    if x.shape[-1] == side:
-        return x
-    if dims == 2:
-        return F.interpolate(x, size=(side, side), mode="bilinear", antialias=x.shape[-1] > side,
-                             align_corners=False)
-    return F.interpolate(x, size=(side,) * dims, mode="trilinear", align_corners=False)
-
-
-def to_model(scan: Scan, resolution: int, channels: int, value_range: tuple[float, float],
-             window: str = "auto", dims: int = 2) -> Prepared:
-    if scan.spatial_dims != dims:
+def to_model(scan: Scan, grid: ModelGrid, channels: int, value_range: tuple[float, float],
+             window: str = "auto") -> Prepared:
+    if scan.spatial_dims != grid.dims:
         kind = "3D volume" if scan.spatial_dims == 3 else "2D image"
         raise InputError(f"{scan.path}: {kind} of shape {tuple(scan.pixels.shape[1:])} needs a "
-                         f"{scan.spatial_dims}D model; this model is {dims}D")
+                         f"{scan.spatial_dims}D model; this model is {grid.dims}D")
     win = choose_window(scan.pixels, scan.source_dtype, window, value_range, where=str(scan.path))
     img, mode = _channels(win.to_model(scan.pixels), channels, scan.path)
-    size = tuple(int(s) for s in img.shape[1:])
-    side = max(size)
-    pad = tuple(v for s in size for v in ((side - s) // 2, side - s - (side - s) // 2))
-    x = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None]
-    # pad with the model's black so that non-square scans keep their aspect ratio
-    x = _resize(F.pad(x, _torch_pad(pad), value=value_range[0]), resolution)
-    return Prepared(x=x, window=win, channel_mode=mode, size=size, pad=pad)
+    placement = place(img.shape[1:], grid, volume_affine(scan), scan.spacing)
+    # padded with the model's black, so that the scan keeps its aspect ratio
+    return Prepared(x=placement.to_model(img, fill=value_range[0]), window=win, channel_mode=mode,
+                    placement=placement)
 
 
-def geometry_to_model(img: np.ndarray, prep: Prepared, resolution: int, fill: float = 0.0) -> torch.Tensor:
-    """(C, *scan size) on the scan's grid -> (1, C, R, ...) on the model's grid (pad, resize)."""
-    x = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None]
-    return _resize(F.pad(x, _torch_pad(prep.pad), value=fill), resolution)
+def geometry_to_model(img: np.ndarray, prep: Prepared, fill: float = 0.0) -> torch.Tensor:
+    """(C, *scan size) on the scan's grid -> (1, C, R, ...) on the model's grid, as the scan went."""
+    return prep.placement.to_model(img, fill)
 
 
-def label_channels(lab: np.ndarray, path, scan: Scan, prep: Prepared, count: int, resolution: int,
+def label_channels(lab: np.ndarray, path, scan: Scan, prep: Prepared, count: int,
                    value_range: tuple[float, float]) -> torch.Tensor:
     """(count, R, R, R): label k of the integer label volume ``lab`` (read from ``path``) as channel
     k - 1, on the model's grid (``scan``'s, prepared as ``prep``) and in the model's range (outside:
@@ -92,15 +71,12 @@ def label_channels(lab: np.ndarray, path, scan: Scan, prep: Prepared, count: int
         raise InputError(f"{path}: label values must be 0..{count} (the model's labels), found {codes.min()}..{codes.max()}")
     onehot = np.stack([(codes == k).astype(np.float32) for k in range(1, count + 1)])
     lo, hi = value_range
-    return lo + (hi - lo) * geometry_to_model(onehot, prep, resolution, fill=0.0)[0]
+    return lo + (hi - lo) * geometry_to_model(onehot, prep, fill=0.0)[0]
 
 
 def geometry_to_scan(y: torch.Tensor, prep: Prepared) -> np.ndarray:
-    """(1, C, R, ...) on the model's grid -> (C, *scan size) on the scan's grid (resize, crop)."""
-    side = prep.size[0] + prep.pad[0] + prep.pad[1]
-    y = _resize(y.detach().float().cpu(), side)
-    crop = tuple(slice(prep.pad[2 * i], prep.pad[2 * i] + s) for i, s in enumerate(prep.size))
-    return y[(0, slice(None)) + crop].numpy()
+    """(1, C, R, ...) on the model's grid -> (C, *scan size) on the scan's grid (the way back)."""
+    return prep.placement.to_scan(y)
 
 
 def from_model(y: torch.Tensor, prep: Prepared, scan_channels: int) -> np.ndarray:

@@ -38,3 +38,18 @@ def itk_affine(origin, direction, spacing) -> np.ndarray:
     lps[:3, :3] = np.array(direction, dtype=float).reshape(3, 3) * np.array(spacing, dtype=float)
     lps[:3, 3] = np.array(origin, dtype=float)
     return LPS_TO_RAS @ lps
+
+
+def volume_affine(scan) -> np.ndarray | None:
+    """RAS affine of a volume's voxel grid (``scan.pixels[0]``, voxel order): a NIfTI's own (sform,
+    else qform), a DICOM series' patient geometry, or ``meta["affine"]`` of a volume made in memory;
+    None for 2D images and volumes without one."""
+    if scan.spatial_dims != 3:
+        return None
+    if scan.meta.get("affine") is not None:
+        return np.asarray(scan.meta["affine"], dtype=float)
+    if scan.format == "nifti" and "header" in scan.meta:
+        return np.asarray(scan.meta["header"].get_best_affine(), dtype=float)
+    if scan.format == "dicom-series":
+        return itk_affine(scan.meta["origin"], scan.meta["direction"], scan.spacing)
+    return None

@@ -188,6 +188,7 @@ class LDM3DSpec:
     scheduler: str = "ddim"  # or "rflow": rectified flow (cfgen/editing/flow.py)
     prediction_type: str = "epsilon"  # DDIM models: or "v_prediction", "sample" (x0, as MedSyn's stages)
     synth: dict | None = None  # [synth] table (cfgen/models/synth.py): label channels or a super-resolution stage
+    spacing: float | None = None  # mm per voxel of the training volumes (RAS): the grid scans are brought to
 
 
 def build_ldm3d(folder: Path, spec: LDM3DSpec = LDM3DSpec(), seed: int = 0) -> Path:
@@ -251,7 +252,9 @@ def _write_common(folder: Path, spec: LDM3DSpec) -> None:
     DDIMScheduler(**DEFAULT_SCHEDULER, prediction_type=spec.prediction_type).save_pretrained(folder / "scheduler")
     (folder / "cfgen.toml").write_text(
         f'family = "latent-diffusion-3d"\nresolution = {spec.resolution}\nchannels = {spec.channels}\n'
-        f'intensity = "{spec.intensity}"\n\n[defaults]\nmax_tokens = {spec.max_tokens}\n'
+        f'intensity = "{spec.intensity}"\norientation = "RAS"\n'
+        + (f"spacing = [{spec.spacing}, {spec.spacing}, {spec.spacing}]\n" if spec.spacing else "")
+        + f'\n[defaults]\nmax_tokens = {spec.max_tokens}\n'
         + ("\n[scheduler]\n" if spec.scheduler != "ddim" or spec.prediction_type != "epsilon" else "")
         + (f'kind = "{spec.scheduler}"\n' if spec.scheduler != "ddim" else "")
         + (f'prediction_type = "{spec.prediction_type}"\n' if spec.prediction_type != "epsilon" else "")

@@ -71,6 +71,8 @@ class ModelEntry:
     defaults: dict[str, Any] = field(default_factory=dict)
     sha256: dict[str, str] = field(default_factory=dict)
     synth: dict[str, Any] = field(default_factory=dict)  # [synth] table: `cfgen synth3d` roles (models/synth.py)
+    orientation: str = "RAS"  # volumes: the axis codes the model was trained in (cfgen/editing/grid.py)
+    spacing: tuple[float, ...] | None = None  # volumes: the voxel spacing (mm) it was trained at
     origin: str = ""  # the toml file the entry came from
 
     @property
@@ -103,6 +105,8 @@ class ModelEntry:
             "defaults": dict(self.defaults),
             "sha256": dict(self.sha256),
             "synth": dict(self.synth),
+            "orientation": self.orientation,
+            "spacing": list(self.spacing) if self.spacing else None,
             "origin": self.origin,
         }
 
@@ -162,6 +166,7 @@ def _entry_from_table(name: str, table: dict[str, Any], origin: Path) -> ModelEn
     from cfgen.models.synth import check_synth_table
 
     synth = check_synth_table(table.get("synth", {}), where)
+    orientation, spacing = _voxel_geometry(table, where)
     return ModelEntry(
         name=name,
         family=family,
@@ -178,8 +183,27 @@ def _entry_from_table(name: str, table: dict[str, Any], origin: Path) -> ModelEn
         defaults=dict(table.get("defaults", {})),
         sha256={str(k): str(v).lower() for k, v in table.get("sha256", {}).items()},
         synth=synth,
+        orientation=orientation,
+        spacing=spacing,
         origin=str(origin),
     )
+
+
+def _voxel_geometry(table: dict[str, Any], where: str) -> tuple[str, tuple[float, ...] | None]:
+    """``orientation`` (three axis codes, one of L/R, one of A/P, one of S/I) and ``spacing`` (mm:
+    one number or three) of a 3D model's training volumes."""
+    codes = table.get("orientation", "RAS")
+    if not isinstance(codes, str) or len(codes) != 3 or sorted(
+            {"L": "R", "P": "A", "I": "S"}.get(c, c) for c in codes.upper()) != ["A", "R", "S"]:
+        raise ModelError(f"{where}: orientation {codes!r} is not three axis codes such as \"RAS\" or \"LPS\"")
+    spacing = table.get("spacing")
+    if spacing is None:
+        return codes.upper(), None
+    values = [spacing] * 3 if isinstance(spacing, (int, float)) and not isinstance(spacing, bool) else spacing
+    if (not isinstance(values, list) or len(values) != 3
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1000 for v in values)):
+        raise ModelError(f"{where}: spacing {spacing!r} is not a voxel size in mm (one number or three, each > 0)")
+    return codes.upper(), tuple(float(v) for v in values)
 
 
 def read_registry_file(path: Path) -> tuple[dict[str, ModelEntry], dict[str, str]]:

@@ -174,6 +174,7 @@ def synthesize(base, sr, p: SynthParams, fixed: torch.Tensor | None = None,
 
 def read_anatomy(path, model) -> torch.Tensor:
     """--mask-from: an integer label NIfTI (value k = the k-th label) -> (1, L, r, r, r) in the model's range."""
+    from cfgen.editing.grid import ModelGrid
     from cfgen.editing.prepare import label_channels, to_model
     from cfgen.io.scan import read_scan
 
@@ -185,5 +186,5 @@ def read_anatomy(path, model) -> torch.Tensor:
     if scan.spatial_dims != 3:
         raise UsageError(f"--mask-from {path}: needs a 3D label volume")
     e = model.entry
-    prep = to_model(scan, e.resolution, 1, e.value_range, "minmax", dims=3)
-    return label_channels(scan.pixels[0], path, scan, prep, len(names), e.resolution, e.value_range)[None]
+    prep = to_model(scan, ModelGrid.of(e), 1, e.value_range, "minmax")
+    return label_channels(scan.pixels[0], path, scan, prep, len(names), e.value_range)[None]

@@ -73,11 +73,11 @@ def read_training_csv(csv_path: Path, caption_column: str = "caption", template:
 class ImageCaptionDataset:
     """Map-style dataset: (C, R, R) tensors in the model's range plus captions."""
 
-    def __init__(self, samples: list[Sample], resolution: int, channels: int,
-                 value_range: tuple[float, float], window: str = "auto", dims: int = 2, labels: int = 0):
+    def __init__(self, samples: list[Sample], grid, channels: int,
+                 value_range: tuple[float, float], window: str = "auto", labels: int = 0):
         self.samples = samples
-        self.resolution, self.channels, self.value_range = resolution, channels, value_range
-        self.window, self.dims, self.labels = window, dims, labels
+        self.grid, self.channels, self.value_range = grid, channels, value_range  # grid: editing.grid.ModelGrid
+        self.window, self.labels = window, labels
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -90,14 +90,13 @@ class ImageCaptionDataset:
         s = self.samples[i]
         try:
             scan = read_scan(s.path)
-            prep = to_model(scan, self.resolution, self.channels, self.value_range, self.window, self.dims)
+            prep = to_model(scan, self.grid, self.channels, self.value_range, self.window)
             x = prep.x[0]
             if self.labels:
                 import torch
 
                 lab = read_scan(s.labels).pixels[0]
-                x = torch.cat([x, label_channels(lab, s.labels, scan, prep, self.labels, self.resolution,
-                                                 self.value_range)])
+                x = torch.cat([x, label_channels(lab, s.labels, scan, prep, self.labels, self.value_range)])
         except CfgenError as exc:
             return {"error": str(exc), "row": s.row}
         return {"pixels": x, "caption": s.caption, "row": s.row}

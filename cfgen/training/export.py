@@ -32,7 +32,12 @@ def _toml_value(v: Any) -> str:
 def model_toml(entry) -> str:
     """A registry entry as the cfgen.toml of a model folder."""
     lines = [f'family = "{entry.family}"', f"resolution = {entry.resolution}", f"channels = {entry.channels}",
-             f'intensity = "{entry.intensity}"', "", "[scheduler]"]
+             f'intensity = "{entry.intensity}"']
+    if entry.spatial_dims == 3:  # the grid the training volumes were brought to (cfgen/editing/grid.py)
+        lines.append(f'orientation = "{entry.orientation}"')
+        if entry.spacing:
+            lines.append(f"spacing = {json.dumps(list(entry.spacing))}")
+    lines += ["", "[scheduler]"]
     lines += [f"{k} = {_toml_value(v)}" for k, v in entry.scheduler.items() if v is not None]
     lines += ["", "[defaults]"] + [f"{k} = {_toml_value(v)}" for k, v in entry.defaults.items()]
     return "\n".join(lines + toml_lines(entry.synth)) + "\n"

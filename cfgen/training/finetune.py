@@ -23,6 +23,7 @@ from typing import Any, Callable, TYPE_CHECKING
 
 import torch
 
+from cfgen.editing.grid import ModelGrid
 from cfgen.errors import InputError, UsageError
 from cfgen.report import RunReport
 from cfgen.training.checkpoint import checkpoints, load_checkpoint, save_checkpoint
@@ -175,7 +176,7 @@ def prepare_run(data_csv: Path, model_name: str | None, out: Path, cfg: Finetune
         bad_rows += unreadable
     unet = _trainable_unet(model, cfg)
     noise_scheduler = noise_schedule(e, cfg)
-    dataset = ImageCaptionDataset(samples, e.resolution, e.channels, e.value_range, cfg.window, dims=e.spatial_dims,
+    dataset = ImageCaptionDataset(samples, ModelGrid.of(e), e.channels, e.value_range, cfg.window,
                                   labels=len(label_names(e)))
     schedule = Schedule.plan(len(samples), acc.num_processes, acc.process_index, cfg)
     optimizer, lr_sched, ema, start = _optimisation(unet, cfg, schedule.total, existing)

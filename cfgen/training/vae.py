@@ -14,6 +14,7 @@ from typing import Callable
 
 import torch
 
+from cfgen.editing.grid import ModelGrid
 from cfgen.errors import InputError
 from cfgen.io.atomic import atomic_dir, write_json
 from cfgen.training.checkpoint import checkpoints, load_checkpoint, save_checkpoint
@@ -139,7 +140,7 @@ def train_vae(data_csv: Path, model_folder: Path, out: Path, steps: int, batch_s
     if crop is not None and (crop < 8 or crop % 8):
         raise InputError(f"crop {crop}: must be a multiple of 8 (at least 8)")
     samples = image_samples(Path(data_csv))
-    ds = ImageCaptionDataset(samples, entry.resolution, entry.channels, entry.value_range, dims=entry.spatial_dims)
+    ds = ImageCaptionDataset(samples, ModelGrid.of(entry), entry.channels, entry.value_range)
     opt = torch.optim.AdamW(ae.net.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     existing = checkpoints(out)

@@ -7,7 +7,7 @@ import typer
 
 from cfgen.cli.common import handle_errors, print_json
 
-app = typer.Typer(help="List the model registry (models.toml) or show one entry.",
+app = typer.Typer(rich_markup_mode=None, help="List the model registry (models.toml) or show one entry.",
                   invoke_without_command=True, no_args_is_help=False)
 
 

@@ -9,7 +9,7 @@ import typer
 from cfgen.cli.common import JsonOpt, QuietOpt, handle_errors, out_option, print_json, seed_option
 from cfgen.errors import UsageError
 
-app = typer.Typer(help="Procedural phantoms with ground-truth counterfactuals.", no_args_is_help=True)
+app = typer.Typer(rich_markup_mode=None, help="Procedural phantoms with ground-truth counterfactuals.", no_args_is_help=True)
 
 
 @app.command("cxr")

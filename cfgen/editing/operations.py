@@ -12,6 +12,7 @@ from cfgen.editing.params import EditParams
 from cfgen.editing.prepare import unit
 from cfgen.io.atomic import atomic_path
 from cfgen.io.scan import Scan, write_scan
+from cfgen.io.seg import seg_possible, write_seg
 from cfgen.viz.panels import diff_scale, display_2d, gray, write_difference_png, write_panel_png
 
 
@@ -63,6 +64,8 @@ class EditOp:
         files, metrics = _figures(folder, scan, outcome, "counterfactual", write_diff=True)
         if outcome.mask is not None:
             files["mask"] = _write_mask(folder, scan, outcome.mask)
+            if seg_possible(scan):  # DICOM inputs: also a Segmentation referencing the input
+                files["mask_seg"] = write_seg(scan, outcome.mask, folder / "mask.dcm", params.mask == "auto", desc)
         return {"counterfactual": cf, **files}, metrics
 
 

@@ -1,20 +1,19 @@
 """DICOM: single files through pydicom, series folders through SimpleITK.
 
-Counterfactuals are written as derived copies of the source header: ImageType DERIVED,
-new SOP Instance and Series UIDs, Synthetic Data (0008,001C) = YES, and the source's
-geometry (spacing, orientation, position) untouched.
+Counterfactuals are written as derived copies of the source header (cfgen/io/provenance.py):
+ImageType DERIVED, new SOP Instance and Series UIDs, Synthetic Data (0008,001C) = YES, the source
+image referenced, and the source's geometry (spacing, orientation, position) untouched.
 """
 from __future__ import annotations
 
 import copy
-import datetime as _dt
 from pathlib import Path
 
 import numpy as np
 
-from cfgen import __version__
 from cfgen.errors import InputError, ScanReadError
 from cfgen.io.atomic import atomic_dir, atomic_path
+from cfgen.io.provenance import mark_derived
 from cfgen.io.scan import Scan, check_size
 
 CODECS_HINT = ("install the decoders with `pip install 'cfgen[dicom-codecs]'` "
@@ -111,21 +110,6 @@ def _stored(values: np.ndarray, info: dict) -> np.ndarray:
     return np.clip(stored, smin, smax).astype(dtype)
 
 
-def mark_derived(ds, description: str, series_uid: str) -> None:
-    """Mark a dataset as a synthetic, derived image of a new series."""
-    image_type = list(getattr(ds, "ImageType", []) or [])
-    ds.ImageType = ["DERIVED", "SECONDARY"] + image_type[2:]
-    ds.SyntheticData = "YES"
-    ds.DerivationDescription = f"cfgen {__version__} synthetic counterfactual: {description}"[:1024]
-    ds.SeriesInstanceUID = series_uid
-    ds.SeriesDescription = ("cfgen CF " + str(getattr(ds, "SeriesDescription", "")))[:64]
-    ds.SoftwareVersions = f"cfgen {__version__}"
-    now = _dt.datetime.now()
-    ds.InstanceCreationDate = now.strftime("%Y%m%d")
-    ds.InstanceCreationTime = now.strftime("%H%M%S")
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-
-
 PALETTE_TAGS = ("RedPaletteColorLookupTableDescriptor", "GreenPaletteColorLookupTableDescriptor",
                 "BluePaletteColorLookupTableDescriptor", "RedPaletteColorLookupTableData",
                 "GreenPaletteColorLookupTableData", "BluePaletteColorLookupTableData",
@@ -145,7 +129,7 @@ def _set_pixels(ds, arr: np.ndarray, info: dict) -> None:
     if arr.dtype.itemsize == 4:  # e.g. RT dose grids; pydicom's set_pixel_data stops at 16 bits
         _set_32bit_pixels(ds, arr, info)
         return
-    ds.set_pixel_data(arr, info["photometric"], info["bits_stored"])
+    ds.set_pixel_data(arr, info["photometric"], info["bits_stored"], generate_instance_uid=False)
 
 
 def _set_32bit_pixels(ds, arr: np.ndarray, info: dict) -> None:
@@ -179,8 +163,8 @@ def write_dicom(template: Scan, pixels: np.ndarray, target: Path, description: s
         arr = np.transpose(stored[0], (2, 1, 0))  # (X, Y, Z) -> (frames, rows, cols)
     else:
         arr = stored[0] if stored.shape[0] == 1 else np.moveaxis(stored, 0, -1)
-    _set_pixels(ds, arr, info)
     mark_derived(ds, description, generate_uid())
+    _set_pixels(ds, arr, info)
     with atomic_path(target) as tmp:
         _save(ds, tmp)
     return target
@@ -251,7 +235,7 @@ def write_dicom_series(template: Scan, pixels: np.ndarray, target: Path, descrip
             if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
                 raise InputError(f"{f}: multi-frame files inside a series are not supported")
             arr = _stored(pixels[:, :, :, z], info)[0].T  # (X, Y) -> (rows, cols)
-            _set_pixels(ds, arr, info)
             mark_derived(ds, description, series_uid)
+            _set_pixels(ds, arr, info)
             _save(ds, tmp / Path(f).name)
     return target

@@ -87,6 +87,26 @@ def test_offline_hub_model_fails_fast_with_the_missing_files(cli, tmp_path, ct_s
     assert not (tmp_path / "out").exists()
 
 
+def _hf_download_params(argv: list[str]) -> dict:
+    """`hf download ARGV` as the installed hf CLI parses it: typer from huggingface_hub 1.0,
+    argparse before."""
+    try:
+        from huggingface_hub.cli.download import download  # the function behind `hf download` (>= 1.0)
+    except ImportError:
+        import argparse
+
+        from huggingface_hub.cli.download import DownloadCommand
+
+        parser = argparse.ArgumentParser("hf")
+        DownloadCommand.register_subcommand(parser.add_subparsers())
+        return vars(parser.parse_args(["download", *argv]))
+    import typer
+
+    hf = typer.Typer()
+    hf.command("download")(download)
+    return typer.main.get_command(hf).make_context("download", argv, resilient_parsing=True).params
+
+
 def test_the_offline_message_command_parses_to_the_files_cfgen_needs(cli, tmp_path, ct_small):
     """The `hf download` command of the message, parsed by the hf CLI itself (not run): every
     pattern is an --include (none turns into a positional file name), the component weights are
@@ -95,15 +115,10 @@ def test_the_offline_message_command_parses_to_the_files_cfgen_needs(cli, tmp_pa
     import re
     import shlex
 
-    import typer
-    from huggingface_hub.cli.download import download  # the function behind `hf download`
-
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     err = cli("edit", ct_small, "-p", "x", "-m", "sd15", "-o", tmp_path / "out", env=env).stderr
     command = shlex.split(re.search(r"`(hf download [^`]+)`", err).group(1))
-    hf = typer.Typer()
-    hf.command("download")(download)
-    params = typer.main.get_command(hf).make_context("download", command[2:], resilient_parsing=True).params
+    params = _hf_download_params(command[2:])
     assert not params["filenames"] and params["local_dir"] == "sd15"
     include = params["include"]
     wanted = ["unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",

@@ -37,10 +37,19 @@ def download_patterns(entry: ModelEntry) -> list[str]:
 
 
 def download_command(entry: ModelEntry) -> str:
-    """The `hf download` command (huggingface_hub >= 0.34) that fetches exactly those files."""
+    """The `hf download` command (huggingface_hub >= 0.34) that fetches exactly those files, as the
+    installed hf CLI parses it: from 1.0 (typer) one --include per pattern (more words after one
+    --include would be file names); before (argparse) one --include with every pattern (a second
+    --include would replace the first)."""
+    import huggingface_hub
+
     args = ["hf", "download", entry.repo_id, "--revision", entry.revision or "main"]
-    for p in download_patterns(entry):
-        args += ["--include", p]
+    patterns = download_patterns(entry)
+    if int(huggingface_hub.__version__.split(".")[0]) >= 1:
+        for p in patterns:
+            args += ["--include", p]
+    else:
+        args += ["--include", *patterns]
     return shlex.join(args + ["--local-dir", entry.name])
 
 

@@ -38,6 +38,9 @@ class LDM2DSpec:
 
 def char_clip_tokenizer(max_tokens: int):
     """A CLIP BPE tokenizer over single characters: small, offline and deterministic."""
+    import json
+    import tempfile
+
     from transformers import CLIPTokenizer
 
     chars = [chr(c) for c in range(33, 127)]
@@ -45,7 +48,11 @@ def char_clip_tokenizer(max_tokens: int):
     vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_tokens)
+    # through files: the one constructor transformers 4.x (file paths) and 5.x (dicts) share
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "vocab.json").write_text(json.dumps(vocab))
+        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n")
+        return CLIPTokenizer.from_pretrained(tmp, model_max_length=max_tokens)
 
 
 def build_ldm2d(folder: Path, spec: LDM2DSpec = LDM2DSpec(), seed: int = 0) -> Path:

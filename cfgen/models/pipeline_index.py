@@ -16,11 +16,24 @@ def _read(path: Path) -> dict:
         return {}
 
 
+def bpe_files(tokenizer_dir: Path) -> None:
+    """vocab.json and merges.txt beside a BPE tokenizer.json when they are missing: transformers 5
+    saves only tokenizer.json, transformers 4's CLIPTokenizer (what model_index.json names) reads
+    only the two files."""
+    tok = _read(tokenizer_dir / "tokenizer.json").get("model") or {}
+    if tok.get("type") != "BPE" or (tokenizer_dir / "vocab.json").is_file():
+        return
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tok.get("merges") or []]
+    (tokenizer_dir / "vocab.json").write_text(json.dumps(tok.get("vocab") or {}, ensure_ascii=False), encoding="utf-8")
+    (tokenizer_dir / "merges.txt").write_text("\n".join(["#version: 0.2", *merges]) + "\n", encoding="utf-8")
+
+
 def write_model_index(folder: Path) -> Path:
     """Write ``folder/model_index.json`` from vae/, unet/, text_encoder/, tokenizer/, scheduler/."""
     import diffusers
 
     folder = Path(folder)
+    bpe_files(folder / "tokenizer")
     text_arch = (_read(folder / "text_encoder" / "config.json").get("architectures") or ["CLIPTextModel"])[0]
     tok_class = _read(folder / "tokenizer" / "tokenizer_config.json").get("tokenizer_class") or "CLIPTokenizer"
     sched_class = _read(folder / "scheduler" / "scheduler_config.json").get("_class_name") or "DDIMScheduler"

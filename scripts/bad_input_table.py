@@ -16,6 +16,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 def main() -> int:
     from bad_cases import CASES, run_case
+    from bad_cases_kinds import KIND_CASES
 
     from cfgen.models.build import PRESETS, build_ldm2d
 
@@ -23,7 +24,8 @@ def main() -> int:
         model = build_ldm2d(Path(tmp) / "tiny", PRESETS["tiny"])
         print("| case | exit | ok | message |\n|---|---|---|---|")
         bad = 0
-        for i, case in enumerate(CASES):
+        cases = CASES + KIND_CASES
+        for i, case in enumerate(cases):
             work = Path(tmp) / f"case{i:02d}" / "work"
             work.mkdir(parents=True)
             out = run_case(case, work, model)
@@ -32,7 +34,7 @@ def main() -> int:
             msg = out.stderr.splitlines()[0] if out.stderr else ""
             msg = msg.replace(str(work) + "/", "").replace(str(work), ".").replace("|", "\\|")
             print(f"| {case.name} | {out.code} | {'yes' if ok else 'NO'} | {msg[:160]} |")
-        print(f"\n{len(CASES) - bad} passed, {bad} failed")
+        print(f"\n{len(cases) - bad} passed, {bad} failed")
     return 1 if bad else 0
 
 

@@ -262,4 +262,5 @@ def test_format_option_converts_with_the_window(cli, tiny_model, ct_small, tmp_p
     png = tmp_path / "a.png"
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(png)
     res = cli("edit", png, "-p", "x", "-m", tiny_model, "--format", "dicom", "-o", tmp_path / "d", *FAST)
-    assert res.exit_code == 1 and "DICOM output needs a DICOM input" in _report(tmp_path / "d")["items"][0]["error"]
+    # refused before the model is loaded, from the scan's name: a usage error, no run folder
+    assert res.exit_code == 2 and "DICOM output needs a DICOM input" in res.stderr and not (tmp_path / "d").exists()

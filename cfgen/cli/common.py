@@ -100,6 +100,15 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
+def print_item_warnings(items: list[dict], most: int = 5) -> None:
+    """Distinct item warnings on stderr, at most ``most`` (all of them are in item.json/report.json)."""
+    distinct = list(dict.fromkeys(w for it in items for w in it.get("warnings", [])))
+    for w in distinct[:most]:
+        typer.echo(f"cfgen: warning: {w}", err=True)
+    if len(distinct) > most:
+        typer.echo(f"cfgen: warning: {len(distinct) - most} more warnings in report.json", err=True)
+
+
 def print_item_errors(items: list[dict]) -> None:
     """One line per failed item, always (also with --quiet): failures are never silent."""
     for item in items:
@@ -117,6 +126,7 @@ def finish_run(command: str, result: Any, json_out: bool, quiet: bool) -> None:
     if not result.main:
         raise typer.Exit(1 if result.failed else 0)
     data = result.report.data
+    print_item_warnings(data["items"])
     print_item_errors(data["items"])
     if json_out:
         print_json(data)

@@ -18,6 +18,8 @@ NegativeOpt = Annotated[Optional[str], typer.Option(help="Text for the unconditi
 GuidanceOpt = Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale for regeneration [default: model's, else 7.5]")]
 EtaOpt = Annotated[Optional[float], typer.Option(help="DDIM eta: 0 = deterministic; >0 adds noise drawn from --seed")]
 MaskOpt = Annotated[Optional[str], typer.Option(help="none (PRISM: regenerate everything), auto (DiffEdit-style mask from where source and target prompts disagree) or a PNG/NIfTI mask file (nonzero = may change)")]
+StrictOpt = Annotated[bool, typer.Option("--strict", help="Refuse prompts the text encoder cannot take whole (words past its "
+                                        "length, characters its tokenizer cannot represent) instead of warning")]
 ThresholdOpt = Annotated[Optional[float], typer.Option(help="auto mask: fraction of the largest disagreement that counts as edit region")]
 
 
@@ -31,12 +33,12 @@ def _run(command: str, scan: str | None, batch: Path | None, settings, json_out:
 
 
 def _settings(out: Path, model: str | None, device: Device, dtype: Dtype, fmt, overwrite: bool, batch_size: str,
-              compile_unet: bool, workers: int | None):
+              compile_unet: bool, workers: int | None, strict: bool):
     from cfgen.editing.batch import RunSettings, parse_batch_size
 
     return RunSettings(out=out, model=model, device=device.value, dtype=dtype.value, fmt=fmt.value if fmt else None,
                        overwrite=overwrite, batch_size=parse_batch_size(batch_size), compile=compile_unet,
-                       workers=workers)
+                       workers=workers, strict=strict)
 
 
 @handle_errors
@@ -44,9 +46,10 @@ def invert(scan: ScanArg = None, source_prompt: SourceOpt = None, batch: BatchOp
            model: ModelOpt = None, steps: StepsOpt = None, strength: StrengthOpt = None, window: WindowOpt = None,
            fmt: FormatOpt = None, device: DeviceOpt = Device.auto, dtype: DtypeOpt = Dtype.float32,
            overwrite: OverwriteOpt = False, json_out: JsonOpt = False, quiet: QuietOpt = False,
-           batch_size: BatchSizeOpt = "1", compile_unet: CompileOpt = False, workers: WorkersOpt = None) -> None:
+           batch_size: BatchSizeOpt = "1", compile_unet: CompileOpt = False, workers: WorkersOpt = None,
+           strict: StrictOpt = False) -> None:
     """DDIM-invert a scan under its source prompt; save the latents and the reconstruction with PSNR/SSIM."""
-    settings = _settings(out, model, device, dtype, fmt, overwrite, batch_size, compile_unet, workers)
+    settings = _settings(out, model, device, dtype, fmt, overwrite, batch_size, compile_unet, workers, strict)
     _run("invert", scan, batch, settings, json_out, quiet, source_prompt=source_prompt, steps=steps,
          strength=strength, window=window)
 
@@ -59,9 +62,9 @@ def edit(scan: ScanArg = None, prompt: PromptOpt = None, source_prompt: SourceOp
          window: WindowOpt = None, fmt: FormatOpt = None, device: DeviceOpt = Device.auto,
          dtype: DtypeOpt = Dtype.float32, overwrite: OverwriteOpt = False, json_out: JsonOpt = False,
          quiet: QuietOpt = False, batch_size: BatchSizeOpt = "1", compile_unet: CompileOpt = False,
-         workers: WorkersOpt = None) -> None:
+         workers: WorkersOpt = None, strict: StrictOpt = False) -> None:
     """Counterfactual of a scan (or a CSV of scans) for a target prompt."""
-    settings = _settings(out, model, device, dtype, fmt, overwrite, batch_size, compile_unet, workers)
+    settings = _settings(out, model, device, dtype, fmt, overwrite, batch_size, compile_unet, workers, strict)
     _run("edit", scan, batch, settings, json_out, quiet, prompt=prompt, source_prompt=source_prompt,
          negative_prompt=negative_prompt, steps=steps, guidance=guidance, strength=strength, eta=eta, seed=seed,
          window=window, mask=mask, mask_threshold=mask_threshold)

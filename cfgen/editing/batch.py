@@ -41,6 +41,7 @@ class RunSettings:
     batch_size: int | None = 1  # None: as many as the free memory holds (measured)
     compile: bool = False
     workers: int | None = None  # host threads [default: runner.default_workers()]
+    strict: bool = False  # refuse prompts the text encoder cannot take whole (else: warnings in the items)
 
     def check(self) -> None:
         if self.workers is not None and not 1 <= self.workers <= 64:
@@ -99,7 +100,12 @@ def _check_inputs(scan: str | Path | None, batch: Path | None, settings: RunSett
 
     check_mask_value(mask, "--mask")
     settings.check()
-    _check_out(Path(settings.out), scan)  # (an output format the scan cannot take: per item, before computing)
+    _check_out(Path(settings.out), scan)
+    if scan is not None and settings.fmt is not None and (Path(scan).is_file() or Path(scan).is_dir()):
+        from cfgen.io.scan import check_output_format, format_of
+
+        # one scan: its format from the name, before loading (batches: per item, before computing)
+        check_output_format(format_of(Path(scan)), settings.fmt, scan)
 
 
 def _check_out(out: Path, scan) -> None:
@@ -130,6 +136,22 @@ def _report_params(params: "EditParams", model_name: str, batch, s: RunSettings)
     return {**params.as_dict(), "model": model_name, "batch": str(batch) if batch else None, "format": s.fmt,
             "device": s.device, "dtype": s.dtype, "overwrite": s.overwrite, "batch_size": s.batch_size or "auto",
             "compile": s.compile, "workers": s.workers or "auto"}
+
+
+def _check_prompts(model: "LoadedModel", jobs: list, strict: bool) -> None:
+    """Each job's prompts against the text encoder (length, characters): warnings on the job, or
+    with ``strict`` a usage error before anything is computed."""
+    from cfgen.editing.components import prompt_problems
+
+    seen: dict[str, list[str]] = {}
+    for job in jobs:
+        p = job.params
+        for text in dict.fromkeys((p.prompt, p.source_prompt, p.negative_prompt)):
+            if text not in seen:
+                seen[text] = prompt_problems(model, text)
+            job.warnings += seen[text]
+        if strict and job.warnings:
+            raise UsageError(f"{job.label()}: {job.warnings[0]} (--strict)")
 
 
 def _load(s: RunSettings, shard: "Shard", n_items: int, report: "RunReport") -> tuple["LoadedModel", int, int | None]:
@@ -182,6 +204,7 @@ def run_operation(command: str, scan: str | Path | None, settings: RunSettings, 
     if shard.size > 1:
         report.path = shard.partial_path(out)
     loaded, size, vae_chunk = _load(settings, shard, len(mine), report)
+    _check_prompts(loaded, mine, settings.strict)
     k = max(1, round(params.strength * params.steps))
     with progress(len(mine), 2 * k) as (on_item, on_step):
         run_jobs(OPERATIONS[command], loaded, mine, out, report, fmt=settings.fmt, overwrite=settings.overwrite,

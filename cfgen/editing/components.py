@@ -9,6 +9,31 @@ if TYPE_CHECKING:
     from cfgen.models.loader import LoadedModel
 
 
+def max_tokens(model: LoadedModel) -> int:
+    """Tokens the text encoder reads (start and end tokens included); the rest is cut."""
+    return min(int(model.tokenizer.model_max_length), int(model.entry.defaults.get("max_tokens", 77)))
+
+
+def prompt_problems(model: LoadedModel, text: str) -> list[str]:
+    """What the text encoder will not see of ``text``: words past its length, characters its
+    tokenizer cannot represent. Tabular models parse prompts instead (their errors are their own)."""
+    if model.fields is not None or model.tokenizer is None or not text.strip():
+        return []
+    tok, limit = model.tokenizer, max_tokens(model)
+    ids = tok(text, truncation=False).input_ids
+    found = []
+    if len(ids) > limit:
+        cut = tok.decode(ids[limit - 1:-1], skip_special_tokens=True).strip()
+        found.append(f"prompt {text[:40]!r}... is {len(ids)} tokens; the text encoder reads {limit}, so "
+                     f"{cut[:60]!r} is ignored")
+    seen = set(tok.decode(ids, skip_special_tokens=True).replace(" ", "").lower())
+    lost = sorted({c for c in text.lower() if not c.isspace() and c not in seen})
+    if lost:
+        found.append(f"prompt {text[:40]!r}: the tokenizer cannot represent {', '.join(repr(c) for c in lost)} "
+                     "(dropped or replaced)")
+    return found
+
+
 @torch.no_grad()
 def encode_prompts(model: LoadedModel, prompts: list[str]) -> torch.Tensor:
     """Per-token embeddings the UNet cross-attends to (last hidden state, as SD v1.5); for a
@@ -19,7 +44,7 @@ def encode_prompts(model: LoadedModel, prompts: list[str]) -> torch.Tensor:
 
         return encode_values(prompts, fields).to(model.device)
     tok = model.tokenizer
-    max_len = min(int(tok.model_max_length), int(model.entry.defaults.get("max_tokens", 77)))
+    max_len = max_tokens(model)
     batch = tok(prompts, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt")
     enc = model.text_encoder
     kwargs = {}

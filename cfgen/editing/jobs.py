@@ -39,6 +39,7 @@ class Job:
     params: EditParams
     error: str | None = None
     columns: dict[str, str | Path] = field(default_factory=dict)  # carried CSV columns
+    warnings: list[str] = field(default_factory=list)  # e.g. prompt text the text encoder will not see
 
     def label(self) -> str:
         return f"line {self.row}" if self.row else self.image
@@ -72,8 +73,11 @@ def check_name(name: str) -> str | None:
 
 def check_mask_value(mask: str | None, given_as: str) -> None:
     """A mask is none, auto or a file that exists (``given_as``: how the user gave it, e.g. "--mask")."""
-    if mask not in (None, "", "none", "auto") and not Path(mask).is_file():
-        raise InputError(f"{mask}: mask file not found ({given_as} takes none, auto or a file)")
+    if mask in (None, "", "none", "auto") or Path(mask).is_file():
+        return
+    if Path(mask).exists():
+        raise InputError(f"{mask}: not a regular file ({given_as} takes none, auto or a mask file)")
+    raise InputError(f"{mask}: mask file not found ({given_as} takes none, auto or a file)")
 
 
 def require_prompt(prompt: str | None, message: str, error: type[CfgenError] = UsageError) -> None:

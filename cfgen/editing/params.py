@@ -49,6 +49,8 @@ class EditParams:
             raise UsageError(f"{pre}--guidance {self.guidance}: must be between 0 and 100")
         if not 0.0 <= self.eta <= 1.0:
             raise UsageError(f"{pre}--eta {self.eta}: must be between 0 and 1")
+        if not 0 <= self.seed < 2 ** 63:  # torch generators take a signed 64-bit seed
+            raise UsageError(f"{pre}--seed {self.seed}: must be between 0 and 2^63 - 1")
         if not 0.0 < self.mask_threshold < 1.0:
             raise UsageError(f"{pre}--mask-threshold {self.mask_threshold}: must be in (0, 1)")
         if self.window not in ("auto", "minmax", "dtype", "percentile"):

@@ -60,8 +60,11 @@ def _previous(folder: Path) -> dict | None:
 
 
 def _base_item(job: Job) -> dict[str, Any]:
-    return {"input": job.image, "row": job.row, "name": job.name, "status": "error", "error": None,
+    item = {"input": job.image, "row": job.row, "name": job.name, "status": "error", "error": None,
             "seed": job.params.seed, "params": job.params.as_dict(), "outputs": {}, "metrics": {}}
+    if job.warnings:
+        item["warnings"] = list(job.warnings)
+    return item
 
 
 def _new_item(job: Job, out_dir: Path) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import numpy as np
 from cfgen.errors import InputError, ScanReadError
 from cfgen.io.atomic import atomic_dir, atomic_path
 from cfgen.io.provenance import mark_derived
+from cfgen.io.series_check import check_series
 from cfgen.io.scan import Scan, check_size
 
 CODECS_HINT = ("install the decoders with `pip install 'cfgen[dicom-codecs]'` "
@@ -32,12 +33,28 @@ def _dcmread(path: Path, **kw):
         raise ScanReadError(f"{path}: corrupt DICOM ({exc.__class__.__name__}: {exc})") from None
 
 
+def number(ds, keyword: str, path: Path, default: float | None = None, kind=float):
+    """A numeric header value: ``default`` when absent or empty, a one-line error naming the tag
+    when it is missing without a default or holds no number."""
+    raw = ds.get(keyword)
+    value = getattr(raw, "value", raw)
+    if value is None or value == "":
+        if default is None:
+            raise ScanReadError(f"{path}: DICOM has no {keyword}, which an image needs")
+        return default
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ScanReadError(f"{path}: DICOM {keyword} {str(value)[:40]!r} is not a number") from None
+
+
 def _modality_values(ds, path: Path) -> tuple[np.ndarray, dict]:
     """Decoded pixels with the modality rescale applied; (frames?, rows, cols[, samples])."""
     if "PixelData" not in ds:
         raise ScanReadError(f"{path}: DICOM has no pixel data (not an image object)")
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    check_size((int(ds.Rows), int(ds.Columns), frames), path, channels=int(getattr(ds, "SamplesPerPixel", 1) or 1))
+    frames = number(ds, "NumberOfFrames", path, 1, int) or 1
+    rows, cols = number(ds, "Rows", path, kind=int), number(ds, "Columns", path, kind=int)
+    check_size((rows, cols, frames), path, channels=number(ds, "SamplesPerPixel", path, 1, int) or 1)
     try:
         arr = ds.pixel_array
     except Exception as exc:
@@ -49,11 +66,11 @@ def _modality_values(ds, path: Path) -> tuple[np.ndarray, dict]:
         raise ScanReadError(f"{path}: DICOM Modality LUT Sequence is not supported (only linear rescale)")
     if str(ds.PhotometricInterpretation) == "PALETTE COLOR":  # indices into a colour table, not intensities
         return _palette_to_rgb(ds, arr, path)
-    slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
-    intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
+    slope = number(ds, "RescaleSlope", path, 1.0) or 1.0
+    intercept = number(ds, "RescaleIntercept", path, 0.0)
     values = arr.astype(np.float32) * slope + intercept
-    bits = int(ds.BitsStored)
-    signed = int(getattr(ds, "PixelRepresentation", 0)) == 1
+    bits = number(ds, "BitsStored", path, kind=int)
+    signed = number(ds, "PixelRepresentation", path, 0, int) == 1
     smin, smax = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
     info = {"slope": slope, "intercept": intercept, "bits_stored": bits, "signed": signed,
             "stored_range": (smin, smax), "dtype": str(arr.dtype),
@@ -83,6 +100,23 @@ def _palette_to_rgb(ds, arr: np.ndarray, path: Path) -> tuple[np.ndarray, dict]:
     return rgb.astype(np.float32), info
 
 
+def _pixel_spacing(ds, path: Path) -> tuple[float, float] | None:
+    from pydicom.multival import MultiValue
+
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        raw = ds.get(keyword)
+        if raw is None or raw == "":
+            continue
+        try:
+            values = tuple(float(v) for v in (raw if isinstance(raw, (list, tuple, MultiValue)) else [raw]))
+        except (TypeError, ValueError):
+            values = ()
+        if len(values) != 2 or not all(np.isfinite(v) and v > 0 for v in values):
+            raise ScanReadError(f"{path}: DICOM {keyword} {str(raw)[:40]!r} is not two positive numbers (mm)")
+        return values
+    return None
+
+
 def read_dicom(path: Path) -> Scan:
     ds = _dcmread(path)
     values, info = _modality_values(ds, path)
@@ -94,8 +128,7 @@ def read_dicom(path: Path) -> Scan:
         pixels = np.transpose(values, (2, 1, 0))[None]  # (frames, rows, cols) -> (1, X, Y, Z)
     else:
         pixels = values[None] if samples == 1 else np.moveaxis(values, -1, 0)
-    spacing = getattr(ds, "PixelSpacing", None) or getattr(ds, "ImagerPixelSpacing", None)
-    spacing = tuple(float(v) for v in spacing) if spacing else None
+    spacing = _pixel_spacing(ds, path)
     return Scan(path=path, format="dicom", pixels=pixels.astype(np.float32), source_dtype=info["dtype"],
                 spacing=spacing, meta={"dataset": ds, "pixel": info})
 
@@ -170,29 +203,6 @@ def write_dicom(template: Scan, pixels: np.ndarray, target: Path, description: s
     return target
 
 
-def _slice_positions(files: list[str], folder: Path) -> None:
-    """Refuse series with missing slices (a gap much larger than the usual spacing)."""
-    import pydicom
-
-    pos, normal = [], None
-    for f in files:
-        ds = pydicom.dcmread(f, stop_before_pixels=True)
-        if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
-            return
-        iop = np.array(ds.ImageOrientationPatient, dtype=float)
-        n = np.cross(iop[:3], iop[3:])
-        if normal is not None and not np.allclose(n, normal, atol=1e-3):
-            raise ScanReadError(f"{folder}: slices of the series have different orientations")
-        normal = n
-        pos.append(float(np.dot(n, np.array(ds.ImagePositionPatient, dtype=float))))
-    if len(pos) > 2:
-        gaps = np.diff(np.sort(pos))
-        med = float(np.median(gaps))
-        if med > 0 and gaps.max() > 1.5 * med:
-            raise ScanReadError(f"{folder}: DICOM series has missing slices (a gap of {gaps.max():.2f} mm "
-                                f"where slices are {med:.2f} mm apart)")
-
-
 def read_dicom_series(folder: Path) -> Scan:
     import SimpleITK as sitk
 
@@ -203,7 +213,7 @@ def read_dicom_series(folder: Path) -> Scan:
     if len(ids) > 1:
         raise ScanReadError(f"{folder}: folder holds {len(ids)} DICOM series; point to one series' folder")
     files = list(reader.GetGDCMSeriesFileNames(str(folder), ids[0]))
-    _slice_positions(files, folder)
+    check_series(files, folder)
     first = _dcmread(Path(files[0]), stop_before_pixels=True)
     check_size((int(first.Rows), int(first.Columns), len(files)), folder)
     reader.SetFileNames(files)

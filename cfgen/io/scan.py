@@ -1,17 +1,23 @@
 """The Scan type and the format dispatch for reading and writing."""
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from cfgen.errors import InputError, ScanReadError, UsageError
+from cfgen.errors import CfgenError, InputError, ScanReadError, UsageError
 
 #: output format -> file suffix ("" = a folder)
 SUFFIXES = {"png": ".png", "jpeg": ".jpg", "tiff": ".tif", "dicom": ".dcm", "dicom-series": "",
             "nifti": ".nii.gz"}
+
+#: what a reader raises on a file whose content is wrong (missing or non-numeric header values, a cut
+#: file): an input problem, reported as one about that file, never as an internal error
+READ_FAILURES = (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError, EOFError, OSError,
+                 ArithmeticError, struct.error)
 
 #: refuse before allocating: the most values (voxels x channels) cfgen will read from one scan
 MAX_VOXELS = 512 * 1024 * 1024
@@ -86,7 +92,8 @@ def check_output_format(input_format: str, fmt: str, where: Path | str) -> None:
                          "derived copy of the source header")
 
 
-def _format_of(path: Path) -> str:
+def format_of(path: Path) -> str:
+    """The scan format from the name (or the DICM magic), without decoding anything."""
     name = path.name.lower()
     if path.is_dir():
         return "dicom-series"
@@ -127,10 +134,18 @@ def read_scan(path: str | Path) -> Scan:
     path = Path(path)
     if not path.exists():
         raise ScanReadError(f"{path}: file not found")
+    if not path.is_file() and not path.is_dir():  # a FIFO or a device would block or never end
+        raise ScanReadError(f"{path}: not a regular file (a pipe, socket or device); give the scan's file")
     if path.is_file() and path.stat().st_size == 0:
         raise ScanReadError(f"{path}: file is empty")
-    fmt = _format_of(path)
-    scan = _readers()[fmt](path)
+    fmt = format_of(path)
+    try:
+        scan = _readers()[fmt](path)
+    except CfgenError:
+        raise
+    except READ_FAILURES as exc:  # the file, not cfgen: a header value of the wrong kind, a cut file
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ScanReadError(f"{path}: cannot read this {fmt} file ({exc.__class__.__name__}: {first})") from None
     if not np.isfinite(scan.pixels).all():
         raise ScanReadError(f"{path}: scan has NaN/Inf values")
     return scan

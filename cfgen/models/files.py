@@ -157,3 +157,52 @@ def verify_sha256(root: Path, expected: dict[str, str], name: str) -> dict[str, 
                 f"got {got[rel][:12]}...): the file is corrupt or not the published one"
             )
     return got
+
+
+#: the JSON files a model folder's loaders read
+CONFIG_FILES = ("model_index.json", "*/config.json", "scheduler/scheduler_config.json", "tokenizer/tokenizer_config.json")
+
+
+def check_configs(root: Path) -> None:
+    """Every JSON config of the folder parses as a JSON object: a one-line error naming the file
+    (diffusers, transformers and MONAI report these in their own words, or with a traceback)."""
+    import json
+
+    for pattern in CONFIG_FILES:
+        for path in sorted(Path(root).glob(pattern)):
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise ModelError(f"{path}: not valid JSON ({exc})") from None
+            if not isinstance(data, dict):
+                raise ModelError(f"{path}: expected a JSON object, found {type(data).__name__} {str(data)[:40]}")
+
+
+def stored_elements(paths: list[Path]) -> int:
+    """Values the safetensors files hold, from their headers (nothing is loaded); a file that is
+    not safetensors is a one-line error naming it."""
+    import math
+
+    from safetensors import SafetensorError, safe_open
+
+    total = 0
+    for path in paths:
+        try:
+            with safe_open(str(path), "pt") as fh:
+                total += sum(math.prod(fh.get_slice(k).get_shape()) for k in fh.keys())
+        except (SafetensorError, OSError) as exc:
+            raise ModelError(f"{path}: not a readable safetensors file ({exc})") from None
+    return total
+
+
+def check_network_size(where: Path, build, weights: list[Path]) -> None:
+    """The network ``build()`` makes (on the meta device: nothing allocated) has as many values
+    as ``weights`` hold: a config asking for enormous channels is refused before it is built."""
+    import torch
+
+    with torch.device("meta"):
+        wanted = sum(t.numel() for t in build().state_dict().values())
+    stored = stored_elements(weights)
+    if wanted != stored:
+        raise ModelError(f"{where}: describes a network of {wanted:,} parameters; {', '.join(w.name for w in weights)} "
+                         f"holds {stored:,}: the config and the weights do not belong together")

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from cfgen.errors import ModelError
+from cfgen.models.files import check_network_size
 
 UNET_DIR, AE_DIR, WEIGHTS = "unet", "autoencoder", "model.safetensors"
 
@@ -96,15 +97,37 @@ def _read_config(folder: Path) -> dict[str, Any]:
         raise ModelError(f"{folder / 'config.json'}: cannot read ({exc})") from None
 
 
+#: MONAI network arguments cfgen's 3D folders use, and the type each must have
+_CONFIG_TYPES = {"spatial_dims": int, "in_channels": int, "out_channels": int, "latent_channels": int,
+                 "norm_num_groups": int, "cross_attention_dim": int, "channels": list, "attention_levels": list,
+                 "with_conditioning": bool, "with_encoder_nonlocal_attn": bool, "with_decoder_nonlocal_attn": bool}
+
+
+def _check_config(kwargs: dict[str, Any], where: Path) -> None:
+    for key, kind in _CONFIG_TYPES.items():
+        value = kwargs.get(key)
+        if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+            raise ModelError(f"{where}: {key}: expected {'a list' if kind is list else kind.__name__}, found {value!r:.40}")
+    if not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in kwargs.get("channels", [])):
+        raise ModelError(f"{where}: channels: expected a list of positive integers, found {kwargs['channels']!r:.60}")
+
+
 def _network(kind: str, cfg: dict[str, Any], folder: Path, device: str, dtype) -> torch.nn.Module:
+    """The network of ``folder``: its config checked, its size compared with the weights' (on the
+    meta device: nothing allocated) before it is built and loaded."""
     from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     cls = DiffusionModelUNet if kind == UNET_DIR else AutoencoderKL
     kwargs = {k: v for k, v in cfg.items() if k not in ("scaling_factor", "conditioning")}
+    _check_config(kwargs, folder / "config.json")
     try:
+        check_network_size(folder / "config.json", lambda: cls(**kwargs), [folder / WEIGHTS])
         net = cls(**kwargs)
         net.load_state_dict(load_file(str(folder / WEIGHTS)))
+    except SafetensorError as exc:
+        raise ModelError(f"{folder / WEIGHTS}: not a readable safetensors file ({exc})") from None
     except (TypeError, ValueError, RuntimeError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise ModelError(f"{folder}: cannot build {cls.__name__} from config.json and {WEIGHTS} ({first[:300]})") from None
@@ -121,9 +144,11 @@ def _conditioner(ucfg: dict[str, Any], folder: Path, device: str, dtype):
 
     fields = parse_fields(ucfg["conditioning"], str(folder / "config.json"))
     emb = TabularEmbedding(fields, int(ucfg["cross_attention_dim"]))
+    from safetensors import SafetensorError
+
     try:
         emb.load_state_dict(load_file(str(folder / CONDITIONER_WEIGHTS)))
-    except (OSError, RuntimeError) as exc:
+    except (OSError, RuntimeError, SafetensorError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise ModelError(f"{folder / CONDITIONER_WEIGHTS}: cannot load the tabular conditioner ({first[:300]})") from None
     return fields, emb.to(device=device, dtype=torch.float32).eval().requires_grad_(False)

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cfgen.errors import ModelError, UsageError
-from cfgen.models.files import FAMILY_COMPONENTS, FAMILY_OPTIONAL, OPTIONAL_COMPONENTS, missing_files, verify_sha256
+from cfgen.models.files import (FAMILY_COMPONENTS, FAMILY_OPTIONAL, OPTIONAL_COMPONENTS, check_configs,
+                                check_network_size, missing_files, verify_sha256)
 from cfgen.models.hf import quiet_hf
 from cfgen.models.registry import ModelEntry, Registry, _entry_from_table, load_registry, resolve_model_name
 from cfgen.models.scheduler import folder_scheduler
@@ -164,12 +165,29 @@ def locate(entry: ModelEntry) -> tuple[Path, str | None]:
     return entry.path, entry.revision
 
 
+def _check_size_2d(sub: Path, cls) -> None:
+    """A diffusers component's config against its weights, before anything is allocated."""
+    import re
+
+    weights = sorted(p for p in sub.glob("diffusion_pytorch_model*.safetensors")
+                     if re.fullmatch(r"diffusion_pytorch_model(-\d+-of-\d+)?\.safetensors", p.name))
+    if not weights:
+        return  # missing_files has said what is missing
+    try:
+        config = cls.load_config(sub)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{sub / 'config.json'}: not a {cls.__name__} config ({exc})") from None
+    check_network_size(sub / "config.json", lambda: cls.from_config(config), weights)
+
+
 def _load_ldm2d(entry: ModelEntry, folder: Path, device: str, dtype) -> tuple[ModelEntry, dict[str, Any]]:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import AutoModel, AutoTokenizer
 
     quiet_hf()
     kw = {"use_safetensors": True}
+    for sub, cls in (("vae", AutoencoderKL), ("unet", UNet2DConditionModel)):
+        _check_size_2d(folder / sub, cls)
     try:
         vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype, **kw)
         unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype, **kw)
@@ -236,6 +254,7 @@ def load_model(model: str | None = None, device: str = "auto", dtype: str = "flo
                             optional=OPTIONAL_COMPONENTS + FAMILY_OPTIONAL.get(entry.family, ()))
     if missing:
         raise ModelError(f"{folder}: model '{entry.name}' is incomplete, missing {', '.join(missing)}")
+    check_configs(folder)
     sha = verify_sha256(folder, entry.sha256, entry.name)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)

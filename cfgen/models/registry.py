@@ -140,6 +140,9 @@ def packaged_registry_file() -> Path:
 
 def _entry_from_table(name: str, table: dict[str, Any], origin: Path) -> ModelEntry:
     where = f"{origin}: [models.{name}]"
+    from cfgen.models.schema import check_entry
+
+    check_entry(table, where)
     family = table.get("family")
     if family not in FAMILIES:
         raise ModelError(f"{where}: family '{family}' is not one of {', '.join(FAMILIES)}")
@@ -215,8 +218,12 @@ def read_registry_file(path: Path) -> tuple[dict[str, ModelEntry], dict[str, str
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ModelError(f"{path}: not valid TOML ({exc})") from None
     models = data.get("models", {})
-    if not isinstance(models, dict):
-        raise ModelError(f"{path}: [models] must be a table of entries")
+    if not isinstance(models, dict) or not all(isinstance(t, dict) for t in models.values()):
+        raise ModelError(f"{path}: [models] must be a table of entries ([models.NAME] tables)")
+    for key in data:
+        if key not in ("models", "default", "default_classifier", "default_synth3d"):
+            raise ModelError(f"{path}: unknown top-level key '{key}' (known: models, default, default_classifier, "
+                             "default_synth3d)")
     entries = {name: _entry_from_table(name, table, path) for name, table in models.items()}
     return entries, {k: str(data[k]) for k in ("default", "default_classifier", "default_synth3d") if data.get(k)}
 

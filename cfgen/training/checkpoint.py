@@ -81,3 +81,29 @@ def load_checkpoint(folder: Path, net, optimizer, lr_scheduler, ema=None) -> dic
         ema.shadow_params = [shadow[str(i)].to(p.device) for i, p in enumerate(ema.shadow_params)]
         ema.optimization_step = state["ema"]["optimization_step"]
     return state
+
+
+#: settings that shape the training trajectory: a resumed run must keep them (the step count may
+#: grow: that is what resuming is for)
+RESUME_KEYS = ("learning_rate", "adam_beta1", "adam_beta2", "weight_decay", "adam_epsilon", "max_grad_norm",
+               "lr_scheduler", "lr_warmup_steps", "batch_size", "gradient_accumulation", "mixed_precision", "ema",
+               "ema_decay", "snr_gamma", "noise_offset", "caption_dropout", "seed", "window")
+
+
+def resume_settings(cfg) -> dict:
+    return {k: getattr(cfg, k) for k in RESUME_KEYS}
+
+
+def check_resume(folder: Path, now: dict) -> None:
+    """--resume with the settings the checkpoint was trained with, or a usage error naming each
+    change (checkpoints written before the settings were recorded are taken as they are)."""
+    from cfgen.errors import UsageError
+
+    try:
+        was = json.loads((Path(folder) / "state.json").read_text()).get("settings") or {}
+    except (OSError, ValueError):
+        return
+    changed = [f"{k} {was[k]!r} -> {now[k]!r}" for k in RESUME_KEYS if k in was and k in now and was[k] != now[k]]
+    if changed:
+        raise UsageError(f"--resume: {folder.name} was trained with other settings ({'; '.join(changed)}); "
+                         "resume with the checkpoint's settings or start in another --out")

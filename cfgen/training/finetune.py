@@ -26,7 +26,7 @@ import torch
 from cfgen.editing.grid import ModelGrid
 from cfgen.errors import InputError, UsageError
 from cfgen.report import RunReport
-from cfgen.training.checkpoint import checkpoints, load_checkpoint, save_checkpoint
+from cfgen.training.checkpoint import check_resume, checkpoints, load_checkpoint, resume_settings, save_checkpoint
 from cfgen.training.config import FinetuneConfig, derived_seed
 from cfgen.training.data import ImageCaptionDataset, collate, read_training_csv
 from cfgen.training.objectives import Denoising, Objective, SuperResObjective
@@ -164,6 +164,8 @@ def prepare_run(data_csv: Path, model_name: str | None, out: Path, cfg: Finetune
     if existing and not resume:
         raise InputError(f"{out}: holds checkpoints ({existing[-1].name}); pass --resume to continue "
                          "or choose another output folder")
+    if existing:
+        check_resume(existing[-1], resume_settings(cfg))
     acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation,
                       cpu=resolve_device(device) == "cpu")
     model = load_model(model_name, device=str(acc.device))
@@ -246,7 +248,8 @@ class Trainer:
             r.acc.wait_for_everyone()
             if r.acc.is_main_process:
                 save_checkpoint(self.out, step, r.acc.unwrap_model(r.unet), r.raw_optimizer, r.lr_sched, r.ema,
-                                extra={"epoch": epoch, "seed": cfg.seed}, keep=cfg.keep_checkpoints)
+                                extra={"epoch": epoch, "seed": cfg.seed, "settings": resume_settings(cfg)},
+                                keep=cfg.keep_checkpoints)
         if cfg.validation_prompts and cfg.validate_every and step % cfg.validate_every == 0 and r.acc.is_main_process:
             self.validate(r.acc.unwrap_model(r.unet), f"step-{step:07d}.png")
 

@@ -287,7 +287,7 @@ CASES = [
     Case("5000-character prompt", overlong_prompt, 2, "(limit 2000)"),
     Case("unknown model name", unknown_model, 1, "unknown model 'no-such-model'"),
     Case("model without UNet weights", model_missing_weights, 1, "missing unet/diffusion_pytorch_model.safetensors"),
-    Case("model with corrupt weights", model_corrupt_weights, 1, "cannot load model"),
+    Case("model with corrupt weights", model_corrupt_weights, 1, "not a readable safetensors file"),
     Case("model with pickle weights", model_pickle_weights, 1, "only pickle weights found"),
     Case("sha256 mismatch", sha256_mismatch, 1, "sha256 mismatch"),
     Case("evaluate: CSV without pair columns", eval_csv_missing_columns, 1, "columns found: image, edited"),

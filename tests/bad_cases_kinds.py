@@ -67,6 +67,25 @@ def toml_channels_list(w, m):
     return _registry(w, m, "channels = [1]")
 
 
+def toml_unknown_top_level(w, m):
+    args = _registry(w, m, "")
+    (w / "reg.toml").write_text('defualt = "mine"\n' + (w / "reg.toml").read_text())
+    return args
+
+
+def toml_scheduler_value_type(w, m):
+    return _registry(w, m, "", "[models.mine.scheduler]\nbeta_start = \"0.00085\"\n")
+
+
+def toml_sha256_a_number(w, m):
+    return _registry(w, m, "", "[models.mine.sha256]\n\"unet/diffusion_pytorch_model.safetensors\" = 12\n")
+
+
+def mask_of_another_size(w, m):
+    _png(w / "mask.png", np.full((40, 40), 255, np.uint8))
+    return _edit(w, m, _ct(w), "--mask", str(w / "mask.png"))
+
+
 def _folder(w: Path, m: Path) -> Path:
     return Path(shutil.copytree(m, w / "model"))
 
@@ -341,6 +360,10 @@ KIND_CASES = [
     Case("models.toml: unknown default", toml_unknown_default, 1, "unknown key 'defaults.step'"),
     Case("models.toml: scheduler not a table", toml_scheduler_not_a_table, 1, "scheduler: expected a table"),
     Case("models.toml: channels a list", toml_channels_list, 1, "channels: expected an integer"),
+    Case("models.toml: misspelt top-level key", toml_unknown_top_level, 1, "unknown top-level key 'defualt'"),
+    Case("models.toml: scheduler value a string", toml_scheduler_value_type, 1, "scheduler.beta_start: expected a number"),
+    Case("models.toml: sha256 a number", toml_sha256_a_number, 1, "expected a string"),
+    Case("--mask of another size", mask_of_another_size, 1, "does not match the scan"),
     Case("cfgen.toml: resolution true", folder_toml_bad_type, 1, "resolution: expected an integer"),
     Case("cfgen.toml: not TOML", folder_toml_not_toml, 1, "not valid TOML"),
     Case("unet/config.json not JSON", unet_config_not_json, 1, "unet/config.json: not valid JSON"),

@@ -3,14 +3,21 @@ OUT, no unpickling through a shard index, and a per-item report cost that stays 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import shutil
 
+import numpy as np
 import pytest
 from cxr_inputs import cxr_pngs
 
 from cfgen.errors import ModelError
 from cfgen.models.loader import load_model
 
+
+
+def _error_lines(stderr: str) -> int:
+    """cfgen's own error lines (the tiny models' 16-token text encoder warns about most prompts)."""
+    return sum(1 for ln in stderr.splitlines() if ln.strip() and not ln.startswith("cfgen: warning: "))
 
 def test_a_generated_name_never_takes_another_rows_explicit_output(cli, tiny_model, tmp_path):
     d = tmp_path / "d1"
@@ -41,7 +48,7 @@ def test_an_item_folder_that_is_a_link_is_refused_and_what_it_points_at_is_untou
     (out / "p0").symlink_to(victim, target_is_directory=True)
     res = cli("edit", tmp_path / "in" / "p0.png", "-p", "Chest X-ray showing Cardiomegaly", "-m", tiny_model,
               "--steps", "1", "-q", "-o", out)
-    assert res.exit_code == 1 and "symbolic link" in res.stderr and res.stderr.count("\n") == 1, res.output
+    assert res.exit_code == 1 and "symbolic link" in res.stderr and _error_lines(res.stderr) == 1, res.output
     assert sorted(p.name for p in victim.iterdir()) == [".tmp-precious", "keep.txt"]
     assert (victim / "keep.txt").read_text() == "mine"
 
@@ -135,7 +142,7 @@ def test_padding_and_channel_bombs_are_refused_from_the_header(cli, tiny_model, 
         path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 16384, 16384, 8, 2, 0, 0, 0))
                          + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
     res = cli("edit", path, "-p", "x", "-m", tiny_model, "-q", "-o", tmp_path / "out")
-    assert res.exit_code == 1 and message in res.stderr and res.stderr.count("\n") == 1, res.output
+    assert res.exit_code == 1 and message in res.stderr and _error_lines(res.stderr) == 1, res.output
 
 
 @pytest.mark.parametrize("case, code, message", [
@@ -153,7 +160,7 @@ def test_output_problems_are_refused_before_the_model_is_loaded(cli, tmp_path, m
         out = scan
     monkeypatch.setattr(loader, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     res = cli("edit", scan, "-p", "x", "-o", out)
-    assert res.exit_code == code and message in res.stderr and res.stderr.count("\n") == 1, res.output
+    assert res.exit_code == code and message in res.stderr and _error_lines(res.stderr) == 1, res.output
 
 
 def test_an_output_named_like_the_runs_own_files_is_refused_per_row(tmp_path):
@@ -165,3 +172,51 @@ def test_an_output_named_like_the_runs_own_files_is_refused_per_row(tmp_path):
     jobs = jobs_from_csv(tmp_path / "in" / "jobs.csv", EditParams())
     assert "reserved" in jobs[0].error and jobs[1].error is None and jobs[1].name == "ok"
     assert default_name("report.json.png") == "report.json-scan"
+
+
+def test_library_warnings_go_to_the_item_not_to_stderr(cli, tiny_model, tmp_path):
+    """nibabel logs that a header's sform_code is invalid while the scan is read: the note is kept
+    in item.json, stderr carries only cfgen's own lines."""
+    import nibabel as nib
+
+    img = nib.Nifti1Image((np.arange(32 * 32, dtype=np.float32) % 97).reshape(32, 32), np.eye(4))
+    img.header["sform_code"] = 7  # not a code NIfTI defines
+    nib.save(img, tmp_path / "odd.nii.gz")
+    res = cli("edit", tmp_path / "odd.nii.gz", "-p", "x", "-m", tiny_model, "-o", tmp_path / "out", "--steps", "2", "-q")
+    assert res.exit_code == 0, res.output
+    assert res.stderr.strip() == "", res.stderr
+    item = json.loads((tmp_path / "out" / "odd" / "item.json").read_text())
+    assert any("sform_code" in n for n in item["read_notes"]), item.get("read_notes")
+
+
+def test_a_volume_with_an_all_zero_affine_is_edited_in_voxel_order(cli, tmp_path):
+    """No usable axes in the affine: the volume reaches the model in voxel order, and the report says so."""
+    import nibabel as nib
+
+    from cfgen.models.ldm3d import LDM3DSpec, build_ldm3d
+
+    model = build_ldm3d(tmp_path / "m3d", LDM3DSpec(), seed=0)
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape((16, 16, 12))
+    hdr.set_data_dtype(np.float32)
+    hdr["sform_code"] = 1
+    for row in ("srow_x", "srow_y", "srow_z"):
+        hdr[row] = 0  # a scanner sform of zeros: no axes at all
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((16, 16, 12), dtype=np.float32), None, header=hdr),
+             tmp_path / "flat.nii.gz")
+    assert not nib.load(tmp_path / "flat.nii.gz").header.get_best_affine()[:3, :3].any()
+    res = cli("edit", tmp_path / "flat.nii.gz", "-p", "x", "-m", model, "-o", tmp_path / "out", "--steps", "2", "-q")
+    assert res.exit_code == 0, res.output
+    item = json.loads((tmp_path / "out" / "flat" / "item.json").read_text())
+    assert item["preprocessing"]["orientation"].startswith("unknown")
+    assert nib.load(tmp_path / "out" / "flat" / "counterfactual.nii.gz").shape == (16, 16, 12)
+
+
+def test_prompt_warnings_are_recorded_and_printed_once(cli, tiny_model, ct_small, tmp_path):
+    long = "Chest X-ray showing " + ", ".join(["Pleural Effusion"] * 6)
+    res = cli("edit", ct_small, "-p", long, "-m", tiny_model, "-o", tmp_path / "out", "--steps", "2", "-q")
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("cfgen: warning: ") and "is ignored" in lines[0]
+    item = json.loads((tmp_path / "out" / "CT_small" / "item.json").read_text())
+    assert item["warnings"] and "tokens" in item["warnings"][0]

@@ -92,8 +92,8 @@ def _resize(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
 def _axes(affine: np.ndarray | None, orientation: str):
     """(scan -> model transform, model -> scan transform, obliquity in degrees); None when the
     scan's affine says nothing usable about its axes."""
-    if affine is None:
-        return None, None, None
+    if affine is None or not np.isfinite(affine).all() or abs(np.linalg.det(np.asarray(affine)[:3, :3])) < 1e-12:
+        return None, None, None  # no axes to read (e.g. an all-zero affine)
     from nibabel.affines import obliquity
     from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 
@@ -108,7 +108,7 @@ def _axes(affine: np.ndarray | None, orientation: str):
 def _spacing(affine: np.ndarray | None, fallback: tuple[float, ...] | None, dims: int) -> np.ndarray:
     if affine is not None:
         zooms = np.sqrt((np.asarray(affine, dtype=float)[:3, :3] ** 2).sum(axis=0))
-        if (zooms > 0).all():
+        if np.isfinite(zooms).all() and (zooms > 0).all():
             return zooms
     if fallback and len(fallback) == dims and all(s > 0 for s in fallback):
         return np.asarray(fallback, dtype=float)

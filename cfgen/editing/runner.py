@@ -280,5 +280,7 @@ def _finish(op: Operation, model, job: Job, out_dir: Path, fmt: str | None, clai
         "metrics": {**outcome.metrics, **extra_metrics},
         "scan": scan.info(), "preprocessing": outcome.prepared.record(), "timesteps": outcome.timesteps,
     }
+    if scan.meta.get("notes"):  # library warnings while reading the scan, kept off stderr
+        record["read_notes"] = scan.meta["notes"]
     write_json(folder / ITEM_FILE, {**_base_item(job), **record})
     return record

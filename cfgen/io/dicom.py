@@ -206,6 +206,10 @@ def write_dicom(template: Scan, pixels: np.ndarray, target: Path, description: s
 def read_dicom_series(folder: Path) -> Scan:
     import SimpleITK as sitk
 
+    from cfgen.io.noise import quiet_itk
+
+    quiet_itk()
+
     reader = sitk.ImageSeriesReader()
     ids = reader.GetGDCMSeriesIDs(str(folder))
     if not ids:

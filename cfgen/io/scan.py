@@ -139,13 +139,18 @@ def read_scan(path: str | Path) -> Scan:
     if path.is_file() and path.stat().st_size == 0:
         raise ScanReadError(f"{path}: file is empty")
     fmt = format_of(path)
+    from cfgen.io.noise import captured
+
     try:
-        scan = _readers()[fmt](path)
+        with captured() as notes:
+            scan = _readers()[fmt](path)
     except CfgenError:
         raise
     except READ_FAILURES as exc:  # the file, not cfgen: a header value of the wrong kind, a cut file
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise ScanReadError(f"{path}: cannot read this {fmt} file ({exc.__class__.__name__}: {first})") from None
+    if notes:
+        scan.meta["notes"] = list(dict.fromkeys(notes))[:20]  # what the libraries said while reading
     if not np.isfinite(scan.pixels).all():
         raise ScanReadError(f"{path}: scan has NaN/Inf values")
     return scan

@@ -394,3 +394,15 @@ KIND_CASES = [
     Case("finetune --resume with another learning rate", resume_other_lr, 2, "learning_rate"),
     Case("finetune --resume with another seed", resume_other_seed, 2, "seed"),
 ]
+
+
+def unet_config_string_channels(w, m):
+    bad = _folder(w, m)
+    cfg = json.loads((bad / "unet" / "config.json").read_text())
+    cfg["block_out_channels"] = "32,64"
+    (bad / "unet" / "config.json").write_text(json.dumps(cfg))
+    return _edit(w, bad, _ct(w))
+
+
+KIND_CASES.append(Case("2D UNet config with channels as a string", unet_config_string_channels, 1,
+                       "unet/config.json: not a UNet2DConditionModel config"))

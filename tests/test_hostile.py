@@ -220,3 +220,18 @@ def test_prompt_warnings_are_recorded_and_printed_once(cli, tiny_model, ct_small
     assert len(lines) == 1 and lines[0].startswith("cfgen: warning: ") and "is ignored" in lines[0]
     item = json.loads((tmp_path / "out" / "CT_small" / "item.json").read_text())
     assert item["warnings"] and "tokens" in item["warnings"][0]
+
+
+def test_a_full_disk_is_reported_as_such_not_as_an_internal_error(cli, tiny_model, ct_small, tmp_path, monkeypatch):
+    import errno
+
+    from cfgen.editing import operations
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "CT_small" / "counterfactual.dcm"))
+
+    monkeypatch.setattr(operations, "write_scan", full)
+    res = cli("edit", ct_small, "-p", "x", "-m", tiny_model, "-o", tmp_path / "out", "--steps", "2", "-q")
+    assert res.exit_code == 1
+    assert "No space left on device" in res.stderr and "internal error" not in res.stderr, res.stderr
+    assert "counterfactual.dcm" in res.stderr

@@ -80,6 +80,9 @@ def _error_text(job: Job, exc: BaseException) -> str:
     if isinstance(exc, CfgenError):
         msg = str(exc)
         return msg if (job.image and job.image in msg) or job.row else f"{job.image}: {msg}"
+    if isinstance(exc, OSError) and exc.strerror:  # the machine, not cfgen: disk full, permissions, ...
+        where = f" {exc.filename}" if exc.filename else ""
+        return f"{job.image}: cannot write or read a file{where} ({exc.strerror})"
     # a bug must not stop the batch: record it, go on with the next row
     if os.environ.get("CFGEN_DEBUG"):
         traceback.print_exception(exc)

@@ -175,9 +175,10 @@ def _check_size_2d(sub: Path, cls) -> None:
         return  # missing_files has said what is missing
     try:
         config = cls.load_config(sub)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{sub / 'config.json'}: not a {cls.__name__} config ({exc})") from None
-    check_network_size(sub / "config.json", lambda: cls.from_config(config), weights)
+        check_network_size(sub / "config.json", lambda: cls.from_config(config), weights)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:  # a value of the wrong type or kind
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
+        raise ModelError(f"{sub / 'config.json'}: not a {cls.__name__} config ({first})") from None
 
 
 def _load_ldm2d(entry: ModelEntry, folder: Path, device: str, dtype) -> tuple[ModelEntry, dict[str, Any]]:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install cfgen with its test extras. Offline-safe after the first install:
 # needs only PyPI (no model hub). torch is pinned to the CPU wheel; install a CUDA build of
-# torch yourself first if you have a GPU (any torch>=2.2 works).
+# torch yourself first if you have a GPU (pyproject.toml gives the supported range).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

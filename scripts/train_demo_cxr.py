@@ -5,13 +5,16 @@ Steps (every one reproducible from the seeds below):
      (held-out evaluation uses seed 90000: benchmarks/phantom_edits.py)
   2. captions: PRISM's CheXpert template (`cfgen caption`)
   3. an untrained model folder from DEMO_SPEC (char-level CLIP text encoder, frozen at init)
-  4. the VAE trained on the phantoms (L1 + KL), scaling factor set to 1 / latent std
+  4. the VAE trained on the phantoms (L1 + KL), scaling factor set to 1 / latent std (wavelet
+     recipes: none, the Haar transform is exact)
   5. the UNet trained with `cfgen finetune` (only the UNet trains), EMA, Min-SNR
   6. export to cfgen/models/weights/demo-cxr in fp16 safetensors, sha256 printed for models.toml
 
     python scripts/train_demo_cxr.py --work runs/demo-cxr                  # the full recipe (GPU advised)
     python scripts/train_demo_cxr.py --work runs/demo-cpu --recipe cpu     # about an hour on 2 CPU cores
     python scripts/train_demo_cxr.py --work /tmp/demo --recipe quick       # minutes: checks the recipe runs
+    python scripts/train_demo_cxr.py --work runs/demo-wav --recipe wavelet-cpu  # Haar wavelet space, about
+                                                                           # an hour on 2 CPU cores
 
 Measured cost of the full recipe goes in the CHANGELOG and the models.toml entry when it is run.
 """
@@ -34,11 +37,22 @@ GPU_SPEC = LDM2DSpec(resolution=128, image_channels=1, latent_channels=4, vae_ch
 CPU_SPEC = LDM2DSpec(resolution=128, image_channels=1, latent_channels=4, vae_channels=(16, 32, 64),
                      unet_channels=(32, 64, 128), layers_per_block=1, attention_head_dim=8, text_hidden=64,
                      text_layers=2, text_heads=4, max_tokens=96, unet_out_scale=0.1)
+# the same UNet on the lossless Haar representation (issue 17 item 2): 2 levels turn 1 x 128^2 into
+# 16 x 32^2, the latent size of CPU_SPEC, so a step costs the same; nothing to train but the UNet;
+# DDPM's linear betas, as pixel-space (and WDM's wavelet-space) models use
+WAVELET_SPEC = LDM2DSpec(resolution=128, image_channels=1, wavelet_levels=2, unet_channels=(32, 64, 128),
+                         layers_per_block=1, attention_head_dim=8, text_hidden=64, text_layers=2, text_heads=4,
+                         max_tokens=96, unet_out_scale=0.1,
+                         scheduler=(("beta_schedule", "linear"), ("beta_start", 0.0001), ("beta_end", 0.02)))
 RECIPES = {
     "gpu": {"spec": GPU_SPEC, "n": 20000, "vae_steps": 20000, "vae_batch": 32, "vae_lr": 1e-4,
             "unet_steps": 40000, "unet_batch": 64, "lr": 2e-4, "warmup": 500, "ema_decay": 0.999},
     "cpu": {"spec": CPU_SPEC, "n": 3000, "vae_steps": 1000, "vae_batch": 8, "vae_lr": 5e-4,
             "unet_steps": 1500, "unet_batch": 16, "lr": 5e-4, "warmup": 100, "ema_decay": 0.995},
+    "wavelet-cpu": {"spec": WAVELET_SPEC, "n": 3000, "vae_steps": 0, "unet_steps": 1500, "unet_batch": 16,
+                    "lr": 5e-4, "warmup": 100, "ema_decay": 0.995, "checkpoint_every": 250},
+    "wavelet-quick": {"spec": WAVELET_SPEC, "n": 64, "vae_steps": 0, "unet_steps": 20, "unet_batch": 8,
+                      "lr": 2e-4, "warmup": 0, "ema_decay": 0.9, "checkpoint_every": 10},
     "quick": {"spec": CPU_SPEC, "n": 64, "vae_steps": 20, "vae_batch": 8, "vae_lr": 1e-3,
               "unet_steps": 20, "unet_batch": 8, "lr": 2e-4, "warmup": 0, "ema_decay": 0.9},
 }
@@ -48,7 +62,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="gpu",
-                    help="gpu: the full recipe; cpu: about an hour on 2 cores; quick: checks the recipe runs")
+                    help="gpu: the full recipe; cpu: about an hour on 2 cores; wavelet-cpu: the same UNet in "
+                         "Haar wavelet space (no VAE); quick, wavelet-quick: check the recipes run")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--export", action="store_true", help="copy the result into cfgen/models/weights/demo-cxr")
     args = ap.parse_args()
@@ -66,8 +81,9 @@ def main() -> None:
     base = w / "base"
     if not (base / "unet").is_dir():
         build_ldm2d(base, cfg["spec"], seed=0)
-    first_stage(data / "train.csv", base, w / "vae", "vae", [(cfg["vae_steps"], cfg["vae_batch"], cfg["vae_lr"], None)],
-                args.device)
+    if cfg["vae_steps"]:  # wavelet recipes have no first stage to train
+        first_stage(data / "train.csv", base, w / "vae", "vae",
+                    [(cfg["vae_steps"], cfg["vae_batch"], cfg["vae_lr"], None)], args.device)
     unet_out = w / "unet"
     finetune_unet(data / "train.csv", base, unet_out, cfg, args.device,
                   ["Chest X-ray showing Pleural Effusion, Support Devices",

@@ -122,10 +122,25 @@ def unet_config_huge_channels(w, m):
     return _edit(w, bad, _ct(w))
 
 
+_BUILT: dict[str, Path] = {}  # built once per process, copied into each case that needs one
+
+
+def _cached(key: str, make) -> Path:
+    import atexit
+    import tempfile
+
+    if key not in _BUILT or not _BUILT[key].exists():
+        root = Path(tempfile.mkdtemp(prefix="cfgen-cases-"))
+        atexit.register(shutil.rmtree, root, True)
+        _BUILT[key] = make(root / key)
+    return _BUILT[key]
+
+
 def _model3d(w: Path) -> Path:
     from cfgen.models.ldm3d import LDM3DSpec, build_ldm3d
 
-    return build_ldm3d(w / "model3d", LDM3DSpec(), seed=0)
+    built = _cached("model3d", lambda p: build_ldm3d(p, LDM3DSpec(), seed=0))
+    return Path(shutil.copytree(built, w / "model3d"))
 
 
 def _volume(w: Path) -> Path:
@@ -331,12 +346,20 @@ def _finetune(w: Path, m: Path, *extra) -> list[str]:
 
 
 def _trained(w: Path, m: Path) -> None:
+    """A finished 2-step finetune in w/out (trained once per process and model, then copied)."""
     from typer.testing import CliRunner
 
     from cfgen.cli.main import app
 
-    res = CliRunner().invoke(app, _finetune(w, m), catch_exceptions=False)
-    assert res.exit_code == 0, res.output
+    def train(folder: Path) -> Path:
+        folder.mkdir(parents=True)
+        res = CliRunner().invoke(app, _finetune(folder, m), catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        return folder
+
+    built = _cached(f"trained-{m.name}", train)
+    _finetune(w, m)  # the same data files in this case's folder
+    shutil.copytree(built / "out", w / "out")
 
 
 def resume_other_lr(w, m):

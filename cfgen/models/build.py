@@ -34,6 +34,17 @@ class LDM2DSpec:
     #: per down level, whether it has cross-attention (None: all but the first, the small models'
     #: layout; SD v1.5: all but the last, the 64x64 level included)
     attention: tuple[bool, ...] | None = None
+    #: the representation: None, a trained AutoencoderKL of ``vae_channels``; L, the lossless Haar
+    #: wavelet packet transform of L levels (cfgen/models/wavelet.py: C * 4^L bands of side / 2^L)
+    wavelet_levels: int | None = None
+    #: scheduler settings over DEFAULT_SCHEDULER (e.g. DDPM's linear betas for pixel-like spaces)
+    scheduler: tuple[tuple[str, object], ...] = ()
+
+    def latent_shape(self) -> tuple[int, int]:
+        """(channels, side) of what the UNet sees."""
+        if self.wavelet_levels is not None:
+            return self.image_channels * 4 ** self.wavelet_levels, self.resolution // 2 ** self.wavelet_levels
+        return self.latent_channels, self.resolution // 2 ** (len(self.vae_channels) - 1)
 
 
 def char_clip_tokenizer(max_tokens: int):
@@ -55,10 +66,28 @@ def char_clip_tokenizer(max_tokens: int):
         return CLIPTokenizer.from_pretrained(tmp, model_max_length=max_tokens)
 
 
+def _first_stage(spec: LDM2DSpec):
+    """The untrained AutoencoderKL, or the Haar transform (nothing to train)."""
+    if spec.wavelet_levels is not None:
+        from cfgen.models.wavelet import HaarWavelet
+
+        return HaarWavelet(spec.wavelet_levels, spec.image_channels)
+    from diffusers import AutoencoderKL
+
+    n_vae = len(spec.vae_channels)
+    return AutoencoderKL(
+        in_channels=spec.image_channels, out_channels=spec.image_channels,
+        latent_channels=spec.latent_channels, block_out_channels=spec.vae_channels,
+        down_block_types=("DownEncoderBlock2D",) * n_vae, up_block_types=("UpDecoderBlock2D",) * n_vae,
+        layers_per_block=spec.layers_per_block, norm_num_groups=min(spec.vae_channels[0], 32),
+        sample_size=spec.resolution, scaling_factor=spec.vae_scaling_factor,
+    )
+
+
 def build_ldm2d(folder: Path, spec: LDM2DSpec = LDM2DSpec(), seed: int = 0) -> Path:
     """Write vae/, unet/, text_encoder/, tokenizer/, scheduler/ and cfgen.toml into folder."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from cfgen.models.hf import quiet_hf
@@ -67,19 +96,12 @@ def build_ldm2d(folder: Path, spec: LDM2DSpec = LDM2DSpec(), seed: int = 0) -> P
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    n_vae = len(spec.vae_channels)
-    vae = AutoencoderKL(
-        in_channels=spec.image_channels, out_channels=spec.image_channels,
-        latent_channels=spec.latent_channels, block_out_channels=spec.vae_channels,
-        down_block_types=("DownEncoderBlock2D",) * n_vae, up_block_types=("UpDecoderBlock2D",) * n_vae,
-        layers_per_block=spec.layers_per_block, norm_num_groups=min(spec.vae_channels[0], 32),
-        sample_size=spec.resolution, scaling_factor=spec.vae_scaling_factor,
-    )
+    vae = _first_stage(spec)
     n_unet = len(spec.unet_channels)
     attn = spec.attention or (False,) + (True,) * (n_unet - 1)
+    latent, side = spec.latent_shape()
     unet = UNet2DConditionModel(
-        sample_size=spec.resolution // 2 ** (n_vae - 1), in_channels=spec.latent_channels,
-        out_channels=spec.latent_channels, block_out_channels=spec.unet_channels,
+        sample_size=side, in_channels=latent, out_channels=latent, block_out_channels=spec.unet_channels,
         down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn),
         up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
         layers_per_block=spec.layers_per_block, cross_attention_dim=spec.text_hidden,
@@ -96,7 +118,7 @@ def build_ldm2d(folder: Path, spec: LDM2DSpec = LDM2DSpec(), seed: int = 0) -> P
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     ))
-    scheduler = DDIMScheduler(**DEFAULT_SCHEDULER)
+    scheduler = DDIMScheduler(**{**DEFAULT_SCHEDULER, **dict(spec.scheduler)})
     vae.save_pretrained(folder / "vae", safe_serialization=True)
     unet.save_pretrained(folder / "unet", safe_serialization=True)
     text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
@@ -118,6 +140,7 @@ def build_ldm2d(folder: Path, spec: LDM2DSpec = LDM2DSpec(), seed: int = 0) -> P
 #: its tokenizer is character-level, which changes no cost that matters.
 PRESETS: dict[str, LDM2DSpec] = {
     "tiny": LDM2DSpec(unet_out_scale=0.05, vae_scaling_factor=3.0),
+    "tiny-wavelet": LDM2DSpec(unet_out_scale=0.05, wavelet_levels=1),
     "sd15": LDM2DSpec(resolution=512, image_channels=3, vae_channels=(128, 256, 512, 512),
                       unet_channels=(320, 640, 1280, 1280), layers_per_block=2, attention_head_dim=8,
                       text_hidden=768, text_layers=12, text_heads=12, max_tokens=77,

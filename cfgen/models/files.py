@@ -42,6 +42,17 @@ FAMILY_COMPONENTS: dict[str, dict[str, tuple[str, str | None]]] = {
 }
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
+#: an autoencoder config naming this class is the Haar transform (cfgen/models/wavelet.py): no weights
+WAVELET_CLASS = "HaarWavelet"
+
+
+def is_wavelet_config(config_file: Path) -> bool:
+    """Whether an autoencoder config declares the Haar wavelet transform instead of a network."""
+    try:
+        data = json.loads(Path(config_file).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("_class_name") == WAVELET_CLASS
 
 
 def _has_weights(folder: Path, weight_name: str) -> bool:
@@ -85,6 +96,8 @@ def missing_files(root: Path, components: dict[str, tuple[str, str | None]] = LD
             continue
         if not (folder / config).is_file():
             missing.append(f"{comp}/{config}")
+        if comp in ("vae", "autoencoder") and is_wavelet_config(folder / config):
+            continue  # a transform, not a network: nothing to load
         if weights and not _has_weights(folder, weights):
             pickles = sorted(p.name for p in folder.glob("*") if p.suffix in PICKLE_SUFFIXES) if folder.is_dir() else []
             if pickles:

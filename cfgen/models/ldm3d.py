@@ -7,7 +7,9 @@ Folder layout (safetensors only)::
   unet/config.json               monai.networks.nets.DiffusionModelUNet keyword arguments (spatial_dims 3)
   unet/model.safetensors
   autoencoder/config.json        optional: monai.networks.nets.AutoencoderKL keyword arguments plus
-  autoencoder/model.safetensors  "scaling_factor"; without it the model works in voxel space
+  autoencoder/model.safetensors  "scaling_factor"; without it the model works in voxel space; a config
+                                 {"_class_name": "HaarWavelet", "levels": L} alone: in Haar wavelet
+                                 space (cfgen/models/wavelet.py, lossless, no weights)
   text_encoder/, tokenizer/      transformers text encoder and tokenizer (as the 2D family), or:
   unet/conditioner.safetensors   tabular conditioning (age, sex, ...) declared by the key
                                  "conditioning" of unet/config.json (cfgen/models/tabular.py)
@@ -89,6 +91,10 @@ class Autoencoder3DAdapter(torch.nn.Module):
     def downsampling(self) -> int:
         return 1 if self.net is None else 2 ** (len(self.net.encoder.channels) - 1)
 
+    @property
+    def voxel_space(self) -> bool:
+        return self.net is None
+
 
 def _read_config(folder: Path) -> dict[str, Any]:
     try:
@@ -122,6 +128,8 @@ def _network(kind: str, cfg: dict[str, Any], folder: Path, device: str, dtype) -
     cls = DiffusionModelUNet if kind == UNET_DIR else AutoencoderKL
     kwargs = {k: v for k, v in cfg.items() if k not in ("scaling_factor", "conditioning")}
     _check_config(kwargs, folder / "config.json")
+    if kind == UNET_DIR:  # torch's fused attention, on every device: the same maths, 3x faster on CPU
+        kwargs["use_flash_attention"] = True
     try:
         check_network_size(folder / "config.json", lambda: cls(**kwargs), [folder / WEIGHTS])
         net = cls(**kwargs)
@@ -154,6 +162,29 @@ def _conditioner(ucfg: dict[str, Any], folder: Path, device: str, dtype):
     return fields, emb.to(device=device, dtype=torch.float32).eval().requires_grad_(False)
 
 
+def _autoencoder(folder: Path, entry, ucfg: dict[str, Any], device: str, dtype):
+    """autoencoder/: a MONAI AutoencoderKL, the Haar transform (checked against the UNet's
+    channels) or absent (voxel space)."""
+    from cfgen.models.files import is_wavelet_config
+
+    if is_wavelet_config(folder / AE_DIR / "config.json"):
+        from cfgen.models.wavelet import load_wavelet
+
+        wav = load_wavelet(folder / AE_DIR / "config.json", int(entry.channels))
+        labels = len(entry.synth.get("labels", []))
+        want = wav.latent_channels(3) + labels
+        if int(ucfg.get("out_channels", want)) != want:
+            raise ModelError(f"{folder / UNET_DIR / 'config.json'}: out_channels {ucfg.get('out_channels')}, but "
+                             f"autoencoder/ is a {wav.levels}-level Haar transform giving {want} channels")
+        return wav.to(device=device, dtype=dtype)
+    ae_net, scale = None, 1.0
+    if (folder / AE_DIR).is_dir():
+        acfg = _read_config(folder / AE_DIR)
+        scale = float(acfg.get("scaling_factor", 1.0))
+        ae_net = _network(AE_DIR, acfg, folder / AE_DIR, device, dtype)
+    return Autoencoder3DAdapter(ae_net, scale, int(entry.channels))
+
+
 def load_ldm3d(entry, folder: Path, device: str, dtype):
     """Loader for FAMILY_LOADERS: (entry, components) as the 2D family gives them."""
     from dataclasses import replace
@@ -168,12 +199,7 @@ def load_ldm3d(entry, folder: Path, device: str, dtype):
         raise ModelError(f"{folder / UNET_DIR / 'config.json'}: spatial_dims must be 3 for a latent-diffusion-3d model")
     fields, conditioner = _conditioner(ucfg, folder / UNET_DIR, device, dtype)
     unet = UNet3DAdapter(_network(UNET_DIR, ucfg, folder / UNET_DIR, device, dtype), ucfg, conditioner)
-    ae_net, scale = None, 1.0
-    if (folder / AE_DIR).is_dir():
-        acfg = _read_config(folder / AE_DIR)
-        scale = float(acfg.get("scaling_factor", 1.0))
-        ae_net = _network(AE_DIR, acfg, folder / AE_DIR, device, dtype)
-    vae = Autoencoder3DAdapter(ae_net, scale, int(entry.channels))
+    vae = _autoencoder(folder, entry, ucfg, device, dtype)
     text_encoder = tokenizer = None
     unconditioned = ucfg.get("with_conditioning") is False  # e.g. a super-resolution stage
     if fields is None and not unconditioned and not (folder / "text_encoder").is_dir():
@@ -214,6 +240,7 @@ class LDM3DSpec:
     prediction_type: str = "epsilon"  # DDIM models: or "v_prediction", "sample" (x0, as MedSyn's stages)
     synth: dict | None = None  # [synth] table (cfgen/models/synth.py): label channels or a super-resolution stage
     spacing: float | None = None  # mm per voxel of the training volumes (RAS): the grid scans are brought to
+    wavelet_levels: int | None = None  # L: the lossless Haar transform (C * 8^L bands) instead of ae_channels
 
 
 def build_ldm3d(folder: Path, spec: LDM3DSpec = LDM3DSpec(), seed: int = 0) -> Path:
@@ -227,7 +254,13 @@ def build_ldm3d(folder: Path, spec: LDM3DSpec = LDM3DSpec(), seed: int = 0) -> P
     folder = Path(folder)
     torch.manual_seed(seed)
     latent = spec.channels
-    if spec.ae_channels:
+    if spec.wavelet_levels is not None:
+        from cfgen.models.wavelet import HaarWavelet
+
+        wav = HaarWavelet(spec.wavelet_levels, spec.channels, spec.scaling_factor)
+        wav.save_pretrained(folder / AE_DIR)
+        latent = wav.latent_channels(3)
+    elif spec.ae_channels:
         acfg = {"spatial_dims": 3, "in_channels": spec.channels, "out_channels": spec.channels,
                 "channels": list(spec.ae_channels), "latent_channels": spec.latent_channels,
                 "num_res_blocks": 1, "attention_levels": [False] * len(spec.ae_channels),

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from cfgen.errors import ModelError, UsageError
 from cfgen.models.files import (FAMILY_COMPONENTS, FAMILY_OPTIONAL, OPTIONAL_COMPONENTS, check_configs,
-                                check_network_size, missing_files, verify_sha256)
+                                check_network_size, is_wavelet_config, missing_files, verify_sha256)
 from cfgen.models.hf import quiet_hf
 from cfgen.models.registry import ModelEntry, Registry, _entry_from_table, load_registry, resolve_model_name
 from cfgen.models.scheduler import folder_scheduler
@@ -59,8 +59,8 @@ def resolve_dtype(dtype: str, device: str):
 class LoadedModel:
     """Ready-to-use components of one model plus everything the run report needs.
 
-    Diffusion families fill ``unet``, ``vae`` (2D: a diffusers AutoencoderKL; 3D: the family's
-    autoencoder wrapper, ``.net`` None in voxel space), ``text_encoder``, ``tokenizer`` and
+    Diffusion families fill ``unet``, ``vae`` (2D: a diffusers AutoencoderKL or the Haar wavelet
+    transform; 3D: the family's autoencoder wrapper, ``.net`` None in voxel space, or the Haar transform), ``text_encoder``, ``tokenizer`` and
     ``vae_scale_factor`` (pixels per latent cell); tabular 3D models also ``fields``. The
     ``classifier`` and ``clip`` families fill their scorer. The memory plan is not kept here: a run
     passes its VAE chunk size to the functions that encode and decode."""
@@ -182,15 +182,21 @@ def _check_size_2d(sub: Path, cls) -> None:
 
 
 def _load_ldm2d(entry: ModelEntry, folder: Path, device: str, dtype) -> tuple[ModelEntry, dict[str, Any]]:
+    """A diffusers folder; its vae/ may instead declare the Haar wavelet transform (cfgen/models/wavelet.py)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from cfgen.models.wavelet import load_wavelet
     from transformers import AutoModel, AutoTokenizer
 
     quiet_hf()
     kw = {"use_safetensors": True}
+    wavelet = is_wavelet_config(folder / "vae" / "config.json")
     for sub, cls in (("vae", AutoencoderKL), ("unet", UNet2DConditionModel)):
-        _check_size_2d(folder / sub, cls)
+        if not (sub == "vae" and wavelet):
+            _check_size_2d(folder / sub, cls)
     try:
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype, **kw)
+        vae = (load_wavelet(folder / "vae" / "config.json").to(dtype=dtype) if wavelet else
+               AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype, **kw))
         unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype, **kw)
         text_encoder = AutoModel.from_pretrained(folder / "text_encoder", trust_remote_code=False,
                                                  dtype=dtype, **kw)
@@ -202,8 +208,12 @@ def _load_ldm2d(entry: ModelEntry, folder: Path, device: str, dtype) -> tuple[Mo
         m.requires_grad_(False)
         m.eval()
         m.to(device)
+    if wavelet and int(unet.config.in_channels) != vae.latent_channels(2):
+        raise ModelError(f"{folder / 'unet' / 'config.json'}: in_channels {unet.config.in_channels}, but vae/ is a "
+                         f"{vae.levels}-level Haar transform of {vae.config.in_channels} channel(s), which gives "
+                         f"{vae.latent_channels(2)}")
     sched, source = folder_scheduler(entry.scheduler, folder)
-    vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    vae_scale = vae.downsampling if wavelet else 2 ** (len(vae.config.block_out_channels) - 1)
     inferred = {"channels": int(vae.config.in_channels)}
     if entry.source == "local" and not (folder / "cfgen.toml").is_file():
         inferred["resolution"] = int(unet.config.sample_size) * vae_scale

@@ -29,7 +29,7 @@ def low_res_input(x: torch.Tensor, scale: int) -> torch.Tensor:
 
 def check_stage(model: LoadedModel) -> None:
     """A loaded model can serve as a super-resolution stage: voxel space, 2C in, C out."""
-    if model.vae.net is not None:
+    if not model.vae.voxel_space:
         raise ModelError(f"{model.folder}: a super-resolution stage works in voxel space; remove autoencoder/")
     cfg = model.unet.config
     if cfg.in_channels != 2 * cfg.out_channels or cfg.out_channels != model.entry.channels:

@@ -72,7 +72,7 @@ def output_size(p: SynthParams, base, sr) -> int:
 
 
 def check_base(model: LoadedModel) -> None:
-    if label_names(model.entry) and model.vae.net is not None:
+    if label_names(model.entry) and not model.vae.voxel_space:
         raise ModelError(f"{model.folder}: label channels need a voxel-space base stage (no autoencoder/)")
     if "scale" in model.entry.synth:
         raise UsageError(f"--model {model.name}: a super-resolution stage; synth3d needs a base stage first")

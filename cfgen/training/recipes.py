@@ -37,8 +37,11 @@ def _log_every_50(component: str):
 def first_stage(train_csv: Path, base: Path, out: Path, component: str, phases: Sequence[tuple], device: str) -> None:
     """The autoencoder (``component``: vae or autoencoder) trained phase by phase, (to_step, batch,
     lr, crop) each, resuming from checkpoints; then put into the base model folder."""
+    from cfgen.models.files import is_wavelet_config
     from cfgen.training.vae import train_vae
 
+    if is_wavelet_config(base / component / "config.json"):
+        return  # the Haar transform: nothing to train
     for to_step, batch, lr, crop in phases:
         log = out / "vae_training.json"
         done = json.loads(log.read_text())["steps"] if log.is_file() and (out / component).is_dir() else 0

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from cfgen.editing.grid import ModelGrid
-from cfgen.errors import InputError
+from cfgen.errors import InputError, UsageError
 from cfgen.io.atomic import atomic_dir, write_json
 from cfgen.training.checkpoint import checkpoints, load_checkpoint, save_checkpoint
 from cfgen.training.config import derived_seed
@@ -135,6 +135,11 @@ def train_vae(data_csv: Path, model_folder: Path, out: Path, steps: int, batch_s
     t0 = time.perf_counter()
     dev = resolve_device(device)
     entry = _folder_entry(Path(model_folder))
+    from cfgen.models.files import is_wavelet_config
+
+    sub = Path(model_folder) / ("autoencoder" if entry.spatial_dims == 3 else "vae")
+    if is_wavelet_config(sub / "config.json"):
+        raise UsageError(f"{sub}: the Haar wavelet transform has no weights to train (it is exactly invertible)")
     ae = (_Monai3D if entry.spatial_dims == 3 else _Diffusers2D)(Path(model_folder), dev)
     ae.net.train()
     if crop is not None and (crop < 8 or crop % 8):

@@ -1,0 +1,140 @@
+"""The Haar wavelet representation (cfgen/models/wavelet.py): against PyWavelets, exactly
+invertible, loaded by the one loader for 2D and 3D, finetuned and edited by the same loop."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cfgen.errors import ModelError
+from cfgen.models.wavelet import HaarWavelet, haar_forward, haar_inverse
+
+pywt = pytest.importorskip("pywt")
+
+
+def _pywt_bands(x: np.ndarray, levels: int) -> list[np.ndarray]:
+    """PyWavelets' Haar packet, level by level with pywt.dwtn, in cfgen's band order: the bands
+    of the level before fastest, then the sub-band code (bit i: detail along axis i)."""
+    bands = [x]
+    for _ in range(levels):
+        per = []
+        for b in bands:
+            d = pywt.dwtn(b, "haar")
+            keys = sorted(d, key=lambda k: sum((c == "d") << i for i, c in enumerate(k)))
+            per.append([d[k] for k in keys])
+        # cfgen: for each sub-band code (first axis fastest), all bands of the previous level
+        bands = [per[j][code] for code in range(len(per[0])) for j in range(len(per))]
+    return bands
+
+
+@pytest.mark.parametrize("shape,levels", [((8, 12), 1), ((16, 8), 2), ((8, 8, 4), 1), ((8, 4, 8), 2)])
+def test_haar_equals_pywavelets_and_inverts_exactly(shape, levels):
+    x = np.random.default_rng(3).normal(size=shape)
+    y = haar_forward(torch.tensor(x)[None, None], levels)[0].numpy()
+    want = _pywt_bands(x, levels)
+    assert y.shape == (len(want),) + want[0].shape
+    for got, ref in zip(y, want):
+        np.testing.assert_allclose(got, ref, atol=1e-12)
+    back = haar_inverse(torch.tensor(y)[None], levels)[0, 0].numpy()
+    np.testing.assert_allclose(back, x, atol=1e-12)
+    assert np.linalg.norm(y) == pytest.approx(np.linalg.norm(x), rel=1e-12)  # orthonormal
+
+
+def test_channels_stay_apart():
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    y = HaarWavelet(1, 3).encode(x).latent_dist.mean
+    one = haar_forward(x[:, 1:2], 1)
+    torch.testing.assert_close(y[:, 1::3], one)
+
+
+def test_sizes_not_divisible_are_refused():
+    with pytest.raises(ValueError, match="divisible by 4"):
+        HaarWavelet(2, 1).encode(torch.zeros(1, 1, 6, 8))
+
+
+@pytest.fixture(scope="module")
+def wavelet2d(tmp_path_factory) -> Path:
+    from cfgen.models.build import PRESETS, build_ldm2d
+
+    return build_ldm2d(tmp_path_factory.mktemp("models") / "wav2d", PRESETS["tiny-wavelet"], seed=0)
+
+
+def test_2d_folder_has_no_vae_weights_and_loads(wavelet2d):
+    from cfgen.models.loader import load_model
+
+    assert sorted(p.name for p in (wavelet2d / "vae").iterdir()) == ["config.json"]
+    m = load_model(str(wavelet2d))
+    assert isinstance(m.vae, HaarWavelet) and m.vae_scale_factor == 2 and m.entry.resolution == 32
+    assert m.unet.config.in_channels == 4 and m.unet.config.sample_size == 16
+    assert not any(k.startswith("vae/") for k in m.sha256)
+
+
+def test_invert_reports_a_lossless_first_stage(cli, wavelet2d, ct_small, tmp_path):
+    res = cli("invert", ct_small, "-m", wavelet2d, "-o", tmp_path / "inv", "--steps", "4", "-q")
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "inv" / "report.json").read_text())["items"][0]["metrics"]
+    assert m["vae_psnr_capped"] == 100.0  # float rounding only (the AutoencoderKL: tens of dB)
+    assert m["psnr"] == pytest.approx(m["inversion_psnr"], abs=1e-3)
+
+
+def test_finetune_then_edit_in_wavelet_space(cli, wavelet2d, tmp_path, ct_small):
+    from cfgen.models.loader import load_model
+    from cfgen.phantoms.dataset import write_cxr_dataset
+
+    write_cxr_dataset(tmp_path / "ph", 4, seed=5, size=32, counterfactuals=False, workers=1)
+    out = tmp_path / "run"
+    res = cli("finetune", tmp_path / "ph" / "labels.csv", "-m", wavelet2d, "-o", out, "--template", "chexpert",
+              "--batch-size", "2", "--max-steps", "3", "-q")
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "model" / "vae" / "config.json").read_text())["_class_name"] == "HaarWavelet"
+    assert isinstance(load_model(str(out / "model")).vae, HaarWavelet)
+    res = cli("edit", ct_small, "-p", "Chest X-ray showing Cardiomegaly", "-m", out / "model", "-o", tmp_path / "e",
+              "--steps", "3", "--mask", "none", "-q")
+    assert res.exit_code == 0, res.output
+
+
+def test_training_a_wavelet_is_refused(wavelet2d, tmp_path):
+    from cfgen.errors import UsageError
+    from cfgen.training.vae import train_vae
+
+    with pytest.raises(UsageError, match="no weights to train"):
+        train_vae(tmp_path / "none.csv", wavelet2d, tmp_path / "out", steps=1)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"levels": 9}, "levels: expected an integer 0..4"),
+    ({"levels": "2"}, "levels: expected an integer"),
+    ({"scaling_factor": -1}, "scaling_factor: expected a positive number"),
+    ({"levels": 2}, "in_channels 4, but vae/ is a 2-level Haar transform"),
+])
+def test_bad_wavelet_configs_are_one_line_model_errors(wavelet2d, tmp_path, change, message):
+    import shutil
+
+    from cfgen.models.loader import load_model
+
+    folder = Path(shutil.copytree(wavelet2d, tmp_path / "m"))
+    cfg = folder / "vae" / "config.json"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), **change}))
+    with pytest.raises(ModelError, match=message) as err:
+        load_model(str(folder))
+    assert "\n" not in str(err.value)
+
+
+def test_3d_wavelet_model_edits_a_volume(cli, tmp_path):
+    import nibabel as nib
+
+    from cfgen.models.ldm3d import LDM3DSpec, build_ldm3d
+    from cfgen.models.loader import load_model
+
+    folder = build_ldm3d(tmp_path / "w3", LDM3DSpec(ae_channels=None, wavelet_levels=1), seed=0)
+    m = load_model(str(folder))
+    assert isinstance(m.vae, HaarWavelet) and m.unet.config.in_channels == 8 and m.vae_scale_factor == 2
+    vol = np.random.default_rng(0).uniform(0, 1, (16, 16, 16)).astype(np.float32)
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), tmp_path / "v.nii.gz")
+    res = cli("invert", tmp_path / "v.nii.gz", "-m", folder, "-o", tmp_path / "inv", "--steps", "3", "-q")
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((tmp_path / "inv" / "report.json").read_text())["items"][0]["metrics"]
+    assert metrics["vae_psnr_capped"] == 100.0

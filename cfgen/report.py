@@ -53,14 +53,27 @@ class RunReport:
             "timings": {}, "items": [], "summary": {},
         }
         self._last_progress = -math.inf
+        self._progress_cost = 0.0
+        self.own: list[dict[str, Any]] = []  # this process's items (report.json may merge others': journal)
+        self.journal = None  # cfgen.journal.Journal: every item appended as it finishes
+        self.names: list[str] | None = None  # with a journal: report.json merges all journals over these
+
+    def attach_journal(self, journal, names: list[str] | None) -> None:
+        """Append every item to ``journal``; with ``names``, write() merges every journal in the
+        folder over them (several processes on one OUT), else this process's items alone."""
+        self.journal, self.names = journal, names
 
     def set_model(self, info: dict[str, Any], device: str) -> None:
         self.data["model"] = info
         self.data["device"] = device
 
-    def add_item(self, item: dict[str, Any]) -> None:
+    def add_item(self, item: dict[str, Any], journal: bool = True) -> None:
+        """``journal`` False: an item this process did not do (another process is computing it)."""
         assert item.get("status") in STATUSES, item
         self.data["items"].append(item)
+        self.own.append(item)
+        if journal and self.journal is not None:
+            self.journal.append(item)
 
     def summarize(self) -> dict[str, Any]:
         items = self.data["items"]
@@ -70,18 +83,51 @@ class RunReport:
         return summary
 
     def write(self) -> Path:
-        """The whole report, summary (bootstrap intervals) included."""
+        """The whole report, summary (bootstrap intervals) included; with a journal and names, the
+        items of every process that journalled into this folder (the latest record of each)."""
+        if self.names is not None:
+            from cfgen.journal import in_progress, merged
+
+            self.data["items"], missing = merged(self.out_dir, self.names)
+            self.data["missing"] = missing
+            self.data["in_progress"] = in_progress(self.out_dir, missing)
         self.summarize()
         return write_json(self.path, self.data)
 
     def write_progress(self) -> None:
-        """The items so far, at most every PROGRESS_EVERY_S seconds and without recomputing the
-        summary, so that the cost per item stays flat in a batch of thousands."""
+        """The items so far, without the summary, at most every PROGRESS_EVERY_S seconds and never
+        more than a twentieth of the time: the cost per item stays flat in a batch of 100,000."""
         now = time.monotonic()
-        if now - self._last_progress >= PROGRESS_EVERY_S:
-            self._last_progress = now
+        if now - self._last_progress >= max(PROGRESS_EVERY_S, 20 * self._progress_cost):
             write_json(self.path, self.data)
+            self._last_progress = time.monotonic()
+            self._progress_cost = self._last_progress - now
 
     @property
     def failed(self) -> int:
-        return sum(1 for it in self.data["items"] if it["status"] == "error")
+        """Items of this process that failed (the exit code's business)."""
+        return sum(1 for it in self.own if it["status"] == "error")
+
+
+def rebuild(out_dir: Path) -> RunReport:
+    """``cfgen report OUT``: report.json from the journals of every process that wrote into OUT
+    (shards still running included: what they have not finished is listed as missing)."""
+    import json
+
+    from cfgen.errors import InputError
+    from cfgen.journal import read_jobs
+
+    out_dir = Path(out_dir)
+    jobs = read_jobs(out_dir)
+    if jobs is None:
+        raise InputError(f"{out_dir}: no item journal (.journal/jobs.json); not the output folder of "
+                         "cfgen edit or invert, or written before journals")
+    report = RunReport(str(jobs.get("command", "edit")), out_dir, dict(jobs.get("params") or {}))
+    try:
+        old = json.loads(report.path.read_text(encoding="utf-8"))
+        report.set_model(old.get("model"), old.get("device"))
+    except (OSError, ValueError, AttributeError):
+        pass  # the journals alone are enough
+    report.names = [str(n) for n in jobs["names"]]
+    report.write()
+    return report

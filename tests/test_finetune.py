@@ -179,3 +179,36 @@ def test_auto_mask_benchmark_scores_settings_against_the_true_region(tiny_model)
     for kind in by[(0.3, 0)]["types"]:  # a lower threshold or a dilation never covers less
         assert by[(0.3, 0)]["types"][kind]["recall"] >= by[(0.6, 0)]["types"][kind]["recall"] - 1e-9
         assert by[(0.3, 1)]["types"][kind]["recall"] >= by[(0.3, 0)]["types"][kind]["recall"] - 1e-9
+
+
+def test_report_to_tensorboard_writes_loss_learning_rate_and_images(cli, tiny_model, phantom_csv, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb"
+    res = _train(cli, phantom_csv, tiny_model, out, "--max-steps", "3", "--report-to", "tensorboard",
+                 "--validation-prompt", "Chest X-ray showing Cardiomegaly")
+    assert res.exit_code == 0, res.output
+    run_dir = out / "logs" / "finetune"  # accelerate's project folder; hparams go in subfolders of it
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    losses = acc.Scalars("train/loss")
+    rep = json.loads((out / "report.json").read_text())
+    assert [e.step for e in losses] == [1, 2, 3]
+    assert [round(e.value, 4) for e in losses] == [round(v, 4) for _, v in rep["training"]["losses"]]
+    assert len(acc.Scalars("train/learning_rate")) == 3 and "validation" in acc.Tags()["images"]
+    assert rep["params"]["mixed_precision"] == "no"  # accelerate's default when nothing says otherwise
+
+
+def test_mixed_precision_follows_accelerate_and_report_to_is_checked(cli, tiny_model, phantom_csv, tmp_path):
+    # as `accelerate launch --mixed_precision bf16` tells its processes (a fresh process: accelerate's
+    # state is one per process)
+    env = {**os.environ, "ACCELERATE_MIXED_PRECISION": "bf16", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "cfgen", "finetune", str(phantom_csv), "-m", str(tiny_model), "-o",
+                           str(tmp_path / "bf"), "--template", "chexpert", "--batch-size", "2", "--max-steps", "1", "-q"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((tmp_path / "bf" / "report.json").read_text())["params"]["mixed_precision"] == "bf16"
+    res = _train(cli, phantom_csv, tiny_model, tmp_path / "x", "--max-steps", "1", "--report-to", "wandb")
+    assert res.exit_code == 2 and "--report-to wandb: use one of tensorboard" in res.stderr

@@ -69,8 +69,14 @@ def test_models_cli_lists_and_shows(cli):
     assert res.exit_code == 0
     names = {m["name"] for m in json.loads(res.stdout)["models"]}
     assert {"sd15", "prism"} <= names
-    res = cli("models", "show", "prism")
+    res = cli("models", "show", "prism", "--json")
     assert res.exit_code == 0 and json.loads(res.stdout)["repo_id"] == "amar-kr/PRISM"
+    res = cli("models", "show", "prism")
+    assert res.exit_code == 0 and "repo_id: amar-kr/PRISM\n" in res.stdout
+    res = cli("models")  # not a terminal: whole names, tab-separated
+    lines = [line.split("\t") for line in res.stdout.splitlines()]
+    assert lines[0][:2] == ["name", "family"]
+    assert ["demo-brain-labels", "latent-diffusion-3d"] in [row[:2] for row in lines[1:]]
     res = cli("models", "show", "nope")
     assert res.exit_code == 1 and "unknown model 'nope'" in res.stderr and "sd15" in res.stderr
 

@@ -15,7 +15,7 @@ from cfgen.io.tables import format_csv, read_csv, write_csv
 
 @handle_errors
 def caption(
-    labels: Annotated[Path, typer.Argument(help="Labels CSV (e.g. CheXpert's train.csv)")],
+    labels: Annotated[Path, typer.Argument(help="Labels CSV (e.g. CheXpert's train.csv); - reads standard input")],
     out: out_option("Output CSV [default: stdout]", Optional[Path]) = None,
     template: Annotated[str, typer.Option("--template", "-t", help="chexpert, brain, or a string with {column} fields")] = "chexpert",
     uncertain: Annotated[UncertainPolicy, typer.Option(help="CheXpert -1 labels: ignore (not mentioned, never called normal), negative, positive, possible")] = UncertainPolicy.ignore,

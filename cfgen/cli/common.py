@@ -55,7 +55,7 @@ FormatOpt = Annotated[Optional[Format], typer.Option("--format", help="Output fo
 StepsOpt = Annotated[Optional[int], typer.Option(help="DDIM steps [default: model's, else 50]")]
 StrengthOpt = Annotated[Optional[float], typer.Option(help="Fraction of the steps to invert, 0..1 [default: 1]")]
 WindowOpt = Annotated[Optional[str], typer.Option(help="Intensity window mapped to the model range: auto, minmax, dtype, percentile or LOW,HIGH")]
-BatchOpt = Annotated[Optional[Path], typer.Option("--batch", help="CSV of jobs (image, prompt, optional source_prompt/caption, strength, seed, output)")]
+BatchOpt = Annotated[Optional[Path], typer.Option("--batch", help="CSV of jobs (image or Path, prompt, optional source_prompt/caption, strength, seed, output); - reads standard input (relative paths: from the working directory)")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Redo items whose outputs exist")]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the UNet once per process (pays off on GPUs "
                                                           "over many items; CFGEN_COMPILE_BACKEND picks the backend)")]
@@ -64,6 +64,9 @@ BatchSizeOpt = Annotated[str, typer.Option("--batch-size", help="Items sharing e
                                                          "auto: as many as the free memory holds (measured)")]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="Threads that read, prepare and write scans while "
                                                    "the model computes [default: the cores, but one, per process; 2..16]")]
+ShardOpt = Annotated[Optional[str], typer.Option("--shard", help="I/N: run only the I-th of N contiguous shares of the "
+                                                 "batch rows (1-based; e.g. a Slurm array task); shards may share "
+                                                 "one --out, and `cfgen report OUT` merges them")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Also print report.json to stdout")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary")]
 

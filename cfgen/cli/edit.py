@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from cfgen.cli.common import (BatchOpt, BatchSizeOpt, CompileOpt, Device, DeviceOpt, Dtype, DtypeOpt, FormatOpt,
-                              JsonOpt, ModelOpt, OutOpt, OverwriteOpt, QuietOpt, SeedOpt, StepsOpt, StrengthOpt,
+                              JsonOpt, ModelOpt, OutOpt, OverwriteOpt, QuietOpt, SeedOpt, ShardOpt, StepsOpt,
+                              StrengthOpt,
                               WindowOpt, WorkersOpt, finish_run, handle_errors)
 
 ScanArg = Annotated[Optional[str], typer.Argument(help="Scan: PNG/JPEG/TIFF, DICOM file, DICOM series folder, NIfTI")]
@@ -33,12 +34,15 @@ def _run(command: str, scan: str | None, batch: Path | None, settings, json_out:
 
 
 def _settings(out: Path, model: str | None, device: Device, dtype: Dtype, fmt, overwrite: bool, batch_size: str,
-              compile_unet: bool, workers: int | None, strict: bool):
+              compile_unet: bool, workers: int | None, strict: bool, shard: str | None, batch: Path | None):
     from cfgen.editing.batch import RunSettings, parse_batch_size
+    from cfgen.errors import UsageError
 
+    if shard is not None and batch is None:
+        raise UsageError("--shard takes a share of --batch rows; give --batch CSV")
     return RunSettings(out=out, model=model, device=device.value, dtype=dtype.value, fmt=fmt.value if fmt else None,
                        overwrite=overwrite, batch_size=parse_batch_size(batch_size), compile=compile_unet,
-                       workers=workers, strict=strict)
+                       workers=workers, strict=strict, shard=shard)
 
 
 @handle_errors
@@ -47,9 +51,10 @@ def invert(scan: ScanArg = None, source_prompt: SourceOpt = None, batch: BatchOp
            fmt: FormatOpt = None, device: DeviceOpt = Device.auto, dtype: DtypeOpt = Dtype.float32,
            overwrite: OverwriteOpt = False, json_out: JsonOpt = False, quiet: QuietOpt = False,
            batch_size: BatchSizeOpt = "1", compile_unet: CompileOpt = False, workers: WorkersOpt = None,
-           strict: StrictOpt = False) -> None:
+           strict: StrictOpt = False, shard: ShardOpt = None) -> None:
     """DDIM-invert a scan under its source prompt; save the latents and the reconstruction with PSNR/SSIM."""
-    settings = _settings(out, model, device, dtype, fmt, overwrite, batch_size, compile_unet, workers, strict)
+    settings = _settings(out, model, device, dtype, fmt, overwrite, batch_size, compile_unet, workers, strict, shard,
+                         batch)
     _run("invert", scan, batch, settings, json_out, quiet, source_prompt=source_prompt, steps=steps,
          strength=strength, window=window)
 
@@ -62,9 +67,10 @@ def edit(scan: ScanArg = None, prompt: PromptOpt = None, source_prompt: SourceOp
          window: WindowOpt = None, fmt: FormatOpt = None, device: DeviceOpt = Device.auto,
          dtype: DtypeOpt = Dtype.float32, overwrite: OverwriteOpt = False, json_out: JsonOpt = False,
          quiet: QuietOpt = False, batch_size: BatchSizeOpt = "1", compile_unet: CompileOpt = False,
-         workers: WorkersOpt = None, strict: StrictOpt = False) -> None:
+         workers: WorkersOpt = None, strict: StrictOpt = False, shard: ShardOpt = None) -> None:
     """Counterfactual of a scan (or a CSV of scans) for a target prompt."""
-    settings = _settings(out, model, device, dtype, fmt, overwrite, batch_size, compile_unet, workers, strict)
+    settings = _settings(out, model, device, dtype, fmt, overwrite, batch_size, compile_unet, workers, strict, shard,
+                         batch)
     _run("edit", scan, batch, settings, json_out, quiet, prompt=prompt, source_prompt=source_prompt,
          negative_prompt=negative_prompt, steps=steps, guidance=guidance, strength=strength, eta=eta, seed=seed,
          window=window, mask=mask, mask_threshold=mask_threshold)

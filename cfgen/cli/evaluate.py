@@ -50,7 +50,7 @@ def print_table(report: dict) -> None:
 def evaluate(
     source: Annotated[Path, typer.Argument(help="An edit run's report.json (or its folder), or a CSV with "
                                                 "original, counterfactual [, label, target, true_counterfactual, mask, "
-                                                "source_prompt, prompt, name]")],
+                                                "source_prompt, prompt, name]; - reads the CSV from standard input")],
     out: out_option("Output folder for report.json and figures") = Path("evaluation"),
     classifier: Annotated[Optional[str], typer.Option(help="Classifier entry or folder for CPG, flip rate, FID/MMD features; 'none' to skip [default: the registry's default_classifier]")] = None,
     clip: Annotated[Optional[str], typer.Option(help="CLIP entry or folder for CLIP scores [default: none]")] = None,

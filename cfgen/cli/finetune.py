@@ -21,7 +21,7 @@ CounterfactualOpt = Annotated[Optional[list[str]], typer.Option(
 @handle_errors
 def finetune(
     ctx: typer.Context,
-    data: Annotated[Path, typer.Argument(help="CSV with image (or Path) and caption columns; paths relative to it")],
+    data: Annotated[Path, typer.Argument(help="CSV with image (or Path) and caption columns; paths relative to it; - reads standard input")],
     model: ModelOpt = None,
     out: out_option("Output folder: model/, checkpoints/, validation/, report.json") = Path("cfgen-finetune"),
     caption_column: Annotated[str, typer.Option(help="Caption column")] = "caption",
@@ -31,7 +31,8 @@ def finetune(
     lr_warmup_steps: Annotated[int, typer.Option(help="Warm-up steps")] = D.lr_warmup_steps,
     batch_size: Annotated[int, typer.Option(help="Images per process per micro-batch")] = D.batch_size,
     gradient_accumulation: Annotated[int, typer.Option(help="Micro-batches per optimizer step")] = D.gradient_accumulation,
-    mixed_precision: Annotated[str, typer.Option(help="no, bf16 or fp16 (fp16 needs a GPU)")] = D.mixed_precision,
+    mixed_precision: Annotated[Optional[str], typer.Option(help="no, bf16 or fp16 (fp16 needs a GPU) [default: accelerate's: `accelerate launch --mixed_precision`, its config file, else no]")] = D.mixed_precision,
+    report_to: Annotated[Optional[str], typer.Option(help="tensorboard: log loss, learning rate and validation images to OUT/logs (pip install tensorboard)")] = None,
     gradient_checkpointing: Annotated[bool, typer.Option(help="Trade compute for memory")] = D.gradient_checkpointing,
     ema: Annotated[bool, typer.Option(help="Keep an exponential moving average of the weights (saved model uses it)")] = D.ema,
     ema_decay: Annotated[float, typer.Option(help="EMA decay")] = D.ema_decay,
@@ -60,10 +61,13 @@ def finetune(
                          ema_decay=ema_decay, snr_gamma=snr_gamma, noise_offset=noise_offset,
                          caption_dropout=caption_dropout, max_steps=max_steps, epochs=epochs,
                          checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
-                         validation_prompts=list(validation_prompt or []), validate_every=validate_every, seed=seed)
+                         validation_prompts=list(validation_prompt or []), validate_every=validate_every, seed=seed,
+                         report_to=report_to)
     cfg.check()
     objective = _objective(ctx.info_name == CYCLE_COMMAND, counterfactual, cycle_weight)
-    if not data.is_file():
+    from cfgen.io.tables import is_stdin
+
+    if not is_stdin(data) and not data.is_file():
         from cfgen.errors import InputError
 
         raise InputError(f"{data}: CSV file not found")

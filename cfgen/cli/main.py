@@ -4,13 +4,13 @@ from __future__ import annotations
 import typer
 
 from cfgen import __version__
-from cfgen.cli import caption, edit, evaluate, finetune, models, phantoms, synth3d
+from cfgen.cli import caption, edit, evaluate, finetune, models, phantoms, report, synth3d
 
 app = typer.Typer(
     name="cfgen",
     help="Language-guided counterfactual editing of medical images with diffusion models.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # help text is plain text: "[default: ...]" must not be read as markup
 )
@@ -35,6 +35,7 @@ app.command("finetune")(finetune.finetune)
 app.command(finetune.CYCLE_COMMAND, help=finetune.CYCLE_HELP)(finetune.finetune)
 app.command("evaluate")(evaluate.evaluate)
 app.command("synth3d")(synth3d.synth3d)
+app.command("report")(report.report)
 app.add_typer(models.app, name="models")
 app.add_typer(phantoms.app, name="phantoms")
 

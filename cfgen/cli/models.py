@@ -1,6 +1,8 @@
 """`cfgen models`: list the registry; `cfgen models show NAME`: one entry."""
 from __future__ import annotations
 
+import json
+import sys
 from typing import Annotated
 
 import typer
@@ -44,21 +46,32 @@ def list_models(ctx: typer.Context,
     if json_out:
         print_json({"default": reg.default, "models": [e.as_dict() for e in reg.entries.values()]})
         return
+    columns = ("name", "family", "source", "res", "ch", "licence", "here")
+    rows = [(f"{name} (default)" if name == reg.default else name, e.family, e.describe_source(), str(e.resolution),
+             str(e.channels), e.licence, _local_state(e)) for name, e in sorted(reg.entries.items())]
+    if not sys.stdout.isatty():  # a pipe or a file: whole values, tab-separated, one entry per line
+        sys.stdout.write("".join("\t".join(r) + "\n" for r in [columns, *rows]))
+        return
     table = Table(title="cfgen models (models.toml)")
-    for col in ("name", "family", "source", "res", "ch", "licence", "here"):
+    for col in columns:
         table.add_column(col)
-    for name, e in sorted(reg.entries.items()):
-        label = f"{name} (default)" if name == reg.default else name
-        table.add_row(label, e.family, e.describe_source(), str(e.resolution), str(e.channels), e.licence,
-                      _local_state(e))
+    for r in rows:
+        table.add_row(*r)
     Console().print(table)
 
 
 @app.command("show")
 @handle_errors
-def show(name: Annotated[str, typer.Argument(help="Entry name")]) -> None:
-    """Print one registry entry as JSON."""
+def show(name: Annotated[str, typer.Argument(help="Entry name")],
+         json_out: Annotated[bool, typer.Option("--json", help="Print JSON")] = False) -> None:
+    """Print one registry entry: key: value lines, or JSON with --json."""
     from cfgen.models.registry import load_registry
 
     entry = load_registry().get(name)
-    print_json({**entry.as_dict(), "here": _local_state(entry)})
+    data = {**entry.as_dict(), "here": _local_state(entry)}
+    if json_out:
+        print_json(data)
+        return
+    for key, value in data.items():
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        sys.stdout.write(f"{key}: {text}\n")

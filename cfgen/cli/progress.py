@@ -1,8 +1,15 @@
-"""Rich progress for runs over many items and denoising steps (off with --quiet)."""
+"""Rich progress for runs over many items and denoising steps (off with --quiet), on stderr."""
 from __future__ import annotations
 
 import contextlib
 from typing import Iterator
+
+
+def stderr_console():
+    """Progress and tables go to stderr: stdout carries only a command's data (CSV, JSON)."""
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 @contextlib.contextmanager
@@ -14,7 +21,7 @@ def run_progress(total_items: int, steps_per_item: int, quiet: bool) -> Iterator
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  transient=True) as prog:
+                  transient=True, console=stderr_console()) as prog:
         items = prog.add_task("scans", total=total_items)
         steps = prog.add_task("denoising steps", total=steps_per_item)
 
@@ -36,6 +43,6 @@ def simple_progress(total: int | None, what: str, quiet: bool) -> Iterator:
         return
     from rich.progress import Progress
 
-    with Progress(transient=True) as prog:
+    with Progress(transient=True, console=stderr_console()) as prog:
         task = prog.add_task(what, total=total)
         yield lambda: prog.advance(task)

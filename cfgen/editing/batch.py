@@ -42,8 +42,11 @@ class RunSettings:
     compile: bool = False
     workers: int | None = None  # host threads [default: runner.default_workers()]
     strict: bool = False  # refuse prompts the text encoder cannot take whole (else: warnings in the items)
+    shard: str | None = None  # "I/N": the I-th of N contiguous shares of the rows (1-based), e.g. a Slurm array task
 
     def check(self) -> None:
+        if self.shard is not None:
+            parse_shard(self.shard)
         if self.workers is not None and not 1 <= self.workers <= 64:
             raise UsageError(f"--workers {self.workers}: must be between 1 and 64")
         if self.batch_size is not None and not 1 <= self.batch_size <= 1024:
@@ -75,6 +78,25 @@ def parse_batch_size(text: str) -> int | None:
         raise UsageError(f"--batch-size {text}: give a whole number or auto") from None
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """--shard I/N -> (I, N), 1 <= I <= N."""
+    try:
+        i, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard {text}: give I/N, e.g. 2/8 for the second of eight shares") from None
+    if not 1 <= i <= n <= 100000:
+        raise UsageError(f"--shard {text}: I must be between 1 and N (N at most 100000)")
+    return i, n
+
+
+def shard_share(jobs: list, text: str | None) -> list:
+    """The contiguous I-th of N shares of ``jobs`` (all of them without --shard)."""
+    if text is None:
+        return jobs
+    i, n = parse_shard(text)
+    return jobs[(i - 1) * len(jobs) // n: i * len(jobs) // n]
+
+
 def run_edits(scan: str | Path | None = None, settings: RunSettings | None = None, *, batch: Path | None = None,
               progress: Progress = no_progress, **options: Any) -> RunResult:
     """Counterfactuals of ``scan`` (or of every row of the ``batch`` CSV); ``options`` are EditParams
@@ -94,7 +116,9 @@ def _check_inputs(scan: str | Path | None, batch: Path | None, settings: RunSett
         raise UsageError("give one scan or --batch CSV (not both, not neither)")
     if scan is not None and not Path(scan).exists():
         raise ScanReadError(f"{scan}: file not found")
-    if batch is not None and not Path(batch).is_file():
+    from cfgen.io.tables import is_stdin
+
+    if batch is not None and not is_stdin(batch) and not Path(batch).is_file():
         raise InputError(f"{batch}: CSV file not found")
     from cfgen.editing.jobs import check_mask_value
 
@@ -135,7 +159,7 @@ def _jobs(command: str, scan, batch, params: "EditParams") -> list["Job"]:
 def _report_params(params: "EditParams", model_name: str, batch, s: RunSettings) -> dict[str, Any]:
     return {**params.as_dict(), "model": model_name, "batch": str(batch) if batch else None, "format": s.fmt,
             "device": s.device, "dtype": s.dtype, "overwrite": s.overwrite, "batch_size": s.batch_size or "auto",
-            "compile": s.compile, "workers": s.workers or "auto"}
+            "compile": s.compile, "workers": s.workers or "auto", "shard": s.shard}
 
 
 def _check_prompts(model: "LoadedModel", jobs: list, strict: bool) -> None:
@@ -200,20 +224,40 @@ def run_operation(command: str, scan: str | Path | None, settings: RunSettings, 
     out = Path(settings.out)
     report = RunReport(command, out, report_params)
     shard = Shard(settings.device)  # several processes (accelerate launch): jobs r, r + N, ... each
-    mine = shard.take(jobs)
+    mine = shard.take(shard_share(jobs, settings.shard))
     if shard.size > 1:
         report.path = shard.partial_path(out)
     loaded, size, vae_chunk = _load(settings, shard, len(mine), report)
     _check_prompts(loaded, mine, settings.strict)
+    journal = _journal(out, command, report_params, jobs, settings.shard, report, launched=shard.size > 1)
+    report.write_progress()  # params and model on disk before the first item
     k = max(1, round(params.strength * params.steps))
-    with progress(len(mine), 2 * k) as (on_item, on_step):
-        run_jobs(OPERATIONS[command], loaded, mine, out, report, fmt=settings.fmt, overwrite=settings.overwrite,
-                 on_item=on_item, on_step=on_step, batch_size=size, io_threads=settings.workers, vae_chunk=vae_chunk)
+    try:
+        with progress(len(mine), 2 * k) as (on_item, on_step):
+            run_jobs(OPERATIONS[command], loaded, mine, out, report, fmt=settings.fmt, overwrite=settings.overwrite,
+                     on_item=on_item, on_step=on_step, batch_size=size, io_threads=settings.workers,
+                     vae_chunk=vae_chunk)
+    finally:
+        journal.close()
     report.data["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
     report.write()
     if shard.size == 1:
         return RunResult(report)
     return _merge(command, out, report, report_params, shard, jobs, t0)
+
+
+def _journal(out: Path, command: str, report_params: dict, jobs: list, shard_text: str | None,
+             report: "RunReport", launched: bool):
+    """This process's journal in OUT, and the run's item names beside it (what `cfgen report`
+    merges over). Under a launcher the main process merges the partial reports instead."""
+    from cfgen.journal import Journal, write_jobs
+
+    out.mkdir(parents=True, exist_ok=True)
+    journal = Journal(out, shard_text)
+    names = [j.name for j in jobs]
+    report.attach_journal(journal, None if launched else names)
+    write_jobs(out, names, {"command": command, "params": report_params})
+    return journal
 
 
 def _merge(command: str, out: Path, report: "RunReport", report_params: dict, shard: "Shard", jobs: list,

@@ -129,10 +129,18 @@ def _free_name(name: str, line: int, taken: dict[str, int], reserved: set[str]) 
     return candidate
 
 
+#: the image column of a batch CSV, first found (finetune reads the same)
+IMAGE_COLUMNS = ("image", "Path", "path")
+
+
 def jobs_from_csv(csv_path: Path, base: EditParams, need_prompt: bool = True) -> list[Job]:
     columns, rows = read_csv(csv_path)
-    if "image" not in columns:
-        raise InputError(f"{csv_path}: batch CSV needs an 'image' column; columns found: {', '.join(columns)}")
+    image_col = next((c for c in IMAGE_COLUMNS if c in columns), None)
+    if image_col is None:
+        raise InputError(f"{csv_path}: batch CSV needs an 'image' (or 'Path') column; columns found: "
+                         f"{', '.join(columns)}")
+    if image_col != "image":  # CheXpert's Path, as cfgen caption keeps it
+        rows = [{**r, "image": r[image_col]} for r in rows]
     if need_prompt and "prompt" not in columns:
         require_prompt(base.prompt, f"{csv_path}: no 'prompt' column and no --prompt given; columns found: "
                        f"{', '.join(columns)}", InputError)

@@ -25,6 +25,7 @@ from cfgen.editing.prepare import Prepared
 from cfgen.errors import CfgenError, InputError
 from cfgen.io.atomic import write_json
 from cfgen.io.scan import Scan, check_output_format, read_scan
+from cfgen.journal import claim, release
 from cfgen.report import RunReport
 
 if TYPE_CHECKING:
@@ -168,7 +169,10 @@ def run_jobs(op: Operation, model, jobs: list[Job], out_dir: Path, report: RunRe
             except Exception as exc:  # noqa: BLE001
                 item["error"] = _error_text(job, exc)
         item.setdefault("timings", {})["total_s"] = round((time.perf_counter() - t0) / share, 3)
-        report.add_item(item)
+        elsewhere = item.pop("_elsewhere", False)  # another process is computing it: its journal records it
+        report.add_item(item, journal=not elsewhere)
+        if not elsewhere:
+            release(out_dir / job.name)
         report.write_progress()
         if on_item:
             on_item(job, item)
@@ -251,6 +255,10 @@ def _claim(op: Operation, model, job: Job, out_dir: Path, fmt: str | None, overw
                     "outputs": prev["outputs"], "metrics": prev.get("metrics", {}), "fingerprint": fp}
         raise InputError(f"{folder}: holds results of a run with other inputs or parameters; "
                          "pass --overwrite or choose another output folder")
+    holder = claim(folder)
+    if holder is not None:  # another process on this OUT (a shard, a second launch) is computing it
+        return {"status": "skipped", "error": None, "reason": f"being computed by another process ({holder})",
+                "_elsewhere": True}
     try:
         job.path.resolve().relative_to(folder.resolve())
         raise InputError(f"{job.path}: the input lies inside its own output folder {folder}")

@@ -109,6 +109,10 @@ def pairs_from_csv(path: Path) -> list[Pair]:
 def load_pairs(source: Path) -> list[Pair]:
     """Pairs from a report.json (or an edit run's folder) or a CSV."""
     source = Path(source)
+    from cfgen.io.tables import is_stdin
+
+    if is_stdin(source):
+        return pairs_from_csv(source)  # a pairs CSV on standard input
     if source.is_dir():
         source = source / "report.json"
     if source.suffix.lower() == ".json":

@@ -11,15 +11,43 @@ from cfgen.io.atomic import write_atomic
 MAX_TABLE_BYTES = 512 * 1024 * 1024
 
 
-def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    """Header and rows (fully blank lines dropped); every value a stripped string."""
-    path = Path(path)
+#: "-" names standard input: read once, kept for every later read in this process
+STDIN = "-"
+_stdin_bytes: bytes | None = None
+
+
+def is_stdin(path) -> bool:
+    return str(path) == STDIN
+
+
+def _stdin() -> bytes:
+    global _stdin_bytes
+    if _stdin_bytes is None:
+        import sys
+
+        data = sys.stdin.buffer.read(MAX_TABLE_BYTES + 1)
+        if len(data) > MAX_TABLE_BYTES:
+            raise InputError(f"{STDIN} (standard input): CSV is larger than {MAX_TABLE_BYTES >> 20} MiB")
+        _stdin_bytes = data
+    return _stdin_bytes
+
+
+def _table_bytes(path: Path) -> bytes:
+    if is_stdin(path):
+        return _stdin()
     if not path.is_file():
         raise InputError(f"{path}: CSV file not found")
     if path.stat().st_size > MAX_TABLE_BYTES:
         raise InputError(f"{path}: CSV is larger than {MAX_TABLE_BYTES >> 20} MiB")
+    return path.read_bytes()
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Header and rows (fully blank lines dropped); every value a stripped string. ``-`` reads
+    standard input (relative paths in it are then relative to the working directory)."""
+    path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = _table_bytes(path).decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: not UTF-8 text (byte {exc.start}); save the table as UTF-8 CSV") from None
     try:

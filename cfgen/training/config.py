@@ -14,6 +14,7 @@ def derived_seed(*parts) -> int:
 
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 PRECISIONS = ("no", "bf16", "fp16")
+TRACKERS = ("tensorboard",)
 
 
 @dataclass
@@ -29,7 +30,7 @@ class FinetuneConfig:
     lr_warmup_steps: int = 0
     batch_size: int = 8
     gradient_accumulation: int = 1
-    mixed_precision: str = "no"
+    mixed_precision: str | None = None  # None: accelerate's (accelerate launch --mixed_precision, its config), else "no"
     gradient_checkpointing: bool = False
     ema: bool = False
     ema_decay: float = 0.9999
@@ -46,13 +47,16 @@ class FinetuneConfig:
     validation_guidance: float = 3.0
     seed: int = 0
     window: str = "auto"
+    report_to: str | None = None  # "tensorboard": loss, learning rate and validation images under OUT/logs
 
     def check(self) -> None:
+        if self.report_to is not None and self.report_to not in TRACKERS:
+            raise UsageError(f"--report-to {self.report_to}: use one of {', '.join(TRACKERS)} (or leave it out)")
         if self.learning_rate <= 0:
             raise UsageError(f"--learning-rate {self.learning_rate}: must be positive")
         if self.lr_scheduler not in LR_SCHEDULES:
             raise UsageError(f"--lr-scheduler {self.lr_scheduler}: use one of {', '.join(LR_SCHEDULES)}")
-        if self.mixed_precision not in PRECISIONS:
+        if self.mixed_precision is not None and self.mixed_precision not in PRECISIONS:
             raise UsageError(f"--mixed-precision {self.mixed_precision}: use one of {', '.join(PRECISIONS)}")
         for name in ("batch_size", "gradient_accumulation", "epochs", "checkpoint_every", "validation_steps"):
             if getattr(self, name) < 1:

@@ -151,6 +151,22 @@ def _optimisation(unet, cfg: FinetuneConfig, total: int, existing: list[Path]):
     return optimizer, lr_sched, ema, start
 
 
+def _check_tracker(cfg: FinetuneConfig) -> str | None:
+    """--report-to: the tracker accelerate logs to, its package checked before anything loads."""
+    if cfg.report_to is None:
+        return None
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        raise UsageError("--report-to tensorboard: the tensorboard package is not installed (pip install tensorboard)")
+    return cfg.report_to
+
+
+def _tracker_config(cfg: FinetuneConfig) -> dict[str, Any]:
+    """Hyperparameters as TensorBoard's hparams take them (scalars and strings only)."""
+    return {k: v for k, v in cfg.as_dict().items() if isinstance(v, (int, float, str, bool))}
+
+
 def prepare_run(data_csv: Path, model_name: str | None, out: Path, cfg: FinetuneConfig, resume: bool,
                 caption_column: str, template: str | None, device: str, objective: Objective | None) -> Run:
     """Everything checked and loaded before the first step."""
@@ -164,10 +180,12 @@ def prepare_run(data_csv: Path, model_name: str | None, out: Path, cfg: Finetune
     if existing and not resume:
         raise InputError(f"{out}: holds checkpoints ({existing[-1].name}); pass --resume to continue "
                          "or choose another output folder")
+    tracking = _check_tracker(cfg)
+    acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation,
+                      cpu=resolve_device(device) == "cpu", log_with=tracking, project_dir=out / "logs" if tracking else None)
+    cfg.mixed_precision = str(acc.mixed_precision)  # what accelerate chose: recorded, and kept on resume
     if existing:
         check_resume(existing[-1], resume_settings(cfg))
-    acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation,
-                      cpu=resolve_device(device) == "cpu")
     model = load_model(model_name, device=str(acc.device))
     e = model.entry
     command = "cycle-train" if objective else "finetune"
@@ -242,6 +260,8 @@ class Trainer:
         if r.ema is not None:
             r.ema.step(r.acc.unwrap_model(r.unet).parameters())
         self.training["losses"].append([step, round(mean_loss, 6)])
+        if cfg.report_to:
+            r.acc.log({"train/loss": mean_loss, "train/learning_rate": float(r.lr_sched.get_last_lr()[0])}, step=step)
         if self.on_step and r.acc.is_main_process:
             self.on_step(step, s.total, mean_loss)
         if step % cfg.checkpoint_every == 0 or step == s.total:
@@ -251,14 +271,22 @@ class Trainer:
                                 extra={"epoch": epoch, "seed": cfg.seed, "settings": resume_settings(cfg)},
                                 keep=cfg.keep_checkpoints)
         if cfg.validation_prompts and cfg.validate_every and step % cfg.validate_every == 0 and r.acc.is_main_process:
-            self.validate(r.acc.unwrap_model(r.unet), f"step-{step:07d}.png")
+            self.validate(r.acc.unwrap_model(r.unet), f"step-{step:07d}.png", step)
 
-    def validate(self, net, name: str) -> None:
+    def validate(self, net, name: str, step: int) -> None:
         from cfgen.training.validation import render_validation
 
         cfg = self.cfg
+        path = self.out / "validation" / name
         render_validation(self.run.model, net, cfg.validation_prompts, cfg.validation_steps, cfg.validation_guidance,
-                          cfg.seed, self.out / "validation" / name)
+                          cfg.seed, path)
+        if cfg.report_to and path.is_file():
+            import numpy as np
+            from PIL import Image
+
+            writer = self.run.acc.get_tracker(cfg.report_to, unwrap=True)
+            image = np.asarray(Image.open(path).convert("RGB"))
+            writer.add_image("validation", image, step, dataformats="HWC")
 
     def _epoch(self, step: int) -> int:
         """The rest of the epoch that ``step`` falls in; returns the step reached."""
@@ -288,6 +316,9 @@ class Trainer:
                          "effective_batch": s.batch * self.cfg.gradient_accumulation * s.world,
                          "samples": len(self.run.samples), "eval_loss_start": self.eval_loss(),
                          "losses": [], "skipped_images": []}
+        if self.cfg.report_to:
+            self.run.acc.init_trackers("finetune", config=_tracker_config(self.cfg))
+            self.run.acc.log({"eval/loss": self.training["eval_loss_start"]}, step=self.run.start)
         step = self.run.start
         while step < s.total:
             step = self._epoch(step)
@@ -305,10 +336,12 @@ def _finish(run: Run, trainer: Trainer, out: Path, cfg: FinetuneConfig, t0: floa
     if run.ema is not None:
         run.ema.copy_to(final.parameters())
     trainer.training["eval_loss_end"] = trainer.eval_loss()
+    if cfg.report_to:
+        acc.log({"eval/loss": trainer.training["eval_loss_end"]}, step=trainer.training["final_step"])
     if acc.is_main_process:
         final.eval()
         if cfg.validation_prompts:
-            trainer.validate(final, "final.png")
+            trainer.validate(final, "final.png", trainer.training["final_step"])
         recipe = {"base_model": run.model.report_info(), "data": run.data, "config": cfg.as_dict(),
                   "steps": trainer.training["final_step"], "processes": run.schedule.world, "device": str(acc.device)}
         save_model(out, run.model, final, recipe)

@@ -1,0 +1,4 @@
+"""``python -m cfgen``: the command-line tool."""
+from cfgen.cli.main import main
+
+main()

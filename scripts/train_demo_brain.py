@@ -13,6 +13,7 @@ Steps (every one reproducible from the seeds below):
 
     python scripts/train_demo_brain.py --work runs/demo-brain                 # the full recipe (GPU)
     python scripts/train_demo_brain.py --work /tmp/demo-brain --recipe quick  # minutes: checks the recipe runs
+    python scripts/train_demo_brain.py --work runs/demo-brain-wav --recipe wavelet-cpu  # Haar space, no autoencoder
 
 The labels-* recipes train `demo-brain-labels`, a synth3d base with anatomy label channels
 (MedSyn IV.C-D): voxel space (no autoencoder: label channels live on the image grid), phantoms
@@ -43,6 +44,12 @@ QUICK_SPEC = LDM3DSpec(resolution=32, channels=1, latent_channels=4, ae_channels
                        unet_channels=(16, 32), text_hidden=32, conditioning=BRAIN_FIELDS)
 CPU_SPEC = LDM3DSpec(resolution=64, channels=1, latent_channels=4, ae_channels=(8, 16, 32),
                      unet_channels=(32, 64, 128), text_hidden=64, conditioning=BRAIN_FIELDS)
+# the lossless Haar representation (issue 17 item 2): 2 levels turn 1 x 64^3 into 64 x 16^3, the
+# latent grid of CPU_SPEC's autoencoder, with nothing to train but the UNet
+WAVELET_CPU_SPEC = LDM3DSpec(resolution=64, channels=1, ae_channels=None, wavelet_levels=2,
+                             unet_channels=(32, 64, 128), text_hidden=64, conditioning=BRAIN_FIELDS)
+WAVELET_QUICK_SPEC = LDM3DSpec(resolution=32, channels=1, ae_channels=None, wavelet_levels=1,
+                               unet_channels=(16, 32), text_hidden=32, conditioning=BRAIN_FIELDS)
 LABELS = {"labels": ["ventricles", "lesions"]}
 LABELS_CPU_SPEC = LDM3DSpec(resolution=32, ae_channels=None, unet_channels=(16, 32, 64), text_hidden=64,
                             conditioning=BRAIN_FIELDS, synth={"spacing": 6.0, **LABELS})
@@ -59,6 +66,10 @@ RECIPES = {
             "unet_steps": 30000, "unet_batch": 16, "lr": 1e-4, "warmup": 500, "ema_decay": 0.999},
     "quick": {"spec": QUICK_SPEC, "n": 16, "spacing": 6.0, "ae_phases": [(6, 4, 1e-3, 16), (10, 4, 1e-3, None)],
               "unet_steps": 10, "unet_batch": 4, "lr": 2e-4, "warmup": 0, "ema_decay": 0.9},
+    "wavelet-cpu": {"spec": WAVELET_CPU_SPEC, "n": 1500, "spacing": 3.0, "ae_phases": [], "unet_steps": 1200,
+                    "unet_batch": 4, "lr": 5e-4, "warmup": 50, "ema_decay": 0.995, "checkpoint_every": 100},
+    "wavelet-quick": {"spec": WAVELET_QUICK_SPEC, "n": 16, "spacing": 6.0, "ae_phases": [], "unet_steps": 6,
+                      "unet_batch": 4, "lr": 2e-4, "warmup": 0, "ema_decay": 0.9, "checkpoint_every": 3},
     # voxel space at 32^3 x 6 mm: about 4.9 s per step of batch 4 on one CPU core
     "labels-cpu": {"spec": LABELS_CPU_SPEC, "n": 800, "spacing": 6.0, "ae_phases": [], "unet_steps": 800,
                    "unet_batch": 4, "lr": 1e-3, "warmup": 50, "ema_decay": 0.995, "checkpoint_every": 100},

@@ -76,10 +76,12 @@ def write_panel_png(original: np.ndarray, counterfactual: np.ndarray, diff: np.n
         ax.imshow(img, cmap=cmap_img, vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(title, fontsize=9)
     im = axes[2].imshow(diff, cmap=DIVERGING, vmin=-vmax, vmax=vmax, interpolation="nearest")
-    axes[2].set_title("difference (CF - original)", fontsize=9)
+    second = "CF" if titles[1] == "counterfactual" else titles[1]
+    axes[2].set_title(f"difference ({second} - original)", fontsize=9)
     for ax in axes:
         ax.set_axis_off()
-    fig.colorbar(im, ax=axes[2], fraction=0.046, pad=0.04)
+    bar = fig.colorbar(im, ax=axes[2], fraction=0.046, pad=0.04)
+    bar.set_label("change, fraction of the intensity window", fontsize=8)
     with atomic_path(target) as tmp:
         fig.savefig(tmp, format="png", bbox_inches="tight")
     plt.close(fig)

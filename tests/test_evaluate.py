@@ -368,3 +368,16 @@ def test_the_phantoms_floor_is_the_true_change_with_other_noise_and_evaluate_rep
         assert it["metrics"]["gt_floor_l1"] == pytest.approx(want, rel=1e-4, abs=1e-7)
     gt = rep["sets"]["ground_truth"]["pooled_error_ratio"]
     assert gt["value"] == pytest.approx(1.0) and gt["floor"]["value"] < 0.5 and gt["floor"]["n"] == len(jobs)
+
+
+def test_histograms_drop_capped_twins_and_use_strips_for_few_items(tmp_path, monkeypatch):
+    from cfgen.viz import figures
+
+    assert figures._plotted({"psnr": [30.0, 31.0], "psnr_capped": [30.0, 31.0], "vae_psnr_capped": [100.0],
+                             "vae_psnr": [], "l1": [0.1]}) == ["psnr", "vae_psnr_capped", "l1"]
+    drawn = []
+    import matplotlib.axes
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "hist", lambda self, v, **kw: drawn.append(("hist", len(v))))
+    figures.write_histograms({"few": [1.0, 2.0, 3.0], "many": list(np.linspace(0, 1, 12))}, tmp_path / "h.png")
+    assert drawn == [("hist", 12)] and (tmp_path / "h.png").stat().st_size > 0

@@ -54,18 +54,30 @@ def write_examples(rows: list[dict], target: Path, metric: str) -> Path:
             panels.append(("true counterfactual", r["truth"] if r.get("truth") is not None
                            else np.zeros_like(r["original"]), "gray", 0, 1))
         for ax, (name, img, cmap, lo, hi) in zip(ax_row, panels):
-            ax.imshow(img, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
+            im = ax.imshow(img, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
             ax.set_axis_off()
             ax.set_title(name, fontsize=8)
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
         ax_row[0].text(-0.05, 0.5, r["title"], transform=ax_row[0].transAxes, rotation=90, va="center",
                        ha="right", fontsize=8)
     fig.suptitle(f"best, median and worst items by {metric}", fontsize=10)
     return _save(fig, target)
 
 
-def write_histograms(values: dict[str, list[float]], target: Path) -> Path:
-    plt = _plt()
+#: fewer items than this: a strip plot of the values, not a histogram
+MIN_HISTOGRAM = 5
+
+
+def _plotted(values: dict[str, list[float]]) -> list[str]:
+    """The metrics worth a panel: not empty, and not a capped twin equal to its metric."""
     names = [k for k, v in values.items() if len(v)]
+    return [k for k in names if not (k.endswith("_capped") and values.get(k.removesuffix("_capped")) == values[k])]
+
+
+def write_histograms(values: dict[str, list[float]], target: Path) -> Path:
+    """One panel per metric: a histogram with the mean marked (a strip plot below MIN_HISTOGRAM items)."""
+    plt = _plt()
+    names = _plotted(values)
     cols = min(4, max(1, len(names)))
     rows = max(1, -(-len(names) // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), dpi=100, squeeze=False)
@@ -74,9 +86,16 @@ def write_histograms(values: dict[str, list[float]], target: Path) -> Path:
     for ax, name in zip(axes.flat, names):
         ax.set_axis_on()
         v = np.asarray(values[name], dtype=float)
-        ax.hist(v, bins=min(30, max(5, len(v) // 3)), color="#4477aa")
-        ax.axvline(v.mean(), color="#cc3311", lw=1)
+        if len(v) < MIN_HISTOGRAM:
+            ax.plot(v, np.zeros_like(v), "o", color="#4477aa", label="items")
+            ax.set_yticks([])
+        else:
+            ax.hist(v, bins=min(30, max(5, len(v) // 3)), color="#4477aa", label="items")
+            ax.set_ylabel("items", fontsize=7)
+        ax.axvline(v.mean(), color="#cc3311", lw=1, label=f"mean {v.mean():.3g}")
+        ax.set_xlabel(name, fontsize=7)
         ax.set_title(f"{name} (n={len(v)})", fontsize=8)
+        ax.legend(fontsize=6, loc="best")
         ax.tick_params(labelsize=7)
     fig.tight_layout()
     return _save(fig, target)

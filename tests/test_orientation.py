@@ -149,3 +149,26 @@ def test_finetuned_3d_folders_keep_the_voxel_geometry(model6mm):
     again = _entry_from_table("m", {**tomllib.loads(model_toml(e)), "source": {"kind": "local", "path": "m"}},
                               Path("x.toml"))
     assert (again.orientation, again.spacing) == ("RAS", (6.0, 6.0, 6.0))
+
+
+def test_panel_views_do_not_depend_on_the_voxel_order_and_go_through_the_change(tmp_path):
+    from cfgen.viz.figures import volume_views
+
+    ras = nib.load(DEMO)
+    las = nib.load(_copy(tmp_path, "LAS"))
+    a_ras = ras.get_fdata(dtype=np.float32)
+    b_ras = a_ras.copy()
+    b_ras[40:44, 20:24, 30:34] += 0.5  # a change right (x 40-43 of 64), posterior, at mid height
+    flip = lambda v: v[::-1]  # noqa: E731  RAS -> LAS: the first axis reversed
+    s1 = volume_views(a_ras, b_ras, ras.affine)
+    s2 = volume_views(flip(a_ras), flip(b_ras), las.affine)
+    assert np.array_equal(s1[0], s2[0]) and np.array_equal(s1[1], s2[1])
+    views = {v["name"]: v for v in s1[2]["views"]}
+    assert (views["sagittal"]["slice"], views["coronal"]["slice"], views["axial"]["slice"]) == (42, 22, 32)
+    assert views["axial"]["letters"] == ("R", "L", "A", "P")
+    # radiological: the change on the patient's right lies in the left half of the axial view
+    ax = views["axial"]
+    diff = (s1[1] - s1[0])[:, ax["x0"]:ax["x1"]]
+    cols = np.nonzero(diff.any(axis=0))[0]
+    assert cols.max() < diff.shape[1] / 2
+    assert volume_views(a_ras, b_ras, np.zeros((4, 4)))[2]["oriented"] is False

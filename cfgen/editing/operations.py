@@ -24,17 +24,20 @@ def _unit_pixels(scan: Scan, outcome: Outcome, pixels: np.ndarray) -> np.ndarray
 def _figures(folder: Path, scan: Scan, outcome: Outcome, second: str, write_diff: bool) -> tuple[dict, dict]:
     a = _unit_pixels(scan, outcome, scan.pixels)
     b = _unit_pixels(scan, outcome, outcome.pixels)
-    if scan.spatial_dims == 3:  # volumes: the three orthogonal mid-slices side by side
-        from cfgen.viz.figures import as_2d
+    views = None
+    if scan.spatial_dims == 3:  # volumes: axial, coronal, sagittal through the centre of the change
+        from cfgen.io.geometry import volume_affine
+        from cfgen.viz.figures import volume_views
 
-        a, b = as_2d(a)[None], as_2d(b)[None]
+        sa, sb, views = volume_views(a.mean(axis=0), b.mean(axis=0), volume_affine(scan))
+        a, b = sa[None], sb[None]
     diff = gray(b) - gray(a)
     vmax = diff_scale(diff)
     files = {}
     if write_diff:
         files["difference"] = write_difference_png(diff, folder / "difference.png", vmax)
     files["panel"] = write_panel_png(display_2d(a), display_2d(b), diff, folder / "panel.png", vmax,
-                                     titles=("original", second))
+                                     titles=("original", second), views=views)
     return files, {"difference_vmax": vmax}
 
 

@@ -21,6 +21,51 @@ def as_2d(img01: np.ndarray) -> np.ndarray:
     return np.concatenate(padded, axis=1)
 
 
+#: display convention of the three views (radiological: the patient's right on the image's left)
+VIEWS = (("axial", 2, ("R", "L", "A", "P")), ("coronal", 1, ("R", "L", "S", "I")), ("sagittal", 0, ("A", "P", "S", "I")))
+
+
+def _view_slice(ras: np.ndarray, axis: int, k: int) -> np.ndarray:
+    """One slice of a RAS volume for display: rows top to bottom, columns left to right as VIEWS says."""
+    sl = np.take(ras, k, axis=axis)  # axial (X, Y), coronal (X, Z), sagittal (Y, Z); RAS: + is R, A, S
+    return np.flipud(np.fliplr(sl.T))  # the second axis up (A or S on top), the first reversed (R or A left)
+
+
+def volume_views(a: np.ndarray, b: np.ndarray, affine: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Axial, coronal and sagittal slices of two (X, Y, Z) volumes in [0, 1] side by side, through the
+    centre of their difference (the mid-slices when nothing changed), in RAS with radiological
+    left/right when the affine is known; returns the two strips and where each view lies, its name,
+    slice and edge letters (L/R, A/P, S/I), for the panel's annotations."""
+    from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+
+    known = affine is not None and np.isfinite(affine).all() and abs(np.linalg.det(affine[:3, :3])) > 1e-12
+    if known:
+        t = ornt_transform(io_orientation(affine), axcodes2ornt("RAS"))
+        a, b = apply_orientation(a, t), apply_orientation(b, t)
+    change = np.abs(b - a)
+    if change.max() > 0:
+        idx = np.argwhere(change >= 0.5 * change.max())
+        centre = np.round(idx.mean(axis=0)).astype(int)
+    else:
+        centre = np.array(a.shape) // 2
+    views, strips = [], ([], [])
+    for name, axis, letters in VIEWS:
+        k = int(centre[axis])
+        for strip, vol in zip(strips, (a, b)):
+            strip.append(_view_slice(vol, axis, k))
+        views.append({"name": name, "slice": k, "letters": letters if known else None})
+    h = max(s.shape[0] for s in strips[0])
+    out = []
+    for strip in strips:
+        padded = [np.pad(s, ((0, h - s.shape[0]), (0, 2))) for s in strip]
+        out.append(np.concatenate(padded, axis=1))
+    x = 0
+    for v, sl in zip(views, strips[0]):
+        v["x0"], v["x1"], v["height"] = x, x + sl.shape[1], sl.shape[0]
+        x += sl.shape[1] + 2
+    return out[0], out[1], {"views": views, "oriented": bool(known)}
+
+
 def _save(fig, target: Path) -> Path:
     import matplotlib.pyplot as plt
 

@@ -59,27 +59,47 @@ def write_difference_png(diff: np.ndarray, target: Path, vmax: float) -> Path:
     return target
 
 
+def _annotate(ax, views: dict, shrink: int) -> None:
+    """View names, slice numbers and edge letters on a strip of volume_views (cfgen/viz/figures.py)."""
+    for v in views["views"]:
+        x0, x1, h = v["x0"] / shrink, v["x1"] / shrink, v["height"] / shrink
+        ax.text((x0 + x1) / 2, -1, f"{v['name']} {v['slice']}", ha="center", va="bottom", fontsize=7)
+        if v["letters"]:
+            left, right, top, bottom = v["letters"]
+            style = {"color": "yellow", "fontsize": 7, "fontweight": "bold"}
+            ax.text(x0 + 1, h / 2, left, ha="left", va="center", **style)
+            ax.text(x1 - 1, h / 2, right, ha="right", va="center", **style)
+            ax.text((x0 + x1) / 2, 1, top, ha="center", va="top", **style)
+            ax.text((x0 + x1) / 2, h - 1, bottom, ha="center", va="bottom", **style)
+
+
 def write_panel_png(original: np.ndarray, counterfactual: np.ndarray, diff: np.ndarray, target: Path,
-                    vmax: float, titles: tuple[str, str] = ("original", "counterfactual")) -> Path:
+                    vmax: float, titles: tuple[str, str] = ("original", "counterfactual"),
+                    views: dict | None = None) -> Path:
     """original | counterfactual | difference, with a colour bar for the difference (images larger
-    than the panel shows are shrunk first, ``for_display``)."""
+    than the panel shows are shrunk first, ``for_display``); ``views``: the three views of a volume
+    (figures.volume_views), stacked one above the other and named, with L/R, A/P, S/I letters."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     h, w = diff.shape
+    shrink = -(-max(h, w) // 640)
     original, counterfactual, diff = (for_display(a) for a in (original, counterfactual, diff))
-    fig, axes = plt.subplots(1, 3, figsize=(9.6, 3.4 * h / max(w, 1) + 0.4), dpi=100)
+    width = 9.6 if views is None else 15.0  # a volume's strip of three views: wide enough to read
+    fig, axes = plt.subplots(1, 3, figsize=(width, width / 3 * h / max(w, 1) + 0.6), dpi=100)
     cmap_img = "gray" if original.ndim == 2 else None
     for ax, img, title in zip(axes[:2], (original, counterfactual), titles):
         ax.imshow(img, cmap=cmap_img, vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=9, pad=12 if views else 6)
     im = axes[2].imshow(diff, cmap=DIVERGING, vmin=-vmax, vmax=vmax, interpolation="nearest")
     second = "CF" if titles[1] == "counterfactual" else titles[1]
-    axes[2].set_title(f"difference ({second} - original)", fontsize=9)
+    axes[2].set_title(f"difference ({second} - original)", fontsize=9, pad=12 if views else 6)
     for ax in axes:
         ax.set_axis_off()
+        if views is not None:
+            _annotate(ax, views, shrink)
     bar = fig.colorbar(im, ax=axes[2], fraction=0.046, pad=0.04)
     bar.set_label("change, fraction of the intensity window", fontsize=8)
     with atomic_path(target) as tmp:

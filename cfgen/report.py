@@ -57,6 +57,8 @@ class RunReport:
         self.own: list[dict[str, Any]] = []  # this process's items (report.json may merge others': journal)
         self.journal = None  # cfgen.journal.Journal: every item appended as it finishes
         self.names: list[str] | None = None  # with a journal: report.json merges all journals over these
+        self.html = False  # also write OUT/report.html (cfgen/viz/html.py) with the whole report
+        self.html_images: list[str] = []  # run-level figures for its gallery (evaluate's examples)
 
     def attach_journal(self, journal, names: list[str] | None) -> None:
         """Append every item to ``journal``; with ``names``, write() merges every journal in the
@@ -92,7 +94,12 @@ class RunReport:
             self.data["missing"] = missing
             self.data["in_progress"] = in_progress(self.out_dir, missing)
         self.summarize()
-        return write_json(self.path, self.data)
+        path = write_json(self.path, self.data)
+        if self.html:
+            from cfgen.viz.html import write_html_report
+
+            write_html_report(self.data, self.out_dir, [self.out_dir / name for name in self.html_images])
+        return path
 
     def write_progress(self) -> None:
         """The items so far, without the summary, at most every PROGRESS_EVERY_S seconds and never
@@ -129,5 +136,6 @@ def rebuild(out_dir: Path) -> RunReport:
     except (OSError, ValueError, AttributeError):
         pass  # the journals alone are enough
     report.names = [str(n) for n in jobs["names"]]
+    report.html = True
     report.write()
     return report

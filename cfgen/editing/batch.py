@@ -227,6 +227,7 @@ def run_operation(command: str, scan: str | Path | None, settings: RunSettings, 
     mine = shard.take(shard_share(jobs, settings.shard))
     if shard.size > 1:
         report.path = shard.partial_path(out)
+    report.html = shard.size == 1  # under a launcher the merged report writes report.html
     loaded, size, vae_chunk = _load(settings, shard, len(mine), report)
     _check_prompts(loaded, mine, settings.strict)
     journal = _journal(out, command, report_params, jobs, settings.shard, report, launched=shard.size > 1)
@@ -272,6 +273,7 @@ def _merge(command: str, out: Path, report: "RunReport", report_params: dict, sh
     merged.set_model(report.data["model"], report.data["device"])
     merged.data["timings"] = dict(report.data["timings"])
     shard.merge(out, merged, jobs)
+    merged.html = True
     merged.data["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
     merged.write()
     return RunResult(merged)

@@ -157,6 +157,8 @@ def evaluate(pairs: list[Pair], out_dir: Path, classifier=None, clip_model=None,
     if options.figures:
         report.data["outputs"] = write_figures(report, pairs, out_dir, options)
     report.data["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
+    report.html = True
+    report.html_images = list((report.data.get("outputs") or {}).values())
     report.write()
     return report
 

@@ -119,5 +119,6 @@ def run_synth3d(p: SynthParams, out: Path, model: str | None = None, sr: str | N
     if base.device.startswith("cuda"):
         report.data["timings"]["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 3)
     report.data["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
+    report.html = True
     report.write()
     return report.data

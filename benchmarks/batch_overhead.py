@@ -37,14 +37,16 @@ def _setup(root: Path, rows: int, model: Path) -> tuple[Path, Path]:
     run_edits(settings=RunSettings(out=out, model=str(model), workers=2), batch=first, steps=2, mask="none")
     shutil.rmtree(out / ".journal")
     rec = json.loads((out / names[0] / "item.json").read_text())
-    files = {k: out / p for k, p in rec["outputs"].items()}
+    sources = {k: out / p for k, p in rec["outputs"].items()}
+    plain = {k: p.name for k, p in sources.items()}
     for i, name in enumerate(names[1:], start=2):
         folder = out / name
         folder.mkdir()
-        outputs = {}
-        for k, src in files.items():
-            os.link(src, folder / src.name)
-            outputs[k] = f"{name}/{src.name}"
+        if i % 50000 == 0:  # a file takes at most 65000 hard links (ext4): link to a fresh copy
+            sources = {k: Path(shutil.copy2(src, root / f"src{i}-{plain[k]}")) for k, src in sources.items()}
+        for k, src in sources.items():
+            os.link(src, folder / plain[k])
+        outputs = {k: f"{name}/{plain[k]}" for k in sources}
         (folder / "item.json").write_text(json.dumps({**rec, "name": name, "row": i, "outputs": outputs}))
     (out / "report.json").unlink()
     return csv, out

@@ -278,7 +278,7 @@ CASES = [
     Case("5D (2-channel) NIfTI", two_channel_tiff, 1, "5D NIfTI"),
     Case("PNG claiming 200000x200000", absurd_png_size, 1, "outside what cfgen reads"),
     Case("NIfTI claiming 30000x30000x2000", absurd_nifti_size, 1, "outside what cfgen reads"),
-    Case("CSV without image column", csv_missing_columns, 1, "needs an 'image' column; columns found: file, text"),
+    Case("CSV without image column", csv_missing_columns, 1, "needs an 'image' (or 'Path') column; columns found: file, text"),
     Case("CSV blank rows + missing file", csv_blank_rows_and_bad_row, 1, "missing.dcm: file not found"),
     Case("CSV duplicate output names", csv_duplicate_outputs, 1, "also used on line 2"),
     Case("CSV output leaving the folder", csv_escaping_output, 1, "must be a plain folder name"),

@@ -138,3 +138,8 @@ def test_3d_wavelet_model_edits_a_volume(cli, tmp_path):
     assert res.exit_code == 0, res.output
     metrics = json.loads((tmp_path / "inv" / "report.json").read_text())["items"][0]["metrics"]
     assert metrics["vae_psnr_capped"] == 100.0
+
+
+def test_a_wavelet_folder_claims_no_diffusers_pipeline(wavelet2d):
+    # diffusers has no Haar first stage: a model_index.json naming AutoencoderKL would be a lie
+    assert not (wavelet2d / "model_index.json").exists()

@@ -28,12 +28,19 @@ def bpe_files(tokenizer_dir: Path) -> None:
     (tokenizer_dir / "merges.txt").write_text("\n".join(["#version: 0.2", *merges]) + "\n", encoding="utf-8")
 
 
-def write_model_index(folder: Path) -> Path:
-    """Write ``folder/model_index.json`` from vae/, unet/, text_encoder/, tokenizer/, scheduler/."""
+def write_model_index(folder: Path) -> Path | None:
+    """Write ``folder/model_index.json`` from vae/, unet/, text_encoder/, tokenizer/, scheduler/.
+    A folder whose vae/ is the Haar wavelet transform gets none (and loses a stale one): diffusers
+    has no such first stage, so it is not a StableDiffusionPipeline."""
     import diffusers
+
+    from cfgen.models.files import is_wavelet_config
 
     folder = Path(folder)
     bpe_files(folder / "tokenizer")
+    if is_wavelet_config(folder / "vae" / "config.json"):
+        (folder / INDEX).unlink(missing_ok=True)
+        return None
     text_arch = (_read(folder / "text_encoder" / "config.json").get("architectures") or ["CLIPTextModel"])[0]
     tok_class = _read(folder / "tokenizer" / "tokenizer_config.json").get("tokenizer_class") or "CLIPTokenizer"
     sched_class = _read(folder / "scheduler" / "scheduler_config.json").get("_class_name") or "DDIMScheduler"

@@ -111,4 +111,5 @@ def write_html_report(data: dict, out_dir: Path, extra_images: list[Path] | None
             f"<details><summary>parameters</summary><pre>{html.escape(params)}</pre></details>"
             f"{_summary(data)}{_gallery(items, out_dir, extra_images or [])}{_items_table(items)}{_failed(items)}"
             "</body></html>")
-    return write_atomic(out_dir / "report.html", lambda p: p.write_text(page, encoding="utf-8"))
+    # file names that are not UTF-8 (surrogate escapes) are shown escaped, as report.json shows them
+    return write_atomic(out_dir / "report.html", lambda p: p.write_text(page, encoding="utf-8", errors="backslashreplace"))

@@ -10,8 +10,12 @@ import pytest
 
 ROOT = Path(__file__).parents[1] / "cfgen"
 #: lower numbers are lower layers; a package may import only from lower ones (or itself)
-RANKS = {"errors": 0, "cfgen": 1, "io": 2, "metrics": 2, "captions": 2, "viz": 3, "report": 3, "models": 4,
-         "editing": 5, "phantoms": 6, "evaluation": 6, "training": 6, "synthesis": 6, "cli": 7}
+RANKS = {"errors": 0, "cfgen": 1, "io": 2, "metrics": 2, "captions": 2, "journal": 2.5, "viz": 2.75, "report": 3,
+         "models": 4, "editing": 5, "phantoms": 6, "evaluation": 6, "training": 6, "synthesis": 6, "api": 6.5,
+         "cli": 7, "__main__": 8}
+#: the package root re-exports the API lazily (PEP 562 __getattr__: `cfgen.edit` imports cfgen.api on
+#: first use), the one import that goes up; nothing imports the root's names back at import time
+LAZY_REEXPORT = ("cfgen", "cfgen.api")
 CIRCLE_ALLOWED = "cfgen.io"  # scan.py dispatches to the format modules, which use its Scan type
 
 
@@ -45,7 +49,9 @@ def _package(module: str) -> str:
 
 def _graph() -> dict[str, set[str]]:
     mods = _modules()
-    return {m: {t for t in _imports(p, mods) if t in mods} for m, p in mods.items()}
+    graph = {m: {t for t in _imports(p, mods) if t in mods} for m, p in mods.items()}
+    graph[LAZY_REEXPORT[0]].discard(LAZY_REEXPORT[1])
+    return graph
 
 
 def test_every_package_has_a_layer():

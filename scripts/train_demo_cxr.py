@@ -65,7 +65,8 @@ def main() -> None:
                     help="gpu: the full recipe; cpu: about an hour on 2 cores; wavelet-cpu: the same UNet in "
                          "Haar wavelet space (no VAE); quick, wavelet-quick: check the recipes run")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--export", action="store_true", help="copy the result into cfgen/models/weights/demo-cxr")
+    ap.add_argument("--export", action="store_true",
+                    help="copy the result into cfgen/models/weights/demo-cxr (wavelet recipes: demo-cxr-wavelet)")
     args = ap.parse_args()
     cfg = RECIPES[args.recipe]
     w = args.work
@@ -89,8 +90,9 @@ def main() -> None:
                   ["Chest X-ray showing Pleural Effusion, Support Devices",
                    "Normal chest X-ray with no significant findings"])
     print(f"recipe finished in {time.time() - t0:.0f} s; model: {unet_out / 'model'}")
-    if args.export:
-        export(unet_out / "model", ROOT / "cfgen" / "models" / "weights" / "demo-cxr", "scripts/train_demo_cxr.py")
+    if args.export:  # wavelet recipes make demo-cxr-wavelet, the others demo-cxr
+        name = "demo-cxr-wavelet" if args.recipe.startswith("wavelet") else "demo-cxr"
+        export(unet_out / "model", ROOT / "cfgen" / "models" / "weights" / name, "scripts/train_demo_cxr.py")
 
 
 if __name__ == "__main__":

@@ -67,13 +67,13 @@ def test_killed_finetune_resumes_from_its_last_checkpoint(tiny_model, tmp_path):
     csv = tmp_path / "ph" / "labels.csv"
     common = ["finetune", str(csv), "-m", str(tiny_model), "--template", "chexpert", "--batch-size", "4",
               "--learning-rate", "1e-3", "--max-steps", "40", "--checkpoint-every", "2", "--keep-checkpoints", "2", "-q"]
-    ref = _start([*common, "-o", str(tmp_path / "ref")], tmp_path)
-    assert ref.wait(timeout=600) == 0, ref.stderr.read().decode()[-2000:]
+    ref = _start([*common, "-o", str(tmp_path / "ref")], tmp_path)  # the uninterrupted run, alongside
     run = tmp_path / "run"
     proc = _start([*common, "-o", str(run)], tmp_path)
     _wait_for(lambda: len(list((run / "checkpoints").glob("step-*/state.json"))) >= 2, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert ref.wait(timeout=600) == 0, ref.stderr.read().decode()[-2000:]
     last = max(int(p.parent.name.split("-")[1]) for p in (run / "checkpoints").glob("step-*/state.json"))
     assert 2 <= last < 40
     proc = _start([*common, "-o", str(run), "--resume"], tmp_path)

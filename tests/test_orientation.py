@@ -18,7 +18,7 @@ from cfgen.models.ldm3d import LDM3DSpec, build_ldm3d
 from cfgen.models.registry import _entry_from_table
 
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "brain_demo.nii.gz"  # 64^3 x 3 mm, RAS
-EDIT = ["-p", "Brain MRI of a 80 year old", "--source-prompt", "Brain MRI", "--mask", "none", "--steps", "4",
+EDIT = ["-p", "Brain MRI of a 80 year old", "--source-prompt", "Brain MRI", "--mask", "none", "--steps", "2",
         "--window", "0,1", "--seed", "3", "-q"]
 #: 32^3 x 6 mm: the demo volume's field of view (192 mm) at half its resolution
 GRID = ModelGrid(resolution=32, dims=3, orientation="RAS", spacing=(6.0, 6.0, 6.0))

@@ -60,7 +60,7 @@ def test_python_dash_m_cfgen_and_completion():
     assert "--install-completion" in proc.stdout
 
 
-def test_evaluate_reads_pairs_from_stdin(tmp_path):
+def test_evaluate_reads_pairs_from_stdin(cli, tmp_path, monkeypatch):
     from cfgen.phantoms.dataset import write_cxr_dataset
 
     write_cxr_dataset(tmp_path / "ph", 2, seed=8, size=32, workers=1)
@@ -68,9 +68,9 @@ def test_evaluate_reads_pairs_from_stdin(tmp_path):
         jobs = list(csv.DictReader(fh))
     text = "name,original,counterfactual\n" + "".join(f"{j['output']},{j['image']},{j['true_counterfactual']}\n"
                                                      for j in jobs)
-    proc = subprocess.run([sys.executable, "-m", "cfgen", "evaluate", "-", "-o", str(tmp_path / "ev"), "-q",
-                           "--classifier", "none", "--no-figures", "--json"], input=text, capture_output=True,
-                          text=True, cwd=tmp_path / "ph", timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    rep = json.loads(proc.stdout)
+    monkeypatch.chdir(tmp_path / "ph")  # relative paths on stdin are relative to the working directory
+    res = cli("evaluate", "-", "-o", tmp_path / "ev", "-q", "--classifier", "none", "--no-figures", "--json",
+              input=text)
+    assert res.exit_code == 0, res.stderr[-2000:]
+    rep = json.loads(res.stdout)
     assert rep["summary"]["ok"] == len(jobs) and rep["summary"]["metrics"]["l1"]["n"] == len(jobs)

@@ -11,9 +11,9 @@ from cfgen.io.atomic import write_atomic
 MAX_TABLE_BYTES = 512 * 1024 * 1024
 
 
-#: "-" names standard input: read once, kept for every later read in this process
+#: "-" names standard input: read once, kept for every later read of the same stream
 STDIN = "-"
-_stdin_bytes: bytes | None = None
+_stdin_read: tuple[object, bytes] | None = None  # (the stream, what it held)
 
 
 def is_stdin(path) -> bool:
@@ -21,15 +21,17 @@ def is_stdin(path) -> bool:
 
 
 def _stdin() -> bytes:
-    global _stdin_bytes
-    if _stdin_bytes is None:
-        import sys
+    import sys
 
-        data = sys.stdin.buffer.read(MAX_TABLE_BYTES + 1)
+    global _stdin_read
+    if _stdin_read is None or _stdin_read[0] is not sys.stdin:
+        stream = getattr(sys.stdin, "buffer", sys.stdin)
+        data = stream.read(MAX_TABLE_BYTES + 1)
+        data = data.encode("utf-8") if isinstance(data, str) else data
         if len(data) > MAX_TABLE_BYTES:
             raise InputError(f"{STDIN} (standard input): CSV is larger than {MAX_TABLE_BYTES >> 20} MiB")
-        _stdin_bytes = data
-    return _stdin_bytes
+        _stdin_read = (sys.stdin, data)
+    return _stdin_read[1]
 
 
 def _table_bytes(path: Path) -> bytes:

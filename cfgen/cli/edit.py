@@ -34,12 +34,9 @@ def _run(command: str, scan: str | None, batch: Path | None, settings, json_out:
 
 
 def _settings(out: Path, model: str | None, device: Device, dtype: Dtype, fmt, overwrite: bool, batch_size: str,
-              compile_unet: bool, workers: int | None, strict: bool, shard: str | None, batch: Path | None):
+              compile_unet: bool, workers: int | None, strict: bool, shard: str | None):
     from cfgen.editing.batch import RunSettings, parse_batch_size
-    from cfgen.errors import UsageError
 
-    if shard is not None and batch is None:
-        raise UsageError("--shard takes a share of --batch rows; give --batch CSV")
     return RunSettings(out=out, model=model, device=device.value, dtype=dtype.value, fmt=fmt.value if fmt else None,
                        overwrite=overwrite, batch_size=parse_batch_size(batch_size), compile=compile_unet,
                        workers=workers, strict=strict, shard=shard)
@@ -53,8 +50,7 @@ def invert(scan: ScanArg = None, source_prompt: SourceOpt = None, batch: BatchOp
            batch_size: BatchSizeOpt = "1", compile_unet: CompileOpt = False, workers: WorkersOpt = None,
            strict: StrictOpt = False, shard: ShardOpt = None) -> None:
     """DDIM-invert a scan under its source prompt; save the latents and the reconstruction with PSNR/SSIM."""
-    settings = _settings(out, model, device, dtype, fmt, overwrite, batch_size, compile_unet, workers, strict, shard,
-                         batch)
+    settings = _settings(out, model, device, dtype, fmt, overwrite, batch_size, compile_unet, workers, strict, shard)
     _run("invert", scan, batch, settings, json_out, quiet, source_prompt=source_prompt, steps=steps,
          strength=strength, window=window)
 
@@ -69,8 +65,7 @@ def edit(scan: ScanArg = None, prompt: PromptOpt = None, source_prompt: SourceOp
          quiet: QuietOpt = False, batch_size: BatchSizeOpt = "1", compile_unet: CompileOpt = False,
          workers: WorkersOpt = None, strict: StrictOpt = False, shard: ShardOpt = None) -> None:
     """Counterfactual of a scan (or a CSV of scans) for a target prompt."""
-    settings = _settings(out, model, device, dtype, fmt, overwrite, batch_size, compile_unet, workers, strict, shard,
-                         batch)
+    settings = _settings(out, model, device, dtype, fmt, overwrite, batch_size, compile_unet, workers, strict, shard)
     _run("edit", scan, batch, settings, json_out, quiet, prompt=prompt, source_prompt=source_prompt,
          negative_prompt=negative_prompt, steps=steps, guidance=guidance, strength=strength, eta=eta, seed=seed,
          window=window, mask=mask, mask_threshold=mask_threshold)

@@ -114,6 +114,8 @@ def _check_inputs(scan: str | Path | None, batch: Path | None, settings: RunSett
     """Before anything is loaded: one source of scans, files that exist, sane settings."""
     if (scan is None) == (batch is None):
         raise UsageError("give one scan or --batch CSV (not both, not neither)")
+    if settings.shard is not None and batch is None:
+        raise UsageError("--shard takes a share of --batch rows; give --batch CSV")
     if scan is not None and not Path(scan).exists():
         raise ScanReadError(f"{scan}: file not found")
     from cfgen.io.tables import is_stdin
@@ -227,7 +229,6 @@ def run_operation(command: str, scan: str | Path | None, settings: RunSettings, 
     mine = shard.take(shard_share(jobs, settings.shard))
     if shard.size > 1:
         report.path = shard.partial_path(out)
-    report.html = shard.size == 1  # under a launcher the merged report writes report.html
     loaded, size, vae_chunk = _load(settings, shard, len(mine), report)
     _check_prompts(loaded, mine, settings.strict)
     journal = _journal(out, command, report_params, jobs, settings.shard, report, launched=shard.size > 1)
@@ -241,6 +242,7 @@ def run_operation(command: str, scan: str | Path | None, settings: RunSettings, 
     finally:
         journal.close()
     report.data["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
+    report.html = shard.size == 1  # written once, with the final report; under a launcher the merged one
     report.write()
     if shard.size == 1:
         return RunResult(report)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cfgen.editing.params import EditParams
 from cfgen.errors import CfgenError, InputError, UsageError
-from cfgen.io.tables import read_csv
+from cfgen.io.tables import image_column, read_csv
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _SCAN_SUFFIXES = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".ima")
@@ -129,13 +129,9 @@ def _free_name(name: str, line: int, taken: dict[str, int], reserved: set[str]) 
     return candidate
 
 
-#: the image column of a batch CSV, first found (finetune reads the same)
-IMAGE_COLUMNS = ("image", "Path", "path")
-
-
 def jobs_from_csv(csv_path: Path, base: EditParams, need_prompt: bool = True) -> list[Job]:
     columns, rows = read_csv(csv_path)
-    image_col = next((c for c in IMAGE_COLUMNS if c in columns), None)
+    image_col = image_column(columns)
     if image_col is None:
         raise InputError(f"{csv_path}: batch CSV needs an 'image' (or 'Path') column; columns found: "
                          f"{', '.join(columns)}")

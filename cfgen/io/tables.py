@@ -9,6 +9,12 @@ from cfgen.errors import InputError
 from cfgen.io.atomic import write_atomic
 
 MAX_TABLE_BYTES = 512 * 1024 * 1024
+#: the image column of a table of scans, the first found (CheXpert's is Path)
+IMAGE_COLUMNS = ("image", "Path", "path")
+
+
+def image_column(columns: list[str]) -> str | None:
+    return next((c for c in IMAGE_COLUMNS if c in columns), None)
 
 
 #: "-" names standard input: read once, kept for every later read of the same stream

@@ -32,7 +32,6 @@ import torch
 from cfgen.errors import ModelError
 
 from cfgen.models.files import WAVELET_CLASS as CLASS_NAME
-from cfgen.models.files import is_wavelet_config  # noqa: F401  (the test the loaders use)
 
 MAX_LEVELS = 4
 _R = 1.0 / math.sqrt(2.0)

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from cfgen.errors import InputError
-from cfgen.io.tables import read_csv
+from cfgen.io.tables import image_column, read_csv
 
 
 def read_labelled(csv_path: Path, labels: list[str], kinds: list[str], prepare) -> tuple["object", "object"]:
@@ -26,7 +26,7 @@ def read_labelled(csv_path: Path, labels: list[str], kinds: list[str], prepare) 
     from cfgen.io.scan import read_scan
 
     columns, rows = read_csv(csv_path)
-    image_col = next((c for c in ("image", "Path", "path") if c in columns), None)
+    image_col = image_column(columns)
     missing = [c for c in labels if c not in columns]
     if image_col is None or missing:
         raise InputError(f"{csv_path}: needs an 'image' (or 'Path') column and {', '.join(labels)} "

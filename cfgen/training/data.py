@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cfgen.errors import InputError
-from cfgen.io.tables import read_csv
+from cfgen.io.tables import image_column, read_csv
 
 
 @dataclass
@@ -32,7 +32,7 @@ def read_training_csv(csv_path: Path, caption_column: str = "caption", template:
     from cfgen.captions.templates import UncertainPolicy, caption_rows
 
     columns, rows = read_csv(csv_path)
-    image_col = next((c for c in ("image", "Path", "path") if c in columns), None)
+    image_col = image_column(columns)
     if image_col is None:
         raise InputError(f"{csv_path}: needs an 'image' (or 'Path') column; columns found: {', '.join(columns)}")
     if template:

@@ -23,10 +23,10 @@ from cfgen.training.data import ImageCaptionDataset, Sample, collate
 
 
 def image_samples(csv_path: Path) -> list[Sample]:
-    from cfgen.io.tables import read_csv
+    from cfgen.io.tables import image_column, read_csv
 
     columns, rows = read_csv(csv_path)
-    col = next((c for c in ("image", "Path", "path") if c in columns), None)
+    col = image_column(columns)
     if col is None:
         raise InputError(f"{csv_path}: needs an 'image' (or 'Path') column; columns found: {', '.join(columns)}")
     samples = [Sample(row=i, path=csv_path.parent / r[col], caption="") for i, r in enumerate(rows, start=2)

@@ -15,10 +15,17 @@ def as_2d(img01: np.ndarray) -> np.ndarray:
     if g.ndim == 2:
         return g
     x, y, z = g.shape
-    slices = [np.rot90(g[x // 2]), np.rot90(g[:, y // 2]), np.rot90(g[:, :, z // 2])]
+    return side_by_side([np.rot90(g[x // 2]), np.rot90(g[:, y // 2]), np.rot90(g[:, :, z // 2])])
+
+
+#: columns of background between slices laid side by side
+GAP = 2
+
+
+def side_by_side(slices: list[np.ndarray]) -> np.ndarray:
+    """2D slices in one image, top-aligned, each followed by GAP columns of background."""
     h = max(s.shape[0] for s in slices)
-    padded = [np.pad(s, ((0, h - s.shape[0]), (0, 2))) for s in slices]
-    return np.concatenate(padded, axis=1)
+    return np.concatenate([np.pad(s, ((0, h - s.shape[0]), (0, GAP))) for s in slices], axis=1)
 
 
 #: display convention of the three views (radiological: the patient's right on the image's left)
@@ -54,16 +61,11 @@ def volume_views(a: np.ndarray, b: np.ndarray, affine: np.ndarray | None) -> tup
         for strip, vol in zip(strips, (a, b)):
             strip.append(_view_slice(vol, axis, k))
         views.append({"name": name, "slice": k, "letters": letters if known else None})
-    h = max(s.shape[0] for s in strips[0])
-    out = []
-    for strip in strips:
-        padded = [np.pad(s, ((0, h - s.shape[0]), (0, 2))) for s in strip]
-        out.append(np.concatenate(padded, axis=1))
     x = 0
     for v, sl in zip(views, strips[0]):
         v["x0"], v["x1"], v["height"] = x, x + sl.shape[1], sl.shape[0]
-        x += sl.shape[1] + 2
-    return out[0], out[1], {"views": views, "oriented": bool(known)}
+        x += sl.shape[1] + GAP
+    return side_by_side(strips[0]), side_by_side(strips[1]), {"views": views, "oriented": bool(known)}
 
 
 def _save(fig, target: Path) -> Path:

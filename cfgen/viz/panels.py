@@ -38,10 +38,15 @@ def _diverging_rgb(t: np.ndarray) -> np.ndarray:
     return lut[np.minimum((t * cmap.N).astype(np.intp), cmap.N - 1)]
 
 
+def display_factor(shape: tuple[int, ...], max_side: int = 640) -> int:
+    """The integer factor for_display shrinks an image of ``shape`` (H, W[, 3]) by."""
+    return -(-max(shape[:2]) // max_side)
+
+
 def for_display(img: np.ndarray, max_side: int = 640) -> np.ndarray:
     """(H, W[, 3]) shrunk by an integer factor (block means) to at most about ``max_side``: a
     panel shows a few hundred pixels per image, and drawing a full-size scan costs seconds."""
-    k = -(-max(img.shape[:2]) // max_side)
+    k = display_factor(img.shape, max_side)
     if k <= 1:
         return img
     h, w = img.shape[0] // k * k, img.shape[1] // k * k
@@ -78,14 +83,14 @@ def write_panel_png(original: np.ndarray, counterfactual: np.ndarray, diff: np.n
                     views: dict | None = None) -> Path:
     """original | counterfactual | difference, with a colour bar for the difference (images larger
     than the panel shows are shrunk first, ``for_display``); ``views``: the three views of a volume
-    (figures.volume_views), stacked one above the other and named, with L/R, A/P, S/I letters."""
+    (figures.volume_views), side by side and named, with L/R, A/P, S/I letters."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     h, w = diff.shape
-    shrink = -(-max(h, w) // 640)
+    shrink = display_factor(diff.shape)  # what for_display does to the strips below
     original, counterfactual, diff = (for_display(a) for a in (original, counterfactual, diff))
     width = 9.6 if views is None else 15.0  # a volume's strip of three views: wide enough to read
     fig, axes = plt.subplots(1, 3, figsize=(width, width / 3 * h / max(w, 1) + 0.6), dpi=100)

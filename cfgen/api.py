@@ -102,13 +102,18 @@ class Result:
     def metrics(self) -> dict[str, Any]:
         return dict(self.outcome.metrics)
 
-    def save(self, folder: str | Path, fmt: str | None = None) -> dict[str, Path]:
-        """The files `cfgen edit` / `cfgen invert` write for one item, into ``folder``."""
+    def save(self, folder: str | Path, fmt: str | None = None, figure_format: str = "png",
+             difference_range: float | None = None) -> dict[str, Path]:
+        """The files `cfgen edit` / `cfgen invert` write for one item, into ``folder`` (``fmt``: the
+        scan's format [default: the input's]; figures as the CLI's --figure-format, --difference-range)."""
         from cfgen.editing.operations import OPERATIONS
+        from cfgen.viz.style import FigureOptions
 
+        figures = FigureOptions(figure_format, difference_range)
+        figures.check()
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        files, _ = OPERATIONS[self.command].write(folder, self.scan, self.outcome, self.params, fmt)
+        files, _ = OPERATIONS[self.command].write(folder, self.scan, self.outcome, self.params, fmt, figures)
         return files
 
 
@@ -160,20 +165,22 @@ def invert(scan: ScanLike, source_prompt: str | None = None, model: ModelLike = 
 
 
 def evaluate(pairs_or_run: str | Path, out: str | Path, classifier: str | None = None, clip: str | None = None,
-             figures: bool = True, seed: int = 0, device: str = "auto") -> dict[str, Any]:
+             figures: bool = True, seed: int = 0, device: str = "auto", figure_format: str = "png") -> dict[str, Any]:
     """`cfgen evaluate` from Python: an edit run's folder / report.json or a pairs CSV, scored into
     ``out``; returns the report (``classifier``: None = the registry's default, "none" = skip)."""
     from cfgen.evaluation.pairs import load_pairs
     from cfgen.evaluation.run import EvalOptions, evaluate as run_evaluate
     from cfgen.models.loader import load_model as _load
     from cfgen.models.registry import load_registry
+    from cfgen.viz.style import FigureOptions
 
+    FigureOptions(figure_format).check()
     pairs = load_pairs(Path(pairs_or_run))
     name = classifier if classifier is not None else load_registry().default_classifier
     clf = _load(name, device=device, family="classifier", option="classifier") if name and name != "none" else None
     clip_model = _load(clip, device=device, family="clip", option="clip") if clip else None
     params = {"source": str(pairs_or_run), "classifier": name, "clip": clip, "device": device}
-    report = run_evaluate(pairs, Path(out), clf, clip_model, EvalOptions(seed=seed, figures=figures), params)
+    report = run_evaluate(pairs, Path(out), clf, clip_model, EvalOptions(seed=seed, figures=figures, figure_format=figure_format), params)
     return report.data
 
 

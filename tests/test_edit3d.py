@@ -8,6 +8,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from test_figures import svg_content
 from test_io import _series
 
 from cfgen.models.ldm3d import LDM3DSpec, build_ldm3d
@@ -100,8 +101,11 @@ def test_3d_edit_with_a_mask_file_changes_nothing_outside_it(tiny3d, volume, cli
     nib.save(nib.Nifti1Image(mask, src.affine), mpath)
     out = tmp_path / "masked"
     res = cli("edit", volume, "-p", "Brain MRI of a 90 year old", "-s", "Brain MRI", "-m", tiny3d, "--steps", "6",
-              "--guidance", "5", "--mask", mpath, "-o", out, "-q")
+              "--guidance", "5", "--mask", mpath, "--figure-format", "svg", "-o", out, "-q")
     assert res.exit_code == 0, res.output
+    text, ids = svg_content(out / "oblique" / "panel.svg")  # three named views, edge letters, mask outline
+    assert all(word in text for word in ("axial", "coronal", "sagittal"))
+    assert {"R", "L", "A", "P", "S", "I"} <= set(text.split()) and {"mask-outline", "colour-bar"} <= ids
     cf = nib.load(out / "oblique" / "counterfactual.nii.gz").get_fdata()
     used = nib.load(out / "oblique" / "mask.nii.gz").get_fdata()
     assert used.shape == src.shape and used[mask == 1].min() > 0.5

@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from cfgen.cli.common import (BatchOpt, BatchSizeOpt, CompileOpt, Device, DeviceOpt, Dtype, DtypeOpt, FormatOpt,
+from cfgen.cli.common import (BatchOpt, BatchSizeOpt, CompileOpt, Device, DeviceOpt, Dtype, DtypeOpt, FigureFormatOpt,
+                              FormatOpt,
                               JsonOpt, ModelOpt, OutOpt, OverwriteOpt, QuietOpt, SeedOpt, ShardOpt, StepsOpt,
                               StrengthOpt,
                               WindowOpt, WorkersOpt, finish_run, handle_errors)
@@ -21,6 +22,9 @@ EtaOpt = Annotated[Optional[float], typer.Option(help="DDIM eta: 0 = determinist
 MaskOpt = Annotated[Optional[str], typer.Option(help="none (PRISM: regenerate everything), auto (DiffEdit-style mask from where source and target prompts disagree) or a PNG/NIfTI mask file (nonzero = may change)")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Refuse prompts the text encoder cannot take whole (words past its "
                                         "length, characters its tokenizer cannot represent) instead of warning")]
+RangeOpt = Annotated[Optional[float], typer.Option("--difference-range", help="Colour scale of every difference map "
+                                                  "of the run, +-this value: HU for CT, a fraction of the intensity "
+                                                  "window otherwise [default: edit 0.5 (500 HU), invert 0.1 (100 HU)]")]
 ThresholdOpt = Annotated[Optional[float], typer.Option(help="auto mask: fraction of the largest disagreement that counts as edit region")]
 
 
@@ -34,12 +38,14 @@ def _run(command: str, scan: str | None, batch: Path | None, settings, json_out:
 
 
 def _settings(out: Path, model: str | None, device: Device, dtype: Dtype, fmt, overwrite: bool, batch_size: str,
-              compile_unet: bool, workers: int | None, strict: bool, shard: str | None):
+              compile_unet: bool, workers: int | None, strict: bool, shard: str | None, figure_format: str,
+              difference_range: float | None):
     from cfgen.editing.batch import RunSettings, parse_batch_size
 
     return RunSettings(out=out, model=model, device=device.value, dtype=dtype.value, fmt=fmt.value if fmt else None,
                        overwrite=overwrite, batch_size=parse_batch_size(batch_size), compile=compile_unet,
-                       workers=workers, strict=strict, shard=shard)
+                       workers=workers, strict=strict, shard=shard, figure_format=figure_format,
+                       difference_range=difference_range)
 
 
 @handle_errors
@@ -48,9 +54,11 @@ def invert(scan: ScanArg = None, source_prompt: SourceOpt = None, batch: BatchOp
            fmt: FormatOpt = None, device: DeviceOpt = Device.auto, dtype: DtypeOpt = Dtype.float32,
            overwrite: OverwriteOpt = False, json_out: JsonOpt = False, quiet: QuietOpt = False,
            batch_size: BatchSizeOpt = "1", compile_unet: CompileOpt = False, workers: WorkersOpt = None,
-           strict: StrictOpt = False, shard: ShardOpt = None) -> None:
+           strict: StrictOpt = False, shard: ShardOpt = None, figure_format: FigureFormatOpt = "png",
+           difference_range: RangeOpt = None) -> None:
     """DDIM-invert a scan under its source prompt; save the latents and the reconstruction with PSNR/SSIM."""
-    settings = _settings(out, model, device, dtype, fmt, overwrite, batch_size, compile_unet, workers, strict, shard)
+    settings = _settings(out, model, device, dtype, fmt, overwrite, batch_size, compile_unet, workers, strict, shard,
+                         figure_format, difference_range)
     _run("invert", scan, batch, settings, json_out, quiet, source_prompt=source_prompt, steps=steps,
          strength=strength, window=window)
 
@@ -63,9 +71,11 @@ def edit(scan: ScanArg = None, prompt: PromptOpt = None, source_prompt: SourceOp
          window: WindowOpt = None, fmt: FormatOpt = None, device: DeviceOpt = Device.auto,
          dtype: DtypeOpt = Dtype.float32, overwrite: OverwriteOpt = False, json_out: JsonOpt = False,
          quiet: QuietOpt = False, batch_size: BatchSizeOpt = "1", compile_unet: CompileOpt = False,
-         workers: WorkersOpt = None, strict: StrictOpt = False, shard: ShardOpt = None) -> None:
+         workers: WorkersOpt = None, strict: StrictOpt = False, shard: ShardOpt = None,
+         figure_format: FigureFormatOpt = "png", difference_range: RangeOpt = None) -> None:
     """Counterfactual of a scan (or a CSV of scans) for a target prompt."""
-    settings = _settings(out, model, device, dtype, fmt, overwrite, batch_size, compile_unet, workers, strict, shard)
+    settings = _settings(out, model, device, dtype, fmt, overwrite, batch_size, compile_unet, workers, strict, shard,
+                         figure_format, difference_range)
     _run("edit", scan, batch, settings, json_out, quiet, prompt=prompt, source_prompt=source_prompt,
          negative_prompt=negative_prompt, steps=steps, guidance=guidance, strength=strength, eta=eta, seed=seed,
          window=window, mask=mask, mask_threshold=mask_threshold)

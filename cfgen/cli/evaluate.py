@@ -6,7 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from cfgen.cli.common import Device, DeviceOpt, JsonOpt, QuietOpt, handle_errors, out_option, print_item_errors, print_json, seed_option
+from cfgen.cli.common import (Device, DeviceOpt, FigureFormatOpt, JsonOpt, QuietOpt, handle_errors, out_option,
+                              print_item_errors, print_json, seed_option)
 
 SHOWN_SETS = ("fid_vs_originals", "fid_vs_truth", "fid_truth_vs_originals", "mmd_vs_originals", "mmd_vs_truth")
 
@@ -56,7 +57,8 @@ def evaluate(
     clip: Annotated[Optional[str], typer.Option(help="CLIP entry or folder for CLIP scores [default: none]")] = None,
     clip_threshold: Annotated[float, typer.Option(help="Items with S_CLIP (clip_direction) below this are marked passed_filter=false (PRISM: 0.1)")] = 0.1,
     rank_by: Annotated[Optional[str], typer.Option(help="Metric that picks the best/median/worst examples [default: gt_error_ratio with ground truth, else l1]")] = None,
-    figures: Annotated[bool, typer.Option(help="Write examples.png and histograms.png")] = True,
+    figures: Annotated[bool, typer.Option(help="Write the examples and histograms figures")] = True,
+    figure_format: FigureFormatOpt = "png",
     seed: seed_option("Seed of the bootstrap and of the diversity sample") = 0,
     device: DeviceOpt = Device.auto,
     json_out: JsonOpt = False,
@@ -68,8 +70,10 @@ def evaluate(
     from cfgen.evaluation.run import EvalOptions, check_rank_metric, evaluate as run_evaluate
     from cfgen.models.loader import load_model
     from cfgen.models.registry import load_registry
+    from cfgen.viz.style import FigureOptions
 
     check_rank_metric(rank_by)
+    FigureOptions(figure_format).check()
     pairs = load_pairs(source)
     registry = load_registry()
     clf_name = classifier if classifier is not None else registry.default_classifier
@@ -77,7 +81,8 @@ def evaluate(
     if clf_name and clf_name != "none":
         clf = load_model(clf_name, device=device.value, registry=registry, family="classifier", option="--classifier")
     clip_model = load_model(clip, device=device.value, registry=registry, family="clip", option="--clip") if clip else None
-    options = EvalOptions(rank_by=rank_by, clip_threshold=clip_threshold, seed=seed, figures=figures)
+    options = EvalOptions(rank_by=rank_by, clip_threshold=clip_threshold, seed=seed, figures=figures,
+                          figure_format=figure_format)
     params = {"source": str(source), "classifier": clf_name, "clip": clip, "device": device.value}
     with simple_progress(len(pairs), "evaluate", quiet) as tick:
         report = run_evaluate(pairs, out, clf, clip_model, options, params,

@@ -43,10 +43,19 @@ class RunSettings:
     workers: int | None = None  # host threads [default: runner.default_workers()]
     strict: bool = False  # refuse prompts the text encoder cannot take whole (else: warnings in the items)
     shard: str | None = None  # "I/N": the I-th of N contiguous shares of the rows (1-based), e.g. a Slurm array task
+    figure_format: str = "png"  # panel and difference figures: png, svg or pdf
+    difference_range: float | None = None  # +- colour limit of every difference map (HU for CT, else window fraction)
+
+    @property
+    def figures(self) -> "FigureOptions":
+        from cfgen.viz.style import FigureOptions
+
+        return FigureOptions(self.figure_format, self.difference_range)
 
     def check(self) -> None:
         if self.shard is not None:
             parse_shard(self.shard)
+        self.figures.check()
         if self.workers is not None and not 1 <= self.workers <= 64:
             raise UsageError(f"--workers {self.workers}: must be between 1 and 64")
         if self.batch_size is not None and not 1 <= self.batch_size <= 1024:
@@ -161,7 +170,8 @@ def _jobs(command: str, scan, batch, params: "EditParams") -> list["Job"]:
 def _report_params(params: "EditParams", model_name: str, batch, s: RunSettings) -> dict[str, Any]:
     return {**params.as_dict(), "model": model_name, "batch": str(batch) if batch else None, "format": s.fmt,
             "device": s.device, "dtype": s.dtype, "overwrite": s.overwrite, "batch_size": s.batch_size or "auto",
-            "compile": s.compile, "workers": s.workers or "auto", "shard": s.shard}
+            "compile": s.compile, "workers": s.workers or "auto", "shard": s.shard,
+            "figure_format": s.figure_format, "difference_range": s.difference_range}
 
 
 def _check_prompts(model: "LoadedModel", jobs: list, strict: bool) -> None:
@@ -236,7 +246,8 @@ def run_operation(command: str, scan: str | Path | None, settings: RunSettings, 
     k = max(1, round(params.strength * params.steps))
     try:
         with progress(len(mine), 2 * k) as (on_item, on_step):
-            run_jobs(OPERATIONS[command], loaded, mine, out, report, fmt=settings.fmt, overwrite=settings.overwrite,
+            run_jobs(OPERATIONS[command], loaded, mine, out, report, fmt=settings.fmt, figures=settings.figures,
+                     overwrite=settings.overwrite,
                      on_item=on_item, on_step=on_step, batch_size=size, io_threads=settings.workers,
                      vae_chunk=vae_chunk)
     finally:

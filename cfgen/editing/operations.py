@@ -13,7 +13,8 @@ from cfgen.editing.prepare import unit
 from cfgen.io.atomic import atomic_path
 from cfgen.io.scan import Scan, write_scan
 from cfgen.io.seg import seg_possible, write_seg
-from cfgen.viz.panels import diff_scale, display_2d, gray, write_difference_png, write_panel_png
+from cfgen.viz.panels import Panel, display_2d, gray, write_difference, write_panel
+from cfgen.viz.style import FigureOptions, colour_range, units_for
 
 
 def _unit_pixels(scan: Scan, outcome: Outcome, pixels: np.ndarray) -> np.ndarray:
@@ -21,24 +22,41 @@ def _unit_pixels(scan: Scan, outcome: Outcome, pixels: np.ndarray) -> np.ndarray
     return unit(w.to_model(pixels), (w.model_low, w.model_high))
 
 
-def _figures(folder: Path, scan: Scan, outcome: Outcome, second: str, write_diff: bool) -> tuple[dict, dict]:
+def _caption(command: str, params: EditParams) -> str:
+    if command == "invert":
+        return f"inversion and reconstruction under '{params.source_prompt}' ({params.steps} steps)"
+    return (f"'{params.source_prompt}' -> '{params.prompt}' (guidance {params.guidance:g}, "
+            f"strength {params.strength:g}, mask {params.mask if params.mask in ('none', 'auto') else 'file'})")
+
+
+def _figures(folder: Path, scan: Scan, outcome: Outcome, command: str, params: EditParams,
+             fig: FigureOptions) -> tuple[dict, dict]:
+    """panel (and for edits difference) in ``fig.format``: the difference in the scan's units on the
+    run's one colour scale, the prompts, the mask outline; volumes as three named views."""
     a = _unit_pixels(scan, outcome, scan.pixels)
     b = _unit_pixels(scan, outcome, outcome.pixels)
+    mask = None if outcome.mask is None else outcome.mask[0] > 0.5
     views = None
     if scan.spatial_dims == 3:  # volumes: axial, coronal, sagittal through the centre of the change
         from cfgen.io.geometry import volume_affine
         from cfgen.viz.figures import volume_views
 
-        sa, sb, views = volume_views(a.mean(axis=0), b.mean(axis=0), volume_affine(scan))
+        more = () if mask is None else (mask.astype(np.float32),)
+        sa, sb, views = volume_views(a.mean(axis=0), b.mean(axis=0), volume_affine(scan), more)
         a, b = sa[None], sb[None]
-    diff = gray(b) - gray(a)
-    vmax = diff_scale(diff)
+        mask = views["more"][0] > 0.5 if more else None
+    w = outcome.prepared.window
+    units = units_for(scan.meta.get("units"), w.low, w.high)
+    vmax = colour_range(fig, command, units)
+    second = "counterfactual" if command == "edit" else "reconstruction"
+    panel = Panel(display_2d(a), display_2d(b), (gray(b) - gray(a)) * units.per_window, vmax, units, second,
+                  _caption(command, params), mask, views)
     files = {}
-    if write_diff:
-        files["difference"] = write_difference_png(diff, folder / "difference.png", vmax)
-    files["panel"] = write_panel_png(display_2d(a), display_2d(b), diff, folder / "panel.png", vmax,
-                                     titles=("original", second), views=views)
-    return files, {"difference_vmax": vmax}
+    if command == "edit":
+        files["difference"] = write_difference(panel, folder / f"difference.{fig.format}")
+    files["panel"] = write_panel(panel, folder / f"panel.{fig.format}")
+    return files, {"metrics": {"difference_vmax": vmax},
+                   "figure": {"format": fig.format, "difference_range": vmax, "units": units.label}}
 
 
 def _write_mask(folder: Path, scan: Scan, mask: np.ndarray) -> Path:
@@ -59,12 +77,12 @@ class EditOp:
     compute = staticmethod(core.compute_edits)
     finish = staticmethod(core.finish_edit)
 
-    def write(self, folder: Path, scan: Scan, outcome: Outcome, params: EditParams,
-              fmt: str | None) -> tuple[dict[str, Path], dict[str, Any]]:
+    def write(self, folder: Path, scan: Scan, outcome: Outcome, params: EditParams, fmt: str | None,
+              figures: FigureOptions = FigureOptions()) -> tuple[dict[str, Path], dict[str, Any]]:
         desc = f"counterfactual of '{params.source_prompt}' -> '{params.prompt}'"
         cf = write_scan(scan, outcome.pixels, folder / "counterfactual", fmt, description=desc,
                         window=outcome.prepared.window)
-        files, metrics = _figures(folder, scan, outcome, "counterfactual", write_diff=True)
+        files, metrics = _figures(folder, scan, outcome, "edit", params, figures)
         if outcome.mask is not None:
             files["mask"] = _write_mask(folder, scan, outcome.mask)
             if seg_possible(scan):  # DICOM inputs: also a Segmentation referencing the input
@@ -77,8 +95,8 @@ class InvertOp:
     compute = staticmethod(core.compute_inversions)
     finish = staticmethod(core.finish_inversion)
 
-    def write(self, folder: Path, scan: Scan, outcome: Outcome, params: EditParams,
-              fmt: str | None) -> tuple[dict[str, Path], dict[str, Any]]:
+    def write(self, folder: Path, scan: Scan, outcome: Outcome, params: EditParams, fmt: str | None,
+              figures: FigureOptions = FigureOptions()) -> tuple[dict[str, Path], dict[str, Any]]:
         from safetensors.torch import save_file
 
         meta = {"source_prompt": params.source_prompt, "steps": str(params.steps),
@@ -91,7 +109,7 @@ class InvertOp:
         rec = write_scan(scan, outcome.pixels, folder / "reconstruction", fmt,
                          description=f"DDIM reconstruction under '{params.source_prompt}'",
                          window=outcome.prepared.window)
-        files, metrics = _figures(folder, scan, outcome, "reconstruction", write_diff=False)
+        files, metrics = _figures(folder, scan, outcome, "invert", params, figures)
         return {"latents": target, "reconstruction": rec, **files}, metrics
 
 

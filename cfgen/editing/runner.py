@@ -27,6 +27,7 @@ from cfgen.io.atomic import write_json
 from cfgen.io.scan import Scan, check_output_format, read_scan
 from cfgen.journal import claim, release
 from cfgen.report import RunReport
+from cfgen.viz.style import FigureOptions
 
 if TYPE_CHECKING:
     from cfgen.models.loader import LoadedModel
@@ -43,12 +44,14 @@ class Operation(Protocol):
     def finish(self, model: LoadedModel, scan: Scan, computed: Computed) -> Outcome: ...
 
     def write(self, folder: Path, scan: Scan, outcome: Outcome, params: EditParams,
-              fmt: str | None) -> tuple[dict[str, Path], dict[str, Any]]: ...
+              fmt: str | None, figures: FigureOptions) -> tuple[dict[str, Path], dict[str, Any]]: ...
 
 
-def fingerprint(command: str, job: Job, model_sha: dict[str, str], fmt: str | None) -> str:
+def fingerprint(command: str, job: Job, model_sha: dict[str, str], fmt: str | None,
+                figures: FigureOptions = FigureOptions()) -> str:
     blob = json.dumps({"command": command, "params": job.params.as_dict(), "model": model_sha,
-                       "input": str(job.path.resolve()), "format": fmt}, sort_keys=True)
+                       "input": str(job.path.resolve()), "format": fmt, "figures": figures.as_dict()},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -143,6 +146,7 @@ def default_workers() -> int:
 
 
 def run_jobs(op: Operation, model, jobs: list[Job], out_dir: Path, report: RunReport, fmt: str | None = None,
+             figures: FigureOptions = FigureOptions(),
              overwrite: bool = False, on_item: Callable[[Job, dict], None] | None = None,
              on_step: Callable[[], None] | None = None, batch_size: int = 1, io_threads: int | None = None,
              vae_chunk: int | None = None) -> RunReport:
@@ -178,11 +182,11 @@ def run_jobs(op: Operation, model, jobs: list[Job], out_dir: Path, report: RunRe
             on_item(job, item)
 
     def claims(chunk: list[Job]) -> list[Future | None]:
-        return [None if job.error else workers.submit(_claim, op, model, job, out_dir, fmt, overwrite)
+        return [None if job.error else workers.submit(_claim, op, model, job, out_dir, fmt, figures, overwrite)
                 for job in chunk]
 
     def post(job: Job, item: dict, claim: dict, computed: Computed, note: str | None, t0: float, share: int):
-        fin = workers.submit(_finish, op, model, job, out_dir, fmt, claim, computed)
+        fin = workers.submit(_finish, op, model, job, out_dir, fmt, figures, claim, computed)
         return recorder.submit(done, job, item, t0, share, fin, note)
 
     with ThreadPoolExecutor(threads, thread_name_prefix="cfgen-io") as workers, \
@@ -239,14 +243,15 @@ def run_jobs(op: Operation, model, jobs: list[Job], out_dir: Path, report: RunRe
     return report
 
 
-def _claim(op: Operation, model, job: Job, out_dir: Path, fmt: str | None, overwrite: bool) -> dict[str, Any]:
+def _claim(op: Operation, model, job: Job, out_dir: Path, fmt: str | None, figures: FigureOptions,
+           overwrite: bool) -> dict[str, Any]:
     """Resume check, stale temporaries removed, the scan read: {"status": "skipped", ...} or
     {"status": "ready", "scan", "folder", "fingerprint"}."""
     folder = out_dir / job.name
     if folder.is_symlink():  # resume would clean, and writes would land, wherever it points
         raise InputError(f"{folder}: is a symbolic link; cfgen does not write through links inside the "
                          "output folder (remove the link or choose another --out)")
-    fp = fingerprint(op.command, job, model.sha256, fmt)
+    fp = fingerprint(op.command, job, model.sha256, fmt, figures)
     prev = _previous(folder)
     if prev and not overwrite:
         outputs_exist = all((out_dir / p).exists() for p in prev.get("outputs", {}).values())
@@ -278,17 +283,17 @@ def _claim(op: Operation, model, job: Job, out_dir: Path, fmt: str | None, overw
             "fingerprint": fp}
 
 
-def _finish(op: Operation, model, job: Job, out_dir: Path, fmt: str | None, claim: dict,
+def _finish(op: Operation, model, job: Job, out_dir: Path, fmt: str | None, figures: FigureOptions, claim: dict,
             computed: Computed) -> dict[str, Any]:
     scan, folder = claim["scan"], claim["folder"]
     outcome = op.finish(model, scan, computed)
     if not _finite([outcome.model_out, outcome.pixels]):
         raise InputError(f"{job.path}: the model produced non-finite values (try --dtype float32)")
-    files, extra_metrics = op.write(folder, scan, outcome, job.params, fmt)
+    files, extra = op.write(folder, scan, outcome, job.params, fmt, figures)
     record = {
         "status": "ok", "error": None, "fingerprint": claim["fingerprint"],
         "outputs": {k: p.relative_to(out_dir).as_posix() for k, p in files.items()},
-        "metrics": {**outcome.metrics, **extra_metrics},
+        "metrics": {**outcome.metrics, **extra["metrics"]}, "figure": extra["figure"],
         "scan": scan.info(), "preprocessing": outcome.prepared.record(), "timesteps": outcome.timesteps,
     }
     if scan.meta.get("notes"):  # library warnings while reading the scan, kept off stderr

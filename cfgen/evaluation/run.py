@@ -39,6 +39,7 @@ class EvalOptions:
     clip_threshold: float = 0.1
     seed: int = 0
     figures: bool = True
+    figure_format: str = "png"  # png, svg or pdf
 
 
 @dataclass
@@ -267,7 +268,7 @@ def write_figures(report: RunReport, pairs: list[Pair], out_dir: Path, options: 
             rows.append({"title": f"{title}: {it['name']}\n{metric} = {it['metrics'][metric]:.4g}",
                          "original": as_2d(lp.original[0].numpy()), "counterfactual": as_2d(lp.counterfactual[0].numpy()),
                          "truth": as_2d(lp.truth[0].numpy()) if lp.truth is not None else None})
-        outputs["examples"] = write_examples(rows, out_dir / "examples.png", metric).name
+        outputs["examples"] = write_examples(rows, out_dir / f"examples.{options.figure_format}", metric).name
     values: dict[str, list[float]] = {}
     for it in items:
         if it["status"] == "ok":
@@ -275,7 +276,7 @@ def write_figures(report: RunReport, pairs: list[Pair], out_dir: Path, options: 
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v):
                     values.setdefault(k, []).append(float(v))
     if values:
-        outputs["histograms"] = write_histograms(values, out_dir / "histograms.png").name
+        outputs["histograms"] = write_histograms(values, out_dir / f"histograms.{options.figure_format}").name
     report.data["params"]["rank_by"] = metric
     return outputs
 

@@ -130,7 +130,7 @@ def read_dicom(path: Path) -> Scan:
         pixels = values[None] if samples == 1 else np.moveaxis(values, -1, 0)
     spacing = _pixel_spacing(ds, path)
     return Scan(path=path, format="dicom", pixels=pixels.astype(np.float32), source_dtype=info["dtype"],
-                spacing=spacing, meta={"dataset": ds, "pixel": info})
+                spacing=spacing, meta={"dataset": ds, "pixel": info, "units": intensity_units(ds)})
 
 
 def _stored(values: np.ndarray, info: dict) -> np.ndarray:
@@ -203,6 +203,14 @@ def write_dicom(template: Scan, pixels: np.ndarray, target: Path, description: s
     return target
 
 
+def intensity_units(ds) -> str | None:
+    """"HU" for CT whose rescale gives Hounsfield units (RescaleType absent or HU), else None."""
+    if str(ds.get("Modality", "")).upper() != "CT":
+        return None
+    rescale_type = str(ds.get("RescaleType", "HU") or "HU").upper()
+    return "HU" if rescale_type in ("HU", "HOUNSFIELD") else None
+
+
 def read_dicom_series(folder: Path) -> Scan:
     import SimpleITK as sitk
 
@@ -234,7 +242,8 @@ def read_dicom_series(folder: Path) -> Scan:
     source_dtype = f"{'int' if signed else 'uint'}{8 if bits <= 8 else 16}"
     return Scan(path=folder, format="dicom-series", pixels=pixels, source_dtype=source_dtype,
                 spacing=tuple(float(s) for s in img.GetSpacing()),
-                meta={"files": files, "origin": img.GetOrigin(), "direction": img.GetDirection()})
+                meta={"files": files, "origin": img.GetOrigin(), "direction": img.GetDirection(),
+                      "units": intensity_units(first)})
 
 
 def write_dicom_series(template: Scan, pixels: np.ndarray, target: Path, description: str, window=None) -> Path:

@@ -2,7 +2,7 @@
 
 Output folder: ``sample-000/volume.nii.gz`` (the image, intensities in [0, 1]), ``labels.nii.gz``
 (uint8, value k = the k-th of ``report.params.labels``) when the base generates anatomy,
-``base.nii.gz`` (the low-resolution stage), ``preview.png`` (orthogonal mid-slices); one folder per
+``base.nii.gz`` (the low-resolution stage), ``preview.png`` (axial, coronal and sagittal mid-slices, named, with their L/R, A/P, S/I edges); one folder per
 seed, written atomically, ``volume.nii.gz`` last: a killed run resumes at the first sample without it.
 """
 from __future__ import annotations
@@ -18,11 +18,9 @@ from cfgen.synthesis.generate import SynthParams, Volume, output_size, synthesiz
 
 
 def _sample_outputs(out: Path, vol: Volume, spacing: float, base_spacing: float, prompt: str, labels: list[str]) -> dict:
-    from PIL import Image
-
-    from cfgen.io.atomic import atomic_path
     from cfgen.io.nifti import centred_affine, write_volume
-    from cfgen.viz.figures import as_2d
+    from cfgen.viz.figures import volume_views
+    from cfgen.viz.panels import write_views
 
     folder = out / f"sample-{vol.seed:03d}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -38,8 +36,8 @@ def _sample_outputs(out: Path, vol: Volume, spacing: float, base_spacing: float,
         outputs["labels"] = f"{rel}/labels.nii.gz"
         voxel_ml = spacing ** 3 / 1000.0
         metrics.update({f"{name}_ml": float((vol.labels == k).sum() * voxel_ml) for k, name in enumerate(labels, 1)})
-    with atomic_path(folder / "preview.png") as tmp:
-        Image.fromarray(np.round(as_2d(vol.image[None]) * 255).astype(np.uint8)).save(tmp, format="PNG")
+    strip, _, views = volume_views(vol.image, vol.image, aff)
+    write_views(strip, views, folder / "preview.png", note)
     outputs["preview"] = f"{rel}/preview.png"
     write_volume(folder / "volume.nii.gz", vol.image, aff, note)
     outputs["volume"] = f"{rel}/volume.nii.gz"

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cfgen.io.atomic import atomic_path
-from cfgen.viz.panels import DIVERGING, diff_scale, gray
+from cfgen.viz.panels import DIVERGING, _plt, diff_scale, gray, save_figure
+from cfgen.viz.style import PAPER_RC
 
 
 def as_2d(img01: np.ndarray) -> np.ndarray:
@@ -38,77 +38,75 @@ def _view_slice(ras: np.ndarray, axis: int, k: int) -> np.ndarray:
     return np.flipud(np.fliplr(sl.T))  # the second axis up (A or S on top), the first reversed (R or A left)
 
 
-def volume_views(a: np.ndarray, b: np.ndarray, affine: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, dict]:
+def volume_views(a: np.ndarray, b: np.ndarray, affine: np.ndarray | None,
+                 more: tuple[np.ndarray, ...] = ()) -> tuple[np.ndarray, np.ndarray, dict]:
     """Axial, coronal and sagittal slices of two (X, Y, Z) volumes in [0, 1] side by side, through the
     centre of their difference (the mid-slices when nothing changed), in RAS with radiological
     left/right when the affine is known; returns the two strips and where each view lies, its name,
-    slice and edge letters (L/R, A/P, S/I), for the panel's annotations."""
+    slice and edge letters (L/R, A/P, S/I), for the panel's annotations; ``more`` volumes of the
+    same grid (an edit mask) come back as strips of the same slices in ``["more"]``."""
     from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
     known = affine is not None and np.isfinite(affine).all() and abs(np.linalg.det(affine[:3, :3])) > 1e-12
     if known:
         t = ornt_transform(io_orientation(affine), axcodes2ornt("RAS"))
         a, b = apply_orientation(a, t), apply_orientation(b, t)
+        more = tuple(apply_orientation(m, t) for m in more)
     change = np.abs(b - a)
     if change.max() > 0:
         idx = np.argwhere(change >= 0.5 * change.max())
         centre = np.round(idx.mean(axis=0)).astype(int)
     else:
         centre = np.array(a.shape) // 2
-    views, strips = [], ([], [])
+    views, strips = [], tuple([] for _ in range(2 + len(more)))
     for name, axis, letters in VIEWS:
         k = int(centre[axis])
-        for strip, vol in zip(strips, (a, b)):
+        for strip, vol in zip(strips, (a, b, *more)):
             strip.append(_view_slice(vol, axis, k))
         views.append({"name": name, "slice": k, "letters": letters if known else None})
     x = 0
     for v, sl in zip(views, strips[0]):
         v["x0"], v["x1"], v["height"] = x, x + sl.shape[1], sl.shape[0]
         x += sl.shape[1] + GAP
-    return side_by_side(strips[0]), side_by_side(strips[1]), {"views": views, "oriented": bool(known)}
-
-
-def _save(fig, target: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    with atomic_path(target) as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
-    plt.close(fig)
-    return target
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return side_by_side(strips[0]), side_by_side(strips[1]), {
+        "views": views, "oriented": bool(known), "more": [side_by_side(st) for st in strips[2:]]}
 
 
 def write_examples(rows: list[dict], target: Path, metric: str) -> Path:
-    """rows: {"title", "original", "counterfactual", "truth" (or None)} with 2D arrays in [0, 1]."""
+    """rows: {"title", "original", "counterfactual", "truth" (or None)} with 2D arrays in [0, 1];
+    one colour scale and one colour bar per column (the differences share the rows' largest)."""
     plt = _plt()
+    import matplotlib
+
     with_truth = any(r.get("truth") is not None for r in rows)
     cols = 4 if with_truth else 3
-    fig, axes = plt.subplots(len(rows), cols, figsize=(3.0 * cols, 3.0 * len(rows)), dpi=100, squeeze=False)
-    for ax_row, r in zip(axes, rows):
-        diff = r["counterfactual"] - r["original"]
-        vmax = diff_scale(diff)
-        panels = [("original", r["original"], "gray", 0, 1), ("counterfactual", r["counterfactual"], "gray", 0, 1),
-                  ("difference", diff, DIVERGING, -vmax, vmax)]
-        if with_truth:
-            panels.append(("true counterfactual", r["truth"] if r.get("truth") is not None
-                           else np.zeros_like(r["original"]), "gray", 0, 1))
-        for ax, (name, img, cmap, lo, hi) in zip(ax_row, panels):
-            im = ax.imshow(img, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
-            ax.set_axis_off()
-            ax.set_title(name, fontsize=8)
-            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
-        ax_row[0].text(-0.05, 0.5, r["title"], transform=ax_row[0].transAxes, rotation=90, va="center",
-                       ha="right", fontsize=8)
-    fig.suptitle(f"best, median and worst items by {metric}", fontsize=10)
-    return _save(fig, target)
+    diffs = [r["counterfactual"] - r["original"] for r in rows]
+    vmax = diff_scale(np.concatenate([d.ravel() for d in diffs]))
+    with matplotlib.rc_context(PAPER_RC):
+        fig, axes = plt.subplots(len(rows), cols, figsize=(3.0 * cols, 3.0 * len(rows) + 0.6), dpi=100,
+                                 squeeze=False, layout="constrained")
+        images = []
+        for ax_row, r, diff in zip(axes, rows, diffs):
+            panels = [("original", r["original"], "gray", 0, 1), ("counterfactual", r["counterfactual"], "gray", 0, 1),
+                      ("difference (CF - original)", diff, DIVERGING, -vmax, vmax)]
+            if with_truth:
+                panels.append(("true counterfactual", r["truth"] if r.get("truth") is not None
+                               else np.zeros_like(r["original"]), "gray", 0, 1))
+            for ax, (name, img, cmap, lo, hi) in zip(ax_row, panels):
+                images.append(ax.imshow(img, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest"))
+                ax.set_axis_off()
+                ax.set_title(name, fontsize=8)
+            ax_row[0].text(-0.05, 0.5, r["title"], transform=ax_row[0].transAxes, rotation=90, va="center",
+                           ha="right", fontsize=8)
+        labels = ["intensity (window fraction)", "intensity (window fraction)",
+                  f"change (window fraction), \u00b1{vmax:.3g} for all rows", "intensity (window fraction)"]
+        for c in range(cols):
+            bar = fig.colorbar(images[c], ax=list(axes[:, c]), location="bottom", fraction=0.04, pad=0.02)
+            bar.ax.set_gid(f"colour-bar-{c}")
+            bar.set_label(labels[c], fontsize=7)
+            bar.ax.tick_params(labelsize=6)
+        fig.suptitle(f"best, median and worst items by {metric}", fontsize=10)
+        return save_figure(fig, target)
 
 
 #: fewer items than this: a strip plot of the values, not a histogram
@@ -124,10 +122,19 @@ def _plotted(values: dict[str, list[float]]) -> list[str]:
 def write_histograms(values: dict[str, list[float]], target: Path) -> Path:
     """One panel per metric: a histogram with the mean marked (a strip plot below MIN_HISTOGRAM items)."""
     plt = _plt()
+    import matplotlib
+
     names = _plotted(values)
     cols = min(4, max(1, len(names)))
     rows = max(1, -(-len(names) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), dpi=100, squeeze=False)
+    with matplotlib.rc_context(PAPER_RC):
+        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), dpi=100, squeeze=False)
+        _histogram_axes(axes, names, values)
+        fig.tight_layout()
+        return save_figure(fig, target)
+
+
+def _histogram_axes(axes, names: list[str], values: dict[str, list[float]]) -> None:
     for ax in axes.flat:
         ax.set_axis_off()
     for ax, name in zip(axes.flat, names):
@@ -144,5 +151,3 @@ def write_histograms(values: dict[str, list[float]], target: Path) -> Path:
         ax.set_title(f"{name} (n={len(v)})", fontsize=8)
         ax.legend(fontsize=6, loc="best")
         ax.tick_params(labelsize=7)
-    fig.tight_layout()
-    return _save(fig, target)

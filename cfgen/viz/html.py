@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +32,19 @@ rows.sort((a,b)=>{const x=key(a),y=key(b);return (x>y?1:x<y?-1:0)*(asc?1:-1)});
 rows.forEach(r=>t.tBodies[0].appendChild(r))}"""
 
 
-def _img(path: Path) -> str:
-    if not path.is_file() or path.stat().st_size > MAX_IMAGE_BYTES:
+#: figure formats a page can show inline (--figure-format pdf: a link to the file beside the page)
+_MIME = {".png": "image/png", ".svg": "image/svg+xml"}
+
+
+def _img(path: Path, page_dir: Path | None = None) -> str:
+    if not path.is_file():
         return ""
+    mime = _MIME.get(path.suffix.lower())
+    if mime is None or path.stat().st_size > MAX_IMAGE_BYTES:
+        href = Path(os.path.relpath(path, page_dir)).as_posix() if page_dir is not None else path.name
+        return f'<a href="{html.escape(href)}">{html.escape(path.name)}</a>'
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}">'
+    return f'<img alt="{html.escape(path.name)}" src="data:{mime};base64,{data}">'
 
 
 def _fmt(v: Any) -> str:
@@ -72,7 +81,7 @@ def _items_table(items: list[dict]) -> str:
 
 
 def _gallery(items: list[dict], out_dir: Path, extra: list[Path]) -> str:
-    figs = [f"<figure>{_img(p)}<figcaption>{html.escape(p.name)}</figcaption></figure>" for p in extra if p.is_file()]
+    figs = [f"<figure>{_img(p, out_dir)}<figcaption>{html.escape(p.name)}</figcaption></figure>" for p in extra if p.is_file()]
     shown = [it for it in items if it.get("status") in ("ok", "skipped")][:MAX_GALLERY]
     for it in shown:
         outputs = it.get("outputs") or {}
@@ -82,7 +91,7 @@ def _gallery(items: list[dict], out_dir: Path, extra: list[Path]) -> str:
             caption = it.get("name") or ""
             if p.get("prompt") or p.get("source_prompt"):
                 caption += f": '{p.get('source_prompt', '')}' -> '{p.get('prompt', '')}'"
-            figs.append(f"<figure>{_img(out_dir / panel)}<figcaption>{html.escape(caption)}</figcaption></figure>")
+            figs.append(f"<figure>{_img(out_dir / panel, out_dir)}<figcaption>{html.escape(caption)}</figcaption></figure>")
     note = f"<p>The first {MAX_GALLERY} items.</p>" if len(shown) == MAX_GALLERY else ""
     return f'<h2>Gallery</h2>{note}<div class="gallery">{"".join(figs)}</div>' if figs else ""
 

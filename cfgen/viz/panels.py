@@ -5,11 +5,14 @@ same units, shown with blue for darker and red for brighter, symmetric around ze
 """
 from __future__ import annotations
 
+import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from cfgen.io.atomic import atomic_path
+from cfgen.viz.style import PAPER_RC, Units
 
 DIVERGING = "RdBu_r"
 
@@ -28,16 +31,6 @@ def diff_scale(diff: np.ndarray) -> float:
     return float(max(np.percentile(np.abs(diff), 99.5), 0.01))
 
 
-def _diverging_rgb(t: np.ndarray) -> np.ndarray:
-    """[0, 1] -> uint8 RGB through the diverging map's own lookup table: the colours matplotlib's
-    ``cmap(t)`` gives (same bins), a few times faster on full-size scans."""
-    import matplotlib
-
-    cmap = matplotlib.colormaps[DIVERGING]
-    lut = (cmap(np.arange(cmap.N))[:, :3] * 255).round().astype(np.uint8)
-    return lut[np.minimum((t * cmap.N).astype(np.intp), cmap.N - 1)]
-
-
 def display_factor(shape: tuple[int, ...], max_side: int = 640) -> int:
     """The integer factor for_display shrinks an image of ``shape`` (H, W[, 3]) by."""
     return -(-max(shape[:2]) // max_side)
@@ -54,60 +47,155 @@ def for_display(img: np.ndarray, max_side: int = 640) -> np.ndarray:
     return blocks.mean(axis=(1, 3))
 
 
-def write_difference_png(diff: np.ndarray, target: Path, vmax: float) -> Path:
-    """A signed difference (H, W) as an RGB PNG through the diverging colour map."""
-    from PIL import Image
+@dataclass
+class Panel:
+    """One item's figure content: display images (H, W) or (H, W, 3) in [0, 1], the signed
+    difference (H, W) in ``units`` with its colour limit ``vmax`` (the run's), the prompts, the
+    edit mask (H, W) when one was used, and a volume's views (figures.volume_views)."""
 
-    im = Image.fromarray(_diverging_rgb(np.clip(diff / vmax, -1, 1) * 0.5 + 0.5))
-    with atomic_path(target) as tmp:
-        im.save(tmp, format="PNG")
-    return target
+    original: np.ndarray
+    result: np.ndarray
+    diff: np.ndarray
+    vmax: float
+    units: Units
+    second: str = "counterfactual"
+    caption: str = ""
+    mask: np.ndarray | None = None
+    views: dict | None = None
 
 
-def _annotate(ax, views: dict, shrink: int) -> None:
+def _annotate(ax, views: dict, shrink: int, colour: str = "yellow") -> None:
     """View names, slice numbers and edge letters on a strip of volume_views (cfgen/viz/figures.py)."""
     for v in views["views"]:
         x0, x1, h = v["x0"] / shrink, v["x1"] / shrink, v["height"] / shrink
         ax.text((x0 + x1) / 2, -1, f"{v['name']} {v['slice']}", ha="center", va="bottom", fontsize=7)
         if v["letters"]:
             left, right, top, bottom = v["letters"]
-            style = {"color": "yellow", "fontsize": 7, "fontweight": "bold"}
+            style = {"color": colour, "fontsize": 7, "fontweight": "bold"}
             ax.text(x0 + 1, h / 2, left, ha="left", va="center", **style)
             ax.text(x1 - 1, h / 2, right, ha="right", va="center", **style)
             ax.text((x0 + x1) / 2, 1, top, ha="center", va="top", **style)
             ax.text((x0 + x1) / 2, h - 1, bottom, ha="center", va="bottom", **style)
 
 
-def write_panel_png(original: np.ndarray, counterfactual: np.ndarray, diff: np.ndarray, target: Path,
-                    vmax: float, titles: tuple[str, str] = ("original", "counterfactual"),
-                    views: dict | None = None) -> Path:
-    """original | counterfactual | difference, with a colour bar for the difference (images larger
-    than the panel shows are shrunk first, ``for_display``); ``views``: the three views of a volume
-    (figures.volume_views), side by side and named, with L/R, A/P, S/I letters."""
+#: colour of the edit mask's outline (visible on grey images and on the blue-white-red map)
+MASK_COLOUR, MASK_NAME = "#00dd00", "green"
+
+
+def _outline(ax, mask: np.ndarray | None) -> None:
+    """The edit mask's boundary as a contour line (SVG id ``mask-outline``)."""
+    if mask is None or not mask.any() or mask.all():
+        return
+    import matplotlib.artist
+
+    cs = ax.contour(mask.astype(np.float32), levels=[0.5], colors=MASK_COLOUR, linewidths=0.8)
+    for art in [cs] if isinstance(cs, matplotlib.artist.Artist) else cs.collections:  # matplotlib < 3.8
+        art.set_gid("mask-outline")
+
+
+def _bar(fig, im, ax, p: Panel) -> None:
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    bar.ax.set_gid("colour-bar")
+    bar.set_label(f"change ({p.units.label})\nscale \u00b1{p.vmax:.4g} for every item of the run", fontsize=7)
+    bar.ax.tick_params(labelsize=7)
+
+
+def _plt():
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    h, w = diff.shape
-    shrink = display_factor(diff.shape)  # what for_display does to the strips below
-    original, counterfactual, diff = (for_display(a) for a in (original, counterfactual, diff))
-    width = 9.6 if views is None else 15.0  # a volume's strip of three views: wide enough to read
-    fig, axes = plt.subplots(1, 3, figsize=(width, width / 3 * h / max(w, 1) + 0.6), dpi=100)
-    cmap_img = "gray" if original.ndim == 2 else None
-    for ax, img, title in zip(axes[:2], (original, counterfactual), titles):
-        ax.imshow(img, cmap=cmap_img, vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(title, fontsize=9, pad=12 if views else 6)
-    im = axes[2].imshow(diff, cmap=DIVERGING, vmin=-vmax, vmax=vmax, interpolation="nearest")
-    second = "CF" if titles[1] == "counterfactual" else titles[1]
-    axes[2].set_title(f"difference ({second} - original)", fontsize=9, pad=12 if views else 6)
-    for ax in axes:
-        ax.set_axis_off()
-        if views is not None:
-            _annotate(ax, views, shrink)
-    bar = fig.colorbar(im, ax=axes[2], fraction=0.046, pad=0.04)
-    bar.set_label("change, fraction of the intensity window", fontsize=8)
+    return plt
+
+
+def _caption(p: Panel) -> str:
+    note = f"{MASK_NAME} outline: edit mask" if p.mask is not None and p.mask.any() and not p.mask.all() else ""
+    text = textwrap.fill(p.caption, 110) if p.caption else ""
+    return "\n".join(t for t in (text, note) if t)
+
+
+def save_figure(fig, target: Path) -> Path:
+    """``fig`` to ``target`` in the format its suffix names (png, svg, pdf), atomically; closed."""
+    import matplotlib.pyplot as plt
+
     with atomic_path(target) as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
+        fig.savefig(tmp, format=target.suffix.lstrip("."), bbox_inches="tight")
     plt.close(fig)
     return target
+
+
+def write_panel(p: Panel, target: Path) -> Path:
+    """original | counterfactual | difference, with the prompts, the mask outline and a colour bar
+    in the scan's units (images larger than the panel shows are shrunk first, ``for_display``);
+    a volume's three views side by side, named, with L/R, A/P, S/I letters."""
+    plt = _plt()
+    import matplotlib
+
+    h, w = p.diff.shape
+    shrink = display_factor(p.diff.shape)  # what for_display does to the strips below
+    original, result, diff = (for_display(a) for a in (p.original, p.result, p.diff))
+    mask = for_display(p.mask.astype(np.float32)) > 0.5 if p.mask is not None else None
+    width = 9.6 if p.views is None else 15.0  # a volume's strip of three views: wide enough to read
+    with matplotlib.rc_context(PAPER_RC):
+        fig, axes = plt.subplots(1, 3, figsize=(width, width / 3 * h / max(w, 1) + 0.9), dpi=100,
+                                 layout="constrained")
+        cmap_img = "gray" if original.ndim == 2 else None
+        pad = 12 if p.views else 6
+        for ax, img, title in zip(axes[:2], (original, result), ("original", p.second)):
+            ax.imshow(img, cmap=cmap_img, vmin=0, vmax=1, interpolation="nearest")
+            ax.set_title(title, fontsize=9, pad=pad)
+        im = axes[2].imshow(diff, cmap=DIVERGING, vmin=-p.vmax, vmax=p.vmax, interpolation="nearest")
+        axes[2].set_title(f"difference ({p.second} - original)", fontsize=9, pad=pad)
+        for ax, colour in zip(axes, ("yellow", "yellow", "black")):
+            ax.set_axis_off()
+            if p.views is not None:
+                _annotate(ax, p.views, shrink, colour)
+        for ax in axes[1:]:
+            _outline(ax, mask)
+        _bar(fig, im, axes[2], p)
+        if _caption(p):
+            fig.suptitle(_caption(p), fontsize=8)
+        return save_figure(fig, target)
+
+
+def write_difference(p: Panel, target: Path) -> Path:
+    """The difference map alone, at the scan's resolution up to about 640 pixels a side, with its
+    colour bar (units, the run's scale), the mask outline and the prompts."""
+    plt = _plt()
+    import matplotlib
+
+    diff = for_display(p.diff)
+    shrink = display_factor(p.diff.shape)
+    mask = for_display(p.mask.astype(np.float32)) > 0.5 if p.mask is not None else None
+    h, w = diff.shape
+    side = 10.0 if p.views is not None else max(3.0, min(8.0, max(h, w) / 100))  # inches, the longer side
+    with matplotlib.rc_context(PAPER_RC):
+        fig, ax = plt.subplots(figsize=(side * w / max(h, w) + 1.4, side * h / max(h, w) + 0.9), dpi=100,
+                               layout="constrained")
+        im = ax.imshow(diff, cmap=DIVERGING, vmin=-p.vmax, vmax=p.vmax, interpolation="nearest")
+        ax.set_axis_off()
+        if p.views is not None:
+            _annotate(ax, p.views, shrink, "black")
+        _outline(ax, mask)
+        _bar(fig, im, ax, p)
+        lines = [f"difference: {p.second} - original"] + [textwrap.fill(t, 70) for t in _caption(p).split("\n") if t]
+        ax.set_title("\n".join(lines), fontsize=8, pad=12 if p.views else 6)
+        return save_figure(fig, target)
+
+
+def write_views(strip: np.ndarray, views: dict, target: Path, title: str) -> Path:
+    """One volume's strip of three named views (figures.volume_views) with L/R, A/P, S/I letters."""
+    plt = _plt()
+    import matplotlib
+
+    shrink = display_factor(strip.shape)
+    img = for_display(strip)
+    h, w = img.shape
+    with matplotlib.rc_context(PAPER_RC):
+        fig, ax = plt.subplots(figsize=(10.0, 10.0 * h / max(w, 1) + 0.7), dpi=100, layout="constrained")
+        ax.imshow(img, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_axis_off()
+        _annotate(ax, views, shrink)
+        ax.set_title(textwrap.fill(title, 110), fontsize=8, pad=12)
+        return save_figure(fig, target)

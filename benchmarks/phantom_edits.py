@@ -74,7 +74,7 @@ def run(model_name: str | None, n: int, seed: int, masks: list[str], steps: int 
                 row["flip"] = float((p_after >= 0.5) == kind.startswith("add"))
             rows[(kind, mode)].append(row)
         if len(recon[kind]) < recon_per_type:
-            p = EditParams.resolve(model.entry.defaults, source_prompt=src, steps=steps, strength=strength)
+            p = EditParams.resolve(model.entry.defaults, "invert", source_prompt=src, steps=steps, strength=strength)
             psnr = core.invert(model, scan, p).metrics["psnr"]
             recon[kind].append(float(psnr) if psnr is not None else 100.0)
     table = [_row(kind, mode, vals, recon[kind]) for (kind, mode), vals in sorted(rows.items())]

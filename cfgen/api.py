@@ -9,7 +9,8 @@
 ``scan`` is a path, a numpy array (2D: an image; 3D: a volume in voxel order, with an optional
 ``affine`` or ``spacing``) or a :class:`cfgen.io.scan.Scan`; ``model`` a models.toml name, a
 folder or a loaded model; options are the CLI's (steps, guidance, strength, eta, seed, mask,
-mask_threshold, window, negative_prompt), checked as the CLI checks them. Batches, resuming and
+mask_threshold, window, negative_prompt, inversion, null_text_steps, min_inversion_psnr), checked
+as the CLI checks them; invert's guidance (of the reconstruction) is 1 unless given. Batches, resuming and
 run reports are the CLI's business (``cfgen.editing.batch.run_edits`` from Python).
 """
 from __future__ import annotations
@@ -117,7 +118,7 @@ class Result:
         return files
 
 
-def _params(model: LoadedModel, options: dict[str, Any]) -> EditParams:
+def _params(model: LoadedModel, options: dict[str, Any], command: str) -> EditParams:
     from cfgen.editing.params import EditParams
 
     import warnings
@@ -128,7 +129,7 @@ def _params(model: LoadedModel, options: dict[str, Any]) -> EditParams:
     unknown = sorted(set(options) - known)
     if unknown:
         raise UsageError(f"unknown option(s) {', '.join(unknown)}; options: {', '.join(sorted(known))}")
-    p = EditParams.resolve(model.entry.defaults, **options)
+    p = EditParams.resolve(model.entry.defaults, command, **options)
     p.check()
     for text in dict.fromkeys((p.prompt, p.source_prompt, p.negative_prompt)):
         for problem in prompt_problems(model, text):
@@ -148,7 +149,7 @@ def edit(scan: ScanLike, prompt: str, source_prompt: str | None = None, model: M
     from cfgen.editing import core
 
     loaded = _model(model)
-    p = _params(loaded, {**options, "prompt": prompt, "source_prompt": source_prompt})
+    p = _params(loaded, {**options, "prompt": prompt, "source_prompt": source_prompt}, "edit")
     sc = as_scan(scan, affine, spacing)
     return Result("edit", sc, p, core.edit(loaded, sc, p), squeeze=_is_2d_array(scan))
 
@@ -159,7 +160,7 @@ def invert(scan: ScanLike, source_prompt: str | None = None, model: ModelLike = 
     from cfgen.editing import core
 
     loaded = _model(model)
-    p = _params(loaded, {**options, "source_prompt": source_prompt})
+    p = _params(loaded, {**options, "source_prompt": source_prompt}, "invert")
     sc = as_scan(scan, affine, spacing)
     return Result("invert", sc, p, core.invert(loaded, sc, p), squeeze=_is_2d_array(scan))
 

@@ -68,7 +68,8 @@ ShardOpt = Annotated[Optional[str], typer.Option("--shard", help="I/N: run only 
                                                  "batch rows (1-based; e.g. a Slurm array task); shards may share "
                                                  "one --out, and `cfgen report OUT` merges them")]
 FigureFormatOpt = Annotated[str, typer.Option("--figure-format", help="Figures (panel, difference map; evaluate: examples, "
-                                               "histograms): png, svg (text stays text) or pdf")]
+                                               "histograms): png, svg (text stays text), pdf, or none (edit/invert: no "
+                                               "figures, for large batches)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Also print report.json to stdout")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary")]
 

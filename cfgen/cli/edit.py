@@ -25,6 +25,17 @@ StrictOpt = Annotated[bool, typer.Option("--strict", help="Refuse prompts the te
 RangeOpt = Annotated[Optional[float], typer.Option("--difference-range", help="Colour scale of every difference map "
                                                   "of the run, +-this value: HU for CT, a fraction of the intensity "
                                                   "window otherwise [default: edit 0.5 (500 HU), invert 0.1 (100 HU)]")]
+InversionOpt = Annotated[Optional[str], typer.Option("--inversion", help="ddim; negative-prompt (Miyake et al. 2023: the "
+                                                    "source prompt as the unconditional branch, forward passes only); "
+                                                    "null-text (Mokady et al. 2023: the null embedding optimised per "
+                                                    "step, PRISM's; about 2 x null-text-steps more UNet passes) [default: ddim]")]
+NullStepsOpt = Annotated[Optional[int], typer.Option("--null-text-steps", help="null-text: optimisation steps per timestep [default: 10]")]
+GateOpt = Annotated[Optional[float], typer.Option("--min-inversion-psnr", help="Gate: before editing, reconstruct under the source "
+                                                  "prompt at the edit's guidance; below this PSNR (dB, outside the mask, "
+                                                  "against the first stage's own reconstruction) try twice the steps, "
+                                                  "then negative-prompt, then null-text; fail the item if none reaches it")]
+InvGuidanceOpt = Annotated[Optional[float], typer.Option("--guidance", help="Guidance of the reconstruction [default: 1, plain DDIM; "
+                                                         "an edit's guidance shows what its inversion keeps]")]
 ThresholdOpt = Annotated[Optional[float], typer.Option(help="auto mask: fraction of the largest disagreement that counts as edit region")]
 
 
@@ -51,16 +62,17 @@ def _settings(out: Path, model: str | None, device: Device, dtype: Dtype, fmt, o
 @handle_errors
 def invert(scan: ScanArg = None, source_prompt: SourceOpt = None, batch: BatchOpt = None, out: OutOpt = Path("cfgen-out"),
            model: ModelOpt = None, steps: StepsOpt = None, strength: StrengthOpt = None, window: WindowOpt = None,
+           guidance: InvGuidanceOpt = None, inversion: InversionOpt = None, null_text_steps: NullStepsOpt = None,
            fmt: FormatOpt = None, device: DeviceOpt = Device.auto, dtype: DtypeOpt = Dtype.float32,
            overwrite: OverwriteOpt = False, json_out: JsonOpt = False, quiet: QuietOpt = False,
            batch_size: BatchSizeOpt = "1", compile_unet: CompileOpt = False, workers: WorkersOpt = None,
            strict: StrictOpt = False, shard: ShardOpt = None, figure_format: FigureFormatOpt = "png",
            difference_range: RangeOpt = None) -> None:
-    """DDIM-invert a scan under its source prompt; save the latents and the reconstruction with PSNR/SSIM."""
+    """Invert a scan under its source prompt; save the latents and the reconstruction with PSNR/SSIM."""
     settings = _settings(out, model, device, dtype, fmt, overwrite, batch_size, compile_unet, workers, strict, shard,
                          figure_format, difference_range)
     _run("invert", scan, batch, settings, json_out, quiet, source_prompt=source_prompt, steps=steps,
-         strength=strength, window=window)
+         strength=strength, window=window, guidance=guidance, inversion=inversion, null_text_steps=null_text_steps)
 
 
 @handle_errors
@@ -68,6 +80,7 @@ def edit(scan: ScanArg = None, prompt: PromptOpt = None, source_prompt: SourceOp
          negative_prompt: NegativeOpt = None, batch: BatchOpt = None, out: OutOpt = Path("cfgen-out"),
          model: ModelOpt = None, steps: StepsOpt = None, guidance: GuidanceOpt = None, strength: StrengthOpt = None,
          eta: EtaOpt = None, seed: SeedOpt = None, mask: MaskOpt = None, mask_threshold: ThresholdOpt = None,
+         inversion: InversionOpt = None, null_text_steps: NullStepsOpt = None, min_inversion_psnr: GateOpt = None,
          window: WindowOpt = None, fmt: FormatOpt = None, device: DeviceOpt = Device.auto,
          dtype: DtypeOpt = Dtype.float32, overwrite: OverwriteOpt = False, json_out: JsonOpt = False,
          quiet: QuietOpt = False, batch_size: BatchSizeOpt = "1", compile_unet: CompileOpt = False,
@@ -78,4 +91,5 @@ def edit(scan: ScanArg = None, prompt: PromptOpt = None, source_prompt: SourceOp
                          figure_format, difference_range)
     _run("edit", scan, batch, settings, json_out, quiet, prompt=prompt, source_prompt=source_prompt,
          negative_prompt=negative_prompt, steps=steps, guidance=guidance, strength=strength, eta=eta, seed=seed,
-         window=window, mask=mask, mask_threshold=mask_threshold)
+         window=window, mask=mask, mask_threshold=mask_threshold, inversion=inversion, null_text_steps=null_text_steps,
+         min_inversion_psnr=min_inversion_psnr)

@@ -228,7 +228,7 @@ def run_operation(command: str, scan: str | Path | None, settings: RunSettings, 
     t0 = time.perf_counter()
     given = settings.model if isinstance(settings.model, LoadedModel) else None
     entry = given.entry if given is not None else entry_for(settings.model)
-    params = EditParams.resolve(entry.defaults, **options)
+    params = EditParams.resolve(entry.defaults, command, **options)
     params.check()
     jobs = _jobs(command, scan, batch, params)
     name = entry.name if given is not None or settings.model is None else str(settings.model)

@@ -7,7 +7,7 @@ from typing import Any, Callable, TYPE_CHECKING
 import numpy as np
 import torch
 
-from cfgen.editing import ddim, masks
+from cfgen.editing import ddim, inversion, masks
 from cfgen.editing.grid import ModelGrid
 from cfgen.editing.components import decode_latents, encode_images, encode_prompts, to_device
 from cfgen.editing.jobs import require_prompt
@@ -31,6 +31,7 @@ class Outcome:
     metrics: dict[str, Any] = field(default_factory=dict)
     timesteps: list[int] = field(default_factory=list)
     mask: np.ndarray | None = None  # (1, H, W) in [0, 1] on the scan's grid, when an edit mask was used
+    inversion: dict | None = None  # how the scan was inverted (method, steps, the gate's tries)
 
 
 def prepare(model: LoadedModel, scan: Scan, p: EditParams) -> Prepared:
@@ -55,12 +56,13 @@ class Computed:
     timesteps: list[int]
     latent_mask: torch.Tensor | None = None
     vae_out: torch.Tensor | None = None  # invert: the VAE alone (encode + decode), model space
+    inversion: dict | None = None  # inversion.Inverted.record
 
 
 def batch_key(p: EditParams) -> tuple | None:
     """Jobs with equal keys can share every UNet forward (one batch); None: run alone
     (eta > 0 draws noise per item from its seed)."""
-    return None if p.eta else (p.steps, p.strength, p.guidance)
+    return None if p.eta else (p.steps, p.strength, p.guidance, p.inversion, p.null_text_steps, p.min_inversion_psnr)
 
 
 def _latent_mask(model: LoadedModel, sched, z0, src, tgt, scan: Scan, prep: Prepared, p: EditParams, mode: str):
@@ -79,39 +81,51 @@ def _run(model: LoadedModel, scans: list[Scan], ps: list[EditParams], targets: l
         raise ValueError("a batch needs equal steps, strength and guidance and eta 0")
     p0 = ps[0]
     preps = preps or [prepare(model, sc, p) for sc, p in zip(scans, ps)]
-    sched = ddim.make_scheduler(model.entry.scheduler, p0.steps)
-    ts = ddim.edit_timesteps(sched, p0.strength)
     z0 = encode_images(model, torch.cat([to_device(model, pr.x) for pr in preps]), chunk=vae_chunk)
     n = len(ps)
     src, tgt, neg = encode_prompts(model, [p.source_prompt for p in ps] + list(targets)
                                    + [p.negative_prompt for p in ps]).chunk(3)
     step = (lambda: [on_step() for _ in range(n)]) if on_step else None  # progress counts items
-    traj = ddim.invert(model.unet, sched, z0, src, ts, on_step=step)
-    latent_masks = [_latent_mask(model, sched, z0[i:i + 1], src[i:i + 1], tgt[i:i + 1], scans[i], preps[i], ps[i], m)
-                    for i, m in enumerate(mask_modes or ["none"] * n)]
+    mask_sched = ddim.make_scheduler(model.entry.scheduler, p0.steps)
+    latent_masks = [_latent_mask(model, mask_sched, z0[i:i + 1], src[i:i + 1], tgt[i:i + 1], scans[i], preps[i],
+                                 ps[i], m) for i, m in enumerate(mask_modes or ["none"] * n)]
+    inv = _inversion(model, z0, src, neg, p0, guidance, latent_masks, step, vae_chunk, scans)
+    sched, ts, traj = inv.sched, inv.ts, inv.traj
     blend = None
     if any(m is not None for m in latent_masks):  # items without a mask: all ones (blend leaves them alone)
         full = torch.cat([m if m is not None else torch.ones_like(z0[i:i + 1, :1], dtype=torch.float32)
                           for i, m in enumerate(latent_masks)])
         blend = masks.trajectory_blend(full, traj)
     gen = torch.Generator(device=model.device).manual_seed(int(p0.seed))
-    z = ddim.sample(model.unet, sched, traj[-1], tgt, ts, uncond=neg, guidance=guidance, eta=eta,
+    z = ddim.sample(model.unet, sched, traj[-1], tgt, ts, uncond=inv.uncond, guidance=guidance, eta=eta,
                     generator=gen, blend=blend, on_step=step)
     lat = {"z0": z0, "zT": traj[-1], "z_out": z}
-    return preps, decode_latents(model, z, chunk=vae_chunk), lat, [int(t) for t in ts], latent_masks
+    return preps, decode_latents(model, z, chunk=vae_chunk), lat, [int(t) for t in ts], latent_masks, inv
+
+
+def _inversion(model: LoadedModel, z0, src, neg, p: EditParams, guidance: float, latent_masks: list, step,
+               vae_chunk: int | None, scans: list[Scan]) -> inversion.Inverted:
+    """The chosen inversion, or with ``--min-inversion-psnr`` the gate's (inversion.gated): the
+    region that must stay is outside each item's edit mask (on the decoded grid)."""
+    if p.min_inversion_psnr is None:
+        return inversion.invert(model, z0, src, neg, p, guidance, p.inversion, p.steps, step)
+    decode = lambda z: decode_latents(model, z, chunk=vae_chunk)  # noqa: E731
+    return inversion.gated(model, z0, src, neg, p, guidance, latent_masks, decode, step,
+                           [str(sc.path) for sc in scans])
 
 
 def _host(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.detach().float().cpu()
 
 
-def _computed(preps, ys, lat, ts, latent_masks=None, vae=None) -> list[Computed]:
+def _computed(preps, ys, lat, ts, inv, guidance: float, latent_masks=None, vae=None) -> list[Computed]:
     """Per item, on the host: one copy per tensor per batch (no synchronisation per step)."""
     ys, vae = _host(ys), _host(vae)
     lat = {k: _host(v) for k, v in lat.items()}
     return [Computed(prepared=prep, model_out=ys[i:i + 1], latents={k: v[i:i + 1] for k, v in lat.items()},
                      timesteps=ts, latent_mask=_host(latent_masks[i]) if latent_masks else None,
-                     vae_out=None if vae is None else vae[i:i + 1]) for i, prep in enumerate(preps)]
+                     vae_out=None if vae is None else vae[i:i + 1], inversion=inv.record(i, guidance))
+            for i, prep in enumerate(preps)]
 
 
 def _identity_metrics(scan: Scan, prep: Prepared, pixels: np.ndarray) -> dict[str, Any]:
@@ -135,10 +149,10 @@ def compute_edits(model: LoadedModel, scans: list[Scan], ps: list[EditParams], o
     ``vae_chunk``: items per VAE call (the run's memory plan; None: the whole batch)."""
     for p in ps:
         _check_edit(p)
-    preps, ys, lat, ts, latent_masks = _run(model, scans, ps, [p.prompt for p in ps], ps[0].guidance, ps[0].eta,
+    preps, ys, lat, ts, latent_masks, inv = _run(model, scans, ps, [p.prompt for p in ps], ps[0].guidance, ps[0].eta,
                                             on_step, [p.mask for p in ps], preps, vae_chunk)
     lat.pop("z_out")
-    return _computed(preps, ys, lat, ts, latent_masks)
+    return _computed(preps, ys, lat, ts, inv, ps[0].guidance, latent_masks)
 
 
 def finish_edit(model: LoadedModel, scan: Scan, c: Computed) -> Outcome:
@@ -154,7 +168,7 @@ def finish_edit(model: LoadedModel, scan: Scan, c: Computed) -> Outcome:
         metrics["mask_fraction"] = float((scan_mask > 0.5).mean())
     metrics.update(_identity_metrics(scan, prep, pixels))
     return Outcome(prepared=prep, pixels=pixels, model_out=c.model_out, latents=c.latents, metrics=metrics,
-                   timesteps=c.timesteps, mask=scan_mask)
+                   timesteps=c.timesteps, mask=scan_mask, inversion=c.inversion)
 
 
 def edit_many(model: LoadedModel, scans: list[Scan], ps: list[EditParams],
@@ -174,9 +188,9 @@ def compute_inversions(model: LoadedModel, scans: list[Scan], ps: list[EditParam
     inverted noise, and the VAE alone (encode + decode)."""
     for p in ps:
         p.check()
-    preps, ys, lat, ts, _ = _run(model, scans, ps, [p.source_prompt for p in ps], 1.0, 0.0, on_step, None, preps,
-                                 vae_chunk)
-    return _computed(preps, ys, lat, ts, vae=decode_latents(model, lat["z0"], chunk=vae_chunk))
+    preps, ys, lat, ts, _, inv = _run(model, scans, ps, [p.source_prompt for p in ps], ps[0].guidance, 0.0, on_step,
+                                      None, preps, vae_chunk)
+    return _computed(preps, ys, lat, ts, inv, ps[0].guidance, vae=decode_latents(model, lat["z0"], chunk=vae_chunk))
 
 
 def finish_inversion(model: LoadedModel, scan: Scan, c: Computed) -> Outcome:
@@ -195,7 +209,7 @@ def finish_inversion(model: LoadedModel, scan: Scan, c: Computed) -> Outcome:
     # the DDIM part alone: reconstruction against what the VAE gives back without diffusion
     metrics.update(reconstruction_metrics(vae_only, y, prefix="inversion_"))
     return Outcome(prepared=prep, pixels=from_model(c.model_out, prep, scan.channels), model_out=c.model_out,
-                   latents=li, metrics=metrics, timesteps=c.timesteps)
+                   latents=li, metrics=metrics, timesteps=c.timesteps, inversion=c.inversion)
 
 
 def invert_many(model: LoadedModel, scans: list[Scan], ps: list[EditParams],

@@ -98,18 +98,19 @@ def invert(unet, scheduler, z0: torch.Tensor, cond: torch.Tensor, timesteps: tor
 
 @torch.no_grad()
 def sample(unet, scheduler, zT: torch.Tensor, cond: torch.Tensor, timesteps: torch.Tensor,
-           uncond: torch.Tensor | None = None, guidance: float = 1.0, eta: float = 0.0,
+           uncond: torch.Tensor | list[torch.Tensor] | None = None, guidance: float = 1.0, eta: float = 0.0,
            generator: torch.Generator | None = None,
            blend: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
            on_step: Callable[[], None] | None = None) -> torch.Tensor:
     """Guided DDIM sampling from zT through ``timesteps``; scheduler arithmetic in fp32.
 
-    ``blend(z, i)`` (optional) may replace parts of the latent after step i, e.g. to keep
-    the inverted trajectory outside an edit mask.
+    ``uncond``: one embedding, or one per step (null-text inversion). ``blend(z, i)`` (optional)
+    may replace parts of the latent after step i, e.g. to keep the inverted trajectory outside an
+    edit mask.
     """
     z = zT
     for i, t in enumerate(timesteps.tolist()):
-        out = predict(unet, z, t, cond, uncond, guidance).float()
+        out = predict(unet, z, t, cond, uncond[i] if isinstance(uncond, list) else uncond, guidance).float()
         z = scheduler.step(out, t, z.float(), eta=eta, generator=generator).prev_sample.to(zT.dtype)
         if blend is not None:
             z = blend(z, i)

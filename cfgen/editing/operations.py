@@ -51,7 +51,9 @@ def _figures(folder: Path, scan: Scan, outcome: Outcome, command: str, params: E
     second = "counterfactual" if command == "edit" else "reconstruction"
     panel = Panel(display_2d(a), display_2d(b), (gray(b) - gray(a)) * units.per_window, vmax, units, second,
                   _caption(command, params), mask, views)
-    files = {}
+    files: dict[str, Path] = {}
+    if fig.format == "none":
+        return files, {"metrics": {}, "figure": {"format": "none"}}
     if command == "edit":
         files["difference"] = write_difference(panel, folder / f"difference.{fig.format}")
     files["panel"] = write_panel(panel, folder / f"panel.{fig.format}")

@@ -29,13 +29,20 @@ class EditParams:
     window: str = "auto"
     mask: str = "none"  # none | auto | path to a PNG/NIfTI mask (nonzero = may change)
     mask_threshold: float = 0.5
+    inversion: str = "ddim"  # ddim | negative-prompt | null-text (cfgen/editing/inversion.py)
+    null_text_steps: int = 10  # null-text: inner optimisation steps per timestep (Mokady et al.; PRISM)
+    min_inversion_psnr: float | None = None  # the gate: escalate below this reconstruction PSNR (dB)
 
     @classmethod
-    def resolve(cls, model_defaults: dict[str, Any], **given: Any) -> "EditParams":
-        """Command-line values (None = unset) over the model's defaults over DEFAULTS."""
+    def resolve(cls, model_defaults: dict[str, Any], command: str = "edit", **given: Any) -> "EditParams":
+        """Command-line values (None = unset) over the model's defaults over DEFAULTS. For
+        ``invert`` the guidance of the reconstruction is 1 unless given (a model's guidance default
+        is its edits'): plain DDIM reconstruction, as `cfgen invert` always reported it."""
         names = {f.name for f in fields(cls)}
         values = {k: v for k, v in DEFAULTS.items() if k in names}
         values.update({k: v for k, v in model_defaults.items() if k in names})
+        if command == "invert":
+            values["guidance"] = 1.0
         values.update({k: v for k, v in given.items() if v is not None and k in names})
         return cls(**values)
 
@@ -53,6 +60,7 @@ class EditParams:
             raise UsageError(f"{pre}--seed {self.seed}: must be between 0 and 2^63 - 1")
         if not 0.0 < self.mask_threshold < 1.0:
             raise UsageError(f"{pre}--mask-threshold {self.mask_threshold}: must be in (0, 1)")
+        self._check_inversion(pre)
         if self.window not in ("auto", "minmax", "dtype", "percentile"):
             try:
                 low, high = (float(v) for v in self.window.split(","))
@@ -65,6 +73,18 @@ class EditParams:
             if len(getattr(self, name)) > MAX_PROMPT_CHARS:
                 raise UsageError(f"{pre}{name.replace('_', '-')} is {len(getattr(self, name))} characters "
                                  f"(limit {MAX_PROMPT_CHARS})")
+
+    def _check_inversion(self, pre: str) -> None:
+        methods = ("ddim", "negative-prompt", "null-text")
+        if self.inversion not in methods:
+            raise UsageError(f"{pre}--inversion {self.inversion}: use one of {', '.join(methods)}")
+        if self.inversion == "negative-prompt" and self.negative_prompt:
+            raise UsageError(f"{pre}--negative-prompt cannot be used with --inversion negative-prompt, "
+                             "whose unconditional branch is the source prompt")
+        if not 1 <= self.null_text_steps <= 100:
+            raise UsageError(f"{pre}--null-text-steps {self.null_text_steps}: must be between 1 and 100")
+        if self.min_inversion_psnr is not None and not 0 < self.min_inversion_psnr <= 100:
+            raise UsageError(f"{pre}--min-inversion-psnr {self.min_inversion_psnr}: must be in (0, 100] dB")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -295,6 +295,7 @@ def _finish(op: Operation, model, job: Job, out_dir: Path, fmt: str | None, figu
         "outputs": {k: p.relative_to(out_dir).as_posix() for k, p in files.items()},
         "metrics": {**outcome.metrics, **extra["metrics"]}, "figure": extra["figure"],
         "scan": scan.info(), "preprocessing": outcome.prepared.record(), "timesteps": outcome.timesteps,
+        "inversion": outcome.inversion,
     }
     if scan.meta.get("notes"):  # library warnings while reading the scan, kept off stderr
         record["read_notes"] = scan.meta["notes"]

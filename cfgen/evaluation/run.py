@@ -39,7 +39,7 @@ class EvalOptions:
     clip_threshold: float = 0.1
     seed: int = 0
     figures: bool = True
-    figure_format: str = "png"  # png, svg or pdf
+    figure_format: str = "png"  # png, svg, pdf or none
 
 
 @dataclass
@@ -155,7 +155,7 @@ def evaluate(pairs: list[Pair], out_dir: Path, classifier=None, clip_model=None,
         report.data["sets"]["ground_truth"] = truth
     report.data["sources"] = sources(classifier, clip_model, sets)
     report.summarize()
-    if options.figures:
+    if options.figures and options.figure_format != "none":
         report.data["outputs"] = write_figures(report, pairs, out_dir, options)
     report.data["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
     report.html = True

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cfgen.viz.panels import DIVERGING, _plt, diff_scale, gray, save_figure
+from cfgen.viz.panels import DIVERGING, diff_scale, gray, new_figure, save_figure
 from cfgen.viz.style import PAPER_RC
 
 
@@ -75,7 +75,6 @@ def volume_views(a: np.ndarray, b: np.ndarray, affine: np.ndarray | None,
 def write_examples(rows: list[dict], target: Path, metric: str) -> Path:
     """rows: {"title", "original", "counterfactual", "truth" (or None)} with 2D arrays in [0, 1];
     one colour scale and one colour bar per column (the differences share the rows' largest)."""
-    plt = _plt()
     import matplotlib
 
     with_truth = any(r.get("truth") is not None for r in rows)
@@ -83,8 +82,8 @@ def write_examples(rows: list[dict], target: Path, metric: str) -> Path:
     diffs = [r["counterfactual"] - r["original"] for r in rows]
     vmax = diff_scale(np.concatenate([d.ravel() for d in diffs]))
     with matplotlib.rc_context(PAPER_RC):
-        fig, axes = plt.subplots(len(rows), cols, figsize=(3.0 * cols, 3.0 * len(rows) + 0.6), dpi=100,
-                                 squeeze=False, layout="constrained")
+        fig = new_figure(figsize=(3.0 * cols, 3.0 * len(rows) + 0.6), dpi=100, layout="constrained")
+        axes = fig.subplots(len(rows), cols, squeeze=False)
         images = []
         for ax_row, r, diff in zip(axes, rows, diffs):
             panels = [("original", r["original"], "gray", 0, 1), ("counterfactual", r["counterfactual"], "gray", 0, 1),
@@ -121,14 +120,14 @@ def _plotted(values: dict[str, list[float]]) -> list[str]:
 
 def write_histograms(values: dict[str, list[float]], target: Path) -> Path:
     """One panel per metric: a histogram with the mean marked (a strip plot below MIN_HISTOGRAM items)."""
-    plt = _plt()
     import matplotlib
 
     names = _plotted(values)
     cols = min(4, max(1, len(names)))
     rows = max(1, -(-len(names) // cols))
     with matplotlib.rc_context(PAPER_RC):
-        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), dpi=100, squeeze=False)
+        fig = new_figure(figsize=(3.2 * cols, 2.6 * rows), dpi=100)
+        axes = fig.subplots(rows, cols, squeeze=False)
         _histogram_axes(axes, names, values)
         fig.tight_layout()
         return save_figure(fig, target)

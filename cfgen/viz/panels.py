@@ -100,13 +100,12 @@ def _bar(fig, im, ax, p: Panel) -> None:
     bar.ax.tick_params(labelsize=7)
 
 
-def _plt():
-    import matplotlib
+def new_figure(**kw):
+    """A matplotlib Figure without pyplot: no global figure state, so that the runner's worker
+    threads can draw items at the same time (pyplot is not thread-safe)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kw)
 
 
 def _caption(p: Panel) -> str:
@@ -116,12 +115,9 @@ def _caption(p: Panel) -> str:
 
 
 def save_figure(fig, target: Path) -> Path:
-    """``fig`` to ``target`` in the format its suffix names (png, svg, pdf), atomically; closed."""
-    import matplotlib.pyplot as plt
-
+    """``fig`` to ``target`` in the format its suffix names (png, svg, pdf), atomically."""
     with atomic_path(target) as tmp:
         fig.savefig(tmp, format=target.suffix.lstrip("."), bbox_inches="tight")
-    plt.close(fig)
     return target
 
 
@@ -129,7 +125,6 @@ def write_panel(p: Panel, target: Path) -> Path:
     """original | counterfactual | difference, with the prompts, the mask outline and a colour bar
     in the scan's units (images larger than the panel shows are shrunk first, ``for_display``);
     a volume's three views side by side, named, with L/R, A/P, S/I letters."""
-    plt = _plt()
     import matplotlib
 
     h, w = p.diff.shape
@@ -138,8 +133,8 @@ def write_panel(p: Panel, target: Path) -> Path:
     mask = for_display(p.mask.astype(np.float32)) > 0.5 if p.mask is not None else None
     width = 9.6 if p.views is None else 15.0  # a volume's strip of three views: wide enough to read
     with matplotlib.rc_context(PAPER_RC):
-        fig, axes = plt.subplots(1, 3, figsize=(width, width / 3 * h / max(w, 1) + 0.9), dpi=100,
-                                 layout="constrained")
+        fig = new_figure(figsize=(width, width / 3 * h / max(w, 1) + 0.9), dpi=100, layout="constrained")
+        axes = fig.subplots(1, 3)
         cmap_img = "gray" if original.ndim == 2 else None
         pad = 12 if p.views else 6
         for ax, img, title in zip(axes[:2], (original, result), ("original", p.second)):
@@ -162,7 +157,6 @@ def write_panel(p: Panel, target: Path) -> Path:
 def write_difference(p: Panel, target: Path) -> Path:
     """The difference map alone, at the scan's resolution up to about 640 pixels a side, with its
     colour bar (units, the run's scale), the mask outline and the prompts."""
-    plt = _plt()
     import matplotlib
 
     diff = for_display(p.diff)
@@ -171,8 +165,9 @@ def write_difference(p: Panel, target: Path) -> Path:
     h, w = diff.shape
     side = 10.0 if p.views is not None else max(3.0, min(8.0, max(h, w) / 100))  # inches, the longer side
     with matplotlib.rc_context(PAPER_RC):
-        fig, ax = plt.subplots(figsize=(side * w / max(h, w) + 1.4, side * h / max(h, w) + 0.9), dpi=100,
-                               layout="constrained")
+        fig = new_figure(figsize=(side * w / max(h, w) + 1.4, side * h / max(h, w) + 0.9), dpi=100,
+                         layout="constrained")
+        ax = fig.subplots()
         im = ax.imshow(diff, cmap=DIVERGING, vmin=-p.vmax, vmax=p.vmax, interpolation="nearest")
         ax.set_axis_off()
         if p.views is not None:
@@ -186,14 +181,14 @@ def write_difference(p: Panel, target: Path) -> Path:
 
 def write_views(strip: np.ndarray, views: dict, target: Path, title: str) -> Path:
     """One volume's strip of three named views (figures.volume_views) with L/R, A/P, S/I letters."""
-    plt = _plt()
     import matplotlib
 
     shrink = display_factor(strip.shape)
     img = for_display(strip)
     h, w = img.shape
     with matplotlib.rc_context(PAPER_RC):
-        fig, ax = plt.subplots(figsize=(10.0, 10.0 * h / max(w, 1) + 0.7), dpi=100, layout="constrained")
+        fig = new_figure(figsize=(10.0, 10.0 * h / max(w, 1) + 0.7), dpi=100, layout="constrained")
+        ax = fig.subplots()
         ax.imshow(img, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         ax.set_axis_off()
         _annotate(ax, views, shrink)

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 from cfgen.errors import UsageError
 
-FIGURE_FORMATS = ("png", "svg", "pdf")
+FIGURE_FORMATS = ("png", "svg", "pdf", "none")  # none: no panel or difference figure (large batches)
 
 #: the difference colour scale (symmetric, +-) when --difference-range is not given, per command:
 #: in HU for CT, as a fraction of the intensity window otherwise (an edit changes a structure by a
@@ -19,7 +19,8 @@ DEFAULT_RANGE_HU = {"edit": 500.0, "invert": 100.0}
 
 @dataclass(frozen=True)
 class FigureOptions:
-    """``format``: png, svg (text kept as text) or pdf; ``difference_range``: the colour scale of
+    """``format``: png, svg (text kept as text), pdf, or none (edit/invert write no figures);
+    ``difference_range``: the colour scale of
     every difference map of the run, +-value in the figure's units (HU for CT scans, fraction of
     the intensity window otherwise); None: DEFAULT_RANGE / DEFAULT_RANGE_HU for the command."""
 

@@ -133,8 +133,8 @@ def write_panel(p: Panel, target: Path) -> Path:
     mask = for_display(p.mask.astype(np.float32)) > 0.5 if p.mask is not None else None
     width = 9.6 if p.views is None else 15.0  # a volume's strip of three views: wide enough to read
     with matplotlib.rc_context(PAPER_RC):
-        fig = new_figure(figsize=(width, width / 3 * h / max(w, 1) + 0.9), dpi=100, layout="constrained")
-        axes = fig.subplots(1, 3)
+        fig = new_figure(figsize=(width, width / 3 * h / max(w, 1) + 0.6), dpi=100)  # no layout engine: 0.15 s less
+        axes = fig.subplots(1, 3, gridspec_kw={"wspace": 0.04, "left": 0.01, "right": 0.99, "top": 0.9, "bottom": 0.02})
         cmap_img = "gray" if original.ndim == 2 else None
         pad = 12 if p.views else 6
         for ax, img, title in zip(axes[:2], (original, result), ("original", p.second)):
@@ -150,7 +150,7 @@ def write_panel(p: Panel, target: Path) -> Path:
             _outline(ax, mask)
         _bar(fig, im, axes[2], p)
         if _caption(p):
-            fig.suptitle(_caption(p), fontsize=8)
+            fig.suptitle(_caption(p), fontsize=8, y=1.0, va="bottom")  # above the panel; the tight bbox holds it
         return save_figure(fig, target)
 
 
@@ -165,8 +165,7 @@ def write_difference(p: Panel, target: Path) -> Path:
     h, w = diff.shape
     side = 10.0 if p.views is not None else max(3.0, min(8.0, max(h, w) / 100))  # inches, the longer side
     with matplotlib.rc_context(PAPER_RC):
-        fig = new_figure(figsize=(side * w / max(h, w) + 1.4, side * h / max(h, w) + 0.9), dpi=100,
-                         layout="constrained")
+        fig = new_figure(figsize=(side * w / max(h, w) + 1.4, side * h / max(h, w) + 0.9), dpi=100)
         ax = fig.subplots()
         im = ax.imshow(diff, cmap=DIVERGING, vmin=-p.vmax, vmax=p.vmax, interpolation="nearest")
         ax.set_axis_off()
@@ -187,7 +186,7 @@ def write_views(strip: np.ndarray, views: dict, target: Path, title: str) -> Pat
     img = for_display(strip)
     h, w = img.shape
     with matplotlib.rc_context(PAPER_RC):
-        fig = new_figure(figsize=(10.0, 10.0 * h / max(w, 1) + 0.7), dpi=100, layout="constrained")
+        fig = new_figure(figsize=(10.0, 10.0 * h / max(w, 1) + 0.7), dpi=100)
         ax = fig.subplots()
         ax.imshow(img, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         ax.set_axis_off()

@@ -36,7 +36,8 @@ def test_batched_edits_equal_one_by_one_and_a_bad_item_does_not_sink_its_batch(t
     (folder / "broken.png").write_text("not an image")
     rows[3] = rows[3].replace(",none", ",broken.png")  # p2: its mask cannot be read inside the batch
     (folder / "jobs.csv").write_text("\n".join(rows) + "\n")
-    common = ("edit", "--batch", folder / "jobs.csv", "-m", tiny_model, "--steps", "4", "--guidance", "3", "-q")
+    common = ("edit", "--batch", folder / "jobs.csv", "-m", tiny_model, "--steps", "4", "--guidance", "3", "-q",
+              "--figure-format", "none")
     res = cli(*common, "--batch-size", "4", "-o", tmp_path / "b4")
     assert res.exit_code == 1  # p2 failed
     res = cli(*common, "--batch-size", "1", "-o", tmp_path / "b1")
@@ -58,7 +59,7 @@ def test_batched_edits_equal_one_by_one_and_a_bad_item_does_not_sink_its_batch(t
 def test_batched_inversion_reports_each_item(tiny_model, cli, tmp_path):
     folder, rows = _inputs(tmp_path / "in", 3)
     (folder / "jobs.csv").write_text("\n".join(r.rsplit(",", 1)[0] for r in rows) + "\n")
-    common = ("invert", "--batch", folder / "jobs.csv", "-m", tiny_model, "--steps", "4", "-q")
+    common = ("invert", "--batch", folder / "jobs.csv", "-m", tiny_model, "--steps", "4", "-q", "--figure-format", "none")
     assert cli(*common, "--batch-size", "3", "-o", tmp_path / "b3").exit_code == 0
     assert cli(*common, "-o", tmp_path / "b1").exit_code == 0
     b3, b1 = (json.loads((tmp_path / d / "report.json").read_text())["items"] for d in ("b3", "b1"))

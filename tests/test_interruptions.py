@@ -36,7 +36,8 @@ def test_killed_batch_edit_resumes_without_redoing_or_corrupting(tiny_model, ct_
     rows = ["image,prompt,output"] + [f"ct.dcm,edit {i},item{i}" for i in range(6)]
     (data / "jobs.csv").write_text("\n".join(rows) + "\n")
     out = tmp_path / "out"
-    args = ["edit", "--batch", str(data / "jobs.csv"), "-m", str(tiny_model), "-o", str(out), "--steps", "30", "-q"]
+    args = ["edit", "--batch", str(data / "jobs.csv"), "-m", str(tiny_model), "-o", str(out), "--steps", "30", "-q",
+            "--figure-format", "none"]
     proc = _start(args, tmp_path)
     _wait_for(lambda: len(list(out.glob("*/item.json"))) >= 2, proc)
     proc.send_signal(signal.SIGKILL)

@@ -28,7 +28,7 @@ def _csv(folder: Path, n: int) -> Path:
 
 def _args(csv: Path, model: Path, out: Path) -> list[str]:
     return ["edit", "--batch", str(csv), "-m", str(model), "--steps", "2", "--mask", "none", "--device", "cpu",
-            "-o", str(out), "-q", "--workers", "2"]
+            "-o", str(out), "-q", "--workers", "2", "--figure-format", "none"]  # bookkeeping, not figures
 
 
 def _spawn(args: list[str]) -> subprocess.Popen:
@@ -62,6 +62,7 @@ def test_three_shards_in_one_out_equal_one_process(cli, tiny_model, tmp_path):
     assert shares == [["p0"], ["p1", "p2"], ["p3", "p4"]]
     for a, b in zip(merged_rep["items"], one["items"]):
         assert a["status"] == b["status"] == "ok"
+        assert set(a["outputs"]) == {"counterfactual"} and a["figure"] == {"format": "none"}  # no figures
         assert a["metrics"] == pytest.approx(b["metrics"], rel=1e-5, abs=1e-6)
         assert (shards / a["outputs"]["counterfactual"]).read_bytes() == \
             (tmp_path / "one" / b["outputs"]["counterfactual"]).read_bytes()

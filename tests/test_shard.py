@@ -45,7 +45,8 @@ def _images(folder, n):
 @pytest.mark.slow
 def test_two_processes_edit_a_batch_into_one_report(tiny_model, cli, tmp_path):
     csv = _images(tmp_path / "in", 5)
-    args = ["edit", "--batch", str(csv), "-m", str(tiny_model), "--steps", "3", "--device", "cpu", "-q"]
+    args = ["edit", "--batch", str(csv), "-m", str(tiny_model), "--steps", "3", "--device", "cpu", "-q",
+            "--figure-format", "none"]  # what is shared between processes, not figures
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
               "-m", "cfgen.cli.main"]

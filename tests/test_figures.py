@@ -89,7 +89,7 @@ def test_invert_panel_in_window_units_with_its_own_default_range(cli, tiny_model
     assert "difference" not in item["outputs"]
     text, ids = svg_content(out / item["outputs"]["panel"])
     assert "difference (reconstruction - original)" in text and "counterfactual" not in text
-    assert "change (fraction of the window" in text and "\u00b10.1 for every item" in text
+    assert "change (window fraction," in text and "\u00b10.1 for every item" in text
     assert "inversion and reconstruction under 't2 weighted'" in text
     assert "mask-outline" not in ids and item["figure"] == {"format": "svg", "difference_range": 0.1,
                                                              "units": item["figure"]["units"]}

@@ -93,13 +93,6 @@ def _outline(ax, mask: np.ndarray | None) -> None:
         art.set_gid("mask-outline")
 
 
-def _bar(fig, im, ax, p: Panel) -> None:
-    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    bar.ax.set_gid("colour-bar")
-    bar.set_label(f"change ({p.units.label})\nscale \u00b1{p.vmax:.4g} for every item of the run", fontsize=7)
-    bar.ax.tick_params(labelsize=7)
-
-
 def new_figure(**kw):
     """A matplotlib Figure without pyplot: no global figure state, so that the runner's worker
     threads can draw items at the same time (pyplot is not thread-safe)."""
@@ -114,11 +107,39 @@ def _caption(p: Panel) -> str:
     return "\n".join(t for t in (text, note) if t)
 
 
-def save_figure(fig, target: Path) -> Path:
-    """``fig`` to ``target`` in the format its suffix names (png, svg, pdf), atomically."""
+def save_figure(fig, target: Path, tight: bool = True) -> Path:
+    """``fig`` to ``target`` in the format its suffix names (png, svg, pdf), atomically; ``tight``:
+    cropped to what is drawn (a second draw)."""
     with atomic_path(target) as tmp:
-        fig.savefig(tmp, format=target.suffix.lstrip("."), bbox_inches="tight")
+        fig.savefig(tmp, format=target.suffix.lstrip("."), bbox_inches="tight" if tight else None)
     return target
+
+
+#: inches around the images of write_panel / write_difference (no layout engine, no tight bounding
+#: box: each costs a second draw, about half of a figure's time)
+_EDGE, _GAP, _BAR, _BAR_PAD, _BAR_TEXT, _LINE = 0.1, 0.08, 0.15, 0.1, 1.0, 0.16
+
+
+def _placed(n: int, width: float, aspect: float, text_lines: int, views: bool):
+    """A figure ``width`` inches wide with ``n`` image axes in a row (height/width ``aspect``) and a
+    colour-bar axes right of the last; room above for titles, view names and ``text_lines`` lines."""
+    img_w = (width - 2 * _EDGE - (n - 1) * _GAP - _BAR_PAD - _BAR - _BAR_TEXT) / n
+    img_h = img_w * aspect
+    top = 0.12 + (0.3 if views else 0.2) + _LINE * text_lines
+    height = img_h + top + _EDGE
+    fig = new_figure(figsize=(width, height), dpi=100)
+    axes = [fig.add_axes(((_EDGE + i * (img_w + _GAP)) / width, _EDGE / height, img_w / width, img_h / height))
+            for i in range(n)]
+    x_bar = _EDGE + n * img_w + (n - 1) * _GAP + _BAR_PAD
+    cax = fig.add_axes((x_bar / width, _EDGE / height, _BAR / width, img_h / height))
+    return fig, axes, cax
+
+
+def _bar(fig, im, cax, p: Panel) -> None:
+    bar = fig.colorbar(im, cax=cax)
+    bar.ax.set_gid("colour-bar")
+    bar.set_label(f"{p.units.bar_label}\n\u00b1{p.vmax:.4g} for every item of the run", fontsize=7)
+    bar.ax.tick_params(labelsize=7)
 
 
 def write_panel(p: Panel, target: Path) -> Path:
@@ -131,16 +152,16 @@ def write_panel(p: Panel, target: Path) -> Path:
     shrink = display_factor(p.diff.shape)  # what for_display does to the strips below
     original, result, diff = (for_display(a) for a in (p.original, p.result, p.diff))
     mask = for_display(p.mask.astype(np.float32)) > 0.5 if p.mask is not None else None
-    width = 9.6 if p.views is None else 15.0  # a volume's strip of three views: wide enough to read
+    caption = _caption(p)
     with matplotlib.rc_context(PAPER_RC):
-        fig = new_figure(figsize=(width, width / 3 * h / max(w, 1) + 0.6), dpi=100)  # no layout engine: 0.15 s less
-        axes = fig.subplots(1, 3, gridspec_kw={"wspace": 0.04, "left": 0.01, "right": 0.99, "top": 0.9, "bottom": 0.02})
+        fig, axes, cax = _placed(3, 9.6 if p.views is None else 15.0, h / max(w, 1),
+                                 caption.count("\n") + 1 if caption else 0, p.views is not None)
         cmap_img = "gray" if original.ndim == 2 else None
         pad = 12 if p.views else 6
         for ax, img, title in zip(axes[:2], (original, result), ("original", p.second)):
-            ax.imshow(img, cmap=cmap_img, vmin=0, vmax=1, interpolation="nearest")
+            ax.imshow(img, cmap=cmap_img, vmin=0, vmax=1, interpolation="nearest", aspect="auto")
             ax.set_title(title, fontsize=9, pad=pad)
-        im = axes[2].imshow(diff, cmap=DIVERGING, vmin=-p.vmax, vmax=p.vmax, interpolation="nearest")
+        im = axes[2].imshow(diff, cmap=DIVERGING, vmin=-p.vmax, vmax=p.vmax, interpolation="nearest", aspect="auto")
         axes[2].set_title(f"difference ({p.second} - original)", fontsize=9, pad=pad)
         for ax, colour in zip(axes, ("yellow", "yellow", "black")):
             ax.set_axis_off()
@@ -148,10 +169,10 @@ def write_panel(p: Panel, target: Path) -> Path:
                 _annotate(ax, p.views, shrink, colour)
         for ax in axes[1:]:
             _outline(ax, mask)
-        _bar(fig, im, axes[2], p)
-        if _caption(p):
-            fig.suptitle(_caption(p), fontsize=8, y=1.0, va="bottom")  # above the panel; the tight bbox holds it
-        return save_figure(fig, target)
+        _bar(fig, im, cax, p)
+        if caption:
+            fig.suptitle(caption, fontsize=8, y=1 - 0.06 / fig.get_figheight(), va="top")
+        return save_figure(fig, target, tight=False)
 
 
 def write_difference(p: Panel, target: Path) -> Path:
@@ -164,18 +185,20 @@ def write_difference(p: Panel, target: Path) -> Path:
     mask = for_display(p.mask.astype(np.float32)) > 0.5 if p.mask is not None else None
     h, w = diff.shape
     side = 10.0 if p.views is not None else max(3.0, min(8.0, max(h, w) / 100))  # inches, the longer side
+    width = side * w / max(h, w) + 2 * _EDGE + _BAR_PAD + _BAR + _BAR_TEXT
+    chars = max(30, int(width * 12))  # about what a line of 8-point text holds across the figure
+    lines = [f"difference: {p.second} - original"] + [textwrap.fill(t, chars) for t in _caption(p).split("\n") if t]
+    title = "\n".join(lines)
     with matplotlib.rc_context(PAPER_RC):
-        fig = new_figure(figsize=(side * w / max(h, w) + 1.4, side * h / max(h, w) + 0.9), dpi=100)
-        ax = fig.subplots()
-        im = ax.imshow(diff, cmap=DIVERGING, vmin=-p.vmax, vmax=p.vmax, interpolation="nearest")
+        fig, (ax,), cax = _placed(1, width, h / max(w, 1), title.count("\n") + 1, p.views is not None)
+        im = ax.imshow(diff, cmap=DIVERGING, vmin=-p.vmax, vmax=p.vmax, interpolation="nearest", aspect="auto")
         ax.set_axis_off()
         if p.views is not None:
             _annotate(ax, p.views, shrink, "black")
         _outline(ax, mask)
-        _bar(fig, im, ax, p)
-        lines = [f"difference: {p.second} - original"] + [textwrap.fill(t, 70) for t in _caption(p).split("\n") if t]
-        ax.set_title("\n".join(lines), fontsize=8, pad=12 if p.views else 6)
-        return save_figure(fig, target)
+        _bar(fig, im, cax, p)
+        fig.suptitle(title, fontsize=8, y=1 - 0.06 / fig.get_figheight(), va="top")
+        return save_figure(fig, target, tight=False)
 
 
 def write_views(strip: np.ndarray, views: dict, target: Path, title: str) -> Path:

@@ -46,12 +46,14 @@ class Units:
     label: str
     per_window: float
     hu: bool = False
+    bar_label: str = ""  # the colour bar's, in short lines
 
 
 def units_for(scan_units: str | None, window_low: float, window_high: float) -> Units:
     if scan_units == "HU":
-        return Units("HU", float(window_high - window_low), hu=True)
-    return Units(f"fraction of the window {window_low:.3g}..{window_high:.3g}", 1.0)
+        return Units("HU", float(window_high - window_low), hu=True, bar_label="change (HU)")
+    window = f"{window_low:.3g}..{window_high:.3g}"
+    return Units(f"fraction of the window {window}", 1.0, bar_label=f"change (window fraction,\nwindow {window})")
 
 
 def colour_range(fig: FigureOptions, command: str, units: Units) -> float:

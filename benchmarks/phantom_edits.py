@@ -32,7 +32,7 @@ import numpy as np
 
 def run(model_name: str | None, n: int, seed: int, masks: list[str], steps: int | None, guidance: float | None,
         strength: float | None, recon_per_type: int, device: str = "auto", classifier: str | None = "cxr-classifier",
-        mask_threshold: float | None = None) -> dict:
+        mask_threshold: float | None = None, edit_options: dict | None = None) -> dict:
     import torch
 
     from cfgen.editing import core
@@ -43,7 +43,11 @@ def run(model_name: str | None, n: int, seed: int, masks: list[str], steps: int 
     from cfgen.phantoms import cxr
     from cfgen.phantoms.dataset import caption_of
 
+    from cfgen.editing.batch import check_selector, load_selector
+
     model = load_model(model_name, device=device)
+    edit_options = {k: v for k, v in (edit_options or {}).items() if v is not None}
+    selector = None
     clf = load_model(classifier, device=device, family="classifier").classifier if classifier else None
     t = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float32))[None, None]  # noqa: E731
     size = model.entry.resolution
@@ -60,8 +64,12 @@ def run(model_name: str | None, n: int, seed: int, masks: list[str], steps: int 
         src, tgt = caption_of(exo, fa), caption_of(exo, cf)
         for mode in masks:
             p = EditParams.resolve(model.entry.defaults, prompt=tgt, source_prompt=src, steps=steps,
-                                   guidance=guidance, strength=strength, mask=mode, mask_threshold=mask_threshold)
-            outcome = core.edit(model, scan, p)
+                                   guidance=guidance, strength=strength, mask=mode, mask_threshold=mask_threshold,
+                                   **edit_options)
+            if selector is None and p.sweep:
+                check_selector(p)
+                selector = load_selector(p, model)
+            outcome = core.edit(model, scan, p, selector=selector)
             out = outcome.pixels[0] / 255.0
             m = truth_metrics(t(fact), t(out), t(true), t(inside).bool())
             row = {"err_cf": m["gt_l1"], "err_none": m["gt_l1_nothing"], "outside": m["change_outside"],
@@ -79,7 +87,8 @@ def run(model_name: str | None, n: int, seed: int, masks: list[str], steps: int 
             recon[kind].append(float(psnr) if psnr is not None else 100.0)
     table = [_row(kind, mode, vals, recon[kind]) for (kind, mode), vals in sorted(rows.items())]
     return {"model": model.report_info(), "seed": seed, "n_per_type": n, "size": size,
-            "params": {"steps": steps, "guidance": guidance, "strength": strength, "mask_threshold": mask_threshold},
+            "params": {"steps": steps, "guidance": guidance, "strength": strength, "mask_threshold": mask_threshold,
+                       **edit_options},
             "seconds": round(time.perf_counter() - t0, 1), "table": table}
 
 
@@ -126,13 +135,20 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--guidance", type=float, default=None)
     ap.add_argument("--strength", type=float, default=None)
     ap.add_argument("--mask-threshold", type=float, default=None, help="auto masks [default: the model's]")
+    ap.add_argument("--inversion", default=None, help="ddim, negative-prompt or null-text [default: the model's]")
+    ap.add_argument("--attention", default=None, help="prompt-to-prompt: none, refine or replace")
+    ap.add_argument("--self-attention", type=float, default=None)
+    ap.add_argument("--sweep", default=None, help="e.g. self-attention=0.4,0.6,0.8 (selected by the model's "
+                    "select_by; with the scoring classifier, the flip rate is then not independent of the selection)")
     ap.add_argument("--recon-per-type", type=int, default=10, help="phantoms per type whose reconstruction PSNR is measured")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--classifier", default="cxr-classifier", help="scoring classifier for the flip rate ('' to skip)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
     res = run(args.model, args.n, args.seed, args.masks, args.steps, args.guidance, args.strength,
-              args.recon_per_type, args.device, args.classifier or None, args.mask_threshold)
+              args.recon_per_type, args.device, args.classifier or None, args.mask_threshold,
+              {"inversion": args.inversion, "attention": args.attention, "self_attention": args.self_attention,
+               "sweep": args.sweep})
     print_table(res)
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))

@@ -58,6 +58,8 @@ def test_loader_infers_the_3d_family_and_the_2d_path_refuses_volumes(tiny3d, tin
     assert m.entry.spatial_dims == 3 and m.vae_scale_factor == 2
     res = cli("edit", volume, "-p", "x", "-m", tiny_model, "-o", tmp_path / "o2", "-q")
     assert res.exit_code == 1 and "needs a 3D model; this model is 2D" in res.output
+    res = cli("edit", volume, "-p", "x", "-m", tiny3d, "--attention", "refine", "-o", tmp_path / "o3", "-q")
+    assert res.exit_code == 2 and "prompt-to-prompt needs a diffusers UNet" in res.stderr
 
 
 def test_3d_inversion_reconstructs_with_guidance_1(tiny3d, tiny3d_voxel, volume, cli, tmp_path):

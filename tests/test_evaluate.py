@@ -182,26 +182,6 @@ def test_failed_edits_are_recorded_not_scored(tmp_path):
     assert report.failed == 1 and "edit failed: x.png: bad" in report.data["items"][0]["error"]
 
 
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory) -> Path:
-    from transformers import CLIPConfig, CLIPModel
-
-    from cfgen.models.build import char_clip_tokenizer
-
-    folder = tmp_path_factory.mktemp("clip")
-    tok = char_clip_tokenizer(77)
-    torch.manual_seed(0)
-    cfg = CLIPConfig(text_config={"vocab_size": len(tok), "eos_token_id": tok.eos_token_id,
-                                  "bos_token_id": tok.bos_token_id, "pad_token_id": tok.pad_token_id, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                                  "num_attention_heads": 2, "max_position_embeddings": 77},
-                     vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                                    "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
-                     projection_dim=16)
-    CLIPModel(cfg).save_pretrained(folder, safe_serialization=True)
-    tok.save_pretrained(folder)
-    return folder
-
-
 def test_clip_scores_through_the_loader(tiny_clip, tmp_path):
     from cfgen.models.loader import load_model
 

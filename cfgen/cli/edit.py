@@ -36,6 +36,20 @@ GateOpt = Annotated[Optional[float], typer.Option("--min-inversion-psnr", help="
                                                   "then negative-prompt, then null-text; fail the item if none reaches it")]
 InvGuidanceOpt = Annotated[Optional[float], typer.Option("--guidance", help="Guidance of the reconstruction [default: 1, plain DDIM; "
                                                          "an edit's guidance shows what its inversion keeps]")]
+AttentionOpt = Annotated[Optional[str], typer.Option("--attention", help="Prompt-to-prompt attention control (PRISM's): "
+                                                    "refine (words both prompts share keep the scan's cross-attention "
+                                                    "maps), replace (a word swap, prompts of equal token count), or "
+                                                    "none [default: none]")]
+CrossOpt = Annotated[Optional[float], typer.Option("--cross-attention", help="Prompt-to-prompt: fraction of the steps "
+                                                  "with the scan's cross-attention maps [default: 0.8]")]
+SelfOpt = Annotated[Optional[float], typer.Option("--self-attention", help="Prompt-to-prompt: fraction of the steps "
+                                                 "with the scan's self-attention maps [default: 0.4]")]
+SweepOpt = Annotated[Optional[str], typer.Option("--sweep", help="PRISM's sweep, e.g. self-attention=0.4,0.5,0.6,0.7,0.8: "
+                                                "the variants run in one batch and the best by --select-by is kept, "
+                                                "every score recorded (needs --attention)")]
+SelectOpt = Annotated[Optional[str], typer.Option("--select-by", help="--sweep's scorer: a clip entry (S_CLIP) or a "
+                                                 "classifier entry (p of the target class for the label the prompts "
+                                                 "change) [default: the model's, demo-cxr: cxr-classifier]")]
 ThresholdOpt = Annotated[Optional[float], typer.Option(help="auto mask: fraction of the largest disagreement that counts as edit region")]
 
 
@@ -81,7 +95,8 @@ def edit(scan: ScanArg = None, prompt: PromptOpt = None, source_prompt: SourceOp
          model: ModelOpt = None, steps: StepsOpt = None, guidance: GuidanceOpt = None, strength: StrengthOpt = None,
          eta: EtaOpt = None, seed: SeedOpt = None, mask: MaskOpt = None, mask_threshold: ThresholdOpt = None,
          inversion: InversionOpt = None, null_text_steps: NullStepsOpt = None, min_inversion_psnr: GateOpt = None,
-         window: WindowOpt = None, fmt: FormatOpt = None, device: DeviceOpt = Device.auto,
+         attention: AttentionOpt = None, cross_attention: CrossOpt = None, self_attention: SelfOpt = None,
+         sweep: SweepOpt = None, select_by: SelectOpt = None, window: WindowOpt = None, fmt: FormatOpt = None, device: DeviceOpt = Device.auto,
          dtype: DtypeOpt = Dtype.float32, overwrite: OverwriteOpt = False, json_out: JsonOpt = False,
          quiet: QuietOpt = False, batch_size: BatchSizeOpt = "1", compile_unet: CompileOpt = False,
          workers: WorkersOpt = None, strict: StrictOpt = False, shard: ShardOpt = None,
@@ -92,4 +107,5 @@ def edit(scan: ScanArg = None, prompt: PromptOpt = None, source_prompt: SourceOp
     _run("edit", scan, batch, settings, json_out, quiet, prompt=prompt, source_prompt=source_prompt,
          negative_prompt=negative_prompt, steps=steps, guidance=guidance, strength=strength, eta=eta, seed=seed,
          window=window, mask=mask, mask_threshold=mask_threshold, inversion=inversion, null_text_steps=null_text_steps,
-         min_inversion_psnr=min_inversion_psnr)
+         min_inversion_psnr=min_inversion_psnr, attention=attention, cross_attention=cross_attention,
+         self_attention=self_attention, sweep=sweep, select_by=select_by)

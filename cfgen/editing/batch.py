@@ -213,11 +213,54 @@ def _load(s: RunSettings, shard: "Shard", n_items: int, report: "RunReport") -> 
     return loaded, size, plan.vae_chunk if plan is not None else None
 
 
+def check_selector(params: "EditParams") -> None:
+    """--sweep: the model that selects among the variants exists and scores (before any loading)."""
+    from cfgen.models.loader import entry_for
+
+    if not params.sweep:
+        return
+    if not params.select_by:
+        raise UsageError("--sweep needs a model to select the best variant with: --select-by NAME "
+                         "(a clip or classifier entry of models.toml)")
+    family = entry_for(params.select_by).family
+    if family not in ("clip", "classifier"):
+        raise UsageError(f"--select-by {params.select_by}: the sweep scores with a model of family clip or "
+                         f"classifier; this one is {family}")
+
+
+def load_selector(params: "EditParams", loaded: "LoadedModel") -> "LoadedModel | None":
+    """The sweep's scorer on the edit model's device, or None without a sweep."""
+    from cfgen.models.loader import load_model
+
+    if not params.sweep:
+        return None
+    return load_model(params.select_by, device=str(loaded.device), dtype="float32", family=("clip", "classifier"),
+                      option="--select-by")
+
+
+def check_attention(params: "EditParams", loaded: "LoadedModel") -> None:
+    """--attention on a model that cannot take it: refused before any scan is read."""
+    if params.attention != "none":
+        from cfgen.editing.attention import supported
+
+        why = supported(loaded)
+        if why:
+            raise UsageError(why)
+
+
+def _selector(params: "EditParams", loaded: "LoadedModel", report: "RunReport") -> "LoadedModel | None":
+    check_attention(params, loaded)
+    selector = load_selector(params, loaded)
+    if selector is not None:
+        report.data["selector"] = selector.report_info()
+    return selector
+
+
 def run_operation(command: str, scan: str | Path | None, settings: RunSettings, *, batch: Path | None = None,
                   progress: Progress = no_progress, **options: Any) -> RunResult:
     """`command` ("edit" or "invert") over one scan or a batch CSV into ``settings.out``; the report
     is on disk (``report.json``) and returned. Several processes (accelerate launch) share the jobs."""
-    from cfgen.editing.operations import OPERATIONS
+    from cfgen.editing.operations import operation
     from cfgen.editing.params import EditParams
     from cfgen.editing.runner import run_jobs
     from cfgen.editing.shard import Shard
@@ -230,6 +273,7 @@ def run_operation(command: str, scan: str | Path | None, settings: RunSettings, 
     entry = given.entry if given is not None else entry_for(settings.model)
     params = EditParams.resolve(entry.defaults, command, **options)
     params.check()
+    check_selector(params)
     jobs = _jobs(command, scan, batch, params)
     name = entry.name if given is not None or settings.model is None else str(settings.model)
     report_params = _report_params(params, name, batch, settings)
@@ -240,13 +284,14 @@ def run_operation(command: str, scan: str | Path | None, settings: RunSettings, 
     if shard.size > 1:
         report.path = shard.partial_path(out)
     loaded, size, vae_chunk = _load(settings, shard, len(mine), report)
+    op = operation(command, _selector(params, loaded, report))
     _check_prompts(loaded, mine, settings.strict)
     journal = _journal(out, command, report_params, jobs, settings.shard, report, launched=shard.size > 1)
     report.write_progress()  # params and model on disk before the first item
     k = max(1, round(params.strength * params.steps))
     try:
         with progress(len(mine), 2 * k) as (on_item, on_step):
-            run_jobs(OPERATIONS[command], loaded, mine, out, report, fmt=settings.fmt, figures=settings.figures,
+            run_jobs(op, loaded, mine, out, report, fmt=settings.fmt, figures=settings.figures,
                      overwrite=settings.overwrite,
                      on_item=on_item, on_step=on_step, batch_size=size, io_threads=settings.workers,
                      vae_chunk=vae_chunk)

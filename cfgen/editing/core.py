@@ -13,6 +13,7 @@ from cfgen.editing.components import decode_latents, encode_images, encode_promp
 from cfgen.editing.jobs import require_prompt
 from cfgen.editing.params import EditParams
 from cfgen.editing.prepare import Prepared, from_model, to_model, unit
+from cfgen.errors import UsageError
 from cfgen.io.scan import Scan
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ class Outcome:
     timesteps: list[int] = field(default_factory=list)
     mask: np.ndarray | None = None  # (1, H, W) in [0, 1] on the scan's grid, when an edit mask was used
     inversion: dict | None = None  # how the scan was inverted (method, steps, the gate's tries)
+    attention: dict | None = None  # prompt-to-prompt: settings, the sweep's variants and scores
 
 
 def prepare(model: LoadedModel, scan: Scan, p: EditParams) -> Prepared:
@@ -57,12 +59,14 @@ class Computed:
     latent_mask: torch.Tensor | None = None
     vae_out: torch.Tensor | None = None  # invert: the VAE alone (encode + decode), model space
     inversion: dict | None = None  # inversion.Inverted.record
+    attention: dict | None = None  # prompt-to-prompt settings and the sweep's scores (attention.py, sweep.py)
 
 
 def batch_key(p: EditParams) -> tuple | None:
     """Jobs with equal keys can share every UNet forward (one batch); None: run alone
     (eta > 0 draws noise per item from its seed)."""
-    return None if p.eta else (p.steps, p.strength, p.guidance, p.inversion, p.null_text_steps, p.min_inversion_psnr)
+    return None if p.eta else (p.steps, p.strength, p.guidance, p.inversion, p.null_text_steps, p.min_inversion_psnr,
+                               p.attention, p.cross_attention, p.self_attention, p.sweep)
 
 
 def _latent_mask(model: LoadedModel, sched, z0, src, tgt, scan: Scan, prep: Prepared, p: EditParams, mode: str):
@@ -75,8 +79,9 @@ def _latent_mask(model: LoadedModel, sched, z0, src, tgt, scan: Scan, prep: Prep
 
 def _run(model: LoadedModel, scans: list[Scan], ps: list[EditParams], targets: list[str], guidance: float, eta: float,
          on_step: Callable[[], None] | None, mask_modes: list[str] | None = None,
-         preps: list[Prepared] | None = None, vae_chunk: int | None = None) -> tuple:
-    """Invert and regenerate a batch: every UNet forward (guidance included) runs on all items."""
+         preps: list[Prepared] | None = None, vae_chunk: int | None = None, selector=None) -> tuple:
+    """Invert and regenerate a batch: every UNet forward (guidance included) runs on all items.
+    ``selector``: the loaded clip/classifier model that picks among sweep variants."""
     if len(ps) > 1 and len({batch_key(p) for p in ps}) != 1 or (len(ps) > 1 and eta):
         raise ValueError("a batch needs equal steps, strength and guidance and eta 0")
     p0 = ps[0]
@@ -91,16 +96,46 @@ def _run(model: LoadedModel, scans: list[Scan], ps: list[EditParams], targets: l
                                  ps[i], m) for i, m in enumerate(mask_modes or ["none"] * n)]
     inv = _inversion(model, z0, src, neg, p0, guidance, latent_masks, step, vae_chunk, scans)
     sched, ts, traj = inv.sched, inv.ts, inv.traj
-    blend = None
+    full = None
     if any(m is not None for m in latent_masks):  # items without a mask: all ones (blend leaves them alone)
         full = torch.cat([m if m is not None else torch.ones_like(z0[i:i + 1, :1], dtype=torch.float32)
                           for i, m in enumerate(latent_masks)])
-        blend = masks.trajectory_blend(full, traj)
-    gen = torch.Generator(device=model.device).manual_seed(int(p0.seed))
-    z = ddim.sample(model.unet, sched, traj[-1], tgt, ts, uncond=inv.uncond, guidance=guidance, eta=eta,
-                    generator=gen, blend=blend, on_step=step)
+    if p0.attention != "none":
+        z, ys, inv.attention = _controlled(model, inv, src, tgt, guidance, full, ps, preps, scans, step, vae_chunk,
+                                           selector)
+    else:
+        gen = torch.Generator(device=model.device).manual_seed(int(p0.seed))
+        blend = None if full is None else masks.trajectory_blend(full, traj)
+        z = ddim.sample(model.unet, sched, traj[-1], tgt, ts, uncond=inv.uncond, guidance=guidance, eta=eta,
+                        generator=gen, blend=blend, on_step=step)
+        ys = decode_latents(model, z, chunk=vae_chunk)
     lat = {"z0": z0, "zT": traj[-1], "z_out": z}
-    return preps, decode_latents(model, z, chunk=vae_chunk), lat, [int(t) for t in ts], latent_masks, inv
+    return preps, ys, lat, [int(t) for t in ts], latent_masks, inv
+
+
+def _controlled(model: LoadedModel, inv: inversion.Inverted, src, tgt, guidance: float, mask, ps: list[EditParams],
+                preps: list[Prepared], scans: list[Scan], step, vae_chunk: int | None, selector) -> tuple:
+    """Prompt-to-prompt regeneration (attention.py), every sweep variant in one batch, and the
+    best variant per item (sweep.py): its latents, its decoded image, the records."""
+    from cfgen.editing import attention, sweep
+
+    why = attention.supported(model)
+    if why:
+        raise UsageError(why)
+    selfs = ps[0].sweep_values()
+    control = attention.make_control(model, ps, selfs, len(inv.ts))
+    z = attention.sample(model, inv.sched, inv.traj, src, tgt, inv.ts, inv.uncond, guidance, control, mask, step)
+    ys = decode_latents(model, z, chunk=vae_chunk)
+    n = len(ps)
+    base = {"mode": ps[0].attention, "cross_attention": ps[0].cross_attention}
+    if len(selfs) == 1:
+        return z, ys, [{**base, "self_attention": selfs[0]} for _ in ps]
+    if selector is None:
+        raise UsageError("--sweep needs a model to select with: --select-by (a clip or classifier entry)")
+    vo = model.entry.value_range
+    x = unit(torch.cat([pr.x for pr in preps]).float(), vo)
+    chosen, records = sweep.select(selector, x, unit(ys.float().cpu(), vo), ps, selfs, [str(s.path) for s in scans])
+    return z[chosen.to(z.device)], ys[chosen.to(ys.device)], [{**base, **r} for r in records[:n]]
 
 
 def _inversion(model: LoadedModel, z0, src, neg, p: EditParams, guidance: float, latent_masks: list, step,
@@ -124,7 +159,8 @@ def _computed(preps, ys, lat, ts, inv, guidance: float, latent_masks=None, vae=N
     lat = {k: _host(v) for k, v in lat.items()}
     return [Computed(prepared=prep, model_out=ys[i:i + 1], latents={k: v[i:i + 1] for k, v in lat.items()},
                      timesteps=ts, latent_mask=_host(latent_masks[i]) if latent_masks else None,
-                     vae_out=None if vae is None else vae[i:i + 1], inversion=inv.record(i, guidance))
+                     vae_out=None if vae is None else vae[i:i + 1], inversion=inv.record(i, guidance),
+                     attention=inv.attention[i] if inv.attention else None)
             for i, prep in enumerate(preps)]
 
 
@@ -143,14 +179,14 @@ def _check_edit(p: EditParams) -> None:
 
 
 def compute_edits(model: LoadedModel, scans: list[Scan], ps: list[EditParams], on_step: Callable[[], None] | None = None,
-                  preps: list[Prepared] | None = None, vae_chunk: int | None = None) -> list[Computed]:
+                  preps: list[Prepared] | None = None, vae_chunk: int | None = None, selector=None) -> list[Computed]:
     """The model side of a batch of edits (equal ``batch_key``): invert under each source
     prompt, regenerate under each target prompt. ``preps``: the scans already prepared;
     ``vae_chunk``: items per VAE call (the run's memory plan; None: the whole batch)."""
     for p in ps:
         _check_edit(p)
     preps, ys, lat, ts, latent_masks, inv = _run(model, scans, ps, [p.prompt for p in ps], ps[0].guidance, ps[0].eta,
-                                            on_step, [p.mask for p in ps], preps, vae_chunk)
+                                            on_step, [p.mask for p in ps], preps, vae_chunk, selector)
     lat.pop("z_out")
     return _computed(preps, ys, lat, ts, inv, ps[0].guidance, latent_masks)
 
@@ -168,18 +204,20 @@ def finish_edit(model: LoadedModel, scan: Scan, c: Computed) -> Outcome:
         metrics["mask_fraction"] = float((scan_mask > 0.5).mean())
     metrics.update(_identity_metrics(scan, prep, pixels))
     return Outcome(prepared=prep, pixels=pixels, model_out=c.model_out, latents=c.latents, metrics=metrics,
-                   timesteps=c.timesteps, mask=scan_mask, inversion=c.inversion)
+                   timesteps=c.timesteps, mask=scan_mask, inversion=c.inversion, attention=c.attention)
 
 
 def edit_many(model: LoadedModel, scans: list[Scan], ps: list[EditParams],
-              on_step: Callable[[], None] | None = None) -> list[Outcome]:
+              on_step: Callable[[], None] | None = None, selector=None) -> list[Outcome]:
     """Counterfactuals of several scans in one batch (equal ``batch_key``)."""
-    return [finish_edit(model, scan, c) for scan, c in zip(scans, compute_edits(model, scans, ps, on_step))]
+    computed = compute_edits(model, scans, ps, on_step, selector=selector)
+    return [finish_edit(model, scan, c) for scan, c in zip(scans, computed)]
 
 
-def edit(model: LoadedModel, scan: Scan, p: EditParams, on_step: Callable[[], None] | None = None) -> Outcome:
+def edit(model: LoadedModel, scan: Scan, p: EditParams, on_step: Callable[[], None] | None = None,
+         selector=None) -> Outcome:
     """Counterfactual: invert under the source prompt, regenerate under the target prompt."""
-    return edit_many(model, [scan], [p], on_step)[0]
+    return edit_many(model, [scan], [p], on_step, selector)[0]
 
 
 def compute_inversions(model: LoadedModel, scans: list[Scan], ps: list[EditParams], on_step: Callable[[], None] | None = None,

@@ -43,6 +43,7 @@ class Inverted:
     steps: int
     tries: list[dict] = field(default_factory=list)  # the gate's, in order (psnr: one per item)
     regions: list[str] = field(default_factory=list)  # the gate's region per item
+    attention: list[dict] = field(default_factory=list)  # the regeneration's attention control, per item
 
     def record(self, i: int, guidance: float) -> dict:
         """What item ``i`` of the batch was inverted with, and the gate's tries for it."""

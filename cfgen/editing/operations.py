@@ -76,8 +76,13 @@ def _write_mask(folder: Path, scan: Scan, mask: np.ndarray) -> Path:
 
 class EditOp:
     command = "edit"
-    compute = staticmethod(core.compute_edits)
     finish = staticmethod(core.finish_edit)
+
+    def __init__(self, selector=None):
+        self.selector = selector  # the sweep's scorer (a loaded clip or classifier model), or None
+
+    def compute(self, model, scans: list[Scan], params: list[EditParams], on_step=None, preps=None, vae_chunk=None):
+        return core.compute_edits(model, scans, params, on_step, preps, vae_chunk, self.selector)
 
     def write(self, folder: Path, scan: Scan, outcome: Outcome, params: EditParams, fmt: str | None,
               figures: FigureOptions = FigureOptions()) -> tuple[dict[str, Path], dict[str, Any]]:
@@ -116,3 +121,8 @@ class InvertOp:
 
 
 OPERATIONS = {"edit": EditOp(), "invert": InvertOp()}
+
+
+def operation(command: str, selector=None):
+    """The operation for ``command``; edits with a sweep get their scorer."""
+    return EditOp(selector) if command == "edit" and selector is not None else OPERATIONS[command]

@@ -32,6 +32,11 @@ class EditParams:
     inversion: str = "ddim"  # ddim | negative-prompt | null-text (cfgen/editing/inversion.py)
     null_text_steps: int = 10  # null-text: inner optimisation steps per timestep (Mokady et al.; PRISM)
     min_inversion_psnr: float | None = None  # the gate: escalate below this reconstruction PSNR (dB)
+    attention: str = "none"  # none | replace | refine: prompt-to-prompt (cfgen/editing/attention.py)
+    cross_attention: float = 0.8  # fraction of the steps with the source's cross-attention maps (P2P's 0.8)
+    self_attention: float = 0.4  # fraction of the steps with the source's self-attention maps (PRISM's 0.4..0.8)
+    sweep: str = ""  # "self-attention=0.4,0.5,...": variants in one batch, the best kept (PRISM)
+    select_by: str = ""  # the sweep's scorer: a clip or classifier entry [model's defaults]
 
     @classmethod
     def resolve(cls, model_defaults: dict[str, Any], command: str = "edit", **given: Any) -> "EditParams":
@@ -61,6 +66,7 @@ class EditParams:
         if not 0.0 < self.mask_threshold < 1.0:
             raise UsageError(f"{pre}--mask-threshold {self.mask_threshold}: must be in (0, 1)")
         self._check_inversion(pre)
+        self._check_attention(pre)
         if self.window not in ("auto", "minmax", "dtype", "percentile"):
             try:
                 low, high = (float(v) for v in self.window.split(","))
@@ -85,6 +91,36 @@ class EditParams:
             raise UsageError(f"{pre}--null-text-steps {self.null_text_steps}: must be between 1 and 100")
         if self.min_inversion_psnr is not None and not 0 < self.min_inversion_psnr <= 100:
             raise UsageError(f"{pre}--min-inversion-psnr {self.min_inversion_psnr}: must be in (0, 100] dB")
+
+    def _check_attention(self, pre: str) -> None:
+        modes = ("none", "replace", "refine")
+        if self.attention not in modes:
+            raise UsageError(f"{pre}--attention {self.attention}: use one of {', '.join(modes)}")
+        for name in ("cross_attention", "self_attention"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise UsageError(f"{pre}--{name.replace('_', '-')} {getattr(self, name)}: must be in [0, 1] "
+                                 "(a fraction of the steps)")
+        if self.sweep:
+            self.sweep_values()
+            if self.attention == "none":
+                raise UsageError(f"{pre}--sweep varies prompt-to-prompt's self-attention fraction: "
+                                 "give --attention refine (or replace)")
+
+    def sweep_values(self) -> list[float]:
+        """The self-attention fractions of ``--sweep self-attention=F,F,...`` ([self_attention] without)."""
+        if not self.sweep:
+            return [self.self_attention]
+        key, _, values = self.sweep.partition("=")
+        try:
+            fracs = [float(v) for v in values.split(",") if v.strip()]
+        except ValueError:
+            fracs = []
+        if key.strip() != "self-attention" or not fracs or not all(0.0 <= f <= 1.0 for f in fracs):
+            raise UsageError(f"--sweep {self.sweep}: use self-attention=F,F,... with fractions in [0, 1], "
+                             "e.g. self-attention=0.4,0.5,0.6,0.7,0.8")
+        if len(fracs) > 16:
+            raise UsageError(f"--sweep {self.sweep}: at most 16 variants")
+        return fracs
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -297,6 +297,8 @@ def _finish(op: Operation, model, job: Job, out_dir: Path, fmt: str | None, figu
         "scan": scan.info(), "preprocessing": outcome.prepared.record(), "timesteps": outcome.timesteps,
         "inversion": outcome.inversion,
     }
+    if outcome.attention is not None:
+        record["attention"] = outcome.attention
     if scan.meta.get("notes"):  # library warnings while reading the scan, kept off stderr
         record["read_notes"] = scan.meta["notes"]
     write_json(folder / ITEM_FILE, {**_base_item(job), **record})

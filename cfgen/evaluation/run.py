@@ -52,12 +52,10 @@ def infer_label(pair: Pair, labels: list[str]) -> tuple[str | None, float | None
     """The edited label: given, or the one label named in exactly one of the two prompts."""
     if pair.label:
         return pair.label, pair.target, "given"
-    src, dst = pair.source_prompt.lower(), pair.prompt.lower()
-    cands = [(lab, 1.0 if lab.lower() in dst else 0.0) for lab in labels
-             if (lab.lower() in src) != (lab.lower() in dst)]
-    if len(cands) == 1:
-        return cands[0][0], cands[0][1], "from prompts"
-    return None, None, "unknown"
+    from cfgen.models.classifier import label_from_prompts
+
+    label, target = label_from_prompts(pair.source_prompt, pair.prompt, labels)
+    return (label, target, "from prompts") if label is not None else (None, None, "unknown")
 
 
 def classifier_metrics(clf, x, xcf, pair: Pair) -> tuple[dict, dict, Any, Any]:

@@ -45,6 +45,15 @@ def check_config(cfg: Any, where: Path) -> dict[str, Any]:
     return cfg
 
 
+def label_from_prompts(source: str, prompt: str, labels: list[str]) -> tuple[str | None, float | None]:
+    """The one label named in exactly one of the two prompts and its target (1: the target prompt
+    names it), or (None, None)."""
+    src, dst = source.lower(), prompt.lower()
+    cands = [(lab, 1.0 if lab.lower() in dst else 0.0) for lab in labels
+             if (lab.lower() in src) != (lab.lower() in dst)]
+    return cands[0] if len(cands) == 1 else (None, None)
+
+
 @dataclass
 class Classifier:
     net: Any

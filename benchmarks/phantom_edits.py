@@ -45,7 +45,7 @@ def run(model_name: str | None, n: int, seed: int, masks: list[str], steps: int 
 
     from cfgen.editing.batch import check_selector, load_selector
 
-    model = load_model(model_name, device=device)
+    model = model_name if hasattr(model_name, "unet") else load_model(model_name, device=device)  # name or loaded
     edit_options = {k: v for k, v in (edit_options or {}).items() if v is not None}
     selector = None
     clf = load_model(classifier, device=device, family="classifier").classifier if classifier else None
@@ -69,11 +69,13 @@ def run(model_name: str | None, n: int, seed: int, masks: list[str], steps: int 
             if selector is None and p.sweep:
                 check_selector(p)
                 selector = load_selector(p, model)
+            t_edit = time.perf_counter()
             outcome = core.edit(model, scan, p, selector=selector)
+            t_edit = time.perf_counter() - t_edit
             out = outcome.pixels[0] / 255.0
             m = truth_metrics(t(fact), t(out), t(true), t(inside).bool())
             row = {"err_cf": m["gt_l1"], "err_none": m["gt_l1_nothing"], "outside": m["change_outside"],
-                   "achieved": m["gt_achieved"], "err_floor": floor["gt_floor_l1"]}
+                   "achieved": m["gt_achieved"], "err_floor": floor["gt_floor_l1"], "seconds": t_edit}
             if outcome.mask is not None:
                 row.update(mask_metrics(t(outcome.mask[0] > 0), t(inside)))
             if clf is not None:
@@ -104,7 +106,7 @@ def _row(kind: str, mode: str, vals: list[dict], recon: list[float]) -> dict:
     return {"edit": kind, "mask": mode, "n": len(vals), "err_cf": mean("err_cf"), "err_none": mean("err_none"),
             "ratio": ratio["value"], "ratio_ci95": ratio["ci95"], "floor": floor["value"],
             "outside": mean("outside"), "achieved": mean("achieved"), "flip": mean("flip"),
-            "recall": mean("mask_recall"), "precision": mean("mask_precision"),
+            "recall": mean("mask_recall"), "precision": mean("mask_precision"), "edit_seconds": mean("seconds"),
             "psnr_rec": float(np.mean(recon)) if recon else None}
 
 

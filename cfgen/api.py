@@ -9,7 +9,7 @@
 ``scan`` is a path, a numpy array (2D: an image; 3D: a volume in voxel order, with an optional
 ``affine`` or ``spacing``) or a :class:`cfgen.io.scan.Scan`; ``model`` a models.toml name, a
 folder or a loaded model; options are the CLI's (steps, guidance, strength, eta, seed, mask,
-mask_threshold, window, negative_prompt, inversion, null_text_steps, min_inversion_psnr, attention,
+mask_threshold, window, negative_prompt, inversion, null_text_steps, min_inversion_psnr, solver, attention,
 cross_attention, self_attention, sweep, select_by), checked
 as the CLI checks them; invert's guidance (of the reconstruction) is 1 unless given. Batches, resuming and
 run reports are the CLI's business (``cfgen.editing.batch.run_edits`` from Python).
@@ -148,13 +148,13 @@ def edit(scan: ScanLike, prompt: str, source_prompt: str | None = None, model: M
          affine: np.ndarray | None = None, spacing: tuple[float, ...] | None = None, **options: Any) -> Result:
     """The counterfactual of ``scan`` for ``prompt`` (invert under ``source_prompt``, regenerate)."""
     from cfgen.editing import core
-    from cfgen.editing.batch import check_attention, check_selector, load_selector
+    from cfgen.editing.batch import check_model_options, check_selector, load_selector
 
     loaded = _model(model)
     p = _params(loaded, {**options, "prompt": prompt, "source_prompt": source_prompt}, "edit")
     check_selector(p)
     sc = as_scan(scan, affine, spacing)
-    check_attention(p, loaded)
+    check_model_options(p, loaded)
     selector = load_selector(p, loaded)
     return Result("edit", sc, p, core.edit(loaded, sc, p, selector=selector), squeeze=_is_2d_array(scan))
 
@@ -163,9 +163,11 @@ def invert(scan: ScanLike, source_prompt: str | None = None, model: ModelLike = 
            affine: np.ndarray | None = None, spacing: tuple[float, ...] | None = None, **options: Any) -> Result:
     """DDIM inversion of ``scan`` and its reconstruction (``metrics``: PSNR/SSIM, VAE alone, DDIM alone)."""
     from cfgen.editing import core
+    from cfgen.editing.batch import check_model_options
 
     loaded = _model(model)
     p = _params(loaded, {**options, "source_prompt": source_prompt}, "invert")
+    check_model_options(p, loaded)
     sc = as_scan(scan, affine, spacing)
     return Result("invert", sc, p, core.invert(loaded, sc, p), squeeze=_is_2d_array(scan))
 

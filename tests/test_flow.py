@@ -75,3 +75,12 @@ def test_flow_model_finetunes_and_edits_through_the_cli(flow3d, cli, tmp_path):
     report = json.loads((tmp_path / "e" / "report.json").read_text())
     assert report["items"][0]["status"] == "ok"
     assert nib.load(tmp_path / "e" / "brain_00000" / "counterfactual.nii.gz").shape == (16, 16, 16)
+
+
+def test_dpm_solver_is_refused_for_a_flow_model_before_any_work(flow3d, cli, tmp_path):
+    import numpy as np
+
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)), tmp_path / "v.nii.gz")
+    res = cli("edit", tmp_path / "v.nii.gz", "-p", "x", "-m", flow3d, "--solver", "dpm++", "-o", tmp_path / "o", "-q")
+    assert res.exit_code == 2 and "samples by rectified flow" in res.stderr, res.output
+    assert not (tmp_path / "o" / "v").exists()

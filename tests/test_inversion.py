@@ -37,7 +37,7 @@ def inversions(tiny_model, ct_small, tmp_path_factory):
 def test_guided_reconstruction_per_method(inversions):
     tmp, items = inversions
     psnr = {m: it["metrics"]["inversion_psnr"] for m, it in items.items()}
-    assert items["plain"]["inversion"] == {"method": "ddim", "steps": 6, "guidance": 1.0}
+    assert items["plain"]["inversion"] == {"method": "ddim", "steps": 6, "guidance": 1.0, "solver": "ddim"}
     assert items["null-text"]["inversion"]["method"] == "null-text"
     assert psnr["ddim"] < psnr["plain"] - 3  # guidance > 1 breaks plain DDIM's reconstruction
     assert psnr["negative-prompt"] > psnr["ddim"] + 3 and psnr["null-text"] > psnr["ddim"] + 1
@@ -101,5 +101,5 @@ def test_null_text_runs_through_a_3d_model(cli, tmp_path):
               "null-text", "--null-text-steps", "2", "--steps", "3", "-o", tmp_path / "o", "-q")
     assert res.exit_code == 0, res.output
     item = json.loads((tmp_path / "o" / "report.json").read_text())["items"][0]
-    assert item["inversion"] == {"method": "null-text", "steps": 3, "guidance": 5.0}
+    assert item["inversion"] == {"method": "null-text", "steps": 3, "guidance": 5.0, "solver": "ddim"}
     assert item["metrics"]["inversion_psnr"] > 30

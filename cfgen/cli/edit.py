@@ -29,6 +29,8 @@ InversionOpt = Annotated[Optional[str], typer.Option("--inversion", help="ddim; 
                                                     "source prompt as the unconditional branch, forward passes only); "
                                                     "null-text (Mokady et al. 2023: the null embedding optimised per "
                                                     "step, PRISM's; about 2 x null-text-steps more UNet passes) [default: ddim]")]
+SolverOpt = Annotated[Optional[str], typer.Option("--solver", help="ddim, or dpm++ (DPM-Solver++(2M) sampling with the "
+                                              "matching inversion, for few steps, e.g. --steps 10) [default: ddim]")]
 NullStepsOpt = Annotated[Optional[int], typer.Option("--null-text-steps", help="null-text: optimisation steps per timestep [default: 10]")]
 GateOpt = Annotated[Optional[float], typer.Option("--min-inversion-psnr", help="Gate: before editing, reconstruct under the source "
                                                   "prompt at the edit's guidance; below this PSNR (dB, outside the mask, "
@@ -77,7 +79,7 @@ def _settings(out: Path, model: str | None, device: Device, dtype: Dtype, fmt, o
 def invert(scan: ScanArg = None, source_prompt: SourceOpt = None, batch: BatchOpt = None, out: OutOpt = Path("cfgen-out"),
            model: ModelOpt = None, steps: StepsOpt = None, strength: StrengthOpt = None, window: WindowOpt = None,
            guidance: InvGuidanceOpt = None, inversion: InversionOpt = None, null_text_steps: NullStepsOpt = None,
-           fmt: FormatOpt = None, device: DeviceOpt = Device.auto, dtype: DtypeOpt = Dtype.float32,
+           solver: SolverOpt = None, fmt: FormatOpt = None, device: DeviceOpt = Device.auto, dtype: DtypeOpt = Dtype.float32,
            overwrite: OverwriteOpt = False, json_out: JsonOpt = False, quiet: QuietOpt = False,
            batch_size: BatchSizeOpt = "1", compile_unet: CompileOpt = False, workers: WorkersOpt = None,
            strict: StrictOpt = False, shard: ShardOpt = None, figure_format: FigureFormatOpt = "png",
@@ -86,7 +88,8 @@ def invert(scan: ScanArg = None, source_prompt: SourceOpt = None, batch: BatchOp
     settings = _settings(out, model, device, dtype, fmt, overwrite, batch_size, compile_unet, workers, strict, shard,
                          figure_format, difference_range)
     _run("invert", scan, batch, settings, json_out, quiet, source_prompt=source_prompt, steps=steps,
-         strength=strength, window=window, guidance=guidance, inversion=inversion, null_text_steps=null_text_steps)
+         strength=strength, window=window, guidance=guidance, inversion=inversion, null_text_steps=null_text_steps,
+         solver=solver)
 
 
 @handle_errors
@@ -95,7 +98,7 @@ def edit(scan: ScanArg = None, prompt: PromptOpt = None, source_prompt: SourceOp
          model: ModelOpt = None, steps: StepsOpt = None, guidance: GuidanceOpt = None, strength: StrengthOpt = None,
          eta: EtaOpt = None, seed: SeedOpt = None, mask: MaskOpt = None, mask_threshold: ThresholdOpt = None,
          inversion: InversionOpt = None, null_text_steps: NullStepsOpt = None, min_inversion_psnr: GateOpt = None,
-         attention: AttentionOpt = None, cross_attention: CrossOpt = None, self_attention: SelfOpt = None,
+         solver: SolverOpt = None, attention: AttentionOpt = None, cross_attention: CrossOpt = None, self_attention: SelfOpt = None,
          sweep: SweepOpt = None, select_by: SelectOpt = None, window: WindowOpt = None, fmt: FormatOpt = None, device: DeviceOpt = Device.auto,
          dtype: DtypeOpt = Dtype.float32, overwrite: OverwriteOpt = False, json_out: JsonOpt = False,
          quiet: QuietOpt = False, batch_size: BatchSizeOpt = "1", compile_unet: CompileOpt = False,
@@ -107,5 +110,5 @@ def edit(scan: ScanArg = None, prompt: PromptOpt = None, source_prompt: SourceOp
     _run("edit", scan, batch, settings, json_out, quiet, prompt=prompt, source_prompt=source_prompt,
          negative_prompt=negative_prompt, steps=steps, guidance=guidance, strength=strength, eta=eta, seed=seed,
          window=window, mask=mask, mask_threshold=mask_threshold, inversion=inversion, null_text_steps=null_text_steps,
-         min_inversion_psnr=min_inversion_psnr, attention=attention, cross_attention=cross_attention,
+         min_inversion_psnr=min_inversion_psnr, solver=solver, attention=attention, cross_attention=cross_attention,
          self_attention=self_attention, sweep=sweep, select_by=select_by)

@@ -238,8 +238,12 @@ def load_selector(params: "EditParams", loaded: "LoadedModel") -> "LoadedModel |
                       option="--select-by")
 
 
-def check_attention(params: "EditParams", loaded: "LoadedModel") -> None:
-    """--attention on a model that cannot take it: refused before any scan is read."""
+def check_model_options(params: "EditParams", loaded: "LoadedModel") -> None:
+    """--attention or --solver on a model that cannot take them: refused before any scan is read."""
+    if params.solver != "ddim":
+        from cfgen.editing.dpm import check_solver
+
+        check_solver(params.solver, loaded.entry.scheduler)
     if params.attention != "none":
         from cfgen.editing.attention import supported
 
@@ -249,7 +253,7 @@ def check_attention(params: "EditParams", loaded: "LoadedModel") -> None:
 
 
 def _selector(params: "EditParams", loaded: "LoadedModel", report: "RunReport") -> "LoadedModel | None":
-    check_attention(params, loaded)
+    check_model_options(params, loaded)
     selector = load_selector(params, loaded)
     if selector is not None:
         report.data["selector"] = selector.report_info()

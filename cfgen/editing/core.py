@@ -66,7 +66,7 @@ def batch_key(p: EditParams) -> tuple | None:
     """Jobs with equal keys can share every UNet forward (one batch); None: run alone
     (eta > 0 draws noise per item from its seed)."""
     return None if p.eta else (p.steps, p.strength, p.guidance, p.inversion, p.null_text_steps, p.min_inversion_psnr,
-                               p.attention, p.cross_attention, p.self_attention, p.sweep)
+                               p.solver, p.attention, p.cross_attention, p.self_attention, p.sweep)
 
 
 def _latent_mask(model: LoadedModel, sched, z0, src, tgt, scan: Scan, prep: Prepared, p: EditParams, mode: str):

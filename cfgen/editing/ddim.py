@@ -17,17 +17,20 @@ from typing import Callable
 import torch
 
 
-def make_scheduler(config: dict, steps: int):
-    """DDIM, or rectified flow for models whose scheduler says ``kind = "rflow"`` (editing/flow.py)."""
+def make_scheduler(config: dict, steps: int, solver: str = "ddim"):
+    """DDIM, DPM-Solver++(2M) on DDIM's timesteps (``solver="dpm++"``, editing/dpm.py), or
+    rectified flow for models whose scheduler says ``kind = "rflow"`` (editing/flow.py)."""
     from diffusers import DDIMScheduler
 
+    from cfgen.editing.dpm import DPMSolverSchedule, check_solver
     from cfgen.editing.flow import FlowSchedule, is_flow
 
+    check_solver(solver, config)
     if is_flow(config):
         return FlowSchedule(config, steps)
     sched = DDIMScheduler.from_config({k: v for k, v in config.items() if k != "kind"})
     sched.set_timesteps(steps)
-    return sched
+    return DPMSolverSchedule(sched) if solver == "dpm++" else sched
 
 
 def edit_timesteps(scheduler, strength: float) -> torch.Tensor:
@@ -76,6 +79,13 @@ def invert(unet, scheduler, z0: torch.Tensor, cond: torch.Tensor, timesteps: tor
         for t in reversed(timesteps.tolist()):
             out = predict(unet, z, scheduler.next_timestep(t), cond).float()
             z = scheduler.invert_step(out, t, z.float()).to(z0.dtype)
+            traj.append(z)
+            if on_step:
+                on_step()
+        return traj
+    if getattr(scheduler, "multistep", False):
+        for t in reversed(timesteps.tolist()):
+            z = scheduler.invert_step(predict(unet, z, t, cond).float(), t, z.float()).to(z0.dtype)
             traj.append(z)
             if on_step:
                 on_step()

@@ -41,13 +41,14 @@ class Inverted:
     uncond: torch.Tensor | list[torch.Tensor]  # one embedding, or one per sampling step (null-text)
     method: str
     steps: int
+    solver: str = "ddim"
     tries: list[dict] = field(default_factory=list)  # the gate's, in order (psnr: one per item)
     regions: list[str] = field(default_factory=list)  # the gate's region per item
     attention: list[dict] = field(default_factory=list)  # the regeneration's attention control, per item
 
     def record(self, i: int, guidance: float) -> dict:
         """What item ``i`` of the batch was inverted with, and the gate's tries for it."""
-        rec = {"method": self.method, "steps": self.steps, "guidance": guidance}
+        rec = {"method": self.method, "steps": self.steps, "guidance": guidance, "solver": self.solver}
         if self.tries:
             rec["gate"] = {"region": self.regions[i], "tries": [{**t, "psnr": t["psnr"][i]} for t in self.tries]}
         return rec
@@ -85,7 +86,7 @@ def null_text(unet, sched, traj: list[torch.Tensor], cond: torch.Tensor, uncond0
 def invert(model, z0: torch.Tensor, src: torch.Tensor, neg: torch.Tensor, p, guidance: float, method: str,
            steps: int, on_step: Callable[[], None] | None = None) -> Inverted:
     """DDIM inversion under ``src`` and the regeneration's unconditional branch for ``method``."""
-    sched = ddim.make_scheduler(model.entry.scheduler, steps)
+    sched = ddim.make_scheduler(model.entry.scheduler, steps, p.solver)
     ts = ddim.edit_timesteps(sched, p.strength)
     traj = ddim.invert(model.unet, sched, z0, src, ts, on_step=on_step)
     if method == "negative-prompt":
@@ -94,7 +95,7 @@ def invert(model, z0: torch.Tensor, src: torch.Tensor, neg: torch.Tensor, p, gui
         uncond = null_text(model.unet, sched, traj, src, neg, ts, guidance, p.null_text_steps)
     else:
         uncond = neg
-    return Inverted(sched, ts, traj, uncond, method, steps)
+    return Inverted(sched, ts, traj, uncond, method, steps, p.solver)
 
 
 def _plan(method: str, steps: int) -> list[tuple[str, int]]:

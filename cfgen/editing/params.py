@@ -32,6 +32,7 @@ class EditParams:
     inversion: str = "ddim"  # ddim | negative-prompt | null-text (cfgen/editing/inversion.py)
     null_text_steps: int = 10  # null-text: inner optimisation steps per timestep (Mokady et al.; PRISM)
     min_inversion_psnr: float | None = None  # the gate: escalate below this reconstruction PSNR (dB)
+    solver: str = "ddim"  # ddim | dpm++: DPM-Solver++(2M) sampling and inversion (cfgen/editing/dpm.py)
     attention: str = "none"  # none | replace | refine: prompt-to-prompt (cfgen/editing/attention.py)
     cross_attention: float = 0.8  # fraction of the steps with the source's cross-attention maps (P2P's 0.8)
     self_attention: float = 0.4  # fraction of the steps with the source's self-attention maps (PRISM's 0.4..0.8)
@@ -87,6 +88,10 @@ class EditParams:
         if self.inversion == "negative-prompt" and self.negative_prompt:
             raise UsageError(f"{pre}--negative-prompt cannot be used with --inversion negative-prompt, "
                              "whose unconditional branch is the source prompt")
+        if self.solver not in ("ddim", "dpm++"):
+            raise UsageError(f"{pre}--solver {self.solver}: use ddim or dpm++")
+        if self.solver == "dpm++" and self.eta:
+            raise UsageError(f"{pre}--eta {self.eta}: --solver dpm++ is deterministic; use --eta 0 or --solver ddim")
         if not 1 <= self.null_text_steps <= 100:
             raise UsageError(f"{pre}--null-text-steps {self.null_text_steps}: must be between 1 and 100")
         if self.min_inversion_psnr is not None and not 0 < self.min_inversion_psnr <= 100:

@@ -17,7 +17,7 @@ SOURCE = {"kind": STR, "repo_id": STR, "revision": STR, "path": STR}
 #: [defaults]: what `edit`/`invert` take from the model when the command line does not say
 DEFAULTS = {"steps": INT, "guidance": FLOAT, "strength": FLOAT, "eta": FLOAT, "seed": INT, "window": STR,
             "mask": STR, "mask_threshold": FLOAT, "negative_prompt": STR, "source_prompt": STR, "max_tokens": INT,
-            "inversion": STR, "attention": STR, "cross_attention": FLOAT, "self_attention": FLOAT, "select_by": STR}
+            "inversion": STR, "solver": STR, "attention": STR, "cross_attention": FLOAT, "self_attention": FLOAT, "select_by": STR}
 #: [scheduler]: DDIM (diffusers' DDIMScheduler arguments) or rectified flow (kind = "rflow")
 SCHEDULER = {"kind": STR, "num_train_timesteps": INT, "beta_start": FLOAT, "beta_end": FLOAT, "beta_schedule": STR,
              "clip_sample": BOOL, "clip_sample_range": FLOAT, "set_alpha_to_one": BOOL, "steps_offset": INT,

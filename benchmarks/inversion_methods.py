@@ -42,7 +42,7 @@ def _scans(n: int, seed: int, size: int):
 
 
 def run(model_name: str | None, n: int, seed: int, steps: int, guidance: float | None, null_text_steps: int,
-        methods: tuple[str, ...] = METHODS, device: str = "auto") -> dict:
+        methods: tuple[str, ...] = METHODS, device: str = "auto", solver: str = "ddim") -> dict:
     from cfgen.editing import core
     from cfgen.editing.params import EditParams
     from cfgen.models.loader import load_model
@@ -59,7 +59,7 @@ def run(model_name: str | None, n: int, seed: int, steps: int, guidance: float |
         for scan, caption in scans:
             p = EditParams.resolve(model.entry.defaults, "invert", source_prompt=caption, steps=steps,
                                    guidance=guidance or model.entry.defaults.get("guidance", 7.5), inversion=method,
-                                   null_text_steps=null_text_steps)
+                                   null_text_steps=null_text_steps, solver=solver)
             t0 = time.perf_counter()
             m = core.invert(model, scan, p).metrics
             secs += time.perf_counter() - t0
@@ -68,7 +68,7 @@ def run(model_name: str | None, n: int, seed: int, steps: int, guidance: float |
         table[method] = {"inv_psnr_mean": float(np.mean(inv)), "inv_psnr_min": float(np.min(inv)),
                          "psnr_mean": float(np.mean(full)), "unet_per_image": calls[0] / len(scans),
                          "s_per_image": secs / len(scans), "guidance": p.guidance}
-    return {"model": model.entry.name, "n": len(scans), "seed": seed, "steps": steps,
+    return {"model": model.entry.name, "n": len(scans), "seed": seed, "steps": steps, "solver": solver,
             "null_text_steps": null_text_steps, "methods": table}
 
 
@@ -81,11 +81,12 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=None, help="[default: the model's edit guidance]")
     ap.add_argument("--null-text-steps", type=int, default=10)
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--solver", default="ddim", choices=("ddim", "dpm++"))
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     a = ap.parse_args()
-    res = run(a.model, a.n, a.seed, a.steps, a.guidance, a.null_text_steps, tuple(a.methods), a.device)
-    print(f"{res['model']}: n={res['n']} phantoms from seed {res['seed']}, {res['steps']} steps, "
+    res = run(a.model, a.n, a.seed, a.steps, a.guidance, a.null_text_steps, tuple(a.methods), a.device, a.solver)
+    print(f"{res['model']}: n={res['n']} phantoms from seed {res['seed']}, {res['steps']} {res['solver']} steps, "
           f"null-text {res['null_text_steps']} inner steps")
     print(f"{'method':<16}{'guidance':>9}{'inv_psnr':>10}{'(min)':>8}{'psnr':>8}{'unet':>8}{'s/image':>9}")
     for m, r in res["methods"].items():

@@ -110,6 +110,9 @@ def main() -> None:
         print(f"  {k:<12} median {med[k]:6.2f} s  runs {', '.join(f'{x:.2f}' for x in v)}")
     print(f"  ratio cfgen / peer: {med['cfgen'] / med['peer']:.3f} (with its panel and difference figures); "
           f"{med['cfgen_nofig'] / med['peer']:.3f} with --figure-format none (the peer writes one PNG)")
+    low = {k: min(v) for k, v in times.items()}  # the least disturbed run of each: less noise than medians
+    print(f"  ratio of the fastest runs: {low['cfgen'] / low['peer']:.3f}; {low['cfgen_nofig'] / low['peer']:.3f} "
+          "with --figure-format none")
     it = report["items"][0]
     print(f"  cfgen's last run: model_load_s {report['timings']['model_load_s']}, total_s "
           f"{report['timings']['total_s']}, item {json.dumps(it.get('timings'))}")

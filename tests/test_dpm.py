@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cfgen.editing import ddim
+from cfgen.editing import ddim, dpm
 from cfgen.io.scan import read_scan
 
 FEW = ["--steps", "6", "-q"]
@@ -34,7 +34,7 @@ def test_sampling_equals_diffusers_dpm_solver_pp_2m(loaded, steps):
     from diffusers import DPMSolverMultistepScheduler
 
     cond, uncond = _prompts(loaded, "axial ct", "")
-    ours = ddim.make_scheduler(loaded.entry.scheduler, steps, "dpm++")
+    ours = dpm.make_scheduler(loaded.entry.scheduler, steps, "dpm++")
     ref = DPMSolverMultistepScheduler.from_config(
         {k: v for k, v in loaded.entry.scheduler.items() if k != "kind"}, algorithm_type="dpmsolver++",
         solver_order=2, final_sigmas_type="sigma_min", lower_order_final=True)
@@ -74,7 +74,7 @@ def test_inversion_matches_sampling_and_converges_with_steps(loaded):
     errors = {}
     for solver in ("ddim", "dpm++"):
         for steps in (5, 40):
-            s = ddim.make_scheduler(loaded.entry.scheduler, steps, solver)
+            s = dpm.make_scheduler(loaded.entry.scheduler, steps, solver)
             traj = ddim.invert(net, s, z0, None, s.timesteps)
             assert (traj[-1] - z0).norm() > 0.5 * z0.norm()  # the inversion went somewhere, not a copy of z0
             rec = ddim.sample(net, s, traj[-1], None, s.timesteps)
@@ -123,3 +123,15 @@ def test_bad_solver_options_are_usage_errors(cli, tiny_model, ct_small, tmp_path
     res = cli("edit", ct_small, "-p", "x", "-m", tiny_model, *args, "-o", tmp_path / "o", "-q")
     assert res.exit_code == 2 and word in res.stderr, res.output
     assert not (tmp_path / "o").exists()
+
+
+def test_speed_quality_benchmark_counts_the_forwards_of_each_configuration(tiny_model, capsys):
+    """Per edit: the inversion's steps, two rows per guided step, and the auto mask's 5 x 2."""
+    import speed_quality  # benchmarks/ is on the tests' path (pyproject.toml)
+
+    rows = speed_quality.main(["--model", str(tiny_model), "--n", "1", "--configs", "ddim:3", "dpm++:2:negative-prompt",
+                               "--device", "cpu"])
+    assert [r["forwards"] for r in rows] == [3 + 2 * 3 + 10, 2 + 2 * 2 + 10]
+    assert rows[1]["config"] == {"solver": "dpm++", "steps": 2, "inversion": "negative-prompt"}
+    assert all(r["n"] == 6 and r["ratio"] > 0 for r in rows)
+    assert "fwd x" in capsys.readouterr().out

@@ -17,20 +17,18 @@ from typing import Callable
 import torch
 
 
-def make_scheduler(config: dict, steps: int, solver: str = "ddim"):
-    """DDIM, DPM-Solver++(2M) on DDIM's timesteps (``solver="dpm++"``, editing/dpm.py), or
-    rectified flow for models whose scheduler says ``kind = "rflow"`` (editing/flow.py)."""
+def make_scheduler(config: dict, steps: int):
+    """DDIM, or rectified flow for models whose scheduler says ``kind = "rflow"`` (editing/flow.py);
+    editing/dpm.py's ``make_scheduler`` adds DPM-Solver++ on DDIM's timesteps."""
     from diffusers import DDIMScheduler
 
-    from cfgen.editing.dpm import DPMSolverSchedule, check_solver
     from cfgen.editing.flow import FlowSchedule, is_flow
 
-    check_solver(solver, config)
     if is_flow(config):
         return FlowSchedule(config, steps)
     sched = DDIMScheduler.from_config({k: v for k, v in config.items() if k != "kind"})
     sched.set_timesteps(steps)
-    return DPMSolverSchedule(sched) if solver == "dpm++" else sched
+    return sched
 
 
 def edit_timesteps(scheduler, strength: float) -> torch.Tensor:

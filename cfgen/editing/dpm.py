@@ -24,6 +24,7 @@ from types import SimpleNamespace
 
 import torch
 
+from cfgen.editing import ddim
 from cfgen.errors import UsageError
 
 SOLVERS = ("ddim", "dpm++")
@@ -58,9 +59,7 @@ class DPMSolverSchedule:
         return t + self.config.num_train_timesteps // self.num_inference_steps
 
     def _x0(self, out: torch.Tensor, z: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from cfgen.editing.ddim import _to_eps
-
-        eps = _to_eps(out, z, a, self.config.prediction_type)
+        eps = ddim._to_eps(out, z, a, self.config.prediction_type)
         return (z - (1 - a).sqrt() * eps) / a.sqrt(), eps
 
     @staticmethod
@@ -102,6 +101,13 @@ class DPMSolverSchedule:
         prev = (self._a(self._lower(lo)), self._up[lo]) if lo in self._up else None
         self._up[t] = x0
         return self._move(a_s, a_u, x0, eps, prev)
+
+
+def make_scheduler(config: dict, steps: int, solver: str = "ddim"):
+    """The sampler for ``--solver``: DDIM's (or the flow model's own) or DPM-Solver++ on DDIM's timesteps."""
+    check_solver(solver, config)
+    sched = ddim.make_scheduler(config, steps)
+    return DPMSolverSchedule(sched) if solver == "dpm++" else sched
 
 
 def check_solver(solver: str, config: dict, where: str = "") -> None:

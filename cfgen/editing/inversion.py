@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from cfgen.editing import ddim
+from cfgen.editing import ddim, dpm
 from cfgen.errors import InputError
 
 METHODS = ("ddim", "negative-prompt", "null-text")
@@ -86,7 +86,7 @@ def null_text(unet, sched, traj: list[torch.Tensor], cond: torch.Tensor, uncond0
 def invert(model, z0: torch.Tensor, src: torch.Tensor, neg: torch.Tensor, p, guidance: float, method: str,
            steps: int, on_step: Callable[[], None] | None = None) -> Inverted:
     """DDIM inversion under ``src`` and the regeneration's unconditional branch for ``method``."""
-    sched = ddim.make_scheduler(model.entry.scheduler, steps, p.solver)
+    sched = dpm.make_scheduler(model.entry.scheduler, steps, p.solver)
     ts = ddim.edit_timesteps(sched, p.strength)
     traj = ddim.invert(model.unet, sched, z0, src, ts, on_step=on_step)
     if method == "negative-prompt":

@@ -173,9 +173,11 @@ def invert(scan: ScanLike, source_prompt: str | None = None, model: ModelLike = 
 
 
 def evaluate(pairs_or_run: str | Path, out: str | Path, classifier: str | None = None, clip: str | None = None,
-             figures: bool = True, seed: int = 0, device: str = "auto", figure_format: str = "png") -> dict[str, Any]:
+             figures: bool = True, seed: int = 0, device: str = "auto", figure_format: str = "png",
+             ct_labels: str | None = None) -> dict[str, Any]:
     """`cfgen evaluate` from Python: an edit run's folder / report.json or a pairs CSV, scored into
     ``out``; returns the report (``classifier``: None = the registry's default, "none" = skip)."""
+    from cfgen.evaluation.ct import parse_labels
     from cfgen.evaluation.pairs import load_pairs
     from cfgen.evaluation.run import EvalOptions, evaluate as run_evaluate
     from cfgen.models.loader import load_model as _load
@@ -183,12 +185,14 @@ def evaluate(pairs_or_run: str | Path, out: str | Path, classifier: str | None =
     from cfgen.viz.style import FigureOptions
 
     FigureOptions(figure_format).check()
+    ids = parse_labels(ct_labels)
     pairs = load_pairs(Path(pairs_or_run))
     name = classifier if classifier is not None else load_registry().default_classifier
     clf = _load(name, device=device, family="classifier", option="classifier") if name and name != "none" else None
     clip_model = _load(clip, device=device, family="clip", option="clip") if clip else None
     params = {"source": str(pairs_or_run), "classifier": name, "clip": clip, "device": device}
-    report = run_evaluate(pairs, Path(out), clf, clip_model, EvalOptions(seed=seed, figures=figures, figure_format=figure_format), params)
+    report = run_evaluate(pairs, Path(out), clf, clip_model, EvalOptions(seed=seed, figures=figures, figure_format=figure_format,
+                                                                        ct_labels=ids), params)
     return report.data
 
 

@@ -51,7 +51,7 @@ def print_table(report: dict) -> None:
 def evaluate(
     source: Annotated[Path, typer.Argument(help="An edit run's report.json (or its folder), or a CSV with "
                                                 "original, counterfactual [, label, target, true_counterfactual, mask, "
-                                                "source_prompt, prompt, name]; - reads the CSV from standard input")],
+                                                "source_prompt, prompt, name, labels, counterfactual_labels]; - reads the CSV from standard input")],
     out: out_option("Output folder for report.json and figures") = Path("evaluation"),
     classifier: Annotated[Optional[str], typer.Option(help="Classifier entry or folder for CPG, flip rate, FID/MMD features; 'none' to skip [default: the registry's default_classifier]")] = None,
     clip: Annotated[Optional[str], typer.Option(help="CLIP entry or folder for CLIP scores [default: none]")] = None,
@@ -59,6 +59,9 @@ def evaluate(
     rank_by: Annotated[Optional[str], typer.Option(help="Metric that picks the best/median/worst examples [default: gt_error_ratio with ground truth, else l1]")] = None,
     figures: Annotated[bool, typer.Option(help="Write the examples and histograms figures")] = True,
     figure_format: FigureFormatOpt = "png",
+    ct_labels: Annotated[Optional[str], typer.Option("--ct-labels", help="CT measures (pairs with a labels column): "
+                                                     "label ids of the label maps, e.g. lung=1-5,airway=6,vessel=7,"
+                                                     "heart=8,effusion=9 (the default)")] = None,
     seed: seed_option("Seed of the bootstrap and of the diversity sample") = 0,
     device: DeviceOpt = Device.auto,
     json_out: JsonOpt = False,
@@ -72,7 +75,10 @@ def evaluate(
     from cfgen.models.registry import load_registry
     from cfgen.viz.style import FigureOptions
 
+    from cfgen.evaluation.ct import parse_labels
+
     check_rank_metric(rank_by)
+    ids = parse_labels(ct_labels)
     FigureOptions(figure_format).check()
     pairs = load_pairs(source)
     registry = load_registry()
@@ -82,7 +88,7 @@ def evaluate(
         clf = load_model(clf_name, device=device.value, registry=registry, family="classifier", option="--classifier")
     clip_model = load_model(clip, device=device.value, registry=registry, family="clip", option="--clip") if clip else None
     options = EvalOptions(rank_by=rank_by, clip_threshold=clip_threshold, seed=seed, figures=figures,
-                          figure_format=figure_format)
+                          figure_format=figure_format, ct_labels=ids)
     params = {"source": str(source), "classifier": clf_name, "clip": clip, "device": device.value}
     with simple_progress(len(pairs), "evaluate", quiet) as tick:
         report = run_evaluate(pairs, out, clf, clip_model, options, params,

@@ -4,8 +4,9 @@ From an edit run's ``report.json`` (paths relative to its folder; carried CSV co
 ``label``, ``target``, ``true_counterfactual``, ``true_mask``), or from a CSV with columns
 ``original`` and ``counterfactual`` and optionally ``label``, ``target``, ``true_counterfactual``,
 ``mask`` (the true-difference region), ``edit_mask`` (the mask the edit used), ``floor_counterfactual``
-(the ideal editor's output, which the phantoms write), ``source_prompt``,
-``prompt`` and ``name``. Relative
+(the ideal editor's output, which the phantoms write), ``labels`` and ``counterfactual_labels`` (CT
+label maps of the original and of the counterfactual, for the CT measures, cfgen/evaluation/ct.py),
+``source_prompt``, ``prompt`` and ``name``. Relative
 paths in a CSV are resolved against the CSV's folder.
 """
 from __future__ import annotations
@@ -36,6 +37,8 @@ class Pair:
     error: str | None = None  # set when the pair cannot be scored (a failed edit, a bad row)
     edit_mask: Path | None = None  # the mask the edit used (its mask.png / mask.nii.gz)
     floor: Path | None = None  # the ideal editor's output (phantoms: true change, independent noise)
+    labels: Path | None = None  # CT: label map of the original (lungs, heart, effusion...)
+    counterfactual_labels: Path | None = None  # CT: label map of the counterfactual
 
 
 def _target(value: str | None, where: str) -> float | None:
@@ -69,7 +72,8 @@ def pairs_from_report(path: Path) -> list[Pair]:
                     counterfactual=root / cf if cf else root, truth=rel("true_counterfactual"),
                     region=rel("true_mask"), label=cols.get("label") or None,
                     source_prompt=params.get("source_prompt") or "", prompt=params.get("prompt") or "",
-                    edit_mask=root / used if used else None, floor=rel("floor_counterfactual"))
+                    edit_mask=root / used if used else None, floor=rel("floor_counterfactual"),
+                    labels=rel("labels"), counterfactual_labels=rel("counterfactual_labels"))
         if it.get("status") == "error" or not cf:
             pair.error = f"edit failed: {it.get('error') or 'no counterfactual'}"
         else:
@@ -95,7 +99,8 @@ def pairs_from_csv(path: Path) -> list[Pair]:
                     counterfactual=folder / row.get("counterfactual", ""), truth=opt("true_counterfactual"),
                     region=opt("mask"), label=row.get("label") or None,
                     source_prompt=row.get("source_prompt", ""), prompt=row.get("prompt", ""),
-                    edit_mask=opt("edit_mask"), floor=opt("floor_counterfactual"))
+                    edit_mask=opt("edit_mask"), floor=opt("floor_counterfactual"), labels=opt("labels"),
+                    counterfactual_labels=opt("counterfactual_labels"))
         try:
             if not row.get("original") or not row.get("counterfactual"):
                 raise InputError(f"{path} line {line}: empty 'original' or 'counterfactual' cell")
@@ -133,6 +138,7 @@ class LoadedPair:
     window: dict
     edit_region: "object | None" = None  # bool, (1, 1, *spatial): where the edit's mask let it change
     floor: "object | None" = None
+    scans: tuple = ()  # (original, counterfactual) as read, in their own units (the CT measures' HU)
 
 
 def _unit(pixels: np.ndarray, window) -> np.ndarray:
@@ -148,12 +154,12 @@ def read_pair(pair: Pair) -> LoadedPair:
 
     orig = read_scan(pair.original)
     window = choose_window(orig.pixels, orig.source_dtype, "auto", (0.0, 1.0), where=str(pair.original))
-    tensors = {}
+    tensors, read = {}, {}
     for key, p in (("counterfactual", pair.counterfactual), ("truth", pair.truth), ("floor", pair.floor)):
         if p is None:
             tensors[key] = None
             continue
-        other = read_scan(p)
+        other = read[key] = read_scan(p)
         if other.pixels.shape != orig.pixels.shape:
             raise InputError(f"{p}: shape {tuple(other.pixels.shape)} differs from the original's "
                              f"{tuple(orig.pixels.shape)} ({pair.original})")
@@ -161,7 +167,8 @@ def read_pair(pair: Pair) -> LoadedPair:
     region, edit_region = (_read_region(p, orig) for p in (pair.region, pair.edit_mask))
     return LoadedPair(original=torch.from_numpy(_unit(orig.pixels, window)[None].astype(np.float32)),
                       counterfactual=tensors["counterfactual"], truth=tensors["truth"], region=region,
-                      window=window.as_dict(), edit_region=edit_region, floor=tensors["floor"])
+                      window=window.as_dict(), edit_region=edit_region, floor=tensors["floor"],
+                      scans=(orig, read.get("counterfactual")))
 
 
 def _read_region(path: Path | None, orig):

@@ -30,7 +30,8 @@ MAX_DIVERSITY_IMAGES = 64
 ITEM_METRICS = ("l1", "psnr", "psnr_capped", "ssim", "ms_ssim", "gt_l1", "gt_l1_nothing", "gt_error_ratio",
                 "gt_achieved", "change_inside", "change_outside", "region_fraction", "cpg", "flip", "p_before",
                 "p_after", "attribute_change", "attribute_error", "clip_image_text", "clip_image_image",
-                "clip_direction", "mask_recall", "mask_precision", "mask_fraction", "gt_floor_l1", "gt_floor_ratio")
+                "clip_direction", "mask_recall", "mask_precision", "mask_fraction", "gt_floor_l1", "gt_floor_ratio",
+                *(f"{m}{s}" for m in ("effusion_ml", "laa950_pct", "ctr") for s in ("", "_after", "_change")))
 
 
 @dataclass
@@ -40,6 +41,7 @@ class EvalOptions:
     seed: int = 0
     figures: bool = True
     figure_format: str = "png"  # png, svg, pdf or none
+    ct_labels: dict | None = None  # CT measures' label ids (cfgen.evaluation.ct.parse_labels; None: the default)
 
 
 @dataclass
@@ -96,6 +98,11 @@ def score_pair(pair: Pair, clf=None, clip=None, options: EvalOptions = EvalOptio
             metrics.update(floor_metrics(x, lp.floor, lp.truth))
         if lp.edit_region is not None:
             metrics.update(mask_metrics(lp.edit_region, true_region(x, lp.truth, lp.region)))
+    if pair.labels is not None:
+        from cfgen.evaluation import ct
+
+        metrics.update(ct.pair_measures(*lp.scans, pair.labels, pair.counterfactual_labels,
+                                        options.ct_labels or ct.parse_labels(None)))
     if clf is not None:
         m, info, feats["original"], feats["counterfactual"] = classifier_metrics(clf, x, xcf, pair)
         metrics.update(m)

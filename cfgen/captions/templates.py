@@ -151,7 +151,7 @@ def format_template(fmt: str, columns: list[str], where: str) -> Callable[[dict]
     return caption
 
 
-BUILTIN = ("chexpert", "brain")
+BUILTIN = ("chexpert", "brain", "ct")
 
 
 def make_template(name: str, columns: list[str], where: str,
@@ -161,9 +161,13 @@ def make_template(name: str, columns: list[str], where: str,
         return chexpert_template(columns, uncertain, blank, where)
     if name == "brain":
         return brain_template(columns, where)
+    if name == "ct":
+        from cfgen.captions.ct_template import ct_template
+
+        return ct_template(columns, where)
     if "{" in name:
         return format_template(name, columns, where)
-    raise UsageError(f"--template {name}: use chexpert, brain, or a string with {{column}} fields")
+    raise UsageError(f"--template {name}: use chexpert, brain, ct, or a string with {{column}} fields")
 
 
 def caption_rows(rows: Iterable[dict], columns: list[str], template: str, where: str,

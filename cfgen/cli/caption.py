@@ -17,7 +17,7 @@ from cfgen.io.tables import format_csv, read_csv, write_csv
 def caption(
     labels: Annotated[Path, typer.Argument(help="Labels CSV (e.g. CheXpert's train.csv); - reads standard input")],
     out: out_option("Output CSV [default: stdout]", Optional[Path]) = None,
-    template: Annotated[str, typer.Option("--template", "-t", help="chexpert, brain, or a string with {column} fields")] = "chexpert",
+    template: Annotated[str, typer.Option("--template", "-t", help="chexpert, brain, ct, or a string with {column} fields")] = "chexpert",
     uncertain: Annotated[UncertainPolicy, typer.Option(help="CheXpert -1 labels: ignore (not mentioned, never called normal), negative, positive, possible")] = UncertainPolicy.ignore,
     blank: Annotated[UncertainPolicy, typer.Option(help="CheXpert blank labels (same choices)")] = UncertainPolicy.negative,
     column: Annotated[str, typer.Option(help="Name of the caption column to add")] = "caption",

@@ -1,4 +1,4 @@
-"""`cfgen phantoms cxr|brain`: chest and brain phantoms with their true counterfactuals."""
+"""`cfgen phantoms cxr|brain|ct`: chest radiograph, brain MRI and chest CT phantoms with their true counterfactuals."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -108,4 +108,52 @@ def brain_command(
     elif not quiet:
         s = report["summary"]
         typer.echo(f"wrote {s['images']} brain phantoms and {s['counterfactuals']} true counterfactuals to {out} "
+                   f"in {report['timings']['total_s']:.1f} s", err=True)
+
+
+@app.command("ct")
+@handle_errors
+def ct_command(
+    n: Annotated[int, typer.Option("-n", help="Number of volumes")] = 20,
+    out: out_option("Output folder") = Path("phantoms-ct"),
+    seed: seed_option("Data set seed (volume i uses SeedSequence([seed, i]))") = 0,
+    start: Annotated[int, typer.Option(help="First volume index (held-out sets: a different seed or start)")] = 0,
+    size: Annotated[int, typer.Option(help="Volume size in voxels per axis (cubic)")] = 64,
+    spacing: Annotated[float, typer.Option(help="Voxel size in mm (the anatomy does not depend on the grid)")] = 6.0,
+    effusion: Annotated[float, typer.Option(help="Prevalence of pleural effusion (half small, half large)")] = 0.4,
+    emphysema: Annotated[float, typer.Option(help="Prevalence of emphysema at age 40 (rises with age)")] = 0.35,
+    cardiomegaly: Annotated[float, typer.Option(help="Prevalence of cardiomegaly")] = 0.3,
+    nodules: Annotated[float, typer.Option(help="Fraction of subjects with pulmonary nodules")] = 0.3,
+    counterfactuals: Annotated[bool, typer.Option(help="Also write the true counterfactuals and masks")] = True,
+    workers: Annotated[int, typer.Option(help="Processes [0 = up to 4, one per core]")] = 0,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Chest CT phantoms in HU (NIfTI) with lobe/airway/vessel/heart/effusion label maps."""
+    from cfgen.cli.progress import simple_progress
+    from cfgen.phantoms.ct import CTPrevalence
+    from cfgen.phantoms.ct_dataset import write_ct_dataset
+
+    if not 1 <= n <= 100_000:
+        raise UsageError(f"-n {n}: must be between 1 and 100000")
+    if not 16 <= size <= 256:
+        raise UsageError(f"--size {size}: must be between 16 and 256")
+    if not 0.5 <= spacing <= 12.0:
+        raise UsageError(f"--spacing {spacing}: must be between 0.5 and 12 mm")
+    if size * spacing < 380:
+        raise UsageError(f"--size {size} x --spacing {spacing:g} = {size * spacing:g} mm: the chest needs a field "
+                         "of view of at least 380 mm")
+    for name, v in (("effusion", effusion), ("emphysema", emphysema), ("cardiomegaly", cardiomegaly),
+                    ("nodules", nodules)):
+        if not 0.0 <= v <= 1.0:
+            raise UsageError(f"--{name} {v}: must be between 0 and 1")
+    prev = CTPrevalence(effusion=effusion, emphysema=emphysema, cardiomegaly=cardiomegaly, nodules=nodules)
+    with simple_progress(n, "phantoms", quiet) as tick:
+        report = write_ct_dataset(out, n, seed=seed, size=size, spacing=spacing, prev=prev,
+                                  counterfactuals=counterfactuals, workers=workers or None, start=start, on_item=tick)
+    if json_out:
+        print_json(report)
+    elif not quiet:
+        s = report["summary"]
+        typer.echo(f"wrote {s['images']} CT phantoms and {s['counterfactuals']} true counterfactuals to {out} "
                    f"in {report['timings']['total_s']:.1f} s", err=True)

@@ -4,8 +4,10 @@ Measured on a CT volume in HU with an integer label map on its grid. Label ids (
 the default is the convention cfgen's CT label maps use): lung 1-5 (the lobes), airway 6,
 vessel 7, heart 8, effusion 9.
   pleural cavity  lung and effusion labels, without airway and vessel voxels
-  effusion_ml     cavity voxels whose HU is fluid ([FLUID_HU]), times the voxel volume: by HU, so
-                  the same rule measures a counterfactual with the original's label map
+  effusion_ml     cavity voxels whose HU is fluid ([FLUID_HU]), plus the fluid share of the cavity
+                  voxels next to them (partial volume, linear between lung at -860 and fluid at
+                  10 HU), times the voxel volume: by HU, so the same rule measures a counterfactual
+                  with the original's label map
   laa950_pct      100 x the share of the cavity's other (aerated) voxels below -950 HU
   ctr             the widest left-right extent of the heart over axial slices divided by the widest
                   of the pleural cavity (the internal thoracic diameter), both in mm along the
@@ -26,6 +28,7 @@ DEFAULT_LABELS = "lung=1-5,airway=6,vessel=7,heart=8,effusion=9"
 PARTS = ("lung", "airway", "vessel", "heart", "effusion")
 FLUID_HU = (-50.0, 80.0)  # pleural fluid (transudate ~0-20 HU, exudate and blood up to ~60)
 LAA_HU = -950.0
+LUNG_HU = -860.0  # aerated lung, for the partial-volume share of fluid at the fluid's edge
 #: a volume whose lowest value is above this is not in HU (air is -1000 HU)
 MAX_AIR_HU = -500.0
 
@@ -74,6 +77,16 @@ def _widest(mask: np.ndarray, lr: int, si: int, spacing: float) -> float:
     return best * spacing
 
 
+def _fluid_voxels(hu: np.ndarray, cavity: np.ndarray, fluid: np.ndarray) -> float:
+    """Fluid voxels plus, in the cavity voxels next to them, the fluid share of a partial-volume
+    voxel (linear between aerated lung at LUNG_HU and fluid at 10 HU)."""
+    from scipy.ndimage import binary_dilation
+
+    rim = binary_dilation(fluid) & cavity & ~fluid
+    share = np.clip((hu[rim] - LUNG_HU) / (10.0 - LUNG_HU), 0.0, 1.0)
+    return float(fluid.sum()) + float(share.sum())
+
+
 def measures(hu: np.ndarray, labels: np.ndarray, affine: np.ndarray, ids: dict[str, tuple[int, ...]],
              heart: bool = True) -> dict[str, float | None]:
     """effusion_ml, laa950_pct and (with ``heart``) ctr of one volume ``hu`` (X, Y, Z)."""
@@ -81,9 +94,9 @@ def measures(hu: np.ndarray, labels: np.ndarray, affine: np.ndarray, ids: dict[s
     part = {p: np.isin(labels, v) if v else np.zeros(labels.shape, bool) for p, v in ids.items()}
     cavity = (part["lung"] | part["effusion"]) & ~part["airway"] & ~part["vessel"]
     fluid = cavity & (hu >= FLUID_HU[0]) & (hu <= FLUID_HU[1])
-    aerated = cavity & ~fluid & (hu < FLUID_HU[0])
+    aerated = cavity & (hu < FLUID_HU[0])
     out: dict[str, float | None] = {
-        "effusion_ml": float(fluid.sum()) * voxel_ml,
+        "effusion_ml": _fluid_voxels(hu, cavity, fluid) * voxel_ml,
         "laa950_pct": 100.0 * float((aerated & (hu < LAA_HU)).sum()) / aerated.sum() if aerated.any() else None}
     if heart:
         thorax = _widest(cavity | part["heart"], lr, si, spacing)

@@ -130,11 +130,11 @@ def centred_affine(size: int, spacing: float) -> np.ndarray:
 
 
 def write_volume(path: Path, volume: np.ndarray, affine: np.ndarray, note: str) -> Path:
-    """A new (generated) volume: uint8 labels as they are; intensities in [0, 1] as int16 with a
+    """A new (generated) volume: uint8 labels and int16 values (HU) as they are; intensities in [0, 1] as int16 with a
     scale factor (half the size of float32); qform = sform = ``affine`` (scanner), mm, marked synthetic."""
     import nibabel as nib
 
-    if volume.dtype == np.uint8:
+    if volume.dtype in (np.uint8, np.int16):  # label maps; CT in HU
         img = nib.Nifti1Image(volume, affine)
     else:
         img = nib.Nifti1Image(np.round(np.clip(volume, 0, 1) * INT_SCALE).astype(np.int16), affine)

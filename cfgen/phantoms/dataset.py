@@ -80,7 +80,7 @@ def edit_job(r: dict, label: str, target: str) -> dict:
 
 
 def write_tables(out: Path, results: list, label_columns: list[str], cf_columns: list[str] | None,
-                 job_of) -> tuple[list[dict], list[dict]]:
+                 job_of, job_columns: list[str] = JOB_COLUMNS) -> tuple[list[dict], list[dict]]:
     """labels.csv, and with counterfactuals counterfactuals.csv and edit_jobs.csv, from the
     per-subject (label row, counterfactual rows) results."""
     labels = [r[0] for r in results]
@@ -88,7 +88,7 @@ def write_tables(out: Path, results: list, label_columns: list[str], cf_columns:
     write_csv(out / "labels.csv", label_columns, labels)
     if cf_columns is not None:
         write_csv(out / "counterfactuals.csv", cf_columns, cf_rows)
-        write_csv(out / "edit_jobs.csv", JOB_COLUMNS, [job_of(r) for r in cf_rows])
+        write_csv(out / "edit_jobs.csv", job_columns, [job_of(r) for r in cf_rows])
     return labels, cf_rows
 
 

@@ -109,3 +109,39 @@ def test_bad_ct_phantom_options_are_usage_errors(cli, tmp_path):
     res = cli("phantoms", "ct", "-n", "1", "--size", "32", "--spacing", "6", "-o", tmp_path / "o", "-q")
     assert res.exit_code == 2 and "field of view of at least 380 mm" in res.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_dicom_series_hold_the_same_hu_and_geometry(world, cli, tmp_path):
+    """--format dicom: CT series that SimpleITK reads to the NIfTI world's values and affine, with
+    CT tags, and that dciodvfy (when installed) finds no error in."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pydicom
+    import SimpleITK as sitk
+
+    from cfgen.evaluation.ct import pair_measures, parse_labels
+    from cfgen.io.scan import read_scan
+
+    out = tmp_path / "dcm"
+    res = cli("phantoms", "ct", "-n", "1", "--format", "dicom", "--no-counterfactuals", "-o", out, "-q")
+    assert res.exit_code == 0, res.output
+    ref = nib.load(world / "images" / "ct_00000.nii.gz")
+    files = sitk.ImageSeriesReader_GetGDCMSeriesFileNames(str(out / "images" / "ct_00000"))
+    img = sitk.ReadImage(files)
+    assert np.array_equal(sitk.GetArrayFromImage(img).transpose(2, 1, 0), np.asarray(ref.dataobj))
+    lps = np.diag([-1.0, -1.0, 1.0])  # SimpleITK's LPS against NIfTI's RAS
+    assert np.allclose(lps @ np.array(img.GetOrigin()), ref.affine[:3, 3])
+    assert np.allclose(np.array(img.GetSpacing()), nib.affines.voxel_sizes(ref.affine))
+    ds = pydicom.dcmread(files[0])
+    assert (ds.Modality, ds.RescaleIntercept, ds.RescaleType, ds.SyntheticData) == ("CT", -1024, "HU", "YES")
+    assert [float(v) for v in ds.WindowCenter] == [40.0, -600.0]
+    scan = read_scan(out / "images" / "ct_00000")  # evaluate's measures on the series with the NIfTI label map
+    m = pair_measures(scan, scan, world / "anatomy" / "ct_00000.nii.gz", None, parse_labels(None))
+    assert m["ctr"] == pytest.approx(float(_rows(world / "labels.csv")[0]["ctr"]), abs=0.03)
+    tool = next((str(p) for p in [Path(sys.executable).parent / "dciodvfy"] if p.is_file()), shutil.which("dciodvfy"))
+    if tool:
+        r = subprocess.run([tool, files[0]], capture_output=True, text=True, timeout=60)
+        assert "Error" not in r.stdout + r.stderr, r.stdout + r.stderr

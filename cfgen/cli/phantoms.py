@@ -124,12 +124,14 @@ def ct_command(
     emphysema: Annotated[float, typer.Option(help="Prevalence of emphysema at age 40 (rises with age)")] = 0.35,
     cardiomegaly: Annotated[float, typer.Option(help="Prevalence of cardiomegaly")] = 0.3,
     nodules: Annotated[float, typer.Option(help="Fraction of subjects with pulmonary nodules")] = 0.3,
+    fmt: Annotated[str, typer.Option("--format", help="nifti, or dicom (CT series folders with RescaleIntercept, "
+                                                      "windows, Synthetic Data; masks and label maps stay NIfTI)")] = "nifti",
     counterfactuals: Annotated[bool, typer.Option(help="Also write the true counterfactuals and masks")] = True,
     workers: Annotated[int, typer.Option(help="Processes [0 = up to 4, one per core]")] = 0,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Chest CT phantoms in HU (NIfTI) with lobe/airway/vessel/heart/effusion label maps."""
+    """Chest CT phantoms in HU (NIfTI or DICOM) with lobe/airway/vessel/heart/effusion label maps."""
     from cfgen.cli.progress import simple_progress
     from cfgen.phantoms.ct import CTPrevalence
     from cfgen.phantoms.ct_dataset import write_ct_dataset
@@ -147,10 +149,13 @@ def ct_command(
                     ("nodules", nodules)):
         if not 0.0 <= v <= 1.0:
             raise UsageError(f"--{name} {v}: must be between 0 and 1")
+    if fmt not in ("nifti", "dicom"):
+        raise UsageError(f"--format {fmt}: use nifti or dicom")
     prev = CTPrevalence(effusion=effusion, emphysema=emphysema, cardiomegaly=cardiomegaly, nodules=nodules)
     with simple_progress(n, "phantoms", quiet) as tick:
         report = write_ct_dataset(out, n, seed=seed, size=size, spacing=spacing, prev=prev,
-                                  counterfactuals=counterfactuals, workers=workers or None, start=start, on_item=tick)
+                                  counterfactuals=counterfactuals, workers=workers or None, start=start, on_item=tick,
+                                  fmt=fmt)
     if json_out:
         print_json(report)
     elif not quiet:

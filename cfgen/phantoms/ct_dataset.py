@@ -2,7 +2,9 @@
 
 Layout of ``DIR``::
 
-  images/ct_00000.nii.gz                             the factual CT (int16 HU, RAS affine, mm)
+  images/ct_00000.nii.gz                             the factual CT (int16 HU, RAS affine, mm); with
+                                                     ``fmt="dicom"`` a CT series folder images/ct_00000/
+                                                     (so are the counterfactuals and floors)
   anatomy/ct_00000.nii.gz                            its label map (uint8; cfgen.phantoms.ct.LABELS:
                                                      lobes 1-5, airway 6, vessel 7, heart 8, effusion 9)
   labels.csv                                         Path, labels, Age, Sex, effusion, effusion_side,
@@ -73,14 +75,25 @@ def _write(out: Path, rel: str, volume: np.ndarray, aff: np.ndarray, note: str) 
     return rel
 
 
+def _hu(out: Path, stem: str, volume: np.ndarray, aff: np.ndarray, note: str, fmt: str, patient: dict) -> str:
+    """A CT volume as NIfTI (``stem.nii.gz``) or as a DICOM series (folder ``stem/``)."""
+    if fmt == "nifti":
+        return _write(out, f"{stem}.nii.gz", volume, aff, note)
+    from cfgen.io.dicom_create import write_ct_series
+
+    write_ct_series(volume, aff, out / stem, note, patient)
+    return stem
+
+
 def _one(args: tuple) -> tuple[dict, list[dict]]:
-    out, seed, index, size, spacing, prev, with_cf = args
+    out, seed, index, size, spacing, prev, with_cf, fmt = args
     exo, attrs = ct.subject(seed, index, prev)
     stem, aff = f"ct_{index:05d}", ct.affine(size, spacing)
     maps = ct.tissue_maps(exo, attrs, size, spacing)
     clean = ct.compose(maps)
     factual = ct.acquire(clean, exo)
-    rel = _write(out, f"images/{stem}.nii.gz", factual, aff, f"CT phantom seed {seed} index {index} (HU)")
+    patient = {"patient_id": f"PHANTOM-{seed}-{index}", "sex": attrs.sex, "age": attrs.age}
+    rel = _hu(out, f"images/{stem}", factual, aff, f"CT phantom seed {seed} index {index}", fmt, patient)
     lab = _write(out, f"anatomy/{stem}.nii.gz", ct.label_map(maps), aff, "labels lobes 1-5 airway 6 vessel 7 heart 8 effusion 9")
     label = {"Path": rel, "labels": lab, **labels_row(exo, attrs), **_fmt(ct.measurements(maps, exo, attrs, spacing)),
              "seed": str(seed), "index": str(index)}
@@ -93,10 +106,11 @@ def _one(args: tuple) -> tuple[dict, list[dict]]:
         meas = ct.measurements(alt_maps, exo, alt, spacing)
         label_name, target = job_label(attr, alt, meas)
         cfs.append({"image": rel, "attribute": attr, "factual": attrs.value(attr), "counterfactual_value": alt.value(attr),
-                    "counterfactual": _write(out, f"{base}.nii.gz", ct.acquire(clean_alt, exo), aff, f"true counterfactual {name}"),
+                    "counterfactual": _hu(out, base, ct.acquire(clean_alt, exo), aff, f"true counterfactual {name}", fmt,
+                                          patient),
                     "mask": _write(out, f"{base}.mask.nii.gz", mask.astype(np.uint8), aff, f"difference mask {name}"),
-                    "floor": _write(out, f"{base}.floor.nii.gz", ct.ideal_edit(factual, clean_alt, exo, mask), aff,
-                                    f"ideal edit {name}"),
+                    "floor": _hu(out, f"{base}.floor", ct.ideal_edit(factual, clean_alt, exo, mask), aff,
+                                 f"ideal edit {name}", fmt, patient),
                     "counterfactual_labels": _write(out, f"{base}.anatomy.nii.gz", ct.label_map(alt_maps), aff,
                                                     f"labels of {name}"),
                     "labels": lab, "mask_fraction": f"{mask.mean():.5f}", "source_prompt": caption_of(exo, attrs),
@@ -112,19 +126,20 @@ def _job(r: dict) -> dict:
 
 def write_ct_dataset(out: Path, n: int, seed: int = 0, size: int = 64, spacing: float = 6.0,
                      prev: ct.CTPrevalence = ct.CTPrevalence(), counterfactuals: bool = True,
-                     workers: int | None = None, start: int = 0, on_item=None) -> dict:
-    """Write ``n`` chest CT phantoms (indices start..start+n-1) and return the report."""
+                     workers: int | None = None, start: int = 0, on_item=None, fmt: str = "nifti") -> dict:
+    """Write ``n`` chest CT phantoms (indices start..start+n-1) and return the report; ``fmt``
+    nifti or dicom (the CT volumes as DICOM CT series; masks and label maps stay NIfTI)."""
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(out, seed, i, size, spacing, prev, counterfactuals) for i in range(start, start + n)]
+    jobs = [(out, seed, i, size, spacing, prev, counterfactuals, fmt) for i in range(start, start + n)]
     results = run_items(_one, jobs, workers or min(4, os.cpu_count() or 1), on_item, min_parallel=4, chunksize=1)
     labels, cf_rows = write_tables(out, results, LABEL_COLUMNS, CF_COLUMNS if counterfactuals else None, _job,
                                    JOB_COLUMNS + ["labels"])
     report = {
         "schema": 1, "command": "phantoms ct", "cfgen_version": __version__,
         "params": {"n": n, "start": start, "seed": seed, "size": size, "spacing_mm": spacing,
-                   "counterfactuals": counterfactuals, "prevalence": asdict(prev)},
+                   "counterfactuals": counterfactuals, "prevalence": asdict(prev), "format": fmt},
         "seed": seed, "model": None, "device": "cpu", "timings": {"total_s": round(time.perf_counter() - t0, 3)},
         "outputs": {"labels": "labels.csv", **({"counterfactuals": "counterfactuals.csv",
                                                   "edit_jobs": "edit_jobs.csv"} if counterfactuals else {})},

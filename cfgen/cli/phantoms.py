@@ -9,7 +9,27 @@ import typer
 from cfgen.cli.common import JsonOpt, QuietOpt, handle_errors, out_option, print_json, seed_option
 from cfgen.errors import UsageError
 
+VolumesOpt = Annotated[int, typer.Option("-n", help="Number of volumes")]
+VolumeSeedOpt = seed_option("Data set seed (volume i uses SeedSequence([seed, i]))")
+VolumeStartOpt = Annotated[int, typer.Option(help="First volume index (held-out sets: a different seed or start)")]
+VolumeSizeOpt = Annotated[int, typer.Option(help="Volume size in voxels per axis (cubic)")]
+SpacingOpt = Annotated[float, typer.Option(help="Voxel size in mm (the anatomy does not depend on the grid)")]
+CounterfactualsOpt = Annotated[bool, typer.Option(help="Also write the true counterfactuals and masks")]
+WorkersOpt = Annotated[int, typer.Option(help="Processes [0 = up to 4, one per core]")]
+
 app = typer.Typer(rich_markup_mode=None, help="Procedural phantoms with ground-truth counterfactuals.", no_args_is_help=True)
+
+
+def _check_grid(n: int, size: int, spacing: float, max_spacing: float, min_fov: float, what: str) -> None:
+    if not 1 <= n <= 100_000:
+        raise UsageError(f"-n {n}: must be between 1 and 100000")
+    if not 16 <= size <= 256:
+        raise UsageError(f"--size {size}: must be between 16 and 256")
+    if not 0.5 <= spacing <= max_spacing:
+        raise UsageError(f"--spacing {spacing}: must be between 0.5 and {max_spacing:g} mm")
+    if size * spacing < min_fov:
+        raise UsageError(f"--size {size} x --spacing {spacing:g} = {size * spacing:g} mm: the {what} needs a field "
+                         f"of view of at least {min_fov:g} mm")
 
 
 @app.command("cxr")
@@ -24,8 +44,8 @@ def cxr_command(
     cardiomegaly: Annotated[float, typer.Option(help="Prevalence of cardiomegaly")] = 0.3,
     devices: Annotated[float, typer.Option(help="Prevalence of support devices (before the correlation)")] = 0.5,
     device_effusion_corr: Annotated[float, typer.Option(help="How strongly devices follow effusion: 0 independent, 1 devices iff effusion")] = 0.6,
-    counterfactuals: Annotated[bool, typer.Option(help="Also write the true counterfactuals and masks")] = True,
-    workers: Annotated[int, typer.Option(help="Processes [0 = up to 4, one per core]")] = 0,
+    counterfactuals: CounterfactualsOpt = True,
+    workers: WorkersOpt = 0,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -59,20 +79,20 @@ def cxr_command(
 @app.command("brain")
 @handle_errors
 def brain_command(
-    n: Annotated[int, typer.Option("-n", help="Number of volumes")] = 20,
+    n: VolumesOpt = 20,
     out: out_option("Output folder") = Path("phantoms-brain"),
-    seed: seed_option("Data set seed (volume i uses SeedSequence([seed, i]))") = 0,
-    start: Annotated[int, typer.Option(help="First volume index (held-out sets: a different seed or start)")] = 0,
-    size: Annotated[int, typer.Option(help="Volume size in voxels per axis (cubic)")] = 64,
-    spacing: Annotated[float, typer.Option(help="Voxel size in mm (the anatomy does not depend on the grid)")] = 3.0,
+    seed: VolumeSeedOpt = 0,
+    start: VolumeStartOpt = 0,
+    size: VolumeSizeOpt = 64,
+    spacing: SpacingOpt = 3.0,
     ms: Annotated[float, typer.Option(help="Fraction of subjects with white-matter lesions")] = 0.3,
     mean_lesion_ml: Annotated[float, typer.Option(help="Mean lesion load (mL) of subjects with lesions")] = 8.0,
-    counterfactuals: Annotated[bool, typer.Option(help="Also write the true counterfactuals and masks")] = True,
+    counterfactuals: CounterfactualsOpt = True,
     anatomy: Annotated[str, typer.Option(
         help="Also write label maps of these structures, comma-separated, value k = the k-th "
              "(icv, brain, wm, deep, ventricles, hippocampus, lesions): anatomy/*.nii.gz and a 'labels' "
              "column, what `cfgen finetune` reads for a base with label channels")] = "",
-    workers: Annotated[int, typer.Option(help="Processes [0 = up to 4, one per core]")] = 0,
+    workers: WorkersOpt = 0,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -81,15 +101,7 @@ def brain_command(
     from cfgen.phantoms.brain import MAX_LESION_ML, BrainPrevalence, check_anatomy
     from cfgen.phantoms.brain_dataset import write_brain_dataset
 
-    if not 1 <= n <= 100_000:
-        raise UsageError(f"-n {n}: must be between 1 and 100000")
-    if not 16 <= size <= 256:
-        raise UsageError(f"--size {size}: must be between 16 and 256")
-    if not 0.5 <= spacing <= 10.0:
-        raise UsageError(f"--spacing {spacing}: must be between 0.5 and 10 mm")
-    if size * spacing < 160:
-        raise UsageError(f"--size {size} x --spacing {spacing:g} = {size * spacing:g} mm: the head needs a field "
-                         "of view of at least 160 mm")
+    _check_grid(n, size, spacing, 10.0, 160, "head")
     if not 0.0 <= ms <= 1.0:
         raise UsageError(f"--ms {ms}: must be between 0 and 1")
     if not 0.0 < mean_lesion_ml <= MAX_LESION_ML:
@@ -114,20 +126,20 @@ def brain_command(
 @app.command("ct")
 @handle_errors
 def ct_command(
-    n: Annotated[int, typer.Option("-n", help="Number of volumes")] = 20,
+    n: VolumesOpt = 20,
     out: out_option("Output folder") = Path("phantoms-ct"),
-    seed: seed_option("Data set seed (volume i uses SeedSequence([seed, i]))") = 0,
-    start: Annotated[int, typer.Option(help="First volume index (held-out sets: a different seed or start)")] = 0,
-    size: Annotated[int, typer.Option(help="Volume size in voxels per axis (cubic)")] = 64,
-    spacing: Annotated[float, typer.Option(help="Voxel size in mm (the anatomy does not depend on the grid)")] = 6.0,
+    seed: VolumeSeedOpt = 0,
+    start: VolumeStartOpt = 0,
+    size: VolumeSizeOpt = 64,
+    spacing: SpacingOpt = 6.0,
     effusion: Annotated[float, typer.Option(help="Prevalence of pleural effusion (half small, half large)")] = 0.4,
     emphysema: Annotated[float, typer.Option(help="Prevalence of emphysema at age 40 (rises with age)")] = 0.35,
     cardiomegaly: Annotated[float, typer.Option(help="Prevalence of cardiomegaly")] = 0.3,
     nodules: Annotated[float, typer.Option(help="Fraction of subjects with pulmonary nodules")] = 0.3,
     fmt: Annotated[str, typer.Option("--format", help="nifti, or dicom (CT series folders with RescaleIntercept, "
                                                       "windows, Synthetic Data; masks and label maps stay NIfTI)")] = "nifti",
-    counterfactuals: Annotated[bool, typer.Option(help="Also write the true counterfactuals and masks")] = True,
-    workers: Annotated[int, typer.Option(help="Processes [0 = up to 4, one per core]")] = 0,
+    counterfactuals: CounterfactualsOpt = True,
+    workers: WorkersOpt = 0,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -136,15 +148,7 @@ def ct_command(
     from cfgen.phantoms.ct import CTPrevalence
     from cfgen.phantoms.ct_dataset import write_ct_dataset
 
-    if not 1 <= n <= 100_000:
-        raise UsageError(f"-n {n}: must be between 1 and 100000")
-    if not 16 <= size <= 256:
-        raise UsageError(f"--size {size}: must be between 16 and 256")
-    if not 0.5 <= spacing <= 12.0:
-        raise UsageError(f"--spacing {spacing}: must be between 0.5 and 12 mm")
-    if size * spacing < 380:
-        raise UsageError(f"--size {size} x --spacing {spacing:g} = {size * spacing:g} mm: the chest needs a field "
-                         "of view of at least 380 mm")
+    _check_grid(n, size, spacing, 12.0, 380, "chest")
     for name, v in (("effusion", effusion), ("emphysema", emphysema), ("cardiomegaly", cardiomegaly),
                     ("nodules", nodules)):
         if not 0.0 <= v <= 1.0:

@@ -26,6 +26,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from cfgen.phantoms.draw3d import affine, ellipsoid_sd as _ellipsoid_sd, grid_mm, soft as _soft  # noqa: F401
+
 EFFUSION = ("none", "small", "large")
 EMPHYSEMA = ("none", "mild", "severe")
 ATTRIBUTES = ("effusion", "emphysema", "cardiomegaly", "nodules")
@@ -135,25 +137,6 @@ def ctr_of(exo: CTExogenous, attrs: CTAttributes) -> float:
 
 
 # --- rendering --------------------------------------------------------------------------------
-
-def grid_mm(size: int, spacing: float):
-    c = (np.arange(size, dtype=np.float32) - (size - 1) / 2) * spacing
-    return np.meshgrid(c, c, c, indexing="ij")
-
-
-def affine(size: int, spacing: float) -> np.ndarray:
-    from cfgen.io.nifti import centred_affine
-
-    return centred_affine(size, spacing)
-
-
-def _soft(sd: np.ndarray, width: float) -> np.ndarray:
-    return (0.5 - 0.5 * np.tanh(sd / max(width, 1e-6))).astype(np.float32)
-
-
-def _ellipsoid_sd(x, y, z, c, r) -> np.ndarray:
-    q = np.sqrt(((x - c[0]) / r[0]) ** 2 + ((y - c[1]) / r[1]) ** 2 + ((z - c[2]) / r[2]) ** 2)
-    return (q - 1.0) * min(r)
 
 
 def _segment_distance(x, y, z, a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -16,17 +16,19 @@ VOXEL_ML = 2.0 * 2.5 * 3.0 / 1000
 
 def _chest(effusion_top: int = 5, heart=(26, 34)):
     """HU volume and label map: two lungs (lobes 1, 3, 4), a vessel, the heart, an emphysema block
-    of 400 voxels and a right basal effusion of 20 x 15 x (effusion_top - 2) voxels."""
+    of 400 voxels and a right basal effusion of 20 x 15 x (effusion_top - 2) voxels under a layer
+    of 20 x 15 half-filled voxels."""
     hu = np.full((60, 40, 20), -1000.0, np.float32)
     lab = np.zeros(hu.shape, np.int16)
     hu[2:58, 2:38, :] = 40.0  # body
     for x0, top, low in ((5, 1, 3), (35, 4, 4)):
-        hu[x0:x0 + 20, 5:35, 2:18] = -850.0
+        hu[x0:x0 + 20, 5:35, 2:18] = -860.0  # aerated lung (evaluation.ct.LUNG_HU)
         lab[x0:x0 + 20, 5:35, 10:18] = top
         lab[x0:x0 + 20, 5:35, 2:10] = low
     lab[15, 5:35, 15], hu[15, 5:35, 15] = 7, 40.0  # a vessel inside the right lung
     hu[40:50, 10:20, 4:8] = -980.0  # emphysema, left lower lobe
     hu[5:25, 20:35, 2:effusion_top] = 10.0  # fluid at the right base
+    hu[5:25, 20:35, effusion_top] = -425.0  # a partial-volume layer above it: half fluid, half lung
     lab[5:25, 20:35, 2:5] = 9  # the original's effusion label
     lab[heart[0]:heart[1], 10:25, 5:12], hu[heart[0]:heart[1], 10:25, 5:12] = 8, 40.0
     return hu, lab
@@ -41,7 +43,7 @@ def _save(folder, name, data, affine=None):
 def test_measures_have_the_known_values():
     hu, lab = _chest()
     m = ct.measures(hu, lab, np.diag([*SPACING, 1.0]), ct.parse_labels(None))
-    assert m["effusion_ml"] == pytest.approx(20 * 15 * 3 * VOXEL_ML)
+    assert m["effusion_ml"] == pytest.approx((20 * 15 * 3 + 0.5 * 20 * 15) * VOXEL_ML)  # the layer counts half
     aerated = 2 * 20 * 30 * 16 - 30 - 20 * 15 * 3  # lungs without the vessel and the fluid
     assert m["laa950_pct"] == pytest.approx(100 * 400 / aerated)
     assert m["ctr"] == pytest.approx((8 * 2.0) / (50 * 2.0))  # heart 8 voxels wide, cavity 5..54

@@ -145,3 +145,28 @@ def test_dicom_series_hold_the_same_hu_and_geometry(world, cli, tmp_path):
     if tool:
         r = subprocess.run([tool, files[0]], capture_output=True, text=True, timeout=60)
         assert "Error" not in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def test_edit_jobs_run_through_edit_and_evaluate_with_the_ct_measures(world, cli, tmp_path):
+    """The phantoms' edit_jobs.csv through `cfgen edit --batch` (a 3D model, the same loop) and
+    `cfgen evaluate` of the run: the carried label map is found from the run's folder."""
+    from cfgen.models.ldm3d import LDM3DSpec, build_ldm3d
+
+    model = build_ldm3d(tmp_path / "m3", LDM3DSpec(), seed=0)
+    jobs = _rows(world / "edit_jobs.csv")[:1]
+    with open(world / "one_job.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(jobs[0]))
+        w.writeheader()
+        w.writerows(jobs)
+    res = cli("edit", "--batch", world / "one_job.csv", "-m", model, "-o", tmp_path / "run", "--steps", "2",
+              "--window=-1024,600", "--figure-format", "none", "-q")
+    assert res.exit_code == 0, res.output
+    res = cli("evaluate", tmp_path / "run", "-o", tmp_path / "ev", "--classifier", "none", "--figure-format", "none",
+              "-q")
+    assert res.exit_code == 0, res.output
+    import json
+
+    (item,) = json.loads((tmp_path / "ev" / "report.json").read_text())["items"]
+    row = _rows(world / "labels.csv")[0]
+    assert item["metrics"]["ctr"] == pytest.approx(float(row["ctr"]), abs=0.03)
+    assert "effusion_ml_after" in item["metrics"] and "laa950_pct_after" in item["metrics"]

@@ -26,7 +26,6 @@ import torch
 from cfgen.editing import ddim
 from cfgen.errors import UsageError
 
-MODES = ("none", "replace", "refine")
 #: self-attention maps are injected on layers with at most this many query tokens (prompt-to-prompt)
 MAX_SELF_TOKENS = 32 ** 2
 

@@ -126,7 +126,6 @@ def _controlled(model: LoadedModel, inv: inversion.Inverted, src, tgt, guidance:
     control = attention.make_control(model, ps, selfs, len(inv.ts))
     z = attention.sample(model, inv.sched, inv.traj, src, tgt, inv.ts, inv.uncond, guidance, control, mask, step)
     ys = decode_latents(model, z, chunk=vae_chunk)
-    n = len(ps)
     base = {"mode": ps[0].attention, "cross_attention": ps[0].cross_attention}
     if len(selfs) == 1:
         return z, ys, [{**base, "self_attention": selfs[0]} for _ in ps]
@@ -135,7 +134,7 @@ def _controlled(model: LoadedModel, inv: inversion.Inverted, src, tgt, guidance:
     vo = model.entry.value_range
     x = unit(torch.cat([pr.x for pr in preps]).float(), vo)
     chosen, records = sweep.select(selector, x, unit(ys.float().cpu(), vo), ps, selfs, [str(s.path) for s in scans])
-    return z[chosen.to(z.device)], ys[chosen.to(ys.device)], [{**base, **r} for r in records[:n]]
+    return z[chosen.to(z.device)], ys[chosen.to(ys.device)], [{**base, **r} for r in records]
 
 
 def _inversion(model: LoadedModel, z0, src, neg, p: EditParams, guidance: float, latent_masks: list, step,

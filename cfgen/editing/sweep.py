@@ -13,17 +13,11 @@ from typing import Any
 
 import torch
 
-from cfgen.errors import InputError, ModelError
+from cfgen.errors import InputError
 
 
 def describe(selector) -> str:
     return f"{selector.entry.name} ({'S_CLIP' if selector.clip is not None else 'classifier p(target)'})"
-
-
-def check_selector(selector) -> None:
-    if selector.clip is None and selector.classifier is None:
-        raise ModelError(f"--select-by {selector.entry.name}: the sweep scores with a model of family clip or "
-                         f"classifier; this one is {selector.entry.family}")
 
 
 def _classifier_scores(clf, cands: torch.Tensor, source: str, prompt: str, where: str) -> list[float]:

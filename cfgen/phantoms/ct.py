@@ -21,7 +21,7 @@ effusion 9 (where a structure covers at least half the voxel; later ones paint o
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -357,13 +357,15 @@ def label_map(maps: dict[str, np.ndarray]) -> np.ndarray:
     return out
 
 
-def measurements(maps: dict[str, np.ndarray], exo: CTExogenous, attrs: CTAttributes, spacing: float) -> dict:
+def measurements(maps: dict[str, np.ndarray], exo: CTExogenous, attrs: CTAttributes, spacing: float,
+                 clean: np.ndarray | None = None, labels: np.ndarray | None = None) -> dict:
     """Ground truth: effusion and lung volumes (mL) from the soft maps, the share of the aerated
     lung voxels (lobe labels, below -50 HU) whose noise-free HU is below -950 (%LAA-950 as defined,
-    on this grid), and the CTR the heart was drawn with."""
+    on this grid), and the CTR the heart was drawn with. ``clean`` / ``labels``: compose(maps) and
+    label_map(maps) when the caller has them."""
     ml = spacing ** 3 / 1000.0
-    clean = compose(maps)
-    lab = label_map(maps)
+    clean = compose(maps) if clean is None else clean
+    lab = label_map(maps) if labels is None else labels
     aerated = (((lab >= 1) & (lab <= 5)) | (lab == LABELS["effusion"])) & (clean < -50)  # as cfgen.evaluation.ct
     laa = 100.0 * float((aerated & (clean < -950)).sum()) / max(int(aerated.sum()), 1)
     return {"effusion_ml": float(maps["effusion"].sum() * ml), "lung_ml": float(maps["lung"].sum() * ml),
@@ -379,6 +381,3 @@ def counterfactual_attributes(exo: CTExogenous, attrs: CTAttributes) -> dict[str
             "cardiomegaly": replace(attrs, cardiomegaly=not attrs.cardiomegaly),
             "nodules": attrs.with_value("nodules", 0 if attrs.nodules else 3)}
 
-
-def exogenous_dict(exo: CTExogenous) -> dict:
-    return asdict(exo)

@@ -91,19 +91,20 @@ def _one(args: tuple) -> tuple[dict, list[dict]]:
     stem, aff = f"ct_{index:05d}", ct.affine(size, spacing)
     maps = ct.tissue_maps(exo, attrs, size, spacing)
     clean = ct.compose(maps)
-    factual = ct.acquire(clean, exo)
+    factual, labels = ct.acquire(clean, exo), ct.label_map(maps)
     patient = {"patient_id": f"PHANTOM-{seed}-{index}", "sex": attrs.sex, "age": attrs.age}
     rel = _hu(out, f"images/{stem}", factual, aff, f"CT phantom seed {seed} index {index}", fmt, patient)
-    lab = _write(out, f"anatomy/{stem}.nii.gz", ct.label_map(maps), aff, "labels lobes 1-5 airway 6 vessel 7 heart 8 effusion 9")
-    label = {"Path": rel, "labels": lab, **labels_row(exo, attrs), **_fmt(ct.measurements(maps, exo, attrs, spacing)),
+    lab = _write(out, f"anatomy/{stem}.nii.gz", labels, aff, "labels lobes 1-5 airway 6 vessel 7 heart 8 effusion 9")
+    label = {"Path": rel, "labels": lab, **labels_row(exo, attrs),
+             **_fmt(ct.measurements(maps, exo, attrs, spacing, clean, labels)),
              "seed": str(seed), "index": str(index)}
     cfs = []
     for attr, alt in (ct.counterfactual_attributes(exo, attrs).items() if with_cf else ()):
         name, base = f"{attr}-{alt.value(attr)}", f"counterfactuals/{stem}/{attr}-{alt.value(attr)}"
         alt_maps = ct.tissue_maps(exo, alt, size, spacing)
-        clean_alt = ct.compose(alt_maps)
+        clean_alt, labels_alt = ct.compose(alt_maps), ct.label_map(alt_maps)
         mask = ct.mask_between(clean, clean_alt)
-        meas = ct.measurements(alt_maps, exo, alt, spacing)
+        meas = ct.measurements(alt_maps, exo, alt, spacing, clean_alt, labels_alt)
         label_name, target = job_label(attr, alt, meas)
         cfs.append({"image": rel, "attribute": attr, "factual": attrs.value(attr), "counterfactual_value": alt.value(attr),
                     "counterfactual": _hu(out, base, ct.acquire(clean_alt, exo), aff, f"true counterfactual {name}", fmt,
@@ -111,7 +112,7 @@ def _one(args: tuple) -> tuple[dict, list[dict]]:
                     "mask": _write(out, f"{base}.mask.nii.gz", mask.astype(np.uint8), aff, f"difference mask {name}"),
                     "floor": _hu(out, f"{base}.floor", ct.ideal_edit(factual, clean_alt, exo, mask), aff,
                                  f"ideal edit {name}", fmt, patient),
-                    "counterfactual_labels": _write(out, f"{base}.anatomy.nii.gz", ct.label_map(alt_maps), aff,
+                    "counterfactual_labels": _write(out, f"{base}.anatomy.nii.gz", labels_alt, aff,
                                                     f"labels of {name}"),
                     "labels": lab, "mask_fraction": f"{mask.mean():.5f}", "source_prompt": caption_of(exo, attrs),
                     "prompt": caption_of(exo, alt), "label": label_name, "target": target,

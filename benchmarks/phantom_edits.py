@@ -10,10 +10,15 @@ caption as target (PRISM's protocol), and prints per edit type and mask mode:
              over items (bar: <= 0.5)
   floor      the same ratio for the ideal editor (true noise-free change, independent noise
              inside the mask): what no editor can beat
+  sfloor     the same for the ideal editor that samples what the scan and the prompt do not show
+             (where added devices sit, an added effusion's side and size, the new CTR;
+             cxr.sample_floor_edit): what no editor that samples a plausible counterfactual can beat
   outside    mean |change| outside the true-difference mask (bar: <= 0.02)
   achieved   fraction of the required change made (1 exact, 0 nothing)
   flip       fraction the scoring classifier calls the target class (--classifier, default cxr-classifier)
   recall / precision   masked modes: the edit mask against the true-difference region
+Mask modes: none, auto, a mask file, or ``oracle`` (the true-difference region itself, written
+as a PNG per phantom): oracle's ratio is the model's error once the mask is right.
   psnr_rec   invert-then-reconstruct PSNR under the source prompt (bar: >= 30 dB)
 The ground-truth numbers are cfgen evaluate's (cfgen.evaluation.pairwise, cfgen.metrics.stats).
 
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -54,17 +60,23 @@ def run(model_name: str | None, n: int, seed: int, masks: list[str], steps: int 
     rows: dict[tuple[str, str], list[dict]] = defaultdict(list)
     recon: dict[str, list[float]] = defaultdict(list)
     t0 = time.perf_counter()
+    scratch = tempfile.TemporaryDirectory(prefix="cfgen-oracle-")
+    tmp = Path(scratch.name)
     for kind, exo, fa, cf in cxr.edit_cases(n, seed):
         fact = cxr.render(exo, fa, size)
         true = cxr.render(exo, cf, size)
         inside = cxr.difference_mask(exo, fa, cf, size)
         floor = floor_metrics(t(fact), t(cxr.ideal_edit(fact, cxr.render_clean(exo, cf, size), exo, inside)), t(true))
+        attr = kind.split(" ", 1)[1]
+        sfloor = floor_metrics(t(fact), t(cxr.sample_floor_edit(fact, exo, fa, attr, size)), t(true))
         scan = Scan(path=Path(f"phantom-{kind.replace(' ', '_')}.png"), format="png",
                     pixels=np.round(fact * 255)[None].astype(np.float32), source_dtype="uint8")
         src, tgt = caption_of(exo, fa), caption_of(exo, cf)
         for mode in masks:
             p = EditParams.resolve(model.entry.defaults, prompt=tgt, source_prompt=src, steps=steps,
-                                   guidance=guidance, strength=strength, mask=mode, mask_threshold=mask_threshold,
+                                   guidance=guidance, strength=strength,
+                                   mask=_oracle_file(tmp, inside) if mode == "oracle" else mode,
+                                   mask_threshold=mask_threshold,
                                    **edit_options)
             if selector is None and p.sweep:
                 check_selector(p)
@@ -75,11 +87,11 @@ def run(model_name: str | None, n: int, seed: int, masks: list[str], steps: int 
             out = outcome.pixels[0] / 255.0
             m = truth_metrics(t(fact), t(out), t(true), t(inside).bool())
             row = {"err_cf": m["gt_l1"], "err_none": m["gt_l1_nothing"], "outside": m["change_outside"],
-                   "achieved": m["gt_achieved"], "err_floor": floor["gt_floor_l1"], "seconds": t_edit}
+                   "achieved": m["gt_achieved"], "err_floor": floor["gt_floor_l1"],
+                   "err_sfloor": sfloor["gt_floor_l1"], "seconds": t_edit}
             if outcome.mask is not None:
                 row.update(mask_metrics(t(outcome.mask[0] > 0), t(inside)))
             if clf is not None:
-                attr = kind.split(" ", 1)[1]
                 p_after = float(clf.predict(t(out))[0][cxr.LABEL_OF[attr]][0])
                 row["flip"] = float((p_after >= 0.5) == kind.startswith("add"))
             rows[(kind, mode)].append(row)
@@ -88,10 +100,20 @@ def run(model_name: str | None, n: int, seed: int, masks: list[str], steps: int 
             psnr = core.invert(model, scan, p).metrics["psnr"]
             recon[kind].append(float(psnr) if psnr is not None else 100.0)
     table = [_row(kind, mode, vals, recon[kind]) for (kind, mode), vals in sorted(rows.items())]
+    scratch.cleanup()
     return {"model": model.report_info(), "seed": seed, "n_per_type": n, "size": size,
             "params": {"steps": steps, "guidance": guidance, "strength": strength, "mask_threshold": mask_threshold,
                        **edit_options},
             "seconds": round(time.perf_counter() - t0, 1), "table": table}
+
+
+def _oracle_file(folder: Path, region: np.ndarray) -> str:
+    """The true-difference region as a mask PNG (nonzero = edit) for ``--masks oracle``."""
+    from PIL import Image
+
+    path = folder / "oracle_mask.png"
+    Image.fromarray(region.astype(np.uint8) * 255).save(path)
+    return str(path)
 
 
 def _row(kind: str, mode: str, vals: list[dict], recon: list[float]) -> dict:
@@ -103,9 +125,10 @@ def _row(kind: str, mode: str, vals: list[dict], recon: list[float]) -> dict:
 
     ratio = pooled_ratio([v["err_cf"] for v in vals], [v["err_none"] for v in vals])
     floor = pooled_ratio([v["err_floor"] for v in vals], [v["err_none"] for v in vals])
+    sfloor = pooled_ratio([v["err_sfloor"] for v in vals], [v["err_none"] for v in vals])
     return {"edit": kind, "mask": mode, "n": len(vals), "err_cf": mean("err_cf"), "err_none": mean("err_none"),
             "ratio": ratio["value"], "ratio_ci95": ratio["ci95"], "floor": floor["value"],
-            "outside": mean("outside"), "achieved": mean("achieved"), "flip": mean("flip"),
+            "sample_floor": sfloor["value"], "outside": mean("outside"), "achieved": mean("achieved"), "flip": mean("flip"),
             "recall": mean("mask_recall"), "precision": mean("mask_precision"), "edit_seconds": mean("seconds"),
             "psnr_rec": float(np.mean(recon)) if recon else None}
 
@@ -113,17 +136,18 @@ def _row(kind: str, mode: str, vals: list[dict], recon: list[float]) -> dict:
 def print_table(res: dict) -> None:
     print(f"model {res['model']['name']} ({res['model']['source']}), held-out seed {res['seed']}, "
           f"{res['n_per_type']} phantoms per edit type at {res['size']} px, {res['seconds']} s")
-    print(f"{'edit':<22}{'mask':<6}{'n':>4}{'err_cf':>9}{'err_none':>10}{'ratio':>7}{'95% CI':>13}{'floor':>7}"
+    print(f"{'edit':<22}{'mask':<6}{'n':>4}{'err_cf':>9}{'err_none':>10}{'ratio':>7}{'95% CI':>13}{'floor':>7}{'sfloor':>7}"
           f"{'outside':>9}{'achieved':>9}{'flip':>6}{'recall':>7}{'prec':>6}{'psnr_rec':>10}")
     f = lambda v, spec: format(v, spec) if v is not None else "-"  # noqa: E731
     for r in res["table"]:
         ci = f"{r['ratio_ci95'][0]:.2f}..{r['ratio_ci95'][1]:.2f}" if r["ratio_ci95"] else "-"
         print(f"{r['edit']:<22}{r['mask']:<6}{r['n']:>4}{r['err_cf']:>9.4f}{r['err_none']:>10.4f}"
-              f"{r['ratio']:>7.2f}{ci:>13}{f(r['floor'], '.2f'):>7}{r['outside']:>9.4f}{r['achieved']:>9.2f}"
+              f"{r['ratio']:>7.2f}{ci:>13}{f(r['floor'], '.2f'):>7}"
+              f"{f(r.get('sample_floor'), '.2f'):>7}{r['outside']:>9.4f}{r['achieved']:>9.2f}"
               f"{f(r['flip'], '.2f'):>6}{f(r['recall'], '.2f'):>7}{f(r['precision'], '.2f'):>6}"
               f"{f(r['psnr_rec'], '.1f'):>10}")
-    print("ratio and floor: pooled (summed error / summed error of doing nothing); floor: the ideal editor, "
-          "true change with other noise")
+    print("ratio and floors: pooled (summed error / summed error of doing nothing); floor: the ideal editor, "
+          "true change with other noise; sfloor: the ideal editor that samples what the scan and prompt do not show")
     print("bars: ratio <= 0.50, outside <= 0.020, psnr_rec >= 30 dB")
 
 

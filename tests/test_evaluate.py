@@ -336,18 +336,22 @@ def test_the_phantoms_floor_is_the_true_change_with_other_noise_and_evaluate_rep
         assert 0 < np.abs(fl - t)[inside].mean() < 12  # noise only: a few 8-bit levels
     with open(root / "pairs.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["name", "original", "counterfactual", "true_counterfactual", "mask", "floor_counterfactual"])
+        w.writerow(["name", "original", "counterfactual", "true_counterfactual", "mask", "floor_counterfactual",
+                    "sample_floor_counterfactual"])
         for j in jobs:  # the "editor" here returns the input: the floor must come out far below it
             w.writerow([j["output"], j["image"], j["image"], j["true_counterfactual"], j["true_mask"],
-                        j["floor_counterfactual"]])
+                        j["floor_counterfactual"], j["sample_floor_counterfactual"]])
     res = cli("evaluate", root / "pairs.csv", "-o", tmp_path / "ev", "--classifier", "none", "--no-figures", "-q")
     assert res.exit_code == 0, res.output
     rep = json.loads((tmp_path / "ev" / "report.json").read_text())
     for it, j in zip(rep["items"], jobs):
         want = float(np.abs(px(j["floor_counterfactual"]) - px(j["true_counterfactual"])).mean()) / 255
         assert it["metrics"]["gt_floor_l1"] == pytest.approx(want, rel=1e-4, abs=1e-7)
+        want = float(np.abs(px(j["sample_floor_counterfactual"]) - px(j["true_counterfactual"])).mean()) / 255
+        assert it["metrics"]["gt_sample_floor_l1"] == pytest.approx(want, rel=1e-4, abs=1e-7)
     gt = rep["sets"]["ground_truth"]["pooled_error_ratio"]
     assert gt["value"] == pytest.approx(1.0) and gt["floor"]["value"] < 0.5 and gt["floor"]["n"] == len(jobs)
+    assert gt["floor"]["value"] <= gt["sample_floor"]["value"] and gt["sample_floor"]["n"] == len(jobs)
 
 
 def test_histograms_drop_capped_twins_and_use_strips_for_few_items(tmp_path, monkeypatch):

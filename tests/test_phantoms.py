@@ -55,6 +55,36 @@ def test_attributes_act_where_they_should():
     assert dev.max() > 0.9 and cxr.render_clean(exo, base, size).max() < 0.9  # metal is the brightest thing
 
 
+def test_the_sample_floor_redraws_only_what_the_scan_and_caption_do_not_show():
+    """Removing devices or effusion hides nothing: the sample floor is the floor, pixel for pixel.
+    Adding devices redraws where they sit (leads, pacemaker, tube) and nothing else, so an editor
+    that samples them cannot match the truth: on 12 cases its pooled error is above doing nothing
+    (wires at other places double the error), far above the floor's."""
+    size = 64
+    exo, attrs = cxr.subject(3, 0)
+    with_dev = cxr.CXRAttributes(devices=1, effusion=2)
+    fact = cxr.render(exo, with_dev, size)
+    for attr in ("devices", "effusion"):  # removals
+        clean_alt = cxr.render_clean(exo, with_dev.flipped(attr, exo), size)
+        region = cxr.mask_between(cxr.render_clean(exo, with_dev, size), clean_alt)
+        np.testing.assert_array_equal(cxr.sample_floor_edit(fact, exo, with_dev, attr, size),
+                                      cxr.ideal_edit(fact, clean_alt, exo, region))
+    none = cxr.CXRAttributes()
+    alt = cxr.plausible_exogenous(exo, none, "devices")
+    changed = {k for k, v in cxr.exogenous_dict(exo).items() if cxr.exogenous_dict(alt)[k] != v}
+    assert changed and changed <= set(cxr.HIDDEN[("add", "devices")]), changed
+    assert cxr.plausible_exogenous(exo, none, "devices") == alt  # deterministic per subject
+    sums = np.zeros(3)
+    for kind, e, fa, cf in cxr.edit_cases(12, 4242):
+        if kind != "add devices":
+            continue
+        f, t = cxr.render(e, fa, size), cxr.render(e, cf, size)
+        floor = cxr.ideal_edit(f, cxr.render_clean(e, cf, size), e, cxr.difference_mask(e, fa, cf, size))
+        sums += [np.abs(cxr.sample_floor_edit(f, e, fa, "devices", size) - t).mean(), np.abs(floor - t).mean(),
+                 np.abs(f - t).mean()]
+    assert sums[0] > sums[2] > 3 * sums[1], sums
+
+
 def test_devices_follow_effusion_by_the_configured_amount():
     def rate(corr):
         prev = cxr.Prevalence(effusion=0.5, devices=0.5, device_effusion_corr=corr)

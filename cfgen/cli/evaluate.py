@@ -39,7 +39,8 @@ def print_table(report: dict) -> None:
     truth = sets.get("ground_truth")
     if truth:
         for name, d in [("all", truth["pooled_error_ratio"]), *truth["by_edit_type"].items()]:
-            for what, v in (("pooled error ratio", d), ("  floor (ideal editor)", d.get("floor"))):
+            for what, v in (("pooled error ratio", d), ("  floor (ideal editor)", d.get("floor")),
+                            ("  sample floor (ideal sampling editor)", d.get("sample_floor"))):
                 if v is not None:
                     ci = v["ci95"]
                     table.add_row(f"{what}: {name}", _fmt(v["value"]), "",

@@ -27,7 +27,8 @@ RESERVED_NAMES = ("report.json", ".shards")
 #: columns the edit itself reads; the rest are carried through to the report
 EDIT_COLUMNS = ("image", "prompt", "source_prompt", "caption", "negative_prompt", "strength", "seed", "mask", "output")
 #: carried columns that name files (resolved against the CSV's folder)
-PATH_COLUMNS = ("true_counterfactual", "true_mask", "floor_counterfactual", "labels", "counterfactual_labels")
+PATH_COLUMNS = ("true_counterfactual", "true_mask", "floor_counterfactual", "sample_floor_counterfactual", "labels",
+                "counterfactual_labels")
 
 
 @dataclass

@@ -4,7 +4,8 @@ From an edit run's ``report.json`` (paths relative to its folder; carried CSV co
 ``label``, ``target``, ``true_counterfactual``, ``true_mask``), or from a CSV with columns
 ``original`` and ``counterfactual`` and optionally ``label``, ``target``, ``true_counterfactual``,
 ``mask`` (the true-difference region), ``edit_mask`` (the mask the edit used), ``floor_counterfactual``
-(the ideal editor's output, which the phantoms write), ``labels`` and ``counterfactual_labels`` (CT
+(the ideal editor's output, which the phantoms write), ``sample_floor_counterfactual`` (the ideal
+editor that samples what the scan does not show, chest phantoms), ``labels`` and ``counterfactual_labels`` (CT
 label maps of the original and of the counterfactual, for the CT measures, cfgen/evaluation/ct.py),
 ``source_prompt``, ``prompt`` and ``name``. Relative
 paths in a CSV are resolved against the CSV's folder.
@@ -37,6 +38,7 @@ class Pair:
     error: str | None = None  # set when the pair cannot be scored (a failed edit, a bad row)
     edit_mask: Path | None = None  # the mask the edit used (its mask.png / mask.nii.gz)
     floor: Path | None = None  # the ideal editor's output (phantoms: true change, independent noise)
+    sample_floor: Path | None = None  # the ideal sampling editor's (what the scan does not show drawn anew)
     labels: Path | None = None  # CT: label map of the original (lungs, heart, effusion...)
     counterfactual_labels: Path | None = None  # CT: label map of the counterfactual
 
@@ -73,6 +75,7 @@ def pairs_from_report(path: Path) -> list[Pair]:
                     region=rel("true_mask"), label=cols.get("label") or None,
                     source_prompt=params.get("source_prompt") or "", prompt=params.get("prompt") or "",
                     edit_mask=root / used if used else None, floor=rel("floor_counterfactual"),
+                    sample_floor=rel("sample_floor_counterfactual"),
                     labels=rel("labels"), counterfactual_labels=rel("counterfactual_labels"))
         if it.get("status") == "error" or not cf:
             pair.error = f"edit failed: {it.get('error') or 'no counterfactual'}"
@@ -99,7 +102,8 @@ def pairs_from_csv(path: Path) -> list[Pair]:
                     counterfactual=folder / row.get("counterfactual", ""), truth=opt("true_counterfactual"),
                     region=opt("mask"), label=row.get("label") or None,
                     source_prompt=row.get("source_prompt", ""), prompt=row.get("prompt", ""),
-                    edit_mask=opt("edit_mask"), floor=opt("floor_counterfactual"), labels=opt("labels"),
+                    edit_mask=opt("edit_mask"), floor=opt("floor_counterfactual"),
+                    sample_floor=opt("sample_floor_counterfactual"), labels=opt("labels"),
                     counterfactual_labels=opt("counterfactual_labels"))
         try:
             if not row.get("original") or not row.get("counterfactual"):
@@ -138,6 +142,7 @@ class LoadedPair:
     window: dict
     edit_region: "object | None" = None  # bool, (1, 1, *spatial): where the edit's mask let it change
     floor: "object | None" = None
+    sample_floor: "object | None" = None
     scans: tuple = ()  # (original, counterfactual) as read, in their own units (the CT measures' HU)
 
 
@@ -155,7 +160,8 @@ def read_pair(pair: Pair) -> LoadedPair:
     orig = read_scan(pair.original)
     window = choose_window(orig.pixels, orig.source_dtype, "auto", (0.0, 1.0), where=str(pair.original))
     tensors, read = {}, {}
-    for key, p in (("counterfactual", pair.counterfactual), ("truth", pair.truth), ("floor", pair.floor)):
+    for key, p in (("counterfactual", pair.counterfactual), ("truth", pair.truth), ("floor", pair.floor),
+                   ("sample_floor", pair.sample_floor)):
         if p is None:
             tensors[key] = None
             continue
@@ -168,6 +174,7 @@ def read_pair(pair: Pair) -> LoadedPair:
     return LoadedPair(original=torch.from_numpy(_unit(orig.pixels, window)[None].astype(np.float32)),
                       counterfactual=tensors["counterfactual"], truth=tensors["truth"], region=region,
                       window=window.as_dict(), edit_region=edit_region, floor=tensors["floor"],
+                      sample_floor=tensors["sample_floor"],
                       scans=(orig, read.get("counterfactual")))
 
 

@@ -12,6 +12,10 @@ Ground truth (phantoms, or any data with a true counterfactual ``t`` of the fact
                    (the given mask, else where |t - x| > REGION_THRESHOLD)
   gt_floor_l1      mean |f - t| of the ideal editor's output f (the true change with another noise
                    draw): the error no editor can go below; gt_floor_ratio = gt_floor_l1 / gt_l1_nothing
+  gt_sample_floor_l1 / _ratio      the same for the ideal editor of a world that agrees with the
+                   scan and the prompt but draws anew what they do not show (chest phantoms: where
+                   added devices sit, an added effusion's side and size, the new CTR): the floor of
+                   an editor that samples a plausible counterfactual, as diffusion editors do
   mask_recall / mask_precision     when the edit used a mask: the share of the true region it
                    covered, and the share of it that lies in the true region
 """
@@ -46,9 +50,9 @@ def mask_metrics(edit_region, region) -> dict[str, float | None]:
             "mask_fraction": float(e.float().mean())}
 
 
-def floor_metrics(x, floor, truth) -> dict[str, float | None]:
+def floor_metrics(x, floor, truth, prefix: str = "gt_floor") -> dict[str, float | None]:
     err, nothing = l1(floor, truth), l1(x, truth)
-    return {"gt_floor_l1": err, "gt_floor_ratio": err / nothing if nothing > 0 else None}
+    return {f"{prefix}_l1": err, f"{prefix}_ratio": err / nothing if nothing > 0 else None}
 
 
 def truth_metrics(x, xcf, truth, region=None) -> dict[str, float | None]:

@@ -24,13 +24,14 @@ from cfgen.report import RunReport
 
 #: metrics where smaller is better (the rest: larger is better)
 LOWER_IS_BETTER = {"l1", "gt_l1", "gt_l1_nothing", "gt_error_ratio", "change_outside", "attribute_error",
-                   "gt_floor_l1", "gt_floor_ratio"}
+                   "gt_floor_l1", "gt_floor_ratio", "gt_sample_floor_l1", "gt_sample_floor_ratio"}
 MAX_DIVERSITY_IMAGES = 64
 #: every per-item metric evaluate can write
 ITEM_METRICS = ("l1", "psnr", "psnr_capped", "ssim", "ms_ssim", "gt_l1", "gt_l1_nothing", "gt_error_ratio",
                 "gt_achieved", "change_inside", "change_outside", "region_fraction", "cpg", "flip", "p_before",
                 "p_after", "attribute_change", "attribute_error", "clip_image_text", "clip_image_image",
                 "clip_direction", "mask_recall", "mask_precision", "mask_fraction", "gt_floor_l1", "gt_floor_ratio",
+                "gt_sample_floor_l1", "gt_sample_floor_ratio",
                 *(f"{m}{s}" for m in ("effusion_ml", "laa950_pct", "ctr") for s in ("", "_after", "_change")))
 
 
@@ -96,6 +97,8 @@ def score_pair(pair: Pair, clf=None, clip=None, options: EvalOptions = EvalOptio
         metrics.update(truth_metrics(x, xcf, lp.truth, lp.region))
         if lp.floor is not None:
             metrics.update(floor_metrics(x, lp.floor, lp.truth))
+        if lp.sample_floor is not None:
+            metrics.update(floor_metrics(x, lp.sample_floor, lp.truth, prefix="gt_sample_floor"))
         if lp.edit_region is not None:
             metrics.update(mask_metrics(lp.edit_region, true_region(x, lp.truth, lp.region)))
     if pair.labels is not None:
@@ -208,8 +211,9 @@ def _pooled(items: list[dict], seed: int) -> dict[str, Any]:
     out = pooled_ratio([x.get("gt_l1") for x in m], [x.get("gt_l1_nothing") for x in m], seed=seed)
     ratios = finite_values(x.get("gt_error_ratio") for x in m)  # the mean alone: no bootstrap needed here
     out["mean_of_item_ratios"] = float(ratios.mean()) if ratios.size else None
-    if any("gt_floor_l1" in x for x in m):  # what an ideal editor reaches on the same items
-        out["floor"] = pooled_ratio([x.get("gt_floor_l1") for x in m], [x.get("gt_l1_nothing") for x in m],
+    for key in ("floor", "sample_floor"):  # what an ideal (sampling) editor reaches on the same items
+        if any(f"gt_{key}_l1" in x for x in m):
+            out[key] = pooled_ratio([x.get(f"gt_{key}_l1") for x in m], [x.get("gt_l1_nothing") for x in m],
                                     seed=seed)
     return out
 
@@ -228,7 +232,8 @@ def ground_truth_summary(items: list[dict], seed: int = 0) -> dict[str, Any] | N
             "by_edit_type": {k: _pooled(v, seed) for k, v in sorted(groups.items())},
             "definition": "pooled_error_ratio = sum(gt_l1) / sum(gt_l1_nothing) over the items; "
                           "mean_of_item_ratios = mean(gt_error_ratio); floor = sum(gt_floor_l1) / "
-                          "sum(gt_l1_nothing), the ideal editor's pooled ratio"}
+                          "sum(gt_l1_nothing), the ideal editor's pooled ratio; sample_floor: the same for "
+                          "the ideal editor that draws what the scan and prompt do not show (gt_sample_floor_l1)"}
 
 
 def sources(classifier, clip_model, sets: _Sets) -> dict[str, Any]:

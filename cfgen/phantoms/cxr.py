@@ -274,6 +274,34 @@ def ideal_edit(factual: np.ndarray, clean_alt: np.ndarray, exo: CXRExogenous, re
     return np.where(region, fresh, factual).astype(np.float32)
 
 
+#: exogenous fields of the change that the factual scan and the target caption do not show: added
+#: devices sit where u put them, an added effusion takes u's side and size, the new CTR is u's
+HIDDEN = {("add", "devices"): ("leads", "pacemaker", "pacemaker_xy", "tube"),
+          ("add", "effusion"): ("effusion_side", "effusion_if_present"),
+          ("add", "cardiomegaly"): ("ctr_enlarged",), ("remove", "cardiomegaly"): ("ctr_normal",)}
+
+
+def plausible_exogenous(exo: CXRExogenous, attrs: CXRAttributes, attribute: str) -> CXRExogenous:
+    """u with the fields the flip of ``attribute`` depends on but the scan and caption cannot
+    show (HIDDEN) drawn again from their prior: another subject-world the editor cannot tell apart."""
+    verb = "remove" if getattr(attrs, attribute) else "add"
+    hidden = HIDDEN.get((verb, attribute), ())
+    fresh = sample_exogenous(np.random.default_rng(np.random.SeedSequence([exo.seed, 17, ATTRIBUTES.index(attribute)])))
+    return replace(exo, **{f: getattr(fresh, f) for f in hidden})
+
+
+def sample_floor_edit(factual: np.ndarray, exo: CXRExogenous, attrs: CXRAttributes, attribute: str,
+                      size: int) -> np.ndarray:
+    """The floor of an editor that samples a plausible counterfactual: the ideal editor (true
+    noise-free change, independent noise inside its region) of a world that agrees with the scan
+    and the caption but draws what neither shows (plausible_exogenous) anew; equal to the floor
+    when nothing is hidden (removing devices or effusion)."""
+    alt_exo = plausible_exogenous(exo, attrs, attribute)
+    clean_alt = render_clean(alt_exo, attrs.flipped(attribute, alt_exo), size)
+    region = mask_between(render_clean(exo, attrs, size), clean_alt)
+    return ideal_edit(factual, clean_alt, exo, region)
+
+
 def edit_cases(n: int, seed: int, prev: Prevalence = Prevalence()):
     """(edit type, exo, factual attributes, counterfactual attributes), subjects 0, 1, ... of
     ``seed``, until each edit type ("remove effusion", "add devices", ...) has ``n`` cases."""

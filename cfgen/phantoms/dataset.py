@@ -9,6 +9,10 @@ Layout of ``DIR``::
   counterfactuals/cxr_00000/<attr>-<value>.floor.png the ideal editor's output: the true change
                                             with an independent noise draw inside the mask (the
                                             floor no editor can beat: it cannot know the noise)
+  counterfactuals/cxr_00000/<attr>-<value>.sample_floor.png  the same for an editor that samples
+                                            what the scan and caption do not show (where added
+                                            devices sit, an added effusion's side and size, the
+                                            new CTR): cxr.sample_floor_edit
   counterfactuals.csv                       one row per (image, flipped attribute)
   edit_jobs.csv                             a `cfgen edit --batch` job list (label, target and
                                             true_* columns carried into the report for evaluate)
@@ -36,10 +40,11 @@ from cfgen.phantoms import cxr
 LABEL_COLUMNS = ["Path", "Sex", "Age", "No Finding", "Cardiomegaly", "Pleural Effusion", "Support Devices",
                  "effusion_severity", "ctr", "pacemaker", "seed", "index"]
 CF_COLUMNS = ["image", "attribute", "factual", "counterfactual_value", "counterfactual", "mask", "floor",
-              "mask_fraction", "source_prompt", "prompt"]
+              "sample_floor", "mask_fraction", "source_prompt", "prompt"]
 #: a `cfgen edit --batch` job list; label/target/true_* are carried into the report for `cfgen evaluate`
 JOB_COLUMNS = ["image", "prompt", "source_prompt", "output", "label", "target", "true_counterfactual", "true_mask",
                "floor_counterfactual"]
+CXR_JOB_COLUMNS = JOB_COLUMNS + ["sample_floor_counterfactual"]
 
 
 def _save_png(path: Path, img01: np.ndarray, note: str) -> None:
@@ -77,6 +82,11 @@ def edit_job(r: dict, label: str, target: str) -> dict:
     return {"image": r["image"], "prompt": r["prompt"], "source_prompt": r["source_prompt"],
             "output": f"{stem}_{r['attribute']}-{r['counterfactual_value']}", "label": label, "target": target,
             "true_counterfactual": r["counterfactual"], "true_mask": r["mask"], "floor_counterfactual": r["floor"]}
+
+
+def _cxr_job(r: dict) -> dict:
+    target = "0" if r["counterfactual_value"] in ("0", "none") else "1"
+    return {**edit_job(r, cxr.LABEL_OF[r["attribute"]], target), "sample_floor_counterfactual": r["sample_floor"]}
 
 
 def write_tables(out: Path, results: list, label_columns: list[str], cf_columns: list[str] | None,
@@ -119,9 +129,12 @@ def _one(args: tuple) -> tuple[dict, list[dict]]:
             _save_png(out / mask_rel, mask.astype(np.float32), f"difference mask {name} of {stem}")
             _save_png(out / floor_rel, cxr.ideal_edit(factual, clean_alt, exo, mask),
                       f"ideal edit {name} of {stem} (true change, independent noise inside the mask)")
+            sample_rel = f"counterfactuals/{stem}/{name}.sample_floor.png"
+            _save_png(out / sample_rel, cxr.sample_floor_edit(factual, exo, attrs, attr, size),
+                      f"ideal sampling edit {name} of {stem} (what the scan does not show drawn anew)")
             cfs.append({"image": rel, "attribute": attr, "factual": attrs.value(attr),
                         "counterfactual_value": alt.value(attr), "counterfactual": cf_rel, "mask": mask_rel,
-                        "floor": floor_rel,
+                        "floor": floor_rel, "sample_floor": sample_rel,
                         "mask_fraction": f"{mask.mean():.5f}", "source_prompt": caption_of(exo, attrs),
                         "prompt": caption_of(exo, alt)})
     return label, cfs
@@ -137,8 +150,8 @@ def write_cxr_dataset(out: Path, n: int, seed: int = 0, size: int = 256,
     workers = workers or min(4, os.cpu_count() or 1)
     jobs = [(out, seed, i, size, prev, counterfactuals) for i in range(start, start + n)]
     results = run_items(_one, jobs, workers, on_item)
-    labels, cf_rows = write_tables(out, results, LABEL_COLUMNS, CF_COLUMNS if counterfactuals else None, lambda r: edit_job(
-        r, cxr.LABEL_OF[r["attribute"]], "0" if r["counterfactual_value"] in ("0", "none") else "1"))
+    labels, cf_rows = write_tables(out, results, LABEL_COLUMNS, CF_COLUMNS if counterfactuals else None, _cxr_job,
+                                   CXR_JOB_COLUMNS)
     prevalence = {
         "effusion": float(np.mean([bool(r["Pleural Effusion"]) for r in labels])) if labels else 0.0,
         "cardiomegaly": float(np.mean([bool(r["Cardiomegaly"]) for r in labels])) if labels else 0.0,

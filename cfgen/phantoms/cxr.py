@@ -279,6 +279,8 @@ def ideal_edit(factual: np.ndarray, clean_alt: np.ndarray, exo: CXRExogenous, re
 HIDDEN = {("add", "devices"): ("leads", "pacemaker", "pacemaker_xy", "tube"),
           ("add", "effusion"): ("effusion_side", "effusion_if_present"),
           ("add", "cardiomegaly"): ("ctr_enlarged",), ("remove", "cardiomegaly"): ("ctr_normal",)}
+#: the seed stream of the redraw, apart from the subject's own (SeedSequence([seed, index]))
+PLAUSIBLE_STREAM = 17
 
 
 def plausible_exogenous(exo: CXRExogenous, attrs: CXRAttributes, attribute: str) -> CXRExogenous:
@@ -286,19 +288,20 @@ def plausible_exogenous(exo: CXRExogenous, attrs: CXRAttributes, attribute: str)
     show (HIDDEN) drawn again from their prior: another subject-world the editor cannot tell apart."""
     verb = "remove" if getattr(attrs, attribute) else "add"
     hidden = HIDDEN.get((verb, attribute), ())
-    fresh = sample_exogenous(np.random.default_rng(np.random.SeedSequence([exo.seed, 17, ATTRIBUTES.index(attribute)])))
+    stream = np.random.SeedSequence([exo.seed, PLAUSIBLE_STREAM, ATTRIBUTES.index(attribute)])
+    fresh = sample_exogenous(np.random.default_rng(stream))
     return replace(exo, **{f: getattr(fresh, f) for f in hidden})
 
 
-def sample_floor_edit(factual: np.ndarray, exo: CXRExogenous, attrs: CXRAttributes, attribute: str,
-                      size: int) -> np.ndarray:
+def sample_floor_edit(factual: np.ndarray, clean_factual: np.ndarray, exo: CXRExogenous, attrs: CXRAttributes,
+                      attribute: str) -> np.ndarray:
     """The floor of an editor that samples a plausible counterfactual: the ideal editor (true
     noise-free change, independent noise inside its region) of a world that agrees with the scan
     and the caption but draws what neither shows (plausible_exogenous) anew; equal to the floor
-    when nothing is hidden (removing devices or effusion)."""
+    when nothing is hidden (removing devices or effusion). ``clean_factual``: render_clean(exo, attrs)."""
     alt_exo = plausible_exogenous(exo, attrs, attribute)
-    clean_alt = render_clean(alt_exo, attrs.flipped(attribute, alt_exo), size)
-    region = mask_between(render_clean(exo, attrs, size), clean_alt)
+    clean_alt = render_clean(alt_exo, attrs.flipped(attribute, alt_exo), clean_factual.shape[0])
+    region = mask_between(clean_factual, clean_alt)
     return ideal_edit(factual, clean_alt, exo, region)
 
 

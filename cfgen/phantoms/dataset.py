@@ -130,7 +130,7 @@ def _one(args: tuple) -> tuple[dict, list[dict]]:
             _save_png(out / floor_rel, cxr.ideal_edit(factual, clean_alt, exo, mask),
                       f"ideal edit {name} of {stem} (true change, independent noise inside the mask)")
             sample_rel = f"counterfactuals/{stem}/{name}.sample_floor.png"
-            _save_png(out / sample_rel, cxr.sample_floor_edit(factual, exo, attrs, attr, size),
+            _save_png(out / sample_rel, cxr.sample_floor_edit(factual, clean, exo, attrs, attr),
                       f"ideal sampling edit {name} of {stem} (what the scan does not show drawn anew)")
             cfs.append({"image": rel, "attribute": attr, "factual": attrs.value(attr),
                         "counterfactual_value": alt.value(attr), "counterfactual": cf_rel, "mask": mask_rel,

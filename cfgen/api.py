@@ -9,7 +9,7 @@
 ``scan`` is a path, a numpy array (2D: an image; 3D: a volume in voxel order, with an optional
 ``affine`` or ``spacing``) or a :class:`cfgen.io.scan.Scan`; ``model`` a models.toml name, a
 folder or a loaded model; options are the CLI's (steps, guidance, strength, eta, seed, mask,
-mask_threshold, window, negative_prompt, inversion, null_text_steps, min_inversion_psnr, solver, attention,
+mask_threshold, refine_change, window, negative_prompt, inversion, null_text_steps, min_inversion_psnr, solver, attention,
 cross_attention, self_attention, sweep, select_by), checked
 as the CLI checks them; invert's guidance (of the reconstruction) is 1 unless given. Batches, resuming and
 run reports are the CLI's business (``cfgen.editing.batch.run_edits`` from Python).

@@ -18,9 +18,8 @@ echo "== cfgen invert: how well demo-cxr reconstructs the example =="
 $CFGEN invert examples/cxr_demo.png -s "$SRC" -o "$OUT/invert" --overwrite
 echo "== cfgen edit: '$SRC' -> '$TGT' =="
 start=$(date +%s%N)
-# --mask-threshold 0.25: a wider automatic mask than demo-cxr's default (0.5); on held-out
-# phantoms it removes devices more completely (achieved 0.92 vs 0.59) at some drift elsewhere
-$CFGEN edit examples/cxr_demo.png -s "$SRC" -p "$TGT" -o "$OUT/edit" --overwrite --mask-threshold 0.25
+# demo-cxr's default mask, refine: a generous automatic mask, then only where that edit changed the scan
+$CFGEN edit examples/cxr_demo.png -s "$SRC" -p "$TGT" -o "$OUT/edit" --overwrite
 end=$(date +%s%N)
 echo "edit wall time (process start and model load included): $(( (end - start) / 1000000 )) ms on CPU"
 echo "== cfgen evaluate: against the true counterfactual (rendered by the phantom world) =="

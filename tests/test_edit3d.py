@@ -3,6 +3,7 @@ brain phantom NIfTI volumes and a DICOM series, geometry kept exactly."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -114,6 +115,26 @@ def test_3d_edit_with_a_mask_file_changes_nothing_outside_it(tiny3d, volume, cli
     far = used == 0
     assert far.sum() > 0.5 * far.size
     np.testing.assert_allclose(cf[far], src.get_fdata()[far], atol=1e-5)
+
+
+def test_3d_refine_mask_is_within_the_first_pass_and_keeps_the_rest(cli, tmp_path):
+    """On the shipped demo-brain (a tiny random 3D UNet's cross-attention starts at zero, so its
+    prompts never disagree) and the quickstart's held-out phantom."""
+    volume = Path(__file__).parents[1] / "examples" / "brain_demo.nii.gz"
+    args = ["-s", "Brain MRI of a 48 year old male with no lesions", "-p", "Brain MRI of a 85 year old male with "
+            "no lesions", "-m", "demo-brain", "--steps", "6", "--mask-threshold", "0.3", "--figure-format", "none", "-q"]
+    res = cli("edit", volume, *args, "--mask", "auto", "-o", tmp_path / "auto")
+    assert res.exit_code == 0, res.output
+    res = cli("edit", volume, *args, "--mask", "refine", "--refine-change", "0.1", "-o", tmp_path / "refine")
+    assert res.exit_code == 0, res.output
+    first = nib.load(tmp_path / "auto" / "brain_demo" / "mask.nii.gz").get_fdata()
+    used = nib.load(tmp_path / "refine" / "brain_demo" / "mask.nii.gz").get_fdata()
+    assert used.shape == first.shape and (used <= first + 1e-6).all() and used.max() > 0.5
+    item = json.loads((tmp_path / "refine" / "brain_demo" / "item.json").read_text())
+    assert item["metrics"]["mask_first_fraction"] > item["metrics"]["mask_fraction"] > 0
+    cf = nib.load(tmp_path / "refine" / "brain_demo" / "counterfactual.nii.gz").get_fdata()
+    far = used == 0
+    np.testing.assert_allclose(cf[far], nib.load(volume).get_fdata()[far], atol=1e-4)
 
 
 def test_3d_edit_of_a_dicom_series_writes_a_series_with_its_geometry(tiny3d, ct_small, cli, tmp_path):

@@ -19,7 +19,7 @@ PromptOpt = Annotated[Optional[str], typer.Option("--prompt", "-p", help="Target
 NegativeOpt = Annotated[Optional[str], typer.Option(help="Text for the unconditional branch of guidance [default: empty]")]
 GuidanceOpt = Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale for regeneration [default: model's, else 7.5]")]
 EtaOpt = Annotated[Optional[float], typer.Option(help="DDIM eta: 0 = deterministic; >0 adds noise drawn from --seed")]
-MaskOpt = Annotated[Optional[str], typer.Option(help="none (PRISM: regenerate everything), auto (DiffEdit-style mask from where source and target prompts disagree) or a PNG/NIfTI mask file (nonzero = may change)")]
+MaskOpt = Annotated[Optional[str], typer.Option(help="none (PRISM: regenerate everything), auto (DiffEdit-style mask from where source and target prompts disagree), refine (a generous auto mask, then only where that edit changed the scan) or a PNG/NIfTI mask file (nonzero = may change)")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Refuse prompts the text encoder cannot take whole (words past its "
                                         "length, characters its tokenizer cannot represent) instead of warning")]
 RangeOpt = Annotated[Optional[float], typer.Option("--difference-range", help="Colour scale of every difference map "
@@ -52,7 +52,8 @@ SweepOpt = Annotated[Optional[str], typer.Option("--sweep", help="PRISM's sweep,
 SelectOpt = Annotated[Optional[str], typer.Option("--select-by", help="--sweep's scorer: a clip entry (S_CLIP) or a "
                                                  "classifier entry (p of the target class for the label the prompts "
                                                  "change) [default: the model's, demo-cxr: cxr-classifier]")]
-ThresholdOpt = Annotated[Optional[float], typer.Option(help="auto mask: fraction of the largest disagreement that counts as edit region")]
+ThresholdOpt = Annotated[Optional[float], typer.Option(help="auto and refine masks: fraction of the largest disagreement that counts as edit region [default: auto 0.5, refine 0.3]")]
+RefineOpt = Annotated[Optional[float], typer.Option(help="refine mask: change of the first pass (units of the intensity window, 0..1) that keeps a pixel in the mask [default: 0.12]")]
 
 
 def _run(command: str, scan: str | None, batch: Path | None, settings, json_out: bool, quiet: bool, **options) -> None:
@@ -97,7 +98,7 @@ def edit(scan: ScanArg = None, prompt: PromptOpt = None, source_prompt: SourceOp
          negative_prompt: NegativeOpt = None, batch: BatchOpt = None, out: OutOpt = Path("cfgen-out"),
          model: ModelOpt = None, steps: StepsOpt = None, guidance: GuidanceOpt = None, strength: StrengthOpt = None,
          eta: EtaOpt = None, seed: SeedOpt = None, mask: MaskOpt = None, mask_threshold: ThresholdOpt = None,
-         inversion: InversionOpt = None, null_text_steps: NullStepsOpt = None, min_inversion_psnr: GateOpt = None,
+         refine_change: RefineOpt = None, inversion: InversionOpt = None, null_text_steps: NullStepsOpt = None, min_inversion_psnr: GateOpt = None,
          solver: SolverOpt = None, attention: AttentionOpt = None, cross_attention: CrossOpt = None, self_attention: SelfOpt = None,
          sweep: SweepOpt = None, select_by: SelectOpt = None, window: WindowOpt = None, fmt: FormatOpt = None, device: DeviceOpt = Device.auto,
          dtype: DtypeOpt = Dtype.float32, overwrite: OverwriteOpt = False, json_out: JsonOpt = False,
@@ -109,6 +110,6 @@ def edit(scan: ScanArg = None, prompt: PromptOpt = None, source_prompt: SourceOp
                          figure_format, difference_range)
     _run("edit", scan, batch, settings, json_out, quiet, prompt=prompt, source_prompt=source_prompt,
          negative_prompt=negative_prompt, steps=steps, guidance=guidance, strength=strength, eta=eta, seed=seed,
-         window=window, mask=mask, mask_threshold=mask_threshold, inversion=inversion, null_text_steps=null_text_steps,
+         window=window, mask=mask, mask_threshold=mask_threshold, refine_change=refine_change, inversion=inversion, null_text_steps=null_text_steps,
          min_inversion_psnr=min_inversion_psnr, solver=solver, attention=attention, cross_attention=cross_attention,
          self_attention=self_attention, sweep=sweep, select_by=select_by)

@@ -60,6 +60,7 @@ class Computed:
     vae_out: torch.Tensor | None = None  # invert: the VAE alone (encode + decode), model space
     inversion: dict | None = None  # inversion.Inverted.record
     attention: dict | None = None  # prompt-to-prompt settings and the sweep's scores (attention.py, sweep.py)
+    refine_change: float | None = None  # --mask refine: the change that keeps a pixel in the mask
 
 
 def batch_key(p: EditParams) -> tuple | None:
@@ -70,8 +71,8 @@ def batch_key(p: EditParams) -> tuple | None:
 
 
 def _latent_mask(model: LoadedModel, sched, z0, src, tgt, scan: Scan, prep: Prepared, p: EditParams, mode: str):
-    if mode == "auto":
-        return masks.auto_mask(model.unet, sched, z0, src, tgt, int(p.seed), p.mask_threshold)
+    if mode in ("auto", "refine"):  # refine: the first pass (finish_edit keeps where it changed the scan)
+        return masks.auto_mask(model.unet, sched, z0, src, tgt, int(p.seed), p.diffedit_threshold())
     if mode != "none":
         return masks.file_mask(mode, scan, prep, z0.shape[-1])
     return None
@@ -187,7 +188,10 @@ def compute_edits(model: LoadedModel, scans: list[Scan], ps: list[EditParams], o
     preps, ys, lat, ts, latent_masks, inv = _run(model, scans, ps, [p.prompt for p in ps], ps[0].guidance, ps[0].eta,
                                             on_step, [p.mask for p in ps], preps, vae_chunk, selector)
     lat.pop("z_out")
-    return _computed(preps, ys, lat, ts, inv, ps[0].guidance, latent_masks)
+    out = _computed(preps, ys, lat, ts, inv, ps[0].guidance, latent_masks)
+    for c, p in zip(out, ps):
+        c.refine_change = p.change_threshold()
+    return out
 
 
 def finish_edit(model: LoadedModel, scan: Scan, c: Computed) -> Outcome:
@@ -198,7 +202,15 @@ def finish_edit(model: LoadedModel, scan: Scan, c: Computed) -> Outcome:
     metrics: dict[str, Any] = {}
     if c.latent_mask is not None:
         # outside the mask the scan itself, not its VAE reconstruction
-        scan_mask = masks.feathered_scan_mask(c.latent_mask, prep, model.entry.resolution)
+        model_mask = masks.feathered_model_mask(c.latent_mask, model.entry.resolution)
+        if c.refine_change is not None:
+            metrics["mask_first_fraction"] = float((masks.to_scan_mask(model_mask, prep) > 0.5).mean())
+            vo = model.entry.value_range
+            # against the scan, not its VAE reconstruction: what the VAE loses (thin devices) is
+            # part of what a removal changes (benchmarks/refine_mask.py: remove devices 0.47 vs 0.69)
+            model_mask = masks.refined_mask(model_mask, unit(prep.x.float(), vo), unit(c.model_out, vo),
+                                            c.refine_change)
+        scan_mask = masks.to_scan_mask(model_mask, prep)
         pixels = (scan_mask * pixels + (1 - scan_mask) * scan.pixels).astype(np.float32)
         metrics["mask_fraction"] = float((scan_mask > 0.5).mean())
     metrics.update(_identity_metrics(scan, prep, pixels))

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from cfgen.editing.params import EditParams
+from cfgen.editing.params import MASK_MODES, EditParams
 from cfgen.errors import CfgenError, InputError, UsageError
 from cfgen.io.tables import image_column, read_csv
 
@@ -73,12 +73,12 @@ def check_name(name: str) -> str | None:
 
 
 def check_mask_value(mask: str | None, given_as: str) -> None:
-    """A mask is none, auto or a file that exists (``given_as``: how the user gave it, e.g. "--mask")."""
-    if mask in (None, "", "none", "auto") or Path(mask).is_file():
+    """A mask is none, auto, refine or a file that exists (``given_as``: how the user gave it, e.g. "--mask")."""
+    if mask in (None, "", *MASK_MODES) or Path(mask).is_file():
         return
     if Path(mask).exists():
-        raise InputError(f"{mask}: not a regular file ({given_as} takes none, auto or a mask file)")
-    raise InputError(f"{mask}: mask file not found ({given_as} takes none, auto or a file)")
+        raise InputError(f"{mask}: not a regular file ({given_as} takes none, auto, refine or a mask file)")
+    raise InputError(f"{mask}: mask file not found ({given_as} takes none, auto, refine or a file)")
 
 
 def require_prompt(prompt: str | None, message: str, error: type[CfgenError] = UsageError) -> None:
@@ -94,7 +94,7 @@ def single_job(image: str, params: EditParams) -> Job:
 def _row_params(row: dict[str, str], base: EditParams, folder: Path) -> EditParams:
     p = replace(base)
     if row.get("mask"):
-        p.mask = row["mask"] if row["mask"] in ("none", "auto") else str(folder / row["mask"])
+        p.mask = row["mask"] if row["mask"] in MASK_MODES else str(folder / row["mask"])
         check_mask_value(p.mask, "the 'mask' column")
     for key in ("prompt", "negative_prompt"):
         if row.get(key):

@@ -8,7 +8,7 @@ import numpy as np
 
 from cfgen.editing import core
 from cfgen.editing.core import Outcome
-from cfgen.editing.params import EditParams
+from cfgen.editing.params import MASK_MODES, EditParams
 from cfgen.editing.prepare import unit
 from cfgen.io.atomic import atomic_path
 from cfgen.io.scan import Scan, write_scan
@@ -26,7 +26,7 @@ def _caption(command: str, params: EditParams) -> str:
     if command == "invert":
         return f"inversion and reconstruction under '{params.source_prompt}' ({params.steps} steps)"
     return (f"'{params.source_prompt}' -> '{params.prompt}' (guidance {params.guidance:g}, "
-            f"strength {params.strength:g}, mask {params.mask if params.mask in ('none', 'auto') else 'file'})")
+            f"strength {params.strength:g}, mask {params.mask if params.mask in MASK_MODES else 'file'})")
 
 
 def _figures(folder: Path, scan: Scan, outcome: Outcome, command: str, params: EditParams,
@@ -93,7 +93,7 @@ class EditOp:
         if outcome.mask is not None:
             files["mask"] = _write_mask(folder, scan, outcome.mask)
             if seg_possible(scan):  # DICOM inputs: also a Segmentation referencing the input
-                files["mask_seg"] = write_seg(scan, outcome.mask, folder / "mask.dcm", params.mask == "auto", desc)
+                files["mask_seg"] = write_seg(scan, outcome.mask, folder / "mask.dcm", params.mask in ("auto", "refine"), desc)
         return {"counterfactual": cf, **files}, metrics
 
 

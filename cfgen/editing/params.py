@@ -10,6 +10,11 @@ from typing import Any
 from cfgen.errors import UsageError
 
 MAX_PROMPT_CHARS = 2000
+MASK_MODES = ("none", "auto", "refine")  # or a mask file
+#: DiffEdit's threshold (a fraction of the largest disagreement) per mode when none is given:
+#: refine's first pass is generous on purpose, its second keeps only where the edit changed the scan
+MASK_THRESHOLDS = {"auto": 0.5, "refine": 0.3}
+REFINE_CHANGE = 0.12  # refine: change that counts, in units of the intensity window (0..1)
 
 
 @dataclass
@@ -27,8 +32,9 @@ class EditParams:
     eta: float = 0.0
     seed: int = 0
     window: str = "auto"
-    mask: str = "none"  # none | auto | path to a PNG/NIfTI mask (nonzero = may change)
-    mask_threshold: float = 0.5
+    mask: str = "none"  # none | auto | refine | path to a PNG/NIfTI mask (nonzero = may change)
+    mask_threshold: float | None = None  # DiffEdit's; None: the mode's (MASK_THRESHOLDS)
+    refine_change: float | None = None  # --mask refine only; None: REFINE_CHANGE
     inversion: str = "ddim"  # ddim | negative-prompt | null-text (cfgen/editing/inversion.py)
     null_text_steps: int = 10  # null-text: inner optimisation steps per timestep (Mokady et al.; PRISM)
     min_inversion_psnr: float | None = None  # the gate: escalate below this reconstruction PSNR (dB)
@@ -64,8 +70,7 @@ class EditParams:
             raise UsageError(f"{pre}--eta {self.eta}: must be between 0 and 1")
         if not 0 <= self.seed < 2 ** 63:  # torch generators take a signed 64-bit seed
             raise UsageError(f"{pre}--seed {self.seed}: must be between 0 and 2^63 - 1")
-        if not 0.0 < self.mask_threshold < 1.0:
-            raise UsageError(f"{pre}--mask-threshold {self.mask_threshold}: must be in (0, 1)")
+        self._check_mask(pre)
         self._check_inversion(pre)
         self._check_attention(pre)
         if self.window not in ("auto", "minmax", "dtype", "percentile"):
@@ -80,6 +85,27 @@ class EditParams:
             if len(getattr(self, name)) > MAX_PROMPT_CHARS:
                 raise UsageError(f"{pre}{name.replace('_', '-')} is {len(getattr(self, name))} characters "
                                  f"(limit {MAX_PROMPT_CHARS})")
+
+    def _check_mask(self, pre: str) -> None:
+        if self.mask_threshold is not None and not 0.0 < self.mask_threshold < 1.0:
+            raise UsageError(f"{pre}--mask-threshold {self.mask_threshold}: must be in (0, 1)")
+        if self.refine_change is not None:
+            if self.mask != "refine":
+                raise UsageError(f"{pre}--refine-change {self.refine_change}: only --mask refine uses it "
+                                 f"(the mask is {self.mask if self.mask in MASK_MODES else 'a file'})")
+            if not 0.0 < self.refine_change < 1.0:
+                raise UsageError(f"{pre}--refine-change {self.refine_change}: must be in (0, 1) "
+                                 "(units of the intensity window)")
+
+    def diffedit_threshold(self) -> float:
+        """The automatic mask's threshold: the one given, else the mode's."""
+        return self.mask_threshold if self.mask_threshold is not None else MASK_THRESHOLDS.get(self.mask, 0.5)
+
+    def change_threshold(self) -> float | None:
+        """--mask refine: the change that keeps a pixel in the mask; None for other modes."""
+        if self.mask != "refine":
+            return None
+        return self.refine_change if self.refine_change is not None else REFINE_CHANGE
 
     def _check_inversion(self, pre: str) -> None:
         methods = ("ddim", "negative-prompt", "null-text")
@@ -128,7 +154,8 @@ class EditParams:
         return fracs
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The values the edit uses (the mask thresholds resolved), for reports and resume keys."""
+        return {**asdict(self), "mask_threshold": self.diffedit_threshold(), "refine_change": self.change_threshold()}
 
 
 #: cfgen's defaults, defined once: the dataclass's (synth3d's base stage reads steps and guidance)

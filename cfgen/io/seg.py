@@ -56,7 +56,7 @@ def _description(automatic: bool):
 
 
 def write_seg(scan: Scan, mask: np.ndarray, target: Path, automatic: bool, description: str) -> Path:
-    """``mask``: (1, *scan grid) in [0, 1]; ``automatic``: made by cfgen (--mask auto), else given."""
+    """``mask``: (1, *scan grid) in [0, 1]; ``automatic``: made by cfgen (--mask auto or refine), else given."""
     import highdicom as hd
 
     sources = _sources(scan)

@@ -2,7 +2,7 @@
 
 Batch CSV columns: ``image`` (required), ``prompt``, and optional ``source_prompt`` (or
 ``caption``, as written by ``cfgen caption``), ``negative_prompt``, ``strength``, ``seed``,
-``mask`` (none, auto or a mask file), ``output`` (the item's folder name). Row values override the command-line values. Relative
+``mask`` (none, auto, refine or a mask file), ``output`` (the item's folder name). Row values override the command-line values. Relative
 image paths are resolved against the CSV's folder. Any other column is carried into the
 item's ``columns`` in the run report for ``cfgen evaluate`` (``label``, ``target``,
 ``true_counterfactual``, ``true_mask``, ``floor_counterfactual``, ...); the file columns of PATH_COLUMNS are resolved

@@ -129,6 +129,28 @@ def test_sweep_keeps_the_best_variant_and_it_is_the_edit_run_alone(cli, tiny_mod
     assert rep["selector"]["name"] and rep["params"]["sweep"] == "self-attention=0,1"
 
 
+def test_sweep_scores_the_variants_as_they_will_be_written(cli, tiny_model, ct_small, tmp_path):
+    """The sweep scores each variant as finish_edit will write it (composited onto the scan,
+    refined for --mask refine), not the raw regeneration: with a refine threshold no change
+    reaches, every variant is delivered as the scan itself, so their scores agree, where the same
+    first pass's variants under --mask auto do not."""
+    args = ["-s", "Chest X-ray", "-p", "Chest X-ray showing Pleural Effusion", "-m", tiny_model, "--attention",
+            "refine", "--sweep", "self-attention=0,1", "--select-by", "cxr-classifier", "--mask-threshold", "0.3",
+            "--figure-format", "none", *FAST]
+
+    def scores(out, *more):
+        res = cli("edit", ct_small, *args, "-o", out, *more)
+        assert res.exit_code == 0, res.output
+        item = json.loads((out / "report.json").read_text())["items"][0]
+        return [v["score"] for v in item["attention"]["variants"]], item
+
+    auto, _ = scores(tmp_path / "auto", "--mask", "auto")
+    none, item = scores(tmp_path / "refine", "--mask", "refine", "--refine-change", "0.95")
+    assert item["metrics"]["mask_fraction"] == 0 and item["metrics"]["mask_first_fraction"] > 0
+    assert any("--mask refine kept nothing" in w for w in item["warnings"])  # said, not silent
+    assert abs(none[0] - none[1]) < 1e-6 < abs(auto[0] - auto[1])
+
+
 def test_sweep_with_a_classifier_takes_the_label_the_prompts_change(cli, tiny_model, ct_small, tmp_path):
     out = tmp_path / "clf"
     res = cli("edit", ct_small, "-s", "Chest X-ray", "-p", "Chest X-ray showing Pleural Effusion", "-m", tiny_model,

@@ -134,8 +134,27 @@ def _controlled(model: LoadedModel, inv: inversion.Inverted, src, tgt, guidance:
         raise UsageError("--sweep needs a model to select with: --select-by (a clip or classifier entry)")
     vo = model.entry.value_range
     x = unit(torch.cat([pr.x for pr in preps]).float(), vo)
-    chosen, records = sweep.select(selector, x, unit(ys.float().cpu(), vo), ps, selfs, [str(s.path) for s in scans])
+    cands = unit(ys.float().cpu(), vo)
+    if mask is not None:  # score what will be written: each variant composited onto the scan
+        cands = _as_delivered(cands, x, mask.float().cpu(), ps, model.entry.resolution)
+    chosen, records = sweep.select(selector, x, cands, ps, selfs, [str(s.path) for s in scans])
     return z[chosen.to(z.device)], ys[chosen.to(ys.device)], [{**base, **r} for r in records]
+
+
+def _as_delivered(cands: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, ps: list[EditParams],
+                  resolution: int) -> torch.Tensor:
+    """Sweep variants (K * n, variant-major, [0, 1]) composited onto their scans ``x`` (n) inside
+    each item's feathered latent mask, refined for --mask refine, on the model grid: what
+    finish_edit writes, before the resize to the scan's grid."""
+    n, out = len(ps), cands.clone()
+    for j in range(cands.shape[0]):
+        i = j % n
+        m = masks.feathered_model_mask(mask[i:i + 1], resolution)
+        change = ps[i].change_threshold()
+        if change is not None:
+            m = masks.refined_mask(m, x[i:i + 1], cands[j:j + 1], change)
+        out[j:j + 1] = m * cands[j:j + 1] + (1 - m) * x[i:i + 1]
+    return out
 
 
 def _inversion(model: LoadedModel, z0, src, neg, p: EditParams, guidance: float, latent_masks: list, step,

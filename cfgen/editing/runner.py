@@ -301,5 +301,9 @@ def _finish(op: Operation, model, job: Job, out_dir: Path, fmt: str | None, figu
         record["attention"] = outcome.attention
     if scan.meta.get("notes"):  # library warnings while reading the scan, kept off stderr
         record["read_notes"] = scan.meta["notes"]
+    if job.params.mask == "refine" and outcome.metrics.get("mask_fraction") == 0:
+        record["warnings"] = [*job.warnings, f"--mask refine kept nothing: no change of the first pass reached "
+                              f"--refine-change {job.params.change_threshold():g}, so the counterfactual is the "
+                              "scan; lower it or use --mask auto"]
     write_json(folder / ITEM_FILE, {**_base_item(job), **record})
     return record

@@ -149,10 +149,7 @@ def _as_delivered(cands: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, ps: 
     n, out = len(ps), cands.clone()
     for j in range(cands.shape[0]):
         i = j % n
-        m = masks.feathered_model_mask(mask[i:i + 1], resolution)
-        change = ps[i].change_threshold()
-        if change is not None:
-            m = masks.refined_mask(m, x[i:i + 1], cands[j:j + 1], change)
+        _, m = masks.edit_region(mask[i:i + 1], x[i:i + 1], cands[j:j + 1], resolution, ps[i].change_threshold())
         out[j:j + 1] = m * cands[j:j + 1] + (1 - m) * x[i:i + 1]
     return out
 
@@ -221,14 +218,13 @@ def finish_edit(model: LoadedModel, scan: Scan, c: Computed) -> Outcome:
     metrics: dict[str, Any] = {}
     if c.latent_mask is not None:
         # outside the mask the scan itself, not its VAE reconstruction
-        model_mask = masks.feathered_model_mask(c.latent_mask, model.entry.resolution)
+        vo = model.entry.value_range
+        # refine compares with the scan, not its VAE reconstruction: what the VAE loses (thin
+        # devices) is part of what a removal changes (benchmarks/refine_mask.py: 0.47 vs 0.69)
+        first, model_mask = masks.edit_region(c.latent_mask, unit(prep.x.float(), vo), unit(c.model_out, vo),
+                                              model.entry.resolution, c.refine_change)
         if c.refine_change is not None:
-            metrics["mask_first_fraction"] = float((masks.to_scan_mask(model_mask, prep) > 0.5).mean())
-            vo = model.entry.value_range
-            # against the scan, not its VAE reconstruction: what the VAE loses (thin devices) is
-            # part of what a removal changes (benchmarks/refine_mask.py: remove devices 0.47 vs 0.69)
-            model_mask = masks.refined_mask(model_mask, unit(prep.x.float(), vo), unit(c.model_out, vo),
-                                            c.refine_change)
+            metrics["mask_first_fraction"] = float((masks.to_scan_mask(first, prep) > 0.5).mean())
         scan_mask = masks.to_scan_mask(model_mask, prep)
         pixels = (scan_mask * pixels + (1 - scan_mask) * scan.pixels).astype(np.float32)
         metrics["mask_fraction"] = float((scan_mask > 0.5).mean())

@@ -101,6 +101,14 @@ def refined_mask(first: torch.Tensor, x: torch.Tensor, y: torch.Tensor, change: 
     return first * torch.from_numpy(soft).float()[None, None]
 
 
+def edit_region(latent_mask: torch.Tensor, x: torch.Tensor, y: torch.Tensor, resolution: int,
+                change: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(feathered latent mask, the mask the output is composited with) on the model's grid: the
+    same unless --mask refine (``change``) keeps only where ``y`` moved away from ``x`` ([0, 1])."""
+    first = feathered_model_mask(latent_mask, resolution)
+    return first, (first if change is None else refined_mask(first, x, y, change))
+
+
 def trajectory_blend(mask: torch.Tensor, traj: list[torch.Tensor]):
     """blend(z, i): after sampling step i, keep the inverted latent outside the mask.
 

@@ -43,8 +43,7 @@ def run(model_name: str | None, n: int, seed: int, masks: list[str], steps: int 
 
     from cfgen.editing import core
     from cfgen.editing.params import EditParams
-    from cfgen.evaluation.pairwise import floor_metrics, mask_metrics, truth_metrics
-    from cfgen.io.scan import Scan
+    from cfgen.evaluation.pairwise import floor_metrics
     from cfgen.models.loader import load_model
     from cfgen.phantoms import cxr
     from cfgen.phantoms.dataset import caption_of
@@ -63,14 +62,10 @@ def run(model_name: str | None, n: int, seed: int, masks: list[str], steps: int 
     with tempfile.TemporaryDirectory(prefix="cfgen-oracle-") as scratch:
         tmp = Path(scratch)
         for kind, exo, fa, cf in cxr.edit_cases(n, seed):
-            clean_fa, clean_cf = cxr.render_clean(exo, fa, size), cxr.render_clean(exo, cf, size)
-            fact, true = cxr.acquire(clean_fa, exo), cxr.acquire(clean_cf, exo)
-            inside = cxr.mask_between(clean_fa, clean_cf)
+            clean_fa, clean_cf, fact, true, inside, scan = phantom_case(kind, exo, fa, cf, size)
             floor = floor_metrics(t(fact), t(cxr.ideal_edit(fact, clean_cf, exo, inside)), t(true))
             attr = kind.split(" ", 1)[1]
             sfloor = floor_metrics(t(fact), t(cxr.sample_floor_edit(fact, clean_fa, exo, fa, attr)), t(true))
-            scan = Scan(path=Path(f"phantom-{kind.replace(' ', '_')}.png"), format="png",
-                        pixels=np.round(fact * 255)[None].astype(np.float32), source_dtype="uint8")
             src, tgt = caption_of(exo, fa), caption_of(exo, cf)
             for mode in masks:
                 p = EditParams.resolve(model.entry.defaults, prompt=tgt, source_prompt=src, steps=steps,
@@ -84,16 +79,8 @@ def run(model_name: str | None, n: int, seed: int, masks: list[str], steps: int 
                 t_edit = time.perf_counter()
                 outcome = core.edit(model, scan, p, selector=selector)
                 t_edit = time.perf_counter() - t_edit
-                out = outcome.pixels[0] / 255.0
-                m = truth_metrics(t(fact), t(out), t(true), t(inside).bool())
-                row = {"err_cf": m["gt_l1"], "err_none": m["gt_l1_nothing"], "outside": m["change_outside"],
-                       "achieved": m["gt_achieved"], "err_floor": floor["gt_floor_l1"],
-                       "err_sfloor": sfloor["gt_floor_l1"], "seconds": t_edit}
-                if outcome.mask is not None:
-                    row.update(mask_metrics(t(outcome.mask[0] > 0), t(inside)))
-                if clf is not None:
-                    p_after = float(clf.predict(t(out))[0][cxr.LABEL_OF[attr]][0])
-                    row["flip"] = float((p_after >= 0.5) == kind.startswith("add"))
+                row = score_edit(outcome, fact, true, inside, clf, kind)
+                row.update(err_floor=floor["gt_floor_l1"], err_sfloor=sfloor["gt_floor_l1"], seconds=t_edit)
                 rows[(kind, mode)].append(row)
             if len(recon[kind]) < recon_per_type:
                 p = EditParams.resolve(model.entry.defaults, "invert", source_prompt=src, steps=steps, strength=strength)
@@ -104,6 +91,42 @@ def run(model_name: str | None, n: int, seed: int, masks: list[str], steps: int 
             "params": {"steps": steps, "guidance": guidance, "strength": strength, "mask_threshold": mask_threshold,
                        **edit_options},
             "seconds": round(time.perf_counter() - t0, 1), "table": table}
+
+
+def phantom_case(kind: str, exo, fa: dict, cf: dict, size: int) -> tuple:
+    """One edit case at ``size`` px: the clean factual and counterfactual renders, their acquired
+    images (the scan and the truth, [0, 1]), the true-difference region, and the scan as an 8-bit
+    PNG-like Scan."""
+    from cfgen.io.scan import Scan
+    from cfgen.phantoms import cxr
+
+    clean_fa, clean_cf = cxr.render_clean(exo, fa, size), cxr.render_clean(exo, cf, size)
+    fact, true = cxr.acquire(clean_fa, exo), cxr.acquire(clean_cf, exo)
+    scan = Scan(path=Path(f"phantom-{kind.replace(' ', '_')}.png"), format="png",
+                pixels=np.round(fact * 255)[None].astype(np.float32), source_dtype="uint8")
+    return clean_fa, clean_cf, fact, true, cxr.mask_between(clean_fa, clean_cf), scan
+
+
+def score_edit(outcome, fact, true, inside, clf, kind: str) -> dict:
+    """An edit's figures against the phantom truth: errors to the true counterfactual and of doing
+    nothing, change outside the region, achieved change, the mask's recall/precision (when one was
+    used) and, with a scoring classifier, whether it calls the target class."""
+    import torch
+
+    from cfgen.evaluation.pairwise import mask_metrics, truth_metrics
+    from cfgen.phantoms import cxr
+
+    t = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float32))[None, None]  # noqa: E731
+    out = outcome.pixels[0] / 255.0
+    m = truth_metrics(t(fact), t(out), t(true), t(inside).bool())
+    row = {"err_cf": m["gt_l1"], "err_none": m["gt_l1_nothing"], "outside": m["change_outside"],
+           "achieved": m["gt_achieved"]}
+    if outcome.mask is not None:
+        row.update(mask_metrics(t(outcome.mask[0] > 0), t(inside)))
+    if clf is not None:
+        p_after = float(clf.predict(t(out))[0][cxr.LABEL_OF[kind.split(" ", 1)[1]]][0])
+        row["flip"] = float((p_after >= 0.5) == kind.startswith("add"))
+    return row
 
 
 def _oracle_file(folder: Path, region: np.ndarray) -> str:

@@ -25,26 +25,12 @@ from pathlib import Path
 import numpy as np
 
 
-def _score(out, fact, true, inside, mask, clf, kind: str) -> dict:
-    import torch
-
-    from cfgen.evaluation.pairwise import mask_metrics, truth_metrics
-    from cfgen.phantoms import cxr
-
-    t = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float32))[None, None]  # noqa: E731
-    m = truth_metrics(t(fact), t(out), t(true), t(inside).bool())
-    row = {"err_cf": m["gt_l1"], "err_none": m["gt_l1_nothing"], **mask_metrics(t(mask > 0), t(inside))}
-    if clf is not None:
-        p_after = float(clf.predict(t(out))[0][cxr.LABEL_OF[kind.split(" ", 1)[1]]][0])
-        row["flip"] = float((p_after >= 0.5) == kind.startswith("add"))
-    return row
-
-
 def run(model_name: str | None, n: int, seed: int, firsts: list[float], changes: list[float], grows: list[int],
         device: str = "auto", classifier: str | None = "cxr-classifier") -> dict:
+    from phantom_edits import phantom_case, score_edit  # benchmarks/, beside this script
+
     from cfgen.editing import core, masks
     from cfgen.editing.params import EditParams
-    from cfgen.io.scan import Scan
     from cfgen.models.loader import load_model
     from cfgen.phantoms import cxr
     from cfgen.phantoms.dataset import caption_of
@@ -57,11 +43,7 @@ def run(model_name: str | None, n: int, seed: int, firsts: list[float], changes:
     grow0 = masks.REFINE_GROW
     try:
         for kind, exo, fa, cf in cxr.edit_cases(n, seed):
-            clean_fa, clean_cf = cxr.render_clean(exo, fa, size), cxr.render_clean(exo, cf, size)
-            fact, true = cxr.acquire(clean_fa, exo), cxr.acquire(clean_cf, exo)
-            inside = cxr.mask_between(clean_fa, clean_cf)
-            scan = Scan(path=Path("phantom.png"), format="png", pixels=np.round(fact * 255)[None].astype(np.float32),
-                        source_dtype="uint8")
+            _, _, fact, true, inside, scan = phantom_case(kind, exo, fa, cf, size)
             for first in firsts:
                 p = EditParams.resolve(model.entry.defaults, prompt=caption_of(exo, cf),
                                        source_prompt=caption_of(exo, fa), mask="refine", mask_threshold=first)
@@ -70,9 +52,8 @@ def run(model_name: str | None, n: int, seed: int, firsts: list[float], changes:
                     for grow in ([grow0] if change is None else grows):
                         masks.REFINE_GROW = grow
                         c.refine_change = change
-                        o = core.finish_edit(model, scan, c)
                         rows[(kind, first, change, grow)].append(
-                            _score(o.pixels[0] / 255.0, fact, true, inside, o.mask[0], clf, kind))
+                            score_edit(core.finish_edit(model, scan, c), fact, true, inside, clf, kind))
     finally:
         masks.REFINE_GROW = grow0
     return {"model": model.report_info()["name"], "seed": seed, "n_per_type": n,

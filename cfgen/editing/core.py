@@ -11,7 +11,7 @@ from cfgen.editing import ddim, inversion, masks
 from cfgen.editing.grid import ModelGrid
 from cfgen.editing.components import decode_latents, encode_images, encode_prompts, to_device
 from cfgen.editing.jobs import require_prompt
-from cfgen.editing.params import EditParams
+from cfgen.editing.params import AUTOMATIC_MASKS, EditParams
 from cfgen.editing.prepare import Prepared, from_model, to_model, unit
 from cfgen.errors import UsageError
 from cfgen.io.scan import Scan
@@ -71,7 +71,7 @@ def batch_key(p: EditParams) -> tuple | None:
 
 
 def _latent_mask(model: LoadedModel, sched, z0, src, tgt, scan: Scan, prep: Prepared, p: EditParams, mode: str):
-    if mode in ("auto", "refine"):  # refine: the first pass (finish_edit keeps where it changed the scan)
+    if mode in AUTOMATIC_MASKS:  # refine: the first pass (finish_edit keeps where it changed the scan)
         return masks.auto_mask(model.unet, sched, z0, src, tgt, int(p.seed), p.diffedit_threshold())
     if mode != "none":
         return masks.file_mask(mode, scan, prep, z0.shape[-1])

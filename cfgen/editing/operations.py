@@ -8,7 +8,7 @@ import numpy as np
 
 from cfgen.editing import core
 from cfgen.editing.core import Outcome
-from cfgen.editing.params import MASK_MODES, EditParams
+from cfgen.editing.params import AUTOMATIC_MASKS, MASK_MODES, EditParams
 from cfgen.editing.prepare import unit
 from cfgen.io.atomic import atomic_path
 from cfgen.io.scan import Scan, write_scan
@@ -93,7 +93,7 @@ class EditOp:
         if outcome.mask is not None:
             files["mask"] = _write_mask(folder, scan, outcome.mask)
             if seg_possible(scan):  # DICOM inputs: also a Segmentation referencing the input
-                files["mask_seg"] = write_seg(scan, outcome.mask, folder / "mask.dcm", params.mask in ("auto", "refine"), desc)
+                files["mask_seg"] = write_seg(scan, outcome.mask, folder / "mask.dcm", params.mask in AUTOMATIC_MASKS, desc)
         return {"counterfactual": cf, **files}, metrics
 
 

@@ -14,6 +14,7 @@ MASK_MODES = ("none", "auto", "refine")  # or a mask file
 #: DiffEdit's threshold (a fraction of the largest disagreement) per mode when none is given:
 #: refine's first pass is generous on purpose, its second keeps only where the edit changed the scan
 MASK_THRESHOLDS = {"auto": 0.5, "refine": 0.3}
+AUTOMATIC_MASKS = tuple(MASK_THRESHOLDS)  # the modes whose mask cfgen makes (DiffEdit's first)
 REFINE_CHANGE = 0.12  # refine: change that counts, in units of the intensity window (0..1)
 
 
@@ -99,7 +100,7 @@ class EditParams:
 
     def diffedit_threshold(self) -> float:
         """The automatic mask's threshold: the one given, else the mode's."""
-        return self.mask_threshold if self.mask_threshold is not None else MASK_THRESHOLDS.get(self.mask, 0.5)
+        return self.mask_threshold if self.mask_threshold is not None else MASK_THRESHOLDS.get(self.mask, MASK_THRESHOLDS["auto"])
 
     def change_threshold(self) -> float | None:
         """--mask refine: the change that keeps a pixel in the mask; None for other modes."""

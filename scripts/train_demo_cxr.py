@@ -8,10 +8,13 @@ Steps (every one reproducible from the seeds below):
   4. the VAE trained on the phantoms (L1 + KL), scaling factor set to 1 / latent std (wavelet
      recipes: none, the Haar transform is exact)
   5. the UNet trained with `cfgen finetune` (only the UNet trains), EMA, Min-SNR
+  5b. cpu recipe: a second UNet phase from that model on the same captions (`continue`): constant
+     lr 1e-4, plain LDM loss, EMA 0.995 (benchmarks/cycle_vs_plain.py --world cxr measured it
+     against the first phase and against cycle training; README, cycle-train)
   6. export to cfgen/models/weights/demo-cxr in fp16 safetensors, sha256 printed for models.toml
 
     python scripts/train_demo_cxr.py --work runs/demo-cxr                  # the full recipe (GPU advised)
-    python scripts/train_demo_cxr.py --work runs/demo-cpu --recipe cpu     # about an hour on 2 CPU cores
+    python scripts/train_demo_cxr.py --work runs/demo-cpu --recipe cpu     # about 2 hours on 2 CPU cores
     python scripts/train_demo_cxr.py --work /tmp/demo --recipe quick       # minutes: checks the recipe runs
     python scripts/train_demo_cxr.py --work runs/demo-wav --recipe wavelet-cpu  # Haar wavelet space, about
                                                                            # an hour on 2 CPU cores
@@ -48,7 +51,8 @@ RECIPES = {
     "gpu": {"spec": GPU_SPEC, "n": 20000, "vae_steps": 20000, "vae_batch": 32, "vae_lr": 1e-4,
             "unet_steps": 40000, "unet_batch": 64, "lr": 2e-4, "warmup": 500, "ema_decay": 0.999},
     "cpu": {"spec": CPU_SPEC, "n": 3000, "vae_steps": 1000, "vae_batch": 8, "vae_lr": 5e-4,
-            "unet_steps": 1500, "unet_batch": 16, "lr": 5e-4, "warmup": 100, "ema_decay": 0.995},
+            "unet_steps": 1500, "unet_batch": 16, "lr": 5e-4, "warmup": 100, "ema_decay": 0.995,
+            "continue": {"steps": 2000, "batch": 16, "lr": 1e-4, "ema_decay": 0.995}},
     "wavelet-cpu": {"spec": WAVELET_SPEC, "n": 3000, "vae_steps": 0, "unet_steps": 1500, "unet_batch": 16,
                     "lr": 5e-4, "warmup": 100, "ema_decay": 0.995, "checkpoint_every": 250},
     "wavelet-quick": {"spec": WAVELET_SPEC, "n": 64, "vae_steps": 0, "unet_steps": 20, "unet_batch": 8,
@@ -58,11 +62,20 @@ RECIPES = {
 }
 
 
+def continue_unet(train_csv: Path, start: Path, out: Path, c: dict, device: str) -> Path:
+    """The second UNet phase (resumes from its checkpoints); returns its output folder."""
+    sh(*CFGEN, "finetune", str(train_csv), "-m", str(start), "-o", str(out), "--learning-rate", str(c["lr"]),
+       "--batch-size", str(c["batch"]), "--max-steps", str(c["steps"]), "--ema", "--ema-decay", str(c["ema_decay"]),
+       "--seed", "0", "--checkpoint-every", "50", "--device", device, "-q",
+       *(["--resume"] if (out / "checkpoints").is_dir() else []))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="gpu",
-                    help="gpu: the full recipe; cpu: about an hour on 2 cores; wavelet-cpu: the same UNet in "
+                    help="gpu: the full recipe; cpu: about 2 hours on 2 cores; wavelet-cpu: the same UNet in "
                          "Haar wavelet space (no VAE); quick, wavelet-quick: check the recipes run")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--export", action="store_true",
@@ -89,6 +102,8 @@ def main() -> None:
     finetune_unet(data / "train.csv", base, unet_out, cfg, args.device,
                   ["Chest X-ray showing Pleural Effusion, Support Devices",
                    "Normal chest X-ray with no significant findings"])
+    if "continue" in cfg:
+        unet_out = continue_unet(data / "train.csv", unet_out / "model", w / "unet2", cfg["continue"], args.device)
     print(f"recipe finished in {time.time() - t0:.0f} s; model: {unet_out / 'model'}")
     if args.export:  # wavelet recipes make demo-cxr-wavelet, the others demo-cxr
         name = "demo-cxr-wavelet" if args.recipe.startswith("wavelet") else "demo-cxr"

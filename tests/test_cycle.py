@@ -61,6 +61,29 @@ def test_counterfactual_rules_stay_in_range_and_change_one_field():
             parse_rules(bad)
 
 
+def test_finding_rule_toggles_one_finding_in_the_chexpert_template_sentence(tmp_path):
+    """c' of a CheXpert-captioned set is the caption `cfgen caption` writes for the toggled labels."""
+    import csv
+
+    from cfgen.captions.templates import caption_rows
+
+    cols = ["Path", "No Finding", "Cardiomegaly", "Pleural Effusion", "Support Devices"]
+    combos = [(c, e, d) for c in "01" for e in "01" for d in "01"]
+    rows = [dict(zip(cols, ["x.png", "1" if (c, e, d) == ("0", "0", "0") else "0", c, e, d])) for c, e, d in combos]
+    caption = dict(zip(combos, caption_rows(rows, cols, "chexpert", "labels.csv")))
+    rule = parse_rules(["finding:pleural effusion,Support Devices"])
+    assert rule[0].findings == ("Pleural Effusion", "Support Devices")
+    gen = torch.Generator().manual_seed(0)
+    for (c, e, d), cap in caption.items():
+        seen = set(counterfactual_captions([cap] * 40, rule, gen))
+        flip_e, flip_d = str(1 - int(e)), str(1 - int(d))
+        assert seen == {caption[(c, flip_e, d)], caption[(c, e, flip_d)]}, (cap, seen)  # both moves, nothing else
+    other = ["", "Chest X-ray showing possible Pleural Effusion", "a chest film with a pacemaker"]
+    assert counterfactual_captions(other, parse_rules(["finding:Pleural Effusion"]), gen) == other
+    with pytest.raises(UsageError, match="not CheXpert findings: pacemaker"):
+        parse_rules(["finding:Pleural Effusion,pacemaker"])
+
+
 def test_cycle_train_runs_resumes_and_refuses_rules_the_model_cannot_take(cli, tmp_path):
     from cfgen.models.ldm3d import LDM3DSpec, build_ldm3d
 
@@ -75,7 +98,7 @@ def test_cycle_train_runs_resumes_and_refuses_rules_the_model_cannot_take(cli, t
     res = cli(*common, "--counterfactual", "height:10")
     assert res.exit_code != 0 and "no such field" in res.output
     res = cli(*common, "--counterfactual", "Alzheimer=>no Alzheimer")
-    assert res.exit_code != 0 and "text swaps need a text model" in res.output
+    assert res.exit_code != 0 and "text swaps and findings need a text model" in res.output
     res = cli(*common, "--max-steps", "2", "--counterfactual", "age:10,30,60", "--counterfactual", "sex",
               "--cycle-weight", "0.5")
     assert res.exit_code == 0, res.output
@@ -88,3 +111,22 @@ def test_cycle_train_runs_resumes_and_refuses_rules_the_model_cannot_take(cli, t
     tr = json.loads((out / "report.json").read_text())["training"]
     assert tr["start_step"] == 2 and tr["final_step"] == 4
     assert (out / "model" / "unet" / "conditioner.safetensors").is_file()
+
+
+def test_cycle_train_on_chexpert_captions_toggles_findings_and_refuses_them_on_tabular_models(cli, tiny_model, tmp_path):
+    from cfgen.models.ldm3d import LDM3DSpec, build_ldm3d
+
+    data = tmp_path / "cxr"
+    assert cli("phantoms", "cxr", "-n", "4", "--size", "32", "--no-counterfactuals", "-o", data, "-q").exit_code == 0
+    assert cli("caption", data / "labels.csv", "-o", data / "train.csv").exit_code == 0
+    out = tmp_path / "cdm"
+    rule = "finding:Pleural Effusion,Cardiomegaly,Support Devices"
+    res = cli("cycle-train", data / "train.csv", "-m", tiny_model, "-o", out, "--batch-size", "2", "--max-steps", "2",
+              "--counterfactual", rule, "--device", "cpu", "-q")
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["params"]["objective"]["rules"] == [rule]
+    assert report["training"]["final_step"] == 2
+    tab = build_ldm3d(tmp_path / "tab", LDM3DSpec(conditioning=BRAIN_FIELDS), seed=0)
+    res = cli("cycle-train", data / "train.csv", "-m", tab, "-o", tmp_path / "x", "--counterfactual", rule, "-q")
+    assert res.exit_code != 0 and "findings need a text model" in res.output

@@ -250,3 +250,36 @@ def test_phantom_anatomy_trains_a_labelled_base_and_serves_mask_from(stages, cli
     # that hold ventricle voxels of the given map
     src = np.asarray(nib.load(given).dataobj).reshape(8, 4, 8, 4, 8, 4).max(axis=(1, 3, 5))
     assert got.shape == (8, 8, 8) and got.any() and src[got > 0].all()
+
+
+def test_a_ct_model_trains_in_its_hu_window_and_synthesizes_in_hu(cli, tmp_path):
+    """A model whose [defaults] window is fixed (CT: -1024,600 HU) trains on HU scans in that window,
+    not each scan's min..max, and synth3d writes HU (int16), read back by nibabel."""
+    from cfgen.io.intensity import choose_window
+    from cfgen.io.scan import read_scan
+    from cfgen.models.tabular import CT_FIELDS
+
+    model = _liven(build_ldm3d(tmp_path / "ct", LDM3DSpec(resolution=8, ae_channels=None, unet_channels=(8, 16),
+                                                          conditioning=CT_FIELDS, window="-1024,600",
+                                                          synth={"spacing": 48.0}), seed=4))
+    data = tmp_path / "ph"
+    assert cli("phantoms", "ct", "-n", "2", "--size", "32", "--spacing", "12", "--no-counterfactuals", "-o", data,
+               "-q").exit_code == 0
+    common = ("finetune", data / "labels.csv", "--template", "ct", "-m", model, "--batch-size", "2", "--max-steps",
+              "1", "--device", "cpu", "-q")
+    assert cli(*common, "-o", tmp_path / "run").exit_code == 0
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["params"]["window"] == "-1024,600"
+    assert cli(*common, "--window", "minmax", "-o", tmp_path / "mm").exit_code == 0
+    assert json.loads((tmp_path / "mm" / "report.json").read_text())["params"]["window"] == "minmax"
+    assert "--window 5,1: HIGH must be above LOW" in cli(*common, "--window", "5,1", "-o", tmp_path / "x").output
+    scan = read_scan(data / "images" / "ct_00000.nii.gz")  # the two windows differ on a phantom
+    assert choose_window(scan.pixels, scan.source_dtype, "minmax").high > 600  # bone: minmax would squeeze HU
+    res = cli("synth3d", "-p", "CT with a large right pleural effusion", "-m", tmp_path / "run" / "model", "--steps",
+              "2", "--sr", "none", "--device", "cpu", "-q", "-o", tmp_path / "gen")
+    assert res.exit_code == 0, res.output
+    img = nib.load(tmp_path / "gen" / "sample-000" / "volume.nii.gz")
+    hu = np.asarray(img.dataobj)
+    assert img.get_data_dtype() == np.int16 and hu.min() >= -1024 and hu.max() <= 600 and hu.std() > 0
+    report = json.loads((tmp_path / "gen" / "report.json").read_text())
+    assert report["params"]["units"] == "window -1024,600 (int16)"
+    assert report["items"][0]["metrics"]["mean_intensity"] == pytest.approx(float(hu.mean()))

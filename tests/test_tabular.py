@@ -12,7 +12,7 @@ import torch
 
 from cfgen.errors import ModelError, UsageError
 from cfgen.models.ldm3d import LDM3DSpec, build_ldm3d
-from cfgen.models.tabular import BRAIN_FIELDS, TabularEmbedding, drop_fields, encode_values, parse_fields, parse_prompt
+from cfgen.models.tabular import BRAIN_FIELDS, CT_FIELDS, TabularEmbedding, drop_fields, encode_values, parse_fields, parse_prompt
 
 FIELDS = parse_fields(BRAIN_FIELDS, "test")
 
@@ -37,6 +37,33 @@ def test_key_value_prompts_and_brain_captions_parse_to_the_same_values():
     assert parse_prompt("", FIELDS) == {}  # unconditional
     v = encode_values(["age=50", ""], FIELDS)
     assert v.shape == (2, 4, 2) and v[0, 0].tolist() == [0.5, 1.0] and v[0, 1:, 1].sum() == 0 and v[1, :, 1].sum() == 0
+
+
+def test_ct_captions_of_every_label_combination_and_free_prompts_parse_back():
+    """The ct template's captions (what a CT model trains on) give back every attribute."""
+    import itertools
+
+    from cfgen.captions.templates import caption_rows
+
+    fields = parse_fields(CT_FIELDS, "ct")
+    rows = []
+    for i, (eff, emph, cm, nod) in enumerate(itertools.product(["none", "small", "large"], ["none", "mild", "severe"],
+                                                              ["0", "1"], ["0", "1", "3"])):
+        rows.append({"Age": str(30 + i), "Sex": "female" if i % 2 else "male", "effusion": eff,
+                     "effusion_side": "" if eff == "none" else ["left", "right", "both"][i % 3], "emphysema": emph,
+                     "emphysema_type": "" if emph == "none" else ["centrilobular", "panlobular"][i % 2],
+                     "Cardiomegaly": cm, "nodules": nod})
+    captions = caption_rows(rows, list(rows[0]), "ct", "labels.csv")
+    for row, cap in zip(rows, captions):
+        got = parse_prompt(cap, fields)
+        want = {"age": (float(row["Age"])) / 100, "sex": float(row["Sex"] == "male"),
+                "effusion": ["none", "small", "large"].index(row["effusion"]),
+                "emphysema": ["none", "mild", "severe"].index(row["emphysema"]),
+                "cardiomegaly": float(row["Cardiomegaly"]), "nodules": float(row["nodules"]) / 10}
+        assert got == pytest.approx(want), cap
+    assert parse_prompt("CT with a large right pleural effusion", fields) == {"effusion": 2.0}
+    assert parse_prompt("chest CT, severe emphysema, normal heart size", fields) == {"emphysema": 2.0, "cardiomegaly": 0.0}
+    assert parse_prompt("Chest CT with cardiomegaly and no effusion", fields) == {"cardiomegaly": 1.0, "effusion": 0.0}
 
 
 @pytest.mark.parametrize("prompt, message", [

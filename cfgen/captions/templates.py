@@ -20,6 +20,7 @@ CHEXPERT_CONDITIONS = (
 )
 NORMAL_CAPTION = "Normal chest X-ray with no significant findings"
 NO_DEFINITE_CAPTION = "Chest X-ray with no definite findings"
+CHEXPERT_PREFIX = "Chest X-ray showing "
 
 
 class UncertainPolicy(str, Enum):
@@ -77,12 +78,47 @@ def chexpert_template(columns: list[str], uncertain: UncertainPolicy, blank: Unc
                 findings.append(cond)
             elif state == "possible":
                 possible.append(f"possible {cond}")
-        parts = findings + possible
-        if parts:
-            return "Chest X-ray showing " + ", ".join(parts)
-        return NO_DEFINITE_CAPTION if unknown else NORMAL_CAPTION
+        return chexpert_caption(findings, possible, unknown)
 
     return caption
+
+
+def chexpert_caption(findings: Iterable[str], possible: Iterable[str] = (), unknown: bool = False) -> str:
+    """The chexpert template's sentence: findings in PRISM's order, then the "possible ..." ones."""
+    order = {c: i for i, c in enumerate(CHEXPERT_CONDITIONS)}
+    parts = sorted(findings, key=order.__getitem__) + list(possible)
+    if parts:
+        return CHEXPERT_PREFIX + ", ".join(parts)
+    return NO_DEFINITE_CAPTION if unknown else NORMAL_CAPTION
+
+
+def parse_chexpert_caption(caption: str) -> tuple[set[str], list[str], bool] | None:
+    """(findings, "possible ..." parts, unknown) of a chexpert-template caption; None for any other text."""
+    text = caption.strip()
+    if text in (NORMAL_CAPTION, NO_DEFINITE_CAPTION):
+        return set(), [], text == NO_DEFINITE_CAPTION
+    if not text.startswith(CHEXPERT_PREFIX):
+        return None
+    findings, possible = set(), []
+    for part in text[len(CHEXPERT_PREFIX):].split(", "):
+        cond = part[len("possible "):] if part.startswith("possible ") else part
+        if cond not in CHEXPERT_CONDITIONS or cond == "No Finding":
+            return None
+        if cond == part:
+            findings.add(cond)
+        else:
+            possible.append(part)
+    return findings, possible, False
+
+
+def toggle_chexpert_finding(caption: str, finding: str) -> str | None:
+    """The caption with ``finding`` added or removed (same template); None where the caption is not
+    a chexpert-template sentence or calls the finding only possible."""
+    parsed = parse_chexpert_caption(caption)
+    if parsed is None or f"possible {finding}" in parsed[1]:
+        return None
+    findings, possible, unknown = parsed
+    return chexpert_caption(findings ^ {finding}, possible, unknown)
 
 
 _BRAIN_ALIASES = {

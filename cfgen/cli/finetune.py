@@ -15,7 +15,8 @@ D = FinetuneConfig()  # the defaults, defined once in the typed config
 CYCLE_COMMAND, DEFAULT_RULES = "cycle-train", ["age:10,30,60"]
 CounterfactualOpt = Annotated[Optional[list[str]], typer.Option(
     help="Counterfactual rule (repeatable; selects the cycle objective): age:10,30,60 (numeric field, +- kept in "
-         "range), sex (another category), 'TEXT=>OTHER' (text swap) [cycle-train default: age:10,30,60]")]
+         "range), sex (another category), 'TEXT=>OTHER' (text swap), 'finding:Pleural Effusion,Cardiomegaly' (add or "
+         "remove one CheXpert finding of a chexpert-template caption) [cycle-train default: age:10,30,60]")]
 
 
 @handle_errors
@@ -47,6 +48,7 @@ def finetune(
     validation_prompt: Annotated[Optional[list[str]], typer.Option(help="Prompt rendered to validation/*.png (repeatable)")] = None,
     validate_every: Annotated[int, typer.Option(help="Render validation prompts every N steps (0: at the end only)")] = D.validate_every,
     seed: seed_option("Seed of data order, noise, timesteps and caption dropout") = D.seed,
+    window: Annotated[Optional[str], typer.Option(help="Intensity window mapped to the model range: auto, minmax, dtype, percentile or LOW,HIGH (e.g. -1024,600 HU) [default: the model's, else auto]")] = None,
     counterfactual: CounterfactualOpt = None,
     cycle_weight: Annotated[Optional[float], typer.Option(help="lambda: weight of the L1 cycle loss (CDM Eq. 2) [default: 1]")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --out")] = False,
@@ -62,7 +64,7 @@ def finetune(
                          caption_dropout=caption_dropout, max_steps=max_steps, epochs=epochs,
                          checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
                          validation_prompts=list(validation_prompt or []), validate_every=validate_every, seed=seed,
-                         report_to=report_to)
+                         window=window, report_to=report_to)
     cfg.check()
     objective = _objective(ctx.info_name == CYCLE_COMMAND, counterfactual, cycle_weight)
     from cfgen.io.tables import is_stdin

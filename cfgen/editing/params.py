@@ -74,14 +74,9 @@ class EditParams:
         self._check_mask(pre)
         self._check_inversion(pre)
         self._check_attention(pre)
-        if self.window not in ("auto", "minmax", "dtype", "percentile"):
-            try:
-                low, high = (float(v) for v in self.window.split(","))
-            except ValueError:
-                raise UsageError(f"{pre}--window {self.window}: use auto, minmax, dtype, percentile "
-                                 "or LOW,HIGH") from None
-            if not high > low:
-                raise UsageError(f"{pre}--window {self.window}: HIGH must be above LOW")
+        from cfgen.io.intensity import check_window
+
+        check_window(self.window, pre)
         for name in ("prompt", "source_prompt", "negative_prompt"):
             if len(getattr(self, name)) > MAX_PROMPT_CHARS:
                 raise UsageError(f"{pre}{name.replace('_', '-')} is {len(getattr(self, name))} characters "

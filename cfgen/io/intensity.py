@@ -32,6 +32,26 @@ class IntensityMap:
         return asdict(self)
 
 
+def check_window(window: str, pre: str = "") -> None:
+    """A usage error (prefixed ``pre``) unless ``window`` is a rule or LOW,HIGH with HIGH > LOW."""
+    if window in ("auto", "minmax", "dtype", "percentile"):
+        return
+    try:
+        low, high = (float(v) for v in window.split(","))
+    except ValueError:
+        raise UsageError(f"{pre}--window {window}: use {WINDOW_CHOICES}") from None
+    if not high > low:
+        raise UsageError(f"{pre}--window {window}: HIGH must be above LOW")
+
+
+def fixed_window(window: str | None) -> tuple[float, float] | None:
+    """(LOW, HIGH) of a fixed window (a model default such as "-1024,600" HU); None for the rules."""
+    if window is None or str(window) in ("auto", "minmax", "dtype", "percentile"):
+        return None
+    low, high = (float(v) for v in str(window).split(","))
+    return low, high
+
+
 def _dtype_range(dtype: str) -> tuple[float, float] | None:
     dt = np.dtype(dtype)
     if dt.kind in "ui":

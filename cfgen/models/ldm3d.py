@@ -241,6 +241,7 @@ class LDM3DSpec:
     synth: dict | None = None  # [synth] table (cfgen/models/synth.py): label channels or a super-resolution stage
     spacing: float | None = None  # mm per voxel of the training volumes (RAS): the grid scans are brought to
     wavelet_levels: int | None = None  # L: the lossless Haar transform (C * 8^L bands) instead of ae_channels
+    window: str | None = None  # a fixed intensity window, [defaults] window (e.g. "-1024,600": CT in HU)
 
 
 def build_ldm3d(folder: Path, spec: LDM3DSpec = LDM3DSpec(), seed: int = 0) -> Path:
@@ -313,6 +314,7 @@ def _write_common(folder: Path, spec: LDM3DSpec) -> None:
         f'intensity = "{spec.intensity}"\norientation = "RAS"\n'
         + (f"spacing = [{spec.spacing}, {spec.spacing}, {spec.spacing}]\n" if spec.spacing else "")
         + f'\n[defaults]\nmax_tokens = {spec.max_tokens}\n'
+        + (f'window = "{spec.window}"\n' if spec.window else "")
         + ("\n[scheduler]\n" if spec.scheduler != "ddim" or spec.prediction_type != "epsilon" else "")
         + (f'kind = "{spec.scheduler}"\n' if spec.scheduler != "ddim" else "")
         + (f'prediction_type = "{spec.prediction_type}"\n' if spec.prediction_type != "epsilon" else "")

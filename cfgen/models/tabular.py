@@ -196,3 +196,21 @@ BRAIN_FIELDS: dict = {"fields": [
      "phrases": {"no lesions": 0, "no lesion": 0, "high lesion load": 25, "low lesion load": 5},
      "patterns": [r"lesion[ _]load[ :]*" + _NUM]},
 ]}
+
+#: the fields of the chest CT phantoms, parsing the ct caption template (cfgen caption --template ct) and
+#: free prompts such as "CT with a large right pleural effusion"; a value's patterns are tried in order
+CT_FIELDS: dict = {"fields": [
+    BRAIN_FIELDS["fields"][0], BRAIN_FIELDS["fields"][1],
+    {"name": "effusion", "type": "categorical", "values": ["none", "small", "large"],
+     "patterns": {"none": [r"\bno (?:pleural )?effusion"], "small": [r"\bsmall\b[^,:;]*effusion"],
+                  "large": [r"\blarge\b[^,:;]*effusion"]}},
+    {"name": "emphysema", "type": "categorical", "values": ["none", "mild", "severe"],
+     "patterns": {"none": [r"\bno emphysema\b"], "mild": [r"\bmild\b[^,:;]*emphysema"],
+                  "severe": [r"\bsevere\b[^,:;]*emphysema"]}},
+    {"name": "cardiomegaly", "type": "categorical", "values": ["no", "yes"],
+     "patterns": {"no": [r"\bno cardiomegaly\b", r"\bnormal heart size\b"],
+                  "yes": [r"\bcardiomegaly\b", r"\benlarged heart\b"]}},
+    {"name": "nodules", "type": "numeric", "min": 0, "max": 10,
+     "phrases": {"no pulmonary nodules": 0, "no nodules": 0},
+     "patterns": [_NUM + r" (?:pulmonary )?nodules?"]},
+]}

@@ -1,6 +1,7 @@
 """`cfgen synth3d` as a library call: load the stages, generate, write NIfTI + preview + report.
 
-Output folder: ``sample-000/volume.nii.gz`` (the image, intensities in [0, 1]), ``labels.nii.gz``
+Output folder: ``sample-000/volume.nii.gz`` (the image: intensities in [0, 1], or int16 in the
+model's units when its ``[defaults] window`` is fixed, e.g. HU for a CT model), ``labels.nii.gz``
 (uint8, value k = the k-th of ``report.params.labels``) when the base generates anatomy,
 ``base.nii.gz`` (the low-resolution stage), ``preview.png`` (axial, coronal and sagittal mid-slices, named, with their L/R, A/P, S/I edges); one folder per
 seed, written atomically, ``volume.nii.gz`` last: a killed run resumes at the first sample without it.
@@ -14,10 +15,19 @@ from typing import Callable
 import numpy as np
 
 from cfgen.errors import CfgenError, UsageError
+from cfgen.io.intensity import fixed_window
 from cfgen.synthesis.generate import SynthParams, Volume, output_size, synthesize
 
 
-def _sample_outputs(out: Path, vol: Volume, spacing: float, base_spacing: float, prompt: str, labels: list[str]) -> dict:
+def _in_units(x: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
+    """[0, 1] -> the model's fixed window (int16, e.g. HU), or as it is without one."""
+    if window is None:
+        return x
+    return np.round(window[0] + np.clip(x, 0.0, 1.0) * (window[1] - window[0])).astype(np.int16)
+
+
+def _sample_outputs(out: Path, vol: Volume, spacing: float, base_spacing: float, prompt: str, labels: list[str],
+                    window: tuple[float, float] | None = None) -> dict:
     from cfgen.io.nifti import centred_affine, write_volume
     from cfgen.viz.figures import volume_views
     from cfgen.viz.panels import write_views
@@ -27,10 +37,12 @@ def _sample_outputs(out: Path, vol: Volume, spacing: float, base_spacing: float,
     rel = folder.name
     note = f"synth3d seed {vol.seed}: {prompt}"
     outputs = {}
-    write_volume(folder / "base.nii.gz", vol.base, centred_affine(vol.base.shape[0], base_spacing), note)
+    write_volume(folder / "base.nii.gz", _in_units(vol.base, window), centred_affine(vol.base.shape[0], base_spacing),
+                 note)
     outputs["base"] = f"{rel}/base.nii.gz"
     aff = centred_affine(vol.image.shape[0], spacing)
-    metrics = {"mean_intensity": float(vol.image.mean())}
+    image = _in_units(vol.image, window)
+    metrics = {"mean_intensity": float(image.mean())}
     if vol.labels is not None:
         write_volume(folder / "labels.nii.gz", vol.labels, aff, note)
         outputs["labels"] = f"{rel}/labels.nii.gz"
@@ -39,7 +51,7 @@ def _sample_outputs(out: Path, vol: Volume, spacing: float, base_spacing: float,
     strip, _, views = volume_views(vol.image, vol.image, aff)
     write_views(strip, views, folder / "preview.png", note)
     outputs["preview"] = f"{rel}/preview.png"
-    write_volume(folder / "volume.nii.gz", vol.image, aff, note)
+    write_volume(folder / "volume.nii.gz", image, aff, note)
     outputs["volume"] = f"{rel}/volume.nii.gz"
     return {"outputs": outputs, "metrics": metrics}
 
@@ -85,9 +97,11 @@ def run_synth3d(p: SynthParams, out: Path, model: str | None = None, sr: str | N
     base_spacing = float(e.synth.get("spacing", 1.0))
     size = output_size(p, base, stage2)
     spacing = base_spacing * e.resolution / size  # the base's field of view at the output's grid
+    window = fixed_window(e.defaults.get("window"))
     params = {**vars(p), "size": size, "model": model, "sr": stage2.name if stage2 else None,
               "mask_from": str(mask_from) if mask_from else None, "device": device, "dtype": dtype,
               "overwrite": overwrite, "labels": labels, "spacing_mm": spacing,
+              "units": f"window {window[0]:g},{window[1]:g} (int16)" if window else "[0, 1]",
               "scheduler": e.scheduler.get("kind", "ddim"),
               "sr_scheduler": stage2.entry.scheduler.get("kind", "ddim") if stage2 else None}
     report = RunReport("synth3d", out, params)
@@ -109,7 +123,7 @@ def run_synth3d(p: SynthParams, out: Path, model: str | None = None, sr: str | N
         try:
             one = SynthParams(**{**vars(p), "num": 1, "seed": seed})
             vol = synthesize(base, stage2, one, fixed, on_step)[0]
-            item.update(_sample_outputs(out, vol, spacing, base_spacing, p.prompt, labels))
+            item.update(_sample_outputs(out, vol, spacing, base_spacing, p.prompt, labels, window))
         except CfgenError as exc:
             item.update(status="error", error=f"{name}: {exc}")
         item["metrics"]["seconds"] = round(time.perf_counter() - t1, 3)

@@ -46,7 +46,7 @@ class FinetuneConfig:
     validation_steps: int = 20
     validation_guidance: float = 3.0
     seed: int = 0
-    window: str = "auto"
+    window: str | None = None  # None: the model's [defaults] window (a CT model's HU window), else auto
     report_to: str | None = None  # "tensorboard": loss, learning rate and validation images under OUT/logs
 
     def check(self) -> None:
@@ -69,6 +69,10 @@ class FinetuneConfig:
             raise UsageError(f"--ema-decay {self.ema_decay}: must be between 0 and 1")
         if self.snr_gamma is not None and self.snr_gamma <= 0:
             raise UsageError(f"--snr-gamma {self.snr_gamma}: must be positive")
+        if self.window is not None:
+            from cfgen.io.intensity import check_window
+
+            check_window(self.window)
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -16,6 +16,8 @@ Counterfactual conditions come from rules, one drawn per sample among those that
   ``age:10,30,60``   numeric field of a tabular model: +-10/30/60 kept inside its range
   ``sex``            categorical field: another of its values
   ``TEXT=>OTHER``    text models: swap the phrase for the other (both ways)
+  ``finding:A,B``    text models with chexpert-template captions: add or remove one of the named
+                     CheXpert findings and write the caption again with the same template
 """
 from __future__ import annotations
 
@@ -37,12 +39,27 @@ class Rule:
     field: str | None = None  # tabular rules
     deltas: tuple[float, ...] = ()  # numeric: +- each
     swap: tuple[str, str] | None = None  # text rules
+    findings: tuple[str, ...] = ()  # text rules on chexpert-template captions
+
+
+def _finding_rule(spec: str) -> Rule:
+    from cfgen.captions.templates import CHEXPERT_CONDITIONS
+
+    known = {c.lower(): c for c in CHEXPERT_CONDITIONS if c != "No Finding"}
+    names = [x.strip() for x in spec.partition(":")[2].split(",") if x.strip()]
+    bad = [n for n in names if n.lower() not in known]
+    if not names or bad:
+        raise UsageError(f"--counterfactual '{spec}': " + (f"not CheXpert findings: {', '.join(bad)}" if bad else
+                         "name the findings to toggle") + f" (one or more of {', '.join(known.values())})")
+    return Rule(findings=tuple(known[n.lower()] for n in names))
 
 
 def parse_rules(specs: list[str]) -> list[Rule]:
     rules = []
     for spec in specs:
-        if "=>" in spec:
+        if spec.strip().lower().startswith("finding:"):
+            rules.append(_finding_rule(spec.strip()))
+        elif "=>" in spec:
             a, b = (x.strip() for x in spec.split("=>", 1))
             if not a or not b:
                 raise UsageError(f"--counterfactual '{spec}': a text swap needs text on both sides of =>")
@@ -59,20 +76,22 @@ def parse_rules(specs: list[str]) -> list[Rule]:
         elif spec.strip():
             rules.append(Rule(field=spec.strip()))
     if not rules:
-        raise UsageError("--counterfactual: give at least one rule (age:10,30,60 | sex | 'TEXT=>OTHER')")
+        raise UsageError("--counterfactual: give at least one rule (age:10,30,60 | sex | 'TEXT=>OTHER' | "
+                         "'finding:Pleural Effusion,Cardiomegaly')")
     return rules
 
 
 def check_rules(rules: list[Rule], fields) -> None:
-    """Rules must suit the model: field rules for tabular models (fields it has), swaps for text."""
+    """Rules must suit the model: field rules for tabular models (fields it has), swaps and findings for text."""
     names = {f.name: f for f in fields} if fields is not None else {}
     for r in rules:
-        if r.swap is not None and fields is not None:
-            raise UsageError("--counterfactual: text swaps need a text model; this model takes field values "
-                             f"({', '.join(names)}): use e.g. age:10,30,60")
+        if (r.swap is not None or r.findings) and fields is not None:
+            raise UsageError("--counterfactual: text swaps and findings need a text model; this model takes field "
+                             f"values ({', '.join(names)}): use e.g. age:10,30,60")
         if r.field is not None:
             if fields is None:
-                raise UsageError(f"--counterfactual {r.field}: field rules need a tabular model; use 'TEXT=>OTHER'")
+                raise UsageError(f"--counterfactual {r.field}: field rules need a tabular model; use 'TEXT=>OTHER' "
+                                 "or 'finding:Pleural Effusion,Cardiomegaly'")
             f = names.get(r.field)
             if f is None:
                 raise UsageError(f"--counterfactual {r.field}: the model has no such field ({', '.join(names)})")
@@ -114,12 +133,15 @@ def counterfactual_values(values: torch.Tensor, fields, rules: list[Rule], gen: 
 
 
 def counterfactual_captions(captions: list[str], rules: list[Rule], gen: torch.Generator) -> list[str]:
-    """Text c': per caption one applicable swap (either direction)."""
+    """Text c': per caption one applicable move: a swap (either direction) or a toggled finding."""
+    from cfgen.captions.templates import toggle_chexpert_finding
+
     out = []
     for cap in captions:
-        moves = [(a, b) for r in rules for a, b in (r.swap, r.swap[::-1]) if a in cap]
+        moves = [cap.replace(a, b, 1) for r in rules if r.swap for a, b in (r.swap, r.swap[::-1]) if a in cap]
+        moves += [m for r in rules for f in r.findings if (m := toggle_chexpert_finding(cap, f)) is not None]
         move = _choose(moves, gen)
-        out.append(cap.replace(move[0], move[1], 1) if move else cap)
+        out.append(cap if move is None else move)
     return out
 
 
@@ -152,6 +174,14 @@ def cycle_terms(unet, noise_scheduler, z0: torch.Tensor, noise: torch.Tensor, t:
             "cycle": (z0 - z0_back).abs().mean()}
 
 
+def _describe(r: Rule) -> str:
+    if r.swap:
+        return "=>".join(r.swap)
+    if r.findings:
+        return "finding:" + ",".join(r.findings)
+    return f"{r.field}:" + ",".join(f"{d:g}" for d in r.deltas) if r.deltas else r.field
+
+
 class CycleObjective:
     """Loss for `finetune(objective=...)`: L_CDM with counterfactual conditions from ``rules``."""
 
@@ -168,8 +198,7 @@ class CycleObjective:
 
     def describe(self) -> dict:
         return {"name": "cycle (CDM Eq. 2)", "cycle_weight": self.weight,
-                "rules": [r.swap and "=>".join(r.swap) or (f"{r.field}:" + ",".join(f"{d:g}" for d in r.deltas)
-                                                          if r.deltas else r.field) for r in self.rules]}
+                "rules": [_describe(r) for r in self.rules]}
 
     def __call__(self, model: LoadedModel, unet, noise_scheduler, pixels, captions, gen, cfg, eval_mode=False) -> torch.Tensor:
         from cfgen.editing.components import encode_images, encode_prompts

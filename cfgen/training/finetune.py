@@ -129,6 +129,8 @@ def _read_data(data_csv: Path, model_name: str | None, caption_column: str, temp
     from cfgen.models.synth import is_super_resolution, label_names
 
     planned = entry_for(model_name)
+    if cfg.window is None:  # the model's own window (fixed HU for a CT model), else each scan's auto window
+        cfg.window = str(planned.defaults.get("window", "auto"))
     sr = is_super_resolution(planned)
     if sr and (objective is not None or cfg.validation_prompts):
         raise UsageError(f"--model {model_name}: a super-resolution stage trains with its own objective and "

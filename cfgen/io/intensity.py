@@ -32,24 +32,26 @@ class IntensityMap:
         return asdict(self)
 
 
-def check_window(window: str, pre: str = "") -> None:
-    """A usage error (prefixed ``pre``) unless ``window`` is a rule or LOW,HIGH with HIGH > LOW."""
-    if window in ("auto", "minmax", "dtype", "percentile"):
-        return
+WINDOW_RULES = ("auto", "minmax", "dtype", "percentile")
+
+
+def fixed_window(window: str | None, pre: str = "") -> tuple[float, float] | None:
+    """(LOW, HIGH) of a fixed window (e.g. a model default "-1024,600" HU); None for a rule; a
+    usage error (prefixed ``pre``) for anything else."""
+    if window is None or str(window) in WINDOW_RULES:
+        return None
     try:
-        low, high = (float(v) for v in window.split(","))
+        low, high = (float(v) for v in str(window).split(","))
     except ValueError:
         raise UsageError(f"{pre}--window {window}: use {WINDOW_CHOICES}") from None
-    if not high > low:
-        raise UsageError(f"{pre}--window {window}: HIGH must be above LOW")
-
-
-def fixed_window(window: str | None) -> tuple[float, float] | None:
-    """(LOW, HIGH) of a fixed window (a model default such as "-1024,600" HU); None for the rules."""
-    if window is None or str(window) in ("auto", "minmax", "dtype", "percentile"):
-        return None
-    low, high = (float(v) for v in str(window).split(","))
     return low, high
+
+
+def check_window(window: str, pre: str = "") -> None:
+    """A usage error (prefixed ``pre``) unless ``window`` is a rule or LOW,HIGH with HIGH > LOW."""
+    got = fixed_window(window, pre)
+    if got is not None and not got[1] > got[0]:
+        raise UsageError(f"{pre}--window {window}: HIGH must be above LOW")
 
 
 def _dtype_range(dtype: str) -> tuple[float, float] | None:
@@ -85,10 +87,7 @@ def choose_window(pixels: np.ndarray, source_dtype: str, window: str = "auto",
     elif rule == "percentile":
         low, high = (float(v) for v in np.percentile(finite, [0.5, 99.5]))
     elif rule not in ("dtype",):
-        try:
-            low, high = (float(v) for v in window.split(","))
-        except ValueError:
-            raise UsageError(f"--window {window}: use {WINDOW_CHOICES}") from None
+        low, high = fixed_window(window)
         rule = "fixed"
     if not high > low:
         high = low + 1.0  # a constant image: any window maps it to one value

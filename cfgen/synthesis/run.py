@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from cfgen.errors import CfgenError, UsageError
-from cfgen.io.intensity import fixed_window
+from cfgen.io.intensity import IntensityMap, fixed_window
 from cfgen.synthesis.generate import SynthParams, Volume, output_size, synthesize
 
 
@@ -23,7 +23,7 @@ def _in_units(x: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
     """[0, 1] -> the model's fixed window (int16, e.g. HU), or as it is without one."""
     if window is None:
         return x
-    return np.round(window[0] + np.clip(x, 0.0, 1.0) * (window[1] - window[0])).astype(np.int16)
+    return np.round(IntensityMap(*window, model_low=0.0, model_high=1.0).from_model(x)).astype(np.int16)
 
 
 def _sample_outputs(out: Path, vol: Volume, spacing: float, base_spacing: float, prompt: str, labels: list[str],

@@ -13,6 +13,13 @@
    darker than white matter), and --mask-from: held-out phantoms' label maps fixed, the share of
    their ventricle / lesion voxels that come out dark in the generated image, against free
    generation with the same seeds (the image follows the given anatomy when it is higher).
+   A chest CT base (demo-ct; picked by --world, by default from the model's fixed HU window) is
+   measured with cfgen's CT measures (cfgen/evaluation/ct.py) on its own generated label channels:
+   effusion volume (mL) "large" vs "no pleural effusion", %LAA-950 "severe" vs "no emphysema", CTR
+   "cardiomegaly" vs "normal heart size" (the issue's bar: d >= 1.5 each); and --mask-from with
+   held-out CT phantoms' label maps: the share of the given airway voxels generated as air
+   (< AIRWAY_HU) and vessel voxels as blood (> VESSEL_HU) (bar: >= 0.8), beside free generation
+   with the same seeds and the phantoms themselves on the same grid.
 2. Cost: the 64^3 base volume through the CLI on this machine (process start included; bar on CPU:
    under 60 s), the two-stage volume (64^3 -> 128^3), and with --size 256 on a GPU the 256^3 run
    with its peak memory (bar: within 16 GB).
@@ -34,6 +41,10 @@ import numpy as np
 
 from cfgen.phantoms.oracle import CSF_THRESHOLD, LESION_THRESHOLD, regions
 
+CT_PAIRS = (("effusion_ml", "Chest CT: large pleural effusion", "Chest CT: no pleural effusion"),
+            ("laa950_pct", "Chest CT: severe emphysema", "Chest CT: no emphysema"),
+            ("ctr", "Chest CT: cardiomegaly", "Chest CT: normal heart size"))
+AIRWAY_HU, VESSEL_HU = -500.0, -400.0  # halfway between air / lung (-1000 / -860) and lung / blood (40)
 PAIRS = (("lesion", "brain MRI, high lesion load", "brain MRI, no lesions"),
          ("ventricles", "brain MRI of an 85 year old", "brain MRI of a 25 year old"))
 
@@ -132,8 +143,74 @@ def mask_from(base, n: int, steps: int | None, seed: int = 90000) -> dict:
             for key, rows in res.items()}
 
 
-def cost(model: str, size: int | None, device: str) -> dict:
-    cfgen = [sys.executable, "-m", "cfgen.cli.main", "synth3d", "-p", "brain MRI of an 85 year old, high lesion load",
+def ct_world(base, world: str) -> bool:
+    if world == "auto":
+        return bool(base.entry.defaults.get("window"))
+    return world == "ct"
+
+
+def _hu(unit: np.ndarray, base) -> np.ndarray:
+    from cfgen.io.intensity import IntensityMap, fixed_window
+
+    return IntensityMap(*fixed_window(base.entry.defaults["window"]), model_low=0.0, model_high=1.0).from_model(unit)
+
+
+def ct_conditional(base, n: int, steps: int | None) -> dict:
+    """CT measures of generated volumes on their own generated label maps, per prompt pair."""
+    from cfgen.evaluation.ct import measures, parse_labels
+    from cfgen.io.nifti import centred_affine
+    from cfgen.synthesis.generate import SynthParams, synthesize
+
+    spacing = float(base.entry.synth.get("spacing", 12.0))
+    affine, ids = centred_affine(base.entry.resolution, spacing), parse_labels(None)
+    out = {}
+    for attribute, prompt_a, prompt_b in CT_PAIRS:
+        sides = []
+        for prompt in (prompt_a, prompt_b):
+            t0 = time.perf_counter()
+            vols = synthesize(base, None, SynthParams(prompt=prompt, num=n, seed=0, steps=steps))
+            values = [measures(_hu(v.image, base), v.labels, affine, ids).get(attribute) for v in vols]
+            sides.append([np.nan if v is None else v for v in values])
+            print(f"  {prompt!r}: {n} volumes in {time.perf_counter() - t0:.0f} s", flush=True)
+        out[attribute] = {"a": prompt_a, "b": prompt_b, "n": n, "missing": int(np.isnan(sides).sum()),
+                          **effect(*([x for x in side if not np.isnan(x)] for side in sides))}
+    return out
+
+
+def ct_mask_from(base, n: int, steps: int | None, seed: int = 90000) -> dict:
+    """Held-out CT phantoms' label maps fixed: share of airway voxels generated as air, vessels as blood."""
+    import nibabel as nib
+
+    from cfgen.phantoms import ct
+    from cfgen.phantoms.ct_dataset import caption_of
+    from cfgen.synthesis.generate import SynthParams, read_anatomy, synthesize
+
+    size, spacing = base.entry.resolution, float(base.entry.synth.get("spacing", 12.0))
+    res: dict[str, list] = {"fixed": [], "free": [], "phantom": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(n):
+            exo, attrs = ct.subject(seed, i)
+            lab = ct.label_map(ct.tissue_maps(exo, attrs, size, spacing))
+            path = Path(tmp) / f"anatomy-{i}.nii.gz"
+            nib.save(nib.Nifti1Image(lab, ct.affine(size, spacing)), path)
+            p = SynthParams(prompt=caption_of(exo, attrs), num=1, seed=i, steps=steps)
+            fixed = _hu(synthesize(base, None, p, fixed=read_anatomy(path, base))[0].image, base)
+            free = _hu(synthesize(base, None, p)[0].image, base)
+            for key, hu in (("fixed", fixed), ("free", free), ("phantom", ct.render(exo, attrs, size, spacing))):
+                res[key].append({"airway_as_air": float((hu[lab == ct.LABELS["airway"]] < AIRWAY_HU).mean()),
+                                 "vessel_as_blood": float((hu[lab == ct.LABELS["vessel"]] > VESSEL_HU).mean())})
+    return {key: {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]} for key, rows in res.items()}
+
+
+def _print_ct(result: dict) -> None:
+    for attr, r in result.items():
+        print(f"  {attr:12s} {r['a']!r} {r['mean_a']:.2f} vs {r['b']!r} {r['mean_b']:.2f}: Cohen's d "
+              f"{r['cohens_d']:+.2f} (bar >= 1.5), P(A > B) {r['p_a_gt_b']:.2f}"
+              + (f", {r['missing']} volumes without the structure" if r["missing"] else ""))
+
+
+def cost(model: str, size: int | None, device: str, prompt: str) -> dict:
+    cfgen = [sys.executable, "-m", "cfgen.cli.main", "synth3d", "-p", prompt,
              "-m", model, "--device", device, "-q", "--json"]
     res = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -162,12 +239,24 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=None, help="base sampling steps [default: the model's]")
     ap.add_argument("--size", type=int, default=None, help="also time a run at this output size (GPU: 256)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--world", choices=["auto", "brain", "ct"], default="auto",
+                    help="which measures [default: ct for a model with a fixed window (HU), else brain]")
     args = ap.parse_args(argv)
-    result = {}
-    if args.n:
-        from cfgen.models.loader import load_model
+    from cfgen.models.loader import load_model
 
-        base = load_model(args.model, device=args.device, family="latent-diffusion-3d")
+    base = load_model(args.model, device=args.device, family="latent-diffusion-3d")
+    ct = ct_world(base, args.world)
+    result: dict = {}
+    if args.n and ct:
+        print(f"conditional CT synthesis, {args.n} volumes per prompt, model {args.model} (base stage):")
+        result["conditional"] = ct_conditional(base, args.n, args.steps)
+        _print_ct(result["conditional"])
+        k = min(args.n, 8)
+        print(f"--mask-from, {k} held-out CT phantoms' label maps (share of the given voxels at their HU; bar >= 0.8):")
+        result["mask_from"] = ct_mask_from(base, k, args.steps)
+        for key, r in result["mask_from"].items():
+            print(f"  {key:8s} " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()))
+    elif args.n:
         print(f"conditional synthesis, {args.n} volumes per prompt, model {args.model}:")
         result["conditional"] = conditional(base, args.n, args.steps)
         for attr, r in result["conditional"].items():
@@ -183,7 +272,8 @@ def main(argv: list[str] | None = None) -> dict:
             for key, r in result["mask_from"].items():
                 print(f"  {key:8s} " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()))
     print("cost (CLI, process start included):")
-    result["cost"] = cost(args.model, args.size, args.device)
+    prompt = CT_PAIRS[0][1] if ct else "brain MRI of an 85 year old, high lesion load"
+    result["cost"] = cost(args.model, args.size, args.device, prompt)
     for label, r in result["cost"].items():
         mem = f", peak GPU memory {r['peak_gpu_memory_gib']:.2f} GiB" if r["peak_gpu_memory_gib"] else ""
         print(f"  {label:40s} {r['size']}^3 in {r['wall_s']:.1f} s{mem}")

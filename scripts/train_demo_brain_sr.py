@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from cfgen.models.ldm3d import LDM3DSpec
-from cfgen.training.recipes import CFGEN, brain_phantoms, export, sh
+from cfgen.training.recipes import brain_phantoms, export, finetune_sr
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +50,6 @@ def main() -> None:
     args = ap.parse_args()
     cfg, w = RECIPES[args.recipe], args.work
     spec = cfg["spec"]
-    cfgen = CFGEN
     t0 = time.time()
     data = brain_phantoms(w / "phantoms", cfg["n"], 2000, spec.resolution, cfg["spacing"])
     from cfgen.models.ldm3d import build_ldm3d
@@ -59,11 +58,7 @@ def main() -> None:
     if not (base / "unet").is_dir():
         build_ldm3d(base, replace(spec, spacing=cfg["spacing"]), seed=0)
     out = w / "train"
-    sh(*cfgen, "finetune", str(data / "labels.csv"), "-m", str(base), "-o", str(out),
-       "--learning-rate", str(cfg["lr"]), "--lr-scheduler", "cosine", "--lr-warmup-steps", str(cfg["warmup"]),
-       "--batch-size", str(cfg["batch"]), "--max-steps", str(cfg["steps"]), "--ema", "--ema-decay",
-       str(cfg["ema_decay"]), "--checkpoint-every", "100", "--device", args.device, "-q",
-       *(["--resume"] if (out / "checkpoints").is_dir() else []))
+    finetune_sr(data / "labels.csv", base, out, cfg, args.device)
     print(f"recipe finished in {time.time() - t0:.0f} s; model: {out / 'model'}")
     if args.export:
         export(out / "model", ROOT / "cfgen" / "models" / "weights" / "demo-brain-sr", "scripts/train_demo_brain_sr.py")

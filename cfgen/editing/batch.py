@@ -239,7 +239,15 @@ def load_selector(params: "EditParams", loaded: "LoadedModel") -> "LoadedModel |
 
 
 def check_model_options(params: "EditParams", loaded: "LoadedModel") -> None:
-    """--attention or --solver on a model that cannot take them: refused before any scan is read."""
+    """--attention or --solver on a model that cannot take them, or a synth3d base that generates
+    anatomy label channels with the image: refused before any scan is read."""
+    from cfgen.models.synth import label_names
+
+    labels = label_names(loaded.entry)
+    if labels:
+        raise UsageError(f"--model {loaded.name}: generates {len(labels)} anatomy label channels with the image "
+                         f"({', '.join(labels)}); edit and invert take image-only models (use it with synth3d, "
+                         "e.g. --mask-from, or edit with a model whose [synth] table names no labels)")
     if params.solver != "ddim":
         from cfgen.editing.dpm import check_solver
 

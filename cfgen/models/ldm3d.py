@@ -95,6 +95,11 @@ class Autoencoder3DAdapter(torch.nn.Module):
     def voxel_space(self) -> bool:
         return self.net is None
 
+    @property
+    def lossless(self) -> bool:
+        """Voxel space: anatomy label channels are generated on the image grid."""
+        return self.net is None
+
 
 def _read_config(folder: Path) -> dict[str, Any]:
     try:
@@ -170,9 +175,9 @@ def _autoencoder(folder: Path, entry, ucfg: dict[str, Any], device: str, dtype):
     if is_wavelet_config(folder / AE_DIR / "config.json"):
         from cfgen.models.wavelet import load_wavelet
 
-        wav = load_wavelet(folder / AE_DIR / "config.json", int(entry.channels))
-        labels = len(entry.synth.get("labels", []))
-        want = wav.latent_channels(3) + labels
+        # label channels go through the transform with the image (in_channels = image + labels)
+        wav = load_wavelet(folder / AE_DIR / "config.json", int(entry.channels) + len(entry.synth.get("labels", [])))
+        want = wav.latent_channels(3)
         if int(ucfg.get("out_channels", want)) != want:
             raise ModelError(f"{folder / UNET_DIR / 'config.json'}: out_channels {ucfg.get('out_channels')}, but "
                              f"autoencoder/ is a {wav.levels}-level Haar transform giving {want} channels")
@@ -254,11 +259,13 @@ def build_ldm3d(folder: Path, spec: LDM3DSpec = LDM3DSpec(), seed: int = 0) -> P
     quiet_hf()
     folder = Path(folder)
     torch.manual_seed(seed)
-    latent = spec.channels
-    if spec.wavelet_levels is not None:
+    synth = spec.synth or {}
+    labels = len(synth.get("labels", []))
+    latent = spec.channels + labels  # label channels are generated with the image
+    if spec.wavelet_levels is not None:  # ... and go through the transform with it
         from cfgen.models.wavelet import HaarWavelet
 
-        wav = HaarWavelet(spec.wavelet_levels, spec.channels, spec.scaling_factor)
+        wav = HaarWavelet(spec.wavelet_levels, spec.channels + labels, spec.scaling_factor)
         wav.save_pretrained(folder / AE_DIR)
         latent = wav.latent_channels(3)
     elif spec.ae_channels:
@@ -271,11 +278,9 @@ def build_ldm3d(folder: Path, spec: LDM3DSpec = LDM3DSpec(), seed: int = 0) -> P
         (folder / AE_DIR).mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in ae.state_dict().items()}, str(folder / AE_DIR / WEIGHTS))
         (folder / AE_DIR / "config.json").write_text(json.dumps({**acfg, "scaling_factor": spec.scaling_factor}, indent=2))
-        latent = spec.latent_channels
+        latent = spec.latent_channels + labels
     n = len(spec.unet_channels)
-    synth = spec.synth or {}
     sr = "scale" in synth
-    latent += len(synth.get("labels", []))  # label channels are generated with the image
     ucfg = {"spatial_dims": 3, "in_channels": 2 * latent if sr else latent, "out_channels": latent,
             "channels": list(spec.unet_channels), "num_res_blocks": 1,
             # a super-resolution stage is convolutional (no attention, no text): it runs in sliding windows

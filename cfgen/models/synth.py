@@ -5,8 +5,8 @@ A base stage (text- or tabular-conditioned 3D model)::
 
   [synth]
   spacing = 3.0                        # mm per voxel at the model's resolution
-  labels = ["ventricles", "lesions"]   # optional, voxel-space models only: anatomy channels
-                                       # generated with the image (UNet channels = 1 + len(labels))
+  labels = ["ventricles", "lesions"]   # optional, voxel-space or Haar-wavelet models: anatomy channels
+                                       # generated with the image (UNet channels = (1 + len(labels)) x 8^levels)
   super_resolution = "demo-brain-sr"   # optional: the stage synth3d runs next (entry name, or a folder
                                        # relative to this model's folder)
 

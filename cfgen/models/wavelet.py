@@ -82,6 +82,11 @@ class HaarWavelet(torch.nn.Module):
     def voxel_space(self) -> bool:
         return self.levels == 0
 
+    @property
+    def lossless(self) -> bool:
+        """Per channel and exactly invertible: anatomy label channels can go through it with the image."""
+        return True
+
     def latent_channels(self, spatial_dims: int) -> int:
         return self.config.in_channels * 2 ** (spatial_dims * self.levels)
 

@@ -72,27 +72,39 @@ def output_size(p: SynthParams, base, sr) -> int:
 
 
 def check_base(model: LoadedModel) -> None:
-    if label_names(model.entry) and not model.vae.voxel_space:
-        raise ModelError(f"{model.folder}: label channels need a voxel-space base stage (no autoencoder/)")
+    if label_names(model.entry) and not getattr(model.vae, "lossless", False):
+        raise ModelError(f"{model.folder}: label channels need a voxel-space or Haar-wavelet base stage "
+                         "(a learned autoencoder/ would blur them)")
     if "scale" in model.entry.synth:
         raise UsageError(f"--model {model.name}: a super-resolution stage; synth3d needs a base stage first")
 
 
-def _fixer(sched, fixed: torch.Tensor, channels: int, timesteps: torch.Tensor, gen: torch.Generator):
-    """blend(z, i) for ddim.sample: label channels follow the given labels' forward trajectory."""
-    noise = torch.randn(fixed.shape, generator=gen).to(fixed.device)
+def _fixer(model: LoadedModel, sched, fixed: torch.Tensor, timesteps: torch.Tensor, gen: torch.Generator):
+    """(start(z), blend(z, i)) for ddim.sample: the label channels' latents follow the given labels'
+    forward trajectory. In voxel space they are the label channels; through the Haar transform
+    (per channel, input channel fastest in the band order) every latent channel whose index modulo
+    image + label channels is a label's."""
+    from cfgen.editing.components import encode_images
+
+    image = model.entry.channels
+    total = image + fixed.shape[1]
+    x = torch.cat([torch.zeros((1, image) + tuple(fixed.shape[2:]), dtype=fixed.dtype, device=fixed.device), fixed], 1)
+    clean = encode_images(model, x).to(fixed.dtype)
+    labelled = torch.arange(clean.shape[1], device=clean.device) % total >= image
+    clean = clean[:, labelled]
+    noise = torch.randn(clean.shape, generator=gen).to(clean.device, clean.dtype)
 
     def at(i: int) -> torch.Tensor:
         if i >= len(timesteps):
-            return fixed
-        return sched.add_noise(fixed, noise, timesteps[i:i + 1].to(fixed.device)).to(fixed.dtype)
+            return clean
+        return sched.add_noise(clean, noise, timesteps[i:i + 1].to(clean.device)).to(clean.dtype)
 
-    def blend(z: torch.Tensor, i: int) -> torch.Tensor:
+    def put(z: torch.Tensor, i: int) -> torch.Tensor:
         z = z.clone()
-        z[:, channels:] = at(i + 1)
+        z[:, labelled] = at(i).to(z.dtype)
         return z
 
-    return at, blend
+    return (lambda z: put(z, 0)), (lambda z, i: put(z, i + 1))
 
 
 @torch.no_grad()
@@ -111,8 +123,8 @@ def sample_base(model: LoadedModel, prompt: str, seed: int, steps: int, guidance
     cond, uncond = encode_prompts(model, [prompt, ""]).chunk(2)
     blend = None
     if fixed is not None:
-        at, blend = _fixer(sched, fixed.to(model.device, model.dtype), e.channels, sched.timesteps, gen)
-        z[:, e.channels:] = at(0)
+        start, blend = _fixer(model, sched, fixed.to(model.device, model.dtype), sched.timesteps, gen)
+        z = start(z)
     z = ddim.sample(model.unet, sched, z, cond, sched.timesteps, uncond=uncond, guidance=guidance,
                     blend=blend, on_step=on_step)
     return decode_latents(model, z)

@@ -30,6 +30,15 @@ def finetune_unet(train_csv: Path, base: Path, unet_out: Path, cfg: dict, device
        *(["--resume"] if (unet_out / "checkpoints").is_dir() else []))
 
 
+def finetune_sr(train_csv: Path, base: Path, out: Path, cfg: dict, device: str) -> None:
+    """`cfgen finetune` of a super-resolution stage (no text, no Min-SNR; resumes when checkpoints exist)."""
+    sh(*CFGEN, "finetune", str(train_csv), "-m", str(base), "-o", str(out),
+       "--learning-rate", str(cfg["lr"]), "--lr-scheduler", "cosine", "--lr-warmup-steps", str(cfg["warmup"]),
+       "--batch-size", str(cfg["batch"]), "--max-steps", str(cfg["steps"]), "--ema", "--ema-decay",
+       str(cfg["ema_decay"]), "--checkpoint-every", "100", "--device", device, "-q",
+       *(["--resume"] if (out / "checkpoints").is_dir() else []))
+
+
 def _log_every_50(component: str):
     return lambda s, loss: print(f"{component} step {s} loss {loss:.4f}", flush=True) if s % 50 == 0 else None
 
@@ -56,13 +65,17 @@ def first_stage(train_csv: Path, base: Path, out: Path, component: str, phases: 
         shutil.copytree(out / component, base / component)
 
 
+def world_phantoms(world: str, data: Path, n: int, seed: int, size: int, spacing: float, *extra: str) -> Path:
+    """`cfgen phantoms WORLD` (brain or ct) into ``data`` without counterfactuals (kept when already there)."""
+    if not (data / "labels.csv").is_file():
+        sh(*CFGEN, "phantoms", world, "-n", str(n), "--seed", str(seed), "--size", str(size),
+           "--spacing", str(spacing), "--no-counterfactuals", "-o", str(data), "-q", *extra)
+    return data
+
+
 def brain_phantoms(data: Path, n: int, seed: int, size: int, spacing: float, anatomy: Sequence[str] = ()) -> Path:
     """`cfgen phantoms brain` into ``data`` (kept when already there)."""
-    if not (data / "labels.csv").is_file():
-        sh(*CFGEN, "phantoms", "brain", "-n", str(n), "--seed", str(seed), "--size", str(size),
-           "--spacing", str(spacing), "--no-counterfactuals", "-o", str(data), "-q",
-           *(["--anatomy", ",".join(anatomy)] if anatomy else []))
-    return data
+    return world_phantoms("brain", data, n, seed, size, spacing, *(["--anatomy", ",".join(anatomy)] if anatomy else []))
 
 
 def export(model: Path, target: Path, recipe_script: str) -> None:

@@ -34,11 +34,12 @@ from pathlib import Path
 
 from cfgen.models.ldm3d import LDM3DSpec
 from cfgen.models.tabular import CT_FIELDS
+from cfgen.phantoms import ct
 from cfgen.training.recipes import CFGEN, export, finetune_sr, finetune_unet, sh, world_phantoms
 
 ROOT = Path(__file__).resolve().parents[1]
 WINDOW = "-1024,600"
-LABELS = ["RUL", "RML", "RLL", "LUL", "LLL", "airway", "vessel", "heart", "effusion"]  # cfgen.phantoms.ct.LABELS order
+LABELS = list(ct.LABELS)  # the phantoms' label ids 1..9 in order: five lobes, airway, vessel, heart, effusion
 SR = {"scale": 2, "patch": 32, "overlap": 0.25, "residual": True}
 
 

@@ -98,7 +98,7 @@ class Autoencoder3DAdapter(torch.nn.Module):
     @property
     def lossless(self) -> bool:
         """Voxel space: anatomy label channels are generated on the image grid."""
-        return self.net is None
+        return self.voxel_space
 
 
 def _read_config(folder: Path) -> dict[str, Any]:

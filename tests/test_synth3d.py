@@ -201,9 +201,34 @@ def test_synth_tables_are_checked_when_the_registry_is_read(tmp_path):
     assert check_synth_table({"scale": 2, "patch": 32}, "w") == {"scale": 2, "patch": 32}
     for bad, msg in (({"scal": 2}, "unknown"), ({"scale": 1}, "at least 2"), ({"scale": 2, "labels": ["a"]}, "no label"),
                      ({"labels": ["a", "a"]}, "distinct"), ({"overlap": 1.5}, "overlap"), ({"spacing": "3"}, "wrong type"),
-                     ({"residual": True}, "super-resolution stage"), ({"scale": 2, "residual": 1}, "wrong type")):
+                     ({"residual": True}, "super-resolution stage"), ({"scale": 2, "residual": 1}, "wrong type"),
+                     ({"labels": ["a"], "label_encoding": "gray"}, "unknown"), ({"label_encoding": "bits"}, "needs labels")):
         with pytest.raises(ModelError, match=msg):
             check_synth_table(bad, "w")
+
+
+@pytest.mark.parametrize("count", [1, 2, 7, 8, 9, 15])
+def test_label_codes_give_every_label_back_and_bits_take_log2_channels(count):
+    """one-hot: one channel per label; bits: ceil(log2(count + 1)) channels (9 labels in 4); both
+    decode every label and background exactly, also after a perturbation smaller than half the range,
+    and bits decode a number no label has as background."""
+    from cfgen.models.label_codes import decode, encode
+    from cfgen.models.synth import label_channel_count
+
+    rng = np.random.default_rng(count)
+    codes = rng.integers(0, count + 1, size=(6, 5, 4))
+    names = [f"l{k}" for k in range(count)]
+    for enc, channels in (("one-hot", count), ("bits", int(np.ceil(np.log2(count + 1))))):
+        assert label_channel_count({"labels": names, "label_encoding": enc}) == channels
+        x = encode(codes, count, enc)
+        assert x.shape == (channels,) + codes.shape and set(np.unique(x)) <= {0.0, 1.0}
+        # in a model's range [-1, 1] with noise below the midpoint margin
+        y = -1 + 2 * x + rng.uniform(-0.9, 0.9, x.shape)
+        assert np.array_equal(decode(y, count, enc, 0.0), codes)
+    assert label_channel_count({}) == 0
+    if count < 2 ** count.bit_length() - 1:  # a code above count exists: it is not a label
+        high = np.ones((count.bit_length(), 1))
+        assert decode(high, count, "bits", 0.5)[0] == 0
 
 
 def test_a_residual_stage_starts_from_trilinear_and_needs_x0_prediction(tmp_path):
@@ -254,7 +279,10 @@ def test_phantom_anatomy_trains_a_labelled_base_and_serves_mask_from(stages, cli
 
 def test_a_ct_model_trains_in_its_hu_window_and_synthesizes_in_hu(cli, tmp_path):
     """A model whose [defaults] window is fixed (CT: -1024,600 HU) trains on HU scans in that window,
-    not each scan's min..max, and synth3d writes HU (int16), read back by nibabel."""
+    not each scan's min..max, and synth3d writes HU (int16), read back by nibabel; with --dicom also a
+    CT series that SimpleITK reads to the same HU and geometry."""
+    import SimpleITK as sitk
+
     from cfgen.io.intensity import choose_window
     from cfgen.io.scan import read_scan
     from cfgen.models.tabular import CT_FIELDS
@@ -275,7 +303,7 @@ def test_a_ct_model_trains_in_its_hu_window_and_synthesizes_in_hu(cli, tmp_path)
     scan = read_scan(data / "images" / "ct_00000.nii.gz")  # the two windows differ on a phantom
     assert choose_window(scan.pixels, scan.source_dtype, "minmax").high > 600  # bone: minmax would squeeze HU
     res = cli("synth3d", "-p", "CT with a large right pleural effusion", "-m", tmp_path / "run" / "model", "--steps",
-              "2", "--sr", "none", "--device", "cpu", "-q", "-o", tmp_path / "gen")
+              "2", "--sr", "none", "--device", "cpu", "--dicom", "-q", "-o", tmp_path / "gen")
     assert res.exit_code == 0, res.output
     img = nib.load(tmp_path / "gen" / "sample-000" / "volume.nii.gz")
     hu = np.asarray(img.dataobj)
@@ -283,21 +311,33 @@ def test_a_ct_model_trains_in_its_hu_window_and_synthesizes_in_hu(cli, tmp_path)
     report = json.loads((tmp_path / "gen" / "report.json").read_text())
     assert report["params"]["units"] == "window -1024,600 (int16)"
     assert report["items"][0]["metrics"]["mean_intensity"] == pytest.approx(float(hu.mean()))
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(tmp_path / "gen" / "sample-000" / "dicom")))
+    series = reader.Execute()  # SimpleITK: LPS, array (z, y, x); nibabel: RAS, (x, y, z)
+    assert np.array_equal(sitk.GetArrayFromImage(series).transpose(2, 1, 0), hu)
+    assert np.allclose(series.GetSpacing(), img.header.get_zooms()) and np.allclose(
+        np.array(series.GetOrigin()) * [-1, -1, 1], img.affine[:3, 3], atol=1e-3)
+    # a model whose volumes are not in HU: refused before sampling
+    mr = build_ldm3d(tmp_path / "mr", LDM3DSpec(resolution=8, ae_channels=None, unet_channels=(8, 16),
+                                                conditioning=CT_FIELDS, synth={"spacing": 48.0}), seed=4)
+    res = cli("synth3d", "-p", "x", "-m", mr, "--dicom", "--device", "cpu", "-q", "-o", tmp_path / "no")
+    assert res.exit_code == 2 and "--dicom" in res.output and "HU" in res.output, res.output
 
 
 def test_a_haar_wavelet_ct_base_carries_its_anatomy_channels_through_the_transform(cli, tmp_path):
-    """demo-ct's design: label channels go through the Haar transform with the image (in_channels
-    image + labels, the UNet on 8x the channels at half the side); it trains on `phantoms ct`'s label
-    maps and --mask-from gives back exactly the phantom's anatomy, with the image in HU."""
+    """demo-ct's design: the nine labels as analog bits (4 channels) go through the Haar transform
+    with the image (in_channels 1 + 4, the UNet on 8x the channels at half the side); it trains on
+    `phantoms ct`'s label maps and --mask-from gives back exactly the phantom's anatomy, with the
+    image in HU."""
     from cfgen.models.tabular import CT_FIELDS
     from cfgen.phantoms.ct import LABELS
 
     names = list(LABELS)  # the phantoms' label ids 1..9 in order
     model = _liven(build_ldm3d(tmp_path / "ct", LDM3DSpec(
         resolution=32, ae_channels=None, wavelet_levels=1, unet_channels=(8, 16), conditioning=CT_FIELDS,
-        window="-1024,600", synth={"spacing": 12.0, "labels": names}), seed=5))
-    assert json.loads((model / "autoencoder" / "config.json").read_text())["in_channels"] == 10
-    assert json.loads((model / "unet" / "config.json").read_text())["out_channels"] == 80
+        window="-1024,600", synth={"spacing": 12.0, "labels": names, "label_encoding": "bits"}), seed=5))
+    assert json.loads((model / "autoencoder" / "config.json").read_text())["in_channels"] == 5
+    assert json.loads((model / "unet" / "config.json").read_text())["out_channels"] == 40
     data = tmp_path / "ph"
     assert cli("phantoms", "ct", "-n", "2", "--size", "32", "--spacing", "12", "--no-counterfactuals", "-o", data,
                "-q").exit_code == 0
@@ -322,4 +362,4 @@ def test_a_haar_wavelet_ct_base_carries_its_anatomy_channels_through_the_transfo
     # edit takes image-only models: a clear usage error before any scan is read, not a shape crash
     res = cli("edit", data / "images" / "ct_00000.nii.gz", "-p", "CT with a large pleural effusion", "-m",
               tmp_path / "run" / "model", "--steps", "2", "--device", "cpu", "-q", "-o", tmp_path / "edit")
-    assert res.exit_code == 2 and "generates 9 anatomy label channels" in res.output, res.output
+    assert res.exit_code == 2 and "generates 9 anatomy labels" in res.output, res.output

@@ -25,6 +25,7 @@ def synth3d(
     patch: Annotated[Optional[int], typer.Option(help="Super-resolution window side in voxels (bounds memory) [default: the stage's]")] = None,
     overlap: Annotated[Optional[float], typer.Option(help="Window overlap, 0..1 [default: the stage's, else 0.25]")] = None,
     mask_from: Annotated[Optional[Path], typer.Option("--mask-from", help="Label NIfTI (value k = the model's k-th label): generate the image around this anatomy")] = None,
+    dicom: Annotated[bool, typer.Option("--dicom", help="Also write each volume as a DICOM CT series (sample-NNN/dicom/); models with a fixed HU window")] = False,
     device: DeviceOpt = Device.auto,
     dtype: DtypeOpt = Dtype.float32,
     overwrite: OverwriteOpt = False,
@@ -41,7 +42,8 @@ def synth3d(
     p = SynthParams(prompt=prompt, num=num, seed=seed, steps=steps, guidance=guidance, sr_steps=sr_steps, size=size,
                     patch=patch, overlap=overlap)
     with simple_progress(None, "sampling steps", quiet) as tick:
-        report = run_synth3d(p, out, model, sr, mask_from, device.value, dtype.value, overwrite, on_step=tick)
+        report = run_synth3d(p, out, model, sr, mask_from, device.value, dtype.value, overwrite, on_step=tick,
+                             dicom=dicom)
     if json_out:
         print_json(report)
     print_item_errors(report["items"])

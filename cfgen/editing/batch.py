@@ -245,7 +245,7 @@ def check_model_options(params: "EditParams", loaded: "LoadedModel") -> None:
 
     labels = label_names(loaded.entry)
     if labels:
-        raise UsageError(f"--model {loaded.name}: generates {len(labels)} anatomy label channels with the image "
+        raise UsageError(f"--model {loaded.name}: generates {len(labels)} anatomy labels with the image "
                          f"({', '.join(labels)}); edit and invert take image-only models (use it with synth3d, "
                          "e.g. --mask-from, or edit with a model whose [synth] table names no labels)")
     if params.solver != "ddim":

@@ -60,18 +60,20 @@ def geometry_to_model(img: np.ndarray, prep: Prepared, fill: float = 0.0) -> tor
 
 
 def label_channels(lab: np.ndarray, path, scan: Scan, prep: Prepared, count: int,
-                   value_range: tuple[float, float]) -> torch.Tensor:
-    """(count, R, R, R): label k of the integer label volume ``lab`` (read from ``path``) as channel
-    k - 1, on the model's grid (``scan``'s, prepared as ``prep``) and in the model's range (outside:
-    low, inside: high). What a labelled base trains on and what `synth3d --mask-from` fixes."""
+                   value_range: tuple[float, float], encoding: str = "one-hot") -> torch.Tensor:
+    """(channels, R, R, R): the integer label volume ``lab`` (read from ``path``, labels 1..count)
+    encoded as the model's label channels (cfgen.models.label_codes: one-hot or bits), on the
+    model's grid (``scan``'s, prepared as ``prep``) and in the model's range (0: low, 1: high).
+    What a labelled base trains on and what `synth3d --mask-from` fixes."""
+    from cfgen.models.label_codes import encode
+
     if lab.shape != scan.pixels.shape[1:]:
         raise InputError(f"{path}: label volume of shape {lab.shape} is not on the image's grid {scan.pixels.shape[1:]}")
     codes = np.rint(lab).astype(np.int64)
     if codes.min() < 0 or codes.max() > count:
         raise InputError(f"{path}: label values must be 0..{count} (the model's labels), found {codes.min()}..{codes.max()}")
-    onehot = np.stack([(codes == k).astype(np.float32) for k in range(1, count + 1)])
     lo, hi = value_range
-    return lo + (hi - lo) * geometry_to_model(onehot, prep, fill=0.0)[0]
+    return lo + (hi - lo) * geometry_to_model(encode(codes, count, encoding), prep, fill=0.0)[0]
 
 
 def geometry_to_scan(y: torch.Tensor, prep: Prepared) -> np.ndarray:

@@ -35,6 +35,7 @@ import torch
 
 from cfgen.errors import ModelError
 from cfgen.models.files import check_network_size
+from cfgen.models.synth import label_channel_count
 
 UNET_DIR, AE_DIR, WEIGHTS = "unet", "autoencoder", "model.safetensors"
 
@@ -176,7 +177,7 @@ def _autoencoder(folder: Path, entry, ucfg: dict[str, Any], device: str, dtype):
         from cfgen.models.wavelet import load_wavelet
 
         # label channels go through the transform with the image (in_channels = image + labels)
-        wav = load_wavelet(folder / AE_DIR / "config.json", int(entry.channels) + len(entry.synth.get("labels", [])))
+        wav = load_wavelet(folder / AE_DIR / "config.json", int(entry.channels) + label_channel_count(entry.synth))
         want = wav.latent_channels(3)
         if int(ucfg.get("out_channels", want)) != want:
             raise ModelError(f"{folder / UNET_DIR / 'config.json'}: out_channels {ucfg.get('out_channels')}, but "
@@ -260,7 +261,7 @@ def build_ldm3d(folder: Path, spec: LDM3DSpec = LDM3DSpec(), seed: int = 0) -> P
     folder = Path(folder)
     torch.manual_seed(seed)
     synth = spec.synth or {}
-    labels = len(synth.get("labels", []))
+    labels = label_channel_count(synth)
     latent = spec.channels + labels  # label channels are generated with the image
     if spec.wavelet_levels is not None:  # ... and go through the transform with it
         from cfgen.models.wavelet import HaarWavelet
@@ -281,6 +282,12 @@ def build_ldm3d(folder: Path, spec: LDM3DSpec = LDM3DSpec(), seed: int = 0) -> P
         latent = spec.latent_channels + labels
     n = len(spec.unet_channels)
     sr = "scale" in synth
+    if spec.unet_channels[0] < latent:
+        import warnings
+
+        warnings.warn(f"{folder}: the UNet's first block ({spec.unet_channels[0]} channels) is narrower than its "
+                      f"{latent} latent channels, so it cannot carry its input through (fine for a test model, "
+                      "not for one to train)", stacklevel=2)
     ucfg = {"spatial_dims": 3, "in_channels": 2 * latent if sr else latent, "out_channels": latent,
             "channels": list(spec.unet_channels), "num_res_blocks": 1,
             # a super-resolution stage is convolutional (no attention, no text): it runs in sliding windows

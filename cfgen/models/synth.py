@@ -6,7 +6,10 @@ A base stage (text- or tabular-conditioned 3D model)::
   [synth]
   spacing = 3.0                        # mm per voxel at the model's resolution
   labels = ["ventricles", "lesions"]   # optional, voxel-space or Haar-wavelet models: anatomy channels
-                                       # generated with the image (UNet channels = (1 + len(labels)) x 8^levels)
+                                       # generated with the image (UNet channels = (1 + label channels) x 8^levels)
+  label_encoding = "bits"              # optional: "one-hot" (default, one channel per label) or "bits"
+                                       # (analog bits: label k as the binary digits of k, ceil(log2(L + 1))
+                                       # channels, so nine labels take 4 channels instead of 9)
   super_resolution = "demo-brain-sr"   # optional: the stage synth3d runs next (entry name, or a folder
                                        # relative to this model's folder)
 
@@ -26,7 +29,8 @@ from typing import Any
 from cfgen.errors import ModelError
 
 KEYS = {"spacing": (int, float), "labels": list, "super_resolution": str, "scale": int, "patch": int,
-        "overlap": (int, float), "residual": bool}
+        "overlap": (int, float), "residual": bool, "label_encoding": str}
+LABEL_ENCODINGS = ("one-hot", "bits")
 
 
 def check_synth_table(table: Any, where: str) -> dict[str, Any]:
@@ -41,6 +45,11 @@ def check_synth_table(table: Any, where: str) -> dict[str, Any]:
     labels = table.get("labels", [])
     if not all(isinstance(x, str) and x for x in labels) or len(set(labels)) != len(labels):
         raise ModelError(f"{where}: [synth] labels must be distinct non-empty names, got {labels!r}")
+    if table.get("label_encoding", "one-hot") not in LABEL_ENCODINGS:
+        raise ModelError(f"{where}: [synth] label_encoding = {table['label_encoding']!r} is unknown "
+                         f"(known: {', '.join(LABEL_ENCODINGS)})")
+    if "label_encoding" in table and not labels:
+        raise ModelError(f"{where}: [synth] label_encoding needs labels")
     if "scale" in table and table["scale"] < 2:
         raise ModelError(f"{where}: [synth] scale = {table['scale']} must be at least 2")
     if "scale" in table and labels:
@@ -62,6 +71,16 @@ def is_super_resolution(entry) -> bool:
 
 def label_names(entry) -> list[str]:
     return list(entry.synth.get("labels", []))
+
+
+def label_encoding(synth: dict[str, Any]) -> str:
+    return str(synth.get("label_encoding", "one-hot"))
+
+
+def label_channel_count(synth: dict[str, Any]) -> int:
+    """How many channels the labels of a ``[synth]`` table take beside the image."""
+    n = len(synth.get("labels", []))
+    return n.bit_length() if label_encoding(synth) == "bits" and n else n
 
 
 def toml_lines(synth: dict[str, Any]) -> list[str]:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from cfgen.errors import ModelError, UsageError
-from cfgen.models.synth import label_names
+from cfgen.models.synth import label_encoding, label_names
 
 if TYPE_CHECKING:
     from cfgen.models.loader import LoadedModel
@@ -130,12 +130,13 @@ def sample_base(model: LoadedModel, prompt: str, seed: int, steps: int, guidance
     return decode_latents(model, z)
 
 
-def label_map(channels: torch.Tensor, value_range: tuple[float, float]) -> np.ndarray:
-    """(L, ...) label channels in the model's range -> uint8 map: the strongest label above the midpoint."""
-    mid = (value_range[0] + value_range[1]) / 2
-    best = channels.argmax(dim=0)
-    inside = channels.max(dim=0).values > mid
-    return np.where(inside.cpu().numpy(), best.cpu().numpy() + 1, 0).astype(np.uint8)
+def label_map(channels: torch.Tensor, entry) -> np.ndarray:
+    """(label channels, ...) in the model's range -> uint8 map (value k = the k-th label name),
+    decoded as the model encodes its labels (cfgen.models.label_codes)."""
+    from cfgen.models.label_codes import decode
+
+    mid = (entry.value_range[0] + entry.value_range[1]) / 2
+    return decode(channels.float().cpu().numpy(), len(label_names(entry)), label_encoding(entry.synth), mid)
 
 
 def _nearest(labels: np.ndarray, size: int) -> np.ndarray:
@@ -178,7 +179,7 @@ def synthesize(base, sr, p: SynthParams, fixed: torch.Tensor | None = None,
             high = super_resolve(sr, low, size, p.sr_steps, seed, p.patch, p.overlap, on_step)
         else:
             high = upsample(low, size) if size != e.resolution else low
-        labels = _nearest(label_map(lab[0], e.value_range), size) if lab.shape[1] else None
+        labels = _nearest(label_map(lab[0], e), size) if lab.shape[1] else None
         out.append(Volume(image=_unit(high, e.value_range)[0].mean(axis=0), labels=labels,
                           base=_unit(low, e.value_range)[0].mean(axis=0), seed=seed))
     return out
@@ -199,4 +200,4 @@ def read_anatomy(path, model) -> torch.Tensor:
         raise UsageError(f"--mask-from {path}: needs a 3D label volume")
     e = model.entry
     prep = to_model(scan, ModelGrid.of(e), 1, e.value_range, "minmax")
-    return label_channels(scan.pixels[0], path, scan, prep, len(names), e.value_range)[None]
+    return label_channels(scan.pixels[0], path, scan, prep, len(names), e.value_range, label_encoding(e.synth))[None]

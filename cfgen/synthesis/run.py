@@ -27,7 +27,7 @@ def _in_units(x: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
 
 
 def _sample_outputs(out: Path, vol: Volume, spacing: float, base_spacing: float, prompt: str, labels: list[str],
-                    window: tuple[float, float] | None = None) -> dict:
+                    window: tuple[float, float] | None = None, dicom: bool = False) -> dict:
     from cfgen.io.nifti import centred_affine, write_volume
     from cfgen.viz.figures import volume_views
     from cfgen.viz.panels import write_views
@@ -51,6 +51,11 @@ def _sample_outputs(out: Path, vol: Volume, spacing: float, base_spacing: float,
     strip, _, views = volume_views(vol.image, vol.image, aff)
     write_views(strip, views, folder / "preview.png", note)
     outputs["preview"] = f"{rel}/preview.png"
+    if dicom:  # before volume.nii.gz, which marks a finished sample for a resumed run
+        from cfgen.io.dicom_create import write_ct_series
+
+        write_ct_series(image, aff, folder / "dicom", note, {"patient_name": "Synthetic^CT", "patient_id": "CFGEN"})
+        outputs["dicom"] = f"{rel}/dicom"
     write_volume(folder / "volume.nii.gz", image, aff, note)
     outputs["volume"] = f"{rel}/volume.nii.gz"
     return {"outputs": outputs, "metrics": metrics}
@@ -64,8 +69,9 @@ def _load(name: str | None, device: str, dtype: str, option: str):
 
 def run_synth3d(p: SynthParams, out: Path, model: str | None = None, sr: str | None = None,
                 mask_from: Path | None = None, device: str = "auto", dtype: str = "float32",
-                overwrite: bool = False, on_step: Callable[[], None] | None = None) -> dict:
-    """Generate ``p.num`` volumes into ``out``; returns the report (also written to out/report.json)."""
+                overwrite: bool = False, on_step: Callable[[], None] | None = None, dicom: bool = False) -> dict:
+    """Generate ``p.num`` volumes into ``out``; returns the report (also written to out/report.json).
+    ``dicom``: each volume also as a DICOM CT series (models with a fixed HU window only)."""
     import torch
 
     from cfgen.models.registry import load_registry
@@ -98,9 +104,12 @@ def run_synth3d(p: SynthParams, out: Path, model: str | None = None, sr: str | N
     size = output_size(p, base, stage2)
     spacing = base_spacing * e.resolution / size  # the base's field of view at the output's grid
     window = fixed_window(e.defaults.get("window"))
+    if dicom and window is None:
+        raise UsageError(f"--dicom: model '{base.name}' has no fixed [defaults] window, so its volumes are not in "
+                         "HU; a DICOM CT series needs HU (write NIfTI, or use a CT model such as demo-ct)")
     params = {**vars(p), "size": size, "model": model, "sr": stage2.name if stage2 else None,
               "mask_from": str(mask_from) if mask_from else None, "device": device, "dtype": dtype,
-              "overwrite": overwrite, "labels": labels, "spacing_mm": spacing,
+              "overwrite": overwrite, "dicom": dicom, "labels": labels, "spacing_mm": spacing,
               "units": f"window {window[0]:g},{window[1]:g} (int16)" if window else "[0, 1]",
               "scheduler": e.scheduler.get("kind", "ddim"),
               "sr_scheduler": stage2.entry.scheduler.get("kind", "ddim") if stage2 else None}
@@ -123,7 +132,7 @@ def run_synth3d(p: SynthParams, out: Path, model: str | None = None, sr: str | N
         try:
             one = SynthParams(**{**vars(p), "num": 1, "seed": seed})
             vol = synthesize(base, stage2, one, fixed, on_step)[0]
-            item.update(_sample_outputs(out, vol, spacing, base_spacing, p.prompt, labels, window))
+            item.update(_sample_outputs(out, vol, spacing, base_spacing, p.prompt, labels, window, dicom))
         except CfgenError as exc:
             item.update(status="error", error=f"{name}: {exc}")
         item["metrics"]["seconds"] = round(time.perf_counter() - t1, 3)

@@ -74,10 +74,11 @@ class ImageCaptionDataset:
     """Map-style dataset: (C, R, R) tensors in the model's range plus captions."""
 
     def __init__(self, samples: list[Sample], grid, channels: int,
-                 value_range: tuple[float, float], window: str = "auto", labels: int = 0):
+                 value_range: tuple[float, float], window: str = "auto", labels: int = 0,
+                 label_encoding: str = "one-hot"):
         self.samples = samples
         self.grid, self.channels, self.value_range = grid, channels, value_range  # grid: editing.grid.ModelGrid
-        self.window, self.labels = window, labels
+        self.window, self.labels, self.label_encoding = window, labels, label_encoding
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -96,7 +97,8 @@ class ImageCaptionDataset:
                 import torch
 
                 lab = read_scan(s.labels).pixels[0]
-                x = torch.cat([x, label_channels(lab, s.labels, scan, prep, self.labels, self.value_range)])
+                x = torch.cat([x, label_channels(lab, s.labels, scan, prep, self.labels, self.value_range,
+                                                  self.label_encoding)])
         except CfgenError as exc:
             return {"error": str(exc), "row": s.row}
         return {"pixels": x, "caption": s.caption, "row": s.row}

@@ -175,7 +175,7 @@ def prepare_run(data_csv: Path, model_name: str | None, out: Path, cfg: Finetune
     from accelerate import Accelerator
 
     from cfgen.models.loader import load_model, resolve_device
-    from cfgen.models.synth import label_names
+    from cfgen.models.synth import label_encoding, label_names
 
     samples, bad_rows, sr = _read_data(data_csv, model_name, caption_column, template, objective, cfg)
     existing = checkpoints(out)
@@ -199,7 +199,7 @@ def prepare_run(data_csv: Path, model_name: str | None, out: Path, cfg: Finetune
     unet = _trainable_unet(model, cfg)
     noise_scheduler = noise_schedule(e, cfg)
     dataset = ImageCaptionDataset(samples, ModelGrid.of(e), e.channels, e.value_range, cfg.window,
-                                  labels=len(label_names(e)))
+                                  labels=len(label_names(e)), label_encoding=label_encoding(e.synth))
     schedule = Schedule.plan(len(samples), acc.num_processes, acc.process_index, cfg)
     optimizer, lr_sched, ema, start = _optimisation(unet, cfg, schedule.total, existing)
     unet_p, optimizer_p = acc.prepare(unet, optimizer)

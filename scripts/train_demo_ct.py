@@ -21,9 +21,14 @@ models.toml. Every step resumes: re-run with the same --work after a kill.
     python scripts/train_demo_ct.py --work runs/demo-ct --recipe cpu --export
     python scripts/train_demo_ct.py --work /tmp/demo-ct --recipe quick     # minutes: checks the recipe runs
 
-Status (2026-12-04): the cpu base as written trained to noise in 73 min. Its UNet's first block (32
-wide) is narrower than the 80 latent channels (10 channels x 8 Haar bands), so it cannot carry the
-input through; widen the UNet (or cut latent channels) before the next run.
+Status (2026-12-04): not shipped. Run 1 (nine one-hot labels, 80 bands, UNet (32, 64, 128), 3000
+steps) sampled noise: the first block was narrower than its input (noise-prediction correlation at
+t = 950: 0.62). Run 2 (this recipe: analog bits, 40 bands, (48, 64, 128), 2500 steps, 4807 s)
+denoises training phantoms (correlation 0.986 at t = 950; x0 correlation 0.95 at t = 500) and
+regenerates them from t = 781 (labels agree 0.92) or t = 581 (0.98), but from pure noise (t = 981)
+it still gives noise: its x0 prediction misses the low band's mean (-0.56 vs the data's -1.44), the
+non-zero terminal SNR of the SD schedule with data far from zero mean. Next: --noise-offset or a
+zero-terminal-SNR schedule (v-prediction), resumed or retrained, checked from t = 981 first.
 """
 from __future__ import annotations
 

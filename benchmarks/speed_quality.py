@@ -16,6 +16,10 @@ within 10% of it.
 
     python benchmarks/speed_quality.py --model demo-cxr --n 6 --seed 93000 \\
         --configs ddim:50 ddim:10 dpm++:10 dpm++:7 dpm++:7:negative-prompt
+
+A configuration may name its own model after an @, e.g. a distilled student (`cfgen distill`)
+against its teacher: --configs ddim:50 ddim:4 ddim:4@runs/distill/model (its guidance is the
+model's default: 1 for a student, whose teacher's guidance is distilled into it).
 """
 from __future__ import annotations
 
@@ -30,11 +34,14 @@ from phantom_edits import run as run_edits  # noqa: E402
 
 
 def parse_config(text: str) -> dict:
-    """SOLVER:STEPS[:INVERSION], e.g. dpm++:7:negative-prompt."""
+    """SOLVER:STEPS[:INVERSION][@MODEL], e.g. dpm++:7:negative-prompt or ddim:4@runs/distill/model."""
+    text, _, model = text.partition("@")
     parts = text.split(":")
     if len(parts) not in (2, 3) or not parts[1].isdigit():
-        raise SystemExit(f"--configs {text}: use SOLVER:STEPS[:INVERSION], e.g. dpm++:10 or ddim:10:negative-prompt")
-    return {"solver": parts[0], "steps": int(parts[1]), "inversion": parts[2] if len(parts) == 3 else None}
+        raise SystemExit(f"--configs {text}: use SOLVER:STEPS[:INVERSION][@MODEL], e.g. dpm++:10 or "
+                         "ddim:10:negative-prompt or ddim:4@runs/distill/model")
+    return {"solver": parts[0], "steps": int(parts[1]), "inversion": parts[2] if len(parts) == 3 else None,
+            "model": model or None}
 
 
 class Counter:
@@ -73,13 +80,14 @@ def measure(model, cfg: dict, n: int, seed: int, mask: str) -> dict:
 def print_rows(rows: list[dict]) -> None:
     ref = rows[0]
     print(f"{'solver':<7}{'steps':>6}{'inversion':>17}{'forwards':>10}{'s/edit':>8}{'ratio':>7}{'flip':>6}"
-          f"{'outside':>9}{'fwd x':>7}{'ratio rel':>10}{'flip rel':>9}")
+          f"{'outside':>9}{'fwd x':>7}{'ratio rel':>10}{'flip rel':>9}  model")
     for r in rows:
         c = r["config"]
         rel_f = ref["flip"] and r["flip"] / ref["flip"]
         print(f"{c['solver']:<7}{c['steps']:>6}{c['inversion'] or 'model default':>17}{r['forwards']:>10.1f}"
               f"{r['seconds']:>8.2f}{r['ratio']:>7.3f}{r['flip']:>6.2f}{r['outside']:>9.4f}"
-              f"{ref['forwards'] / r['forwards']:>7.1f}{r['ratio'] / ref['ratio']:>10.2f}{rel_f:>9.2f}")
+              f"{ref['forwards'] / r['forwards']:>7.1f}{r['ratio'] / ref['ratio']:>10.2f}{rel_f:>9.2f}  "
+              f"{c['model'] or '--model'}")
     print("fwd x: the reference's forwards / this one's; rel: this / the reference (first row). "
           "Bar: fwd x >= 5 with ratio rel <= 1.10 and flip rel >= 0.90")
 
@@ -101,7 +109,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     model = load_model(args.model, device=args.device)
     print(f"model {args.model}, held-out seed {args.seed}, {args.n} phantoms per edit type (6 types), "
           f"mask {args.mask}")
-    rows = [measure(model, c, args.n, args.seed, args.mask) for c in cfgs]
+    models = {None: model}
+    for c in cfgs:
+        if c["model"] not in models:
+            models[c["model"]] = load_model(c["model"], device=args.device)
+    rows = [measure(models[c["model"]], c, args.n, args.seed, args.mask) for c in cfgs]
     print_rows(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

@@ -54,7 +54,7 @@ def base_spec(resolution: int, channels: tuple[int, ...], spacing: float) -> LDM
     full voxel grid, was undertrained after 50 min; nine one-hot channels made 80 bands, wider than
     a UNet that trains in time on two cores)."""
     return LDM3DSpec(resolution=resolution, ae_channels=None, wavelet_levels=1, unet_channels=channels, text_hidden=64,
-                     conditioning=CT_FIELDS, window=WINDOW,
+                     conditioning=CT_FIELDS, window=WINDOW, scheduler="rflow",
                      synth={"spacing": spacing, "labels": LABELS, "label_encoding": "bits"})
 
 
@@ -65,11 +65,13 @@ def sr_spec(resolution: int, channels: tuple[int, ...], patch: int) -> LDM3DSpec
 
 RECIPES = {
     "cpu": {"base": {"spec": base_spec(32, (48, 64, 128), 12.0), "n": 2000, "spacing": 12.0, "unet_steps": 2500,
-                     "unet_batch": 8, "lr": 1e-3, "warmup": 100, "ema_decay": 0.995, "checkpoint_every": 250},
+                     "unet_batch": 8, "lr": 1e-3, "warmup": 100, "ema_decay": 0.995, "checkpoint_every": 250,
+                     "snr_gamma": None},
             "sr": {"spec": sr_spec(64, (16, 32, 64), 32), "n": 120, "spacing": 6.0, "steps": 200, "batch": 4,
                    "lr": 1e-3, "warmup": 20, "ema_decay": 0.995}},
     "quick": {"base": {"spec": base_spec(32, (8, 16), 12.0), "n": 8, "spacing": 12.0, "unet_steps": 4,
-                       "unet_batch": 4, "lr": 2e-4, "warmup": 0, "ema_decay": 0.9, "checkpoint_every": 2},
+                       "unet_batch": 4, "lr": 2e-4, "warmup": 0, "ema_decay": 0.9, "checkpoint_every": 2,
+                       "snr_gamma": None},
               "sr": {"spec": sr_spec(64, (8, 16), 16), "n": 4, "spacing": 6.0, "steps": 4, "batch": 2,
                      "lr": 1e-3, "warmup": 0, "ema_decay": 0.9}},
 }

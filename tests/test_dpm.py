@@ -125,13 +125,21 @@ def test_bad_solver_options_are_usage_errors(cli, tiny_model, ct_small, tmp_path
     assert not (tmp_path / "o").exists()
 
 
-def test_speed_quality_benchmark_counts_the_forwards_of_each_configuration(tiny_model, capsys):
-    """Per edit: the inversion's steps, two rows per guided step, and the auto mask's 5 x 2."""
+def test_speed_quality_benchmark_counts_the_forwards_of_each_configuration(tiny_model, tmp_path, capsys):
+    """Per edit: the inversion's steps, two rows per guided step, and the auto mask's 5 x 2; a
+    configuration with its own model (a distilled student, guidance 1 by its defaults) one row a step."""
+    import shutil
+
     import speed_quality  # benchmarks/ is on the tests' path (pyproject.toml)
 
+    student = shutil.copytree(tiny_model, tmp_path / "student")
+    with open(student / "cfgen.toml", "a") as f:
+        f.write("\n[defaults]\nguidance = 1.0\n")
     rows = speed_quality.main(["--model", str(tiny_model), "--n", "1", "--configs", "ddim:3", "dpm++:2:negative-prompt",
-                               "--device", "cpu"])
-    assert [r["forwards"] for r in rows] == [3 + 2 * 3 + 10, 2 + 2 * 2 + 10]
-    assert rows[1]["config"] == {"solver": "dpm++", "steps": 2, "inversion": "negative-prompt"}
+                               f"ddim:3@{student}", "--device", "cpu"])
+    assert [r["forwards"] for r in rows] == [3 + 2 * 3 + 10, 2 + 2 * 2 + 10, 3 + 3 + 10]
+    assert rows[1]["config"] == {"solver": "dpm++", "steps": 2, "inversion": "negative-prompt", "model": None}
+    assert rows[2]["config"]["model"] == str(student)
     assert all(r["n"] == 6 and r["ratio"] > 0 for r in rows)
-    assert "fwd x" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "fwd x" in out and str(student) in out

@@ -1,6 +1,8 @@
-"""`cfgen finetune` and `cfgen cycle-train`: adapt a model to a labelled image set (only the UNet
-trains). One command function serves both names: `cycle-train` is `finetune` with the Cycle
-Diffusion Model objective, which `finetune --counterfactual RULE` also selects."""
+"""`cfgen finetune`, `cfgen cycle-train` and `cfgen distill`: adapt a model to a labelled image set
+(only the UNet trains). One command function serves the three names: `cycle-train` is `finetune`
+with the Cycle Diffusion Model objective, which `finetune --counterfactual RULE` also selects;
+`distill` is `finetune` with latent consistency distillation (cfgen/training/distill.py), whose
+options only it takes."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +14,7 @@ from cfgen.cli.common import Device, DeviceOpt, JsonOpt, ModelOpt, QuietOpt, han
 from cfgen.training.config import FinetuneConfig
 
 D = FinetuneConfig()  # the defaults, defined once in the typed config
-CYCLE_COMMAND, DEFAULT_RULES = "cycle-train", ["age:10,30,60"]
+CYCLE_COMMAND, DISTILL_COMMAND, DEFAULT_RULES = "cycle-train", "distill", ["age:10,30,60"]
 CounterfactualOpt = Annotated[Optional[list[str]], typer.Option(
     help="Counterfactual rule (repeatable; selects the cycle objective): age:10,30,60 (numeric field, +- kept in "
          "range), sex (another category), 'TEXT=>OTHER' (text swap), 'finding:Pleural Effusion,Cardiomegaly' (add or "
@@ -51,6 +53,10 @@ def finetune(
     window: Annotated[Optional[str], typer.Option(help="Intensity window mapped to the model range: auto, minmax, dtype, percentile or LOW,HIGH (e.g. -1024,600 HU) [default: the model's, else auto]")] = None,
     counterfactual: CounterfactualOpt = None,
     cycle_weight: Annotated[Optional[float], typer.Option(help="lambda: weight of the L1 cycle loss (CDM Eq. 2) [default: 1]")] = None,
+    distill_guidance: Annotated[Optional[float], typer.Option(help="distill: the teacher's classifier-free guidance, baked into the student [default: the model's, else 7.5]")] = None,
+    teacher_steps: Annotated[Optional[int], typer.Option(help="distill: DDIM steps of the teacher's grid (one solver step of T/N per sample) [default: 50]")] = None,
+    student_steps: Annotated[Optional[int], typer.Option(help="distill: the student's --steps, written into its [defaults] [default: 4]")] = None,
+    huber_c: Annotated[Optional[float], typer.Option(help="distill: pseudo-Huber constant of the consistency loss [default: 0.001]")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --out")] = False,
     device: DeviceOpt = Device.auto,
     json_out: JsonOpt = False,
@@ -66,7 +72,9 @@ def finetune(
                          validation_prompts=list(validation_prompt or []), validate_every=validate_every, seed=seed,
                          window=window, report_to=report_to)
     cfg.check()
-    objective = _objective(ctx.info_name == CYCLE_COMMAND, counterfactual, cycle_weight)
+    distill = {"guidance": distill_guidance, "teacher_steps": teacher_steps, "student_steps": student_steps,
+               "huber_c": huber_c}
+    objective = _objective(ctx.info_name, counterfactual, cycle_weight, distill)
     from cfgen.io.tables import is_stdin
 
     if not is_stdin(data) and not data.is_file():
@@ -82,11 +90,22 @@ def finetune(
     _print(report, out, json_out, quiet)
 
 
-def _objective(cycle_command: bool, rules: list[str] | None, weight: float | None):
-    """The cycle objective for `cycle-train` or when rules are given; None: the denoising loss."""
+def _objective(command: str | None, rules: list[str] | None, weight: float | None, distill: dict):
+    """Consistency distillation for `distill`; the cycle objective for `cycle-train` or when rules
+    are given; None: the denoising loss."""
     from cfgen.errors import UsageError
 
-    if not cycle_command and not rules:
+    given = [k for k, v in distill.items() if v is not None]
+    if command == DISTILL_COMMAND:
+        if rules or weight is not None:
+            raise UsageError("--counterfactual / --cycle-weight: cycle training, not distillation (run cfgen cycle-train)")
+        from cfgen.training.distill import ConsistencyDistillation
+
+        return ConsistencyDistillation(**{k: distill[k] for k in given})
+    if given:
+        name = {"guidance": "distill-guidance"}.get(given[0], given[0]).replace("_", "-")
+        raise UsageError(f"--{name}: an option of cfgen distill (consistency distillation), not of cfgen {command}")
+    if command != CYCLE_COMMAND and not rules:
         if weight is not None:
             raise UsageError("--cycle-weight: give --counterfactual rules too (or run cfgen cycle-train)")
         return None
@@ -105,6 +124,10 @@ def _print(report: dict, out: Path, json_out: bool, quiet: bool) -> None:
                    f"{len(report['items'])} bad rows; model: {out / 'model'}", err=True)
 
 
+DISTILL_HELP = ("Distil a trained model into a few-step student (latent consistency distillation, LCM): the student "
+                "learns to land where the teacher's guided DDIM solver goes, in one step from any level, and edits "
+                "through the same loop with --steps 4 and guidance 1 (written into its model folder). Takes every "
+                "finetune option.")
 CYCLE_HELP = ("Fine-tune with the Cycle Diffusion Model objective: denoising under a counterfactual condition, back "
               "under the original, and an L1 cycle loss between the latent and its round trip (CDM Eq. 2). Takes "
               "every finetune option.")

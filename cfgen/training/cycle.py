@@ -145,30 +145,17 @@ def counterfactual_captions(captions: list[str], rules: list[Rule], gen: torch.G
     return out
 
 
-def _x0(noise_scheduler, z_t, out, t):
-    """The one-step estimate of z0 (DDIM's \\hat z_0, or z_t - s v for rectified flow)."""
-    if getattr(noise_scheduler, "is_flow", False):
-        s = (t.float() / noise_scheduler.config.num_train_timesteps).reshape((-1,) + (1,) * (z_t.ndim - 1))
-        return z_t + s * out  # v = z0 - noise, z_t = (1 - s) z0 + s noise
-    a = noise_scheduler.alphas_cumprod.to(z_t.device)[t].float().reshape((-1,) + (1,) * (z_t.ndim - 1))
-    if noise_scheduler.config.prediction_type == "v_prediction":
-        return a.sqrt() * z_t - (1 - a).sqrt() * out
-    if noise_scheduler.config.prediction_type == "sample":
-        return out
-    return (z_t - (1 - a).sqrt() * out) / a.sqrt()
-
-
 def cycle_terms(unet, noise_scheduler, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
                 cond: torch.Tensor, cond_cf: torch.Tensor) -> dict[str, torch.Tensor]:
     """The three terms of Eq. 2 (mean over the batch)."""
-    from cfgen.training.objectives import target
+    from cfgen.training.objectives import target, x0_estimate
 
     z_t = noise_scheduler.add_noise(z0, noise, t)  # DDPM forward process, or rectified flow's interpolation
     out_cf = unet(z_t, t, encoder_hidden_states=cond_cf).sample.float()
-    z0_cf = _x0(noise_scheduler, z_t, out_cf, t)
+    z0_cf = x0_estimate(noise_scheduler, z_t, out_cf, t)
     z_t_cf = noise_scheduler.add_noise(z0_cf, noise, t)
     out_back = unet(z_t_cf, t, encoder_hidden_states=cond).sample.float()
-    z0_back = _x0(noise_scheduler, z_t_cf, out_back, t)
+    z0_back = x0_estimate(noise_scheduler, z_t_cf, out_back, t)
     return {"ldm_cf": F.mse_loss(out_cf, target(noise_scheduler, z0, noise, t)),
             "ldm_back": F.mse_loss(out_back, target(noise_scheduler, z0_cf, noise, t)),
             "cycle": (z0 - z0_back).abs().mean()}

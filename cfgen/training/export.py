@@ -43,15 +43,19 @@ def model_toml(entry) -> str:
     return "\n".join(lines + toml_lines(entry.synth)) + "\n"
 
 
-def save_model(out: Path, model, unet, recipe: dict) -> Path:
-    """A model folder that `--model OUT/model` loads: the base's frozen parts + the trained UNet."""
+def save_model(out: Path, model, unet, recipe: dict, defaults: dict | None = None) -> Path:
+    """A model folder that `--model OUT/model` loads: the base's frozen parts + the trained UNet;
+    ``defaults`` (e.g. a distilled student's few steps) over the base's [defaults]."""
+    from dataclasses import replace
+
     target = out / "model"
+    entry = replace(model.entry, defaults={**model.entry.defaults, **defaults}) if defaults else model.entry
     with atomic_dir(target) as tmp:
         for comp in COPIED_COMPONENTS:
             if (model.folder / comp).is_dir():
                 shutil.copytree(model.folder / comp, tmp / comp)
         unet.save_pretrained(tmp / "unet", safe_serialization=True)
-        (tmp / "cfgen.toml").write_text(model_toml(model.entry))
+        (tmp / "cfgen.toml").write_text(model_toml(entry))
         if model.entry.family == "latent-diffusion-2d":  # diffusers' DiffusionPipeline loads it too
             from cfgen.models.pipeline_index import write_model_index
 

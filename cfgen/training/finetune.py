@@ -190,7 +190,7 @@ def prepare_run(data_csv: Path, model_name: str | None, out: Path, cfg: Finetune
         check_resume(existing[-1], resume_settings(cfg))
     model = load_model(model_name, device=str(acc.device))
     e = model.entry
-    command = "cycle-train" if objective else "finetune"
+    command = getattr(objective, "command", "cycle-train") if objective else "finetune"
     objective = SuperResObjective.for_entry(e) if sr else (objective or Denoising())
     objective.check(model, cfg)
     if model.fields is not None:
@@ -346,7 +346,8 @@ def _finish(run: Run, trainer: Trainer, out: Path, cfg: FinetuneConfig, t0: floa
             trainer.validate(final, "final.png", trainer.training["final_step"])
         recipe = {"base_model": run.model.report_info(), "data": run.data, "config": cfg.as_dict(),
                   "steps": trainer.training["final_step"], "processes": run.schedule.world, "device": str(acc.device)}
-        save_model(out, run.model, final, recipe)
+        defaults = getattr(run.objective, "model_defaults", None)  # a distilled student's steps and guidance
+        save_model(out, run.model, final, recipe, defaults() if defaults else None)
         run.report.data["training"] = trainer.training
         run.report.data["outputs"] = {"model": "model", "checkpoints": "checkpoints"}
         run.report.data["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
@@ -359,7 +360,8 @@ def finetune(data_csv: Path, model_name: str | None, out: Path, cfg: FinetuneCon
              caption_column: str = "caption", template: str | None = None, device: str = "auto",
              on_step: StepCallback | None = None, objective: Objective | None = None) -> dict:
     """Train the UNet of ``model_name`` on ``data_csv``; ``objective`` (default: the denoising loss)
-    may replace the loss, e.g. cfgen.training.cycle.CycleObjective (`cfgen cycle-train`)."""
+    may replace the loss, e.g. cfgen.training.cycle.CycleObjective (`cfgen cycle-train`) or
+    cfgen.training.distill.ConsistencyDistillation (`cfgen distill`)."""
     cfg.check()
     t0 = time.perf_counter()
     out = Path(out)

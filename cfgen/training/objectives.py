@@ -4,6 +4,7 @@ gen, cfg, eval_mode)``.
 
   target         epsilon (noise), v (``v_prediction``), x0 (``sample``, MedSyn Eq. 8), or the
                  rectified-flow velocity z0 - noise
+  x0_estimate    the one-step estimate of z0 from a network output (cycle and distillation losses)
   weighted_mse   MSE per sample, Min-SNR weighted (Hang et al.) with --snr-gamma
   Denoising      PRISM Algorithm 1: the latent diffusion loss under the (dropped-out) caption
   SuperRes       MedSyn's super-resolution stage: the same loss on random windows with the
@@ -43,6 +44,19 @@ def target(noise_scheduler, latents, noise, t):
     if noise_scheduler.config.prediction_type == "sample":
         return latents
     return noise
+
+
+def x0_estimate(noise_scheduler, z_t, out, t):
+    """The one-step estimate of z0 (DDIM's \\hat z_0, or z_t - s v for rectified flow)."""
+    if getattr(noise_scheduler, "is_flow", False):
+        s = (t.float() / noise_scheduler.config.num_train_timesteps).reshape((-1,) + (1,) * (z_t.ndim - 1))
+        return z_t + s * out  # v = z0 - noise, z_t = (1 - s) z0 + s noise
+    a = noise_scheduler.alphas_cumprod.to(z_t.device)[t].float().reshape((-1,) + (1,) * (z_t.ndim - 1))
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        return a.sqrt() * z_t - (1 - a).sqrt() * out
+    if noise_scheduler.config.prediction_type == "sample":
+        return out
+    return (z_t - (1 - a).sqrt() * out) / a.sqrt()
 
 
 def noising(noise_scheduler, latents: torch.Tensor, gen, cfg: FinetuneConfig, eval_mode: bool = False):

@@ -24,7 +24,9 @@ def finetune_unet(train_csv: Path, base: Path, unet_out: Path, cfg: dict, device
     sh(*CFGEN, "finetune", str(train_csv), "-m", str(base), "-o", str(unet_out),
        "--learning-rate", str(cfg["lr"]), "--lr-scheduler", "cosine", "--lr-warmup-steps", str(cfg["warmup"]),
        "--batch-size", str(cfg["unet_batch"]), "--max-steps", str(cfg["unet_steps"]), "--ema",
-       "--ema-decay", str(cfg["ema_decay"]), "--snr-gamma", "5",
+       "--ema-decay", str(cfg["ema_decay"]),
+       # Min-SNR weighting (default 5) is for DDPM models: a recipe for a rectified-flow model sets None
+       *(["--snr-gamma", str(cfg.get("snr_gamma", 5))] if cfg.get("snr_gamma", 5) is not None else []),
        "--checkpoint-every", str(cfg.get("checkpoint_every", 2000)), "--device", device,
        "-q", *[a for pr in prompts for a in ("--validation-prompt", pr)],
        *(["--resume"] if (unet_out / "checkpoints").is_dir() else []))

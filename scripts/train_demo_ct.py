@@ -11,7 +11,7 @@ Base (MedSyn IV.C-D: CT plus lobe, airway and vessel channels, HU windowed [-102
      CT_FIELDS, so no 48-token limit), [synth] labels = the nine names of the phantoms' label map
      (cfgen.phantoms.ct.LABELS: five lobes, airway, vessel, heart, effusion), [defaults] window
      -1024,600 so training and synthesis are in HU
-  4. `cfgen finetune` (image and label channels jointly), EMA, Min-SNR
+  4. `cfgen finetune` (image and label channels jointly), EMA; rectified flow (zero terminal SNR)
 Super-resolution (MedSyn IV.B: x0 prediction, no text, residual over trilinear upsampling):
   5. phantoms at the output grid: seed 2000, 64^3 x 6 mm
   6. `cfgen finetune` on 32^3 windows (the low-res input is the volume average-pooled by 2)
@@ -21,14 +21,14 @@ models.toml. Every step resumes: re-run with the same --work after a kill.
     python scripts/train_demo_ct.py --work runs/demo-ct --recipe cpu --export
     python scripts/train_demo_ct.py --work /tmp/demo-ct --recipe quick     # minutes: checks the recipe runs
 
-Status (2026-12-04): not shipped. Run 1 (nine one-hot labels, 80 bands, UNet (32, 64, 128), 3000
-steps) sampled noise: the first block was narrower than its input (noise-prediction correlation at
-t = 950: 0.62). Run 2 (this recipe: analog bits, 40 bands, (48, 64, 128), 2500 steps, 4807 s)
-denoises training phantoms (correlation 0.986 at t = 950; x0 correlation 0.95 at t = 500) and
-regenerates them from t = 781 (labels agree 0.92) or t = 581 (0.98), but from pure noise (t = 981)
-it still gives noise: its x0 prediction misses the low band's mean (-0.56 vs the data's -1.44), the
-non-zero terminal SNR of the SD schedule with data far from zero mean. Next: --noise-offset or a
-zero-terminal-SNR schedule (v-prediction), resumed or retrained, checked from t = 981 first.
+Status (2026-12-05): shipped as demo-ct and demo-ct-sr (models.toml; figures in the README, from
+benchmarks/synth3d.py). Run 1 (nine one-hot labels, 80 bands, UNet (32, 64, 128), 3000 steps) sampled
+noise: the first block was narrower than its input. Run 2 (analog bits, 40 bands, (48, 64, 128), 2500
+steps, 4807 s) denoised training phantoms but from pure noise still gave noise: its x0 prediction at
+t = 981 missed the low band's mean (-0.56 vs the data's -1.44), the non-zero terminal SNR of the SD
+schedule with data far from zero mean (CT is mostly air). Run 3 (this recipe: the same with rectified
+flow, whose last level is pure noise, no Min-SNR; 4633 s beside other work) samples CT: body, dark
+lungs, heart, coherent labels, an effusion where the prompt asks for one.
 """
 from __future__ import annotations
 
@@ -52,7 +52,9 @@ def base_spec(resolution: int, channels: tuple[int, ...], spacing: float) -> LDM
     """One Haar level over image and label channels, the nine labels as analog bits (4 channels):
     the UNet works on (1 + 4) x 8 = 40 bands at half the side, losslessly (demo-brain-labels, on the
     full voxel grid, was undertrained after 50 min; nine one-hot channels made 80 bands, wider than
-    a UNet that trains in time on two cores)."""
+    a UNet that trains in time on two cores). Rectified flow: its last level is pure noise, so the
+    sampler's start is what training saw (the SD schedule's terminal SNR left the mostly-air CT's
+    mean in x_T, and run 2 sampled noise)."""
     return LDM3DSpec(resolution=resolution, ae_channels=None, wavelet_levels=1, unet_channels=channels, text_hidden=64,
                      conditioning=CT_FIELDS, window=WINDOW, scheduler="rflow",
                      synth={"spacing": spacing, "labels": LABELS, "label_encoding": "bits"})

@@ -63,3 +63,30 @@ def test_corrupt_weights_give_one_clear_error(model_copy):
 def test_unknown_name_lists_known_entries():
     with pytest.raises(ModelError, match="unknown model 'nope'.*sd15"):
         load_model("nope")
+
+
+def test_the_console_script_holds_collection_until_a_model_is_loaded(tiny_model, monkeypatch):
+    """cfgen.startup: `cfgen` (main) holds automatic collection back; load_model freezes what
+    exists and restores the thresholds; in-process callers are left alone."""
+    import gc
+    import sys
+
+    from cfgen import startup
+    from cfgen.cli.main import main
+
+    before = gc.get_threshold()
+    monkeypatch.setattr(sys, "argv", ["cfgen", "--version"])
+    try:
+        with pytest.raises(SystemExit):
+            main()
+        assert startup.held() and gc.get_threshold() == (startup.HELD_THRESHOLD, *before[1:])
+        assert gc.get_freeze_count() > 0  # main froze on its way out
+        gc.unfreeze()
+        load_model(str(tiny_model))
+        assert not startup.held() and gc.get_threshold() == before
+        assert gc.get_freeze_count() > 0  # the load froze the imports' and the model's objects
+    finally:
+        startup.release()
+        gc.unfreeze()
+    load_model(str(tiny_model))  # not held: a notebook's load freezes nothing
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == before

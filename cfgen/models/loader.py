@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from cfgen import startup
 from cfgen.errors import ModelError, UsageError
 from cfgen.models.files import (FAMILY_COMPONENTS, FAMILY_OPTIONAL, OPTIONAL_COMPONENTS, check_configs,
                                 check_network_size, is_wavelet_config, missing_files, verify_sha256)
@@ -270,4 +271,5 @@ def load_model(model: str | None = None, device: str = "auto", dtype: str = "flo
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     entry, comps = FAMILY_LOADERS[entry.family](entry, folder, dev, dt)
+    startup.release()  # the console script's imports and this model are done: collect from here on
     return LoadedModel(entry=entry, folder=folder, revision=revision, sha256=sha, device=dev, dtype=dt, **comps)

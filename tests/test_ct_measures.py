@@ -47,6 +47,10 @@ def test_measures_have_the_known_values():
     aerated = 2 * 20 * 30 * 16 - 30 - 20 * 15 * 3  # lungs without the vessel and the fluid
     assert m["laa950_pct"] == pytest.approx(100 * 400 / aerated)
     assert m["ctr"] == pytest.approx((8 * 2.0) / (50 * 2.0))  # heart 8 voxels wide, cavity 5..54
+    lab[8, 30, 8] = lab[52, 12, 8] = 8  # two stray voxels labelled heart in its slices, far out in both lungs
+    m2 = ct.measures(hu, lab, np.diag([*SPACING, 1.0]), ct.parse_labels(None))
+    assert m2["ctr"] == pytest.approx(m["ctr"])  # the heart is its largest component
+    assert ct._widest(lab == 8, 0, 2, 2.0) == pytest.approx(45 * 2.0)  # what the islands would have made it
 
 
 def test_measures_follow_the_patient_axes_not_the_voxel_order(tmp_path):

@@ -11,7 +11,9 @@ vessel 7, heart 8, effusion 9.
   laa950_pct      100 x the share of the cavity's other (aerated) voxels below -950 HU
   ctr             the widest left-right extent of the heart over axial slices divided by the widest
                   of the pleural cavity (the internal thoracic diameter), both in mm along the
-                  patient's left-right axis (from the affine; residual obliquity is ignored)
+                  patient's left-right axis (from the affine; residual obliquity is ignored). The
+                  heart is the label's largest 26-connected component: islands labelled heart
+                  elsewhere (a segmenter's or a generator's stray voxels) would set the width
 The heart's size is read from the label map, so a counterfactual's CTR needs the counterfactual's
 own label map (``counterfactual_labels``); without it ``ctr_after`` is left out, not copied.
 """
@@ -77,6 +79,16 @@ def _widest(mask: np.ndarray, lr: int, si: int, spacing: float) -> float:
     return best * spacing
 
 
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 26-connected component of ``mask`` (all of it when it has one or none)."""
+    from scipy.ndimage import label
+
+    comps, n = label(mask, structure=np.ones((3,) * mask.ndim, bool))
+    if n <= 1:
+        return mask
+    return comps == 1 + int(np.argmax(np.bincount(comps.ravel())[1:]))
+
+
 def _fluid_voxels(hu: np.ndarray, cavity: np.ndarray, fluid: np.ndarray) -> float:
     """Fluid voxels plus, in the cavity voxels next to them, the fluid share of a partial-volume
     voxel (linear between aerated lung at LUNG_HU and fluid at 10 HU)."""
@@ -100,7 +112,8 @@ def measures(hu: np.ndarray, labels: np.ndarray, affine: np.ndarray, ids: dict[s
         "laa950_pct": 100.0 * float((aerated & (hu < LAA_HU)).sum()) / aerated.sum() if aerated.any() else None}
     if heart:
         thorax = _widest(cavity | part["heart"], lr, si, spacing)
-        out["ctr"] = _widest(part["heart"], lr, si, spacing) / thorax if part["heart"].any() and thorax else None
+        heart_mm = _widest(largest_component(part["heart"]), lr, si, spacing)
+        out["ctr"] = heart_mm / thorax if part["heart"].any() and thorax else None
     return out
 
 

@@ -183,6 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--guidance", type=float, default=None)
     ap.add_argument("--strength", type=float, default=None)
     ap.add_argument("--mask-threshold", type=float, default=None, help="auto masks [default: the model's]")
+    ap.add_argument("--refine-change", type=float, default=None, help="refine masks [default: the model's]")
     ap.add_argument("--inversion", default=None, help="ddim, negative-prompt or null-text [default: the model's]")
     ap.add_argument("--attention", default=None, help="prompt-to-prompt: none, refine or replace")
     ap.add_argument("--self-attention", type=float, default=None)
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
     res = run(args.model, args.n, args.seed, args.masks, args.steps, args.guidance, args.strength,
               args.recon_per_type, args.device, args.classifier or None, args.mask_threshold,
               {"inversion": args.inversion, "attention": args.attention, "self_attention": args.self_attention,
-               "sweep": args.sweep})
+               "sweep": args.sweep, "refine_change": args.refine_change})
     print_table(res)
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))

@@ -125,3 +125,18 @@ def test_refine_benchmark_scores_first_passes_and_refinements(tiny_model):
         assert r["recall"] <= rows[(kind, None)]["recall"] + 1e-9
         if change == 0.3:
             assert r["recall"] <= rows[(kind, 0.05)]["recall"] + 1e-9
+
+
+def test_a_models_refine_defaults_apply_to_refine_only_and_yield_to_the_command_line():
+    """models.toml [defaults] refine_threshold / refine_change: the model's tuned refine, never an
+    auto mask's threshold and never a refusal of --mask auto."""
+    tuned = {"mask": "refine", "refine_threshold": 0.2, "refine_change": 0.15}
+    p = EditParams.resolve(tuned, prompt="x")
+    assert (p.diffedit_threshold(), p.change_threshold()) == (0.2, 0.15)
+    p = EditParams.resolve(tuned, prompt="x", mask_threshold=0.4, refine_change=0.09)
+    assert (p.diffedit_threshold(), p.change_threshold()) == (0.4, 0.09)
+    p = EditParams.resolve(tuned, prompt="x", mask="auto")
+    p.check()
+    assert (p.diffedit_threshold(), p.change_threshold()) == (0.5, None)
+    p = EditParams.resolve({"refine_threshold": 0.2}, prompt="x")  # the model's mask is none
+    assert p.mask == "none" and p.mask_threshold is None

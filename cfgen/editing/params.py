@@ -16,6 +16,9 @@ MASK_MODES = ("none", "auto", "refine")  # or a mask file
 MASK_THRESHOLDS = {"auto": 0.5, "refine": 0.3}
 AUTOMATIC_MASKS = tuple(MASK_THRESHOLDS)  # the modes whose mask cfgen makes (DiffEdit's first)
 REFINE_CHANGE = 0.12  # refine: change that counts, in units of the intensity window (0..1)
+#: a model's [defaults] that tune --mask refine and apply only when the mask is refine: its first
+#: pass's DiffEdit threshold (under --mask-threshold) and its change threshold (under --refine-change)
+REFINE_DEFAULTS = {"refine_threshold": "mask_threshold", "refine_change": "refine_change"}
 
 
 @dataclass
@@ -53,10 +56,14 @@ class EditParams:
         is its edits'): plain DDIM reconstruction, as `cfgen invert` always reported it."""
         names = {f.name for f in fields(cls)}
         values = {k: v for k, v in DEFAULTS.items() if k in names}
-        values.update({k: v for k, v in model_defaults.items() if k in names})
+        values.update({k: v for k, v in model_defaults.items() if k in names and k not in REFINE_DEFAULTS})
         if command == "invert":
             values["guidance"] = 1.0
         values.update({k: v for k, v in given.items() if v is not None and k in names})
+        if values.get("mask") == "refine":
+            for key, field in REFINE_DEFAULTS.items():
+                if key in model_defaults and given.get(field) is None:
+                    values[field] = model_defaults[key]
         return cls(**values)
 
     def check(self, where: str = "") -> None:

@@ -16,7 +16,7 @@ ENTRY = {"family": STR, "source": TABLE, "description": STR, "licence": STR, "re
 SOURCE = {"kind": STR, "repo_id": STR, "revision": STR, "path": STR}
 #: [defaults]: what `edit`/`invert` take from the model when the command line does not say
 DEFAULTS = {"steps": INT, "guidance": FLOAT, "strength": FLOAT, "eta": FLOAT, "seed": INT, "window": STR,
-            "mask": STR, "mask_threshold": FLOAT, "negative_prompt": STR, "source_prompt": STR, "max_tokens": INT,
+            "mask": STR, "mask_threshold": FLOAT, "refine_threshold": FLOAT, "refine_change": FLOAT, "negative_prompt": STR, "source_prompt": STR, "max_tokens": INT,
             "inversion": STR, "solver": STR, "attention": STR, "cross_attention": FLOAT, "self_attention": FLOAT, "select_by": STR}
 #: [scheduler]: DDIM (diffusers' DDIMScheduler arguments) or rectified flow (kind = "rflow")
 SCHEDULER = {"kind": STR, "num_train_timesteps": INT, "beta_start": FLOAT, "beta_end": FLOAT, "beta_schedule": STR,

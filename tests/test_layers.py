@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).parents[1] / "cfgen"
 #: lower numbers are lower layers; a package may import only from lower ones (or itself)
-RANKS = {"errors": 0, "cfgen": 1, "io": 2, "metrics": 2, "captions": 2, "journal": 2.5, "viz": 2.75, "report": 3,
+RANKS = {"errors": 0, "startup": 0.5, "cfgen": 1, "io": 2, "metrics": 2, "captions": 2, "journal": 2.5, "viz": 2.75, "report": 3,
          "models": 4, "editing": 5, "phantoms": 6, "evaluation": 6, "training": 6, "synthesis": 6, "api": 6.5,
          "cli": 7, "__main__": 8}
 #: the package root re-exports the API lazily (PEP 562 __getattr__: `cfgen.edit` imports cfgen.api on

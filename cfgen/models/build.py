@@ -39,6 +39,9 @@ class LDM2DSpec:
     wavelet_levels: int | None = None
     #: scheduler settings over DEFAULT_SCHEDULER (e.g. DDPM's linear betas for pixel-like spaces)
     scheduler: tuple[tuple[str, object], ...] = ()
+    #: "ddim" (the DDPM family above) or "rflow": rectified flow (cfgen/editing/flow.py; the
+    #: scheduler settings above then do not apply), written as [scheduler] kind in cfgen.toml
+    kind: str = "ddim"
 
     def latent_shape(self) -> tuple[int, int]:
         """(channels, side) of what the UNet sees."""
@@ -131,6 +134,7 @@ def build_ldm2d(folder: Path, spec: LDM2DSpec = LDM2DSpec(), seed: int = 0) -> P
         'family = "latent-diffusion-2d"\n'
         f"resolution = {spec.resolution}\nchannels = {spec.image_channels}\n"
         f'intensity = "{spec.intensity}"\n'
+        + (f'\n[scheduler]\nkind = "{spec.kind}"\n' if spec.kind != "ddim" else "")
     )
     return folder
 

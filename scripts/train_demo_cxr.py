@@ -89,7 +89,8 @@ def main() -> None:
                          "phase; quick, wavelet-quick: check the recipes run")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--export", action="store_true",
-                    help="copy the result into cfgen/models/weights/demo-cxr (wavelet recipes: demo-cxr-wavelet)")
+                    help="copy the result into cfgen/models/weights/demo-cxr (wavelet-cpu: demo-cxr-wavelet, "
+                         "wavelet-flow-cpu: demo-cxr-wavelet-flow)")
     args = ap.parse_args()
     cfg = RECIPES[args.recipe]
     w = args.work

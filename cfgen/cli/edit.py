@@ -52,8 +52,8 @@ SweepOpt = Annotated[Optional[str], typer.Option("--sweep", help="PRISM's sweep,
 SelectOpt = Annotated[Optional[str], typer.Option("--select-by", help="--sweep's scorer: a clip entry (S_CLIP) or a "
                                                  "classifier entry (p of the target class for the label the prompts "
                                                  "change) [default: the model's, demo-cxr: cxr-classifier]")]
-ThresholdOpt = Annotated[Optional[float], typer.Option(help="auto and refine masks: fraction of the largest disagreement that counts as edit region [default: auto 0.5, refine 0.3]")]
-RefineOpt = Annotated[Optional[float], typer.Option(help="refine mask: change of the first pass (units of the intensity window, 0..1) that keeps a pixel in the mask [default: 0.12]")]
+ThresholdOpt = Annotated[Optional[float], typer.Option(help="auto and refine masks: fraction of the largest disagreement that counts as edit region [default: refine: the model's refine_threshold; then the model's mask_threshold; else auto 0.5, refine 0.3]")]
+RefineOpt = Annotated[Optional[float], typer.Option(help="refine mask: change of the first pass (units of the intensity window, 0..1) that keeps a pixel in the mask [default: the model's refine_change, else 0.12]")]
 
 
 def _run(command: str, scan: str | None, batch: Path | None, settings, json_out: bool, quiet: bool, **options) -> None:

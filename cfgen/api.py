@@ -10,7 +10,8 @@
 ``affine`` or ``spacing``) or a :class:`cfgen.io.scan.Scan`; ``model`` a models.toml name, a
 folder or a loaded model; options are the CLI's (steps, guidance, strength, eta, seed, mask,
 mask_threshold, refine_change, window, negative_prompt, inversion, null_text_steps, min_inversion_psnr, solver, attention,
-cross_attention, self_attention, sweep, select_by), checked
+cross_attention, self_attention, sweep, select_by, labels: the scan's label map for a model that
+generates anatomy labels, e.g. demo-ct), checked
 as the CLI checks them; invert's guidance (of the reconstruction) is 1 unless given. Batches, resuming and
 run reports are the CLI's business (``cfgen.editing.batch.run_edits`` from Python).
 """
@@ -101,6 +102,11 @@ class Result:
         return self._shaped(self.outcome.mask)
 
     @property
+    def labels(self) -> np.ndarray | None:
+        """A labelled model's label map of the counterfactual (reconstruction), uint8 on the scan's grid."""
+        return self.outcome.labels
+
+    @property
     def metrics(self) -> dict[str, Any]:
         return dict(self.outcome.metrics)
 
@@ -147,11 +153,12 @@ def _model(model: ModelLike) -> LoadedModel:
 def edit(scan: ScanLike, prompt: str, source_prompt: str | None = None, model: ModelLike = None,
          affine: np.ndarray | None = None, spacing: tuple[float, ...] | None = None, **options: Any) -> Result:
     """The counterfactual of ``scan`` for ``prompt`` (invert under ``source_prompt``, regenerate)."""
-    from cfgen.editing import core
+    from cfgen.editing import core, labelled
     from cfgen.editing.batch import check_model_options, check_selector, load_selector
 
     loaded = _model(model)
     p = _params(loaded, {**options, "prompt": prompt, "source_prompt": source_prompt}, "edit")
+    labelled.check_params(p, loaded.entry, "edit", batch=False)
     check_selector(p)
     sc = as_scan(scan, affine, spacing)
     check_model_options(p, loaded)
@@ -162,11 +169,12 @@ def edit(scan: ScanLike, prompt: str, source_prompt: str | None = None, model: M
 def invert(scan: ScanLike, source_prompt: str | None = None, model: ModelLike = None,
            affine: np.ndarray | None = None, spacing: tuple[float, ...] | None = None, **options: Any) -> Result:
     """DDIM inversion of ``scan`` and its reconstruction (``metrics``: PSNR/SSIM, VAE alone, DDIM alone)."""
-    from cfgen.editing import core
+    from cfgen.editing import core, labelled
     from cfgen.editing.batch import check_model_options
 
     loaded = _model(model)
     p = _params(loaded, {**options, "source_prompt": source_prompt}, "invert")
+    labelled.check_params(p, loaded.entry, "invert", batch=False)
     check_model_options(p, loaded)
     sc = as_scan(scan, affine, spacing)
     return Result("invert", sc, p, core.invert(loaded, sc, p), squeeze=_is_2d_array(scan))

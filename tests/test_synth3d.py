@@ -363,3 +363,31 @@ def test_a_haar_wavelet_ct_base_carries_its_anatomy_channels_through_the_transfo
     res = cli("edit", data / "images" / "ct_00000.nii.gz", "-p", "CT with a large pleural effusion", "-m",
               tmp_path / "run" / "model", "--steps", "2", "--device", "cpu", "-q", "-o", tmp_path / "edit")
     assert res.exit_code == 2 and "generates 9 anatomy labels" in res.output, res.output
+    # with the scan's label map the pair is inverted and regenerated together: the counterfactual's
+    # anatomy is written on the scan's grid, and invert reports how well the labels come back
+    res = cli("edit", data / "images" / "ct_00000.nii.gz", "-p", "CT with a large pleural effusion", "-m",
+              tmp_path / "run" / "model", "--steps", "2", "--device", "cpu", "-q", "--labels", given,
+              "--mask", "refine", "-o", tmp_path / "edit")
+    assert res.exit_code == 0, res.output
+    item = json.loads((tmp_path / "edit" / "report.json").read_text())["items"][0]
+    cf = nib.load(tmp_path / "edit" / item["outputs"]["counterfactual_labels"])
+    mask = np.asarray(nib.load(tmp_path / "edit" / item["outputs"]["mask"]).dataobj) > 0.5
+    assert cf.get_data_dtype() == np.uint8 and np.allclose(cf.affine, nib.load(given).affine)
+    got = np.asarray(cf.dataobj)
+    assert np.array_equal(got[~mask], want[~mask])  # outside the edit mask the scan's own anatomy
+    assert item["metrics"]["labels_changed_fraction"] == pytest.approx(float((got != want).mean()))
+    res = cli("invert", data / "images" / "ct_00000.nii.gz", "-m", tmp_path / "run" / "model", "--steps", "2",
+              "--device", "cpu", "-q", "--labels", given, "-o", tmp_path / "inv")
+    assert res.exit_code == 0, res.output
+    inv = json.loads((tmp_path / "inv" / "report.json").read_text())["items"][0]
+    rec = np.asarray(nib.load(tmp_path / "inv" / inv["outputs"]["reconstruction_labels"]).dataobj)
+    assert inv["metrics"]["label_agreement"] == pytest.approx(float((rec == want).mean()))
+    # --labels on an image-only model is refused, not ignored
+    res = cli("edit", data / "images" / "ct_00000.nii.gz", "-p", "x", "-m", "demo-brain", "--labels", given,
+              "--device", "cpu", "-q", "-o", tmp_path / "no2")
+    assert res.exit_code == 2 and "generates no anatomy label channels" in res.output, res.output
+    # evaluate on volumes with the default (2D chest) classifier: skipped per pair, not a crash
+    res = cli("evaluate", tmp_path / "edit", "-o", tmp_path / "eval", "-q")
+    assert res.exit_code == 0, res.output
+    ev = json.loads((tmp_path / "eval" / "report.json").read_text())["items"][0]
+    assert ev["classifier"] == "not applied: the classifier is 2D, this pair is 3D" and "flip" not in ev["metrics"]

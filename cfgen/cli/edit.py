@@ -55,6 +55,11 @@ SelectOpt = Annotated[Optional[str], typer.Option("--select-by", help="--sweep's
 ThresholdOpt = Annotated[Optional[float], typer.Option(help="auto and refine masks: fraction of the largest disagreement that counts as edit region [default: refine: the model's refine_threshold; then the model's mask_threshold; else auto 0.5, refine 0.3]")]
 RefineOpt = Annotated[Optional[float], typer.Option(help="refine mask: change of the first pass (units of the intensity window, 0..1) that keeps a pixel in the mask [default: the model's refine_change, else 0.12]")]
 
+LabelsOpt = Annotated[Optional[str], typer.Option("--labels", help="The scan's anatomy label map (integer NIfTI on "
+                                                 "its grid, value k = the k-th label) for a model that generates label "
+                                                 "channels with the image (demo-ct); inverted and regenerated with it, "
+                                                 "the counterfactual's map written beside it [batch: labels column]")]
+
 
 def _run(command: str, scan: str | None, batch: Path | None, settings, json_out: bool, quiet: bool, **options) -> None:
     from cfgen.cli.progress import run_progress
@@ -84,13 +89,13 @@ def invert(scan: ScanArg = None, source_prompt: SourceOpt = None, batch: BatchOp
            overwrite: OverwriteOpt = False, json_out: JsonOpt = False, quiet: QuietOpt = False,
            batch_size: BatchSizeOpt = "1", compile_unet: CompileOpt = False, workers: WorkersOpt = None,
            strict: StrictOpt = False, shard: ShardOpt = None, figure_format: FigureFormatOpt = "png",
-           difference_range: RangeOpt = None) -> None:
+           difference_range: RangeOpt = None, labels: LabelsOpt = None) -> None:
     """Invert a scan under its source prompt; save the latents and the reconstruction with PSNR/SSIM."""
     settings = _settings(out, model, device, dtype, fmt, overwrite, batch_size, compile_unet, workers, strict, shard,
                          figure_format, difference_range)
     _run("invert", scan, batch, settings, json_out, quiet, source_prompt=source_prompt, steps=steps,
          strength=strength, window=window, guidance=guidance, inversion=inversion, null_text_steps=null_text_steps,
-         solver=solver)
+         solver=solver, labels=labels)
 
 
 @handle_errors
@@ -104,7 +109,7 @@ def edit(scan: ScanArg = None, prompt: PromptOpt = None, source_prompt: SourceOp
          dtype: DtypeOpt = Dtype.float32, overwrite: OverwriteOpt = False, json_out: JsonOpt = False,
          quiet: QuietOpt = False, batch_size: BatchSizeOpt = "1", compile_unet: CompileOpt = False,
          workers: WorkersOpt = None, strict: StrictOpt = False, shard: ShardOpt = None,
-         figure_format: FigureFormatOpt = "png", difference_range: RangeOpt = None) -> None:
+         figure_format: FigureFormatOpt = "png", difference_range: RangeOpt = None, labels: LabelsOpt = None) -> None:
     """Counterfactual of a scan (or a CSV of scans) for a target prompt."""
     settings = _settings(out, model, device, dtype, fmt, overwrite, batch_size, compile_unet, workers, strict, shard,
                          figure_format, difference_range)
@@ -112,4 +117,4 @@ def edit(scan: ScanArg = None, prompt: PromptOpt = None, source_prompt: SourceOp
          negative_prompt=negative_prompt, steps=steps, guidance=guidance, strength=strength, eta=eta, seed=seed,
          window=window, mask=mask, mask_threshold=mask_threshold, refine_change=refine_change, inversion=inversion, null_text_steps=null_text_steps,
          min_inversion_psnr=min_inversion_psnr, solver=solver, attention=attention, cross_attention=cross_attention,
-         self_attention=self_attention, sweep=sweep, select_by=select_by)
+         self_attention=self_attention, sweep=sweep, select_by=select_by, labels=labels)

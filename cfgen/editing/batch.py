@@ -156,12 +156,13 @@ def _check_out(out: Path, scan) -> None:
         raise InputError(f"--out {out}: {existing} is not writable")
 
 
-def _jobs(command: str, scan, batch, params: "EditParams") -> list["Job"]:
+def _jobs(command: str, scan, batch, params: "EditParams", labelled: bool = False) -> list["Job"]:
+    """``labelled``: the model generates anatomy labels, so each row's ``labels`` cell is its input."""
     from cfgen.editing.jobs import jobs_from_csv, require_prompt, single_job
 
     need_prompt = command == "edit"
     if batch is not None:
-        return jobs_from_csv(Path(batch), params, need_prompt=need_prompt)
+        return jobs_from_csv(Path(batch), params, need_prompt=need_prompt, labelled=labelled)
     if need_prompt:
         require_prompt(params.prompt, "--prompt is required: the text of the counterfactual")
     return [single_job(str(scan), params)]
@@ -239,15 +240,11 @@ def load_selector(params: "EditParams", loaded: "LoadedModel") -> "LoadedModel |
 
 
 def check_model_options(params: "EditParams", loaded: "LoadedModel") -> None:
-    """--attention or --solver on a model that cannot take them, or a synth3d base that generates
-    anatomy label channels with the image: refused before any scan is read."""
-    from cfgen.models.synth import label_names
+    """--attention or --solver on a model that cannot take them, label channels through a learned
+    autoencoder: refused before any scan is read (--labels itself: labelled.check_params)."""
+    from cfgen.editing import labelled
 
-    labels = label_names(loaded.entry)
-    if labels:
-        raise UsageError(f"--model {loaded.name}: generates {len(labels)} anatomy labels with the image "
-                         f"({', '.join(labels)}); edit and invert take image-only models (use it with synth3d, "
-                         "e.g. --mask-from, or edit with a model whose [synth] table names no labels)")
+    labelled.check_lossless(loaded)
     if params.solver != "ddim":
         from cfgen.editing.dpm import check_solver
 
@@ -272,6 +269,7 @@ def run_operation(command: str, scan: str | Path | None, settings: RunSettings, 
                   progress: Progress = no_progress, **options: Any) -> RunResult:
     """`command` ("edit" or "invert") over one scan or a batch CSV into ``settings.out``; the report
     is on disk (``report.json``) and returned. Several processes (accelerate launch) share the jobs."""
+    from cfgen.editing import labelled
     from cfgen.editing.operations import operation
     from cfgen.editing.params import EditParams
     from cfgen.editing.runner import run_jobs
@@ -286,7 +284,8 @@ def run_operation(command: str, scan: str | Path | None, settings: RunSettings, 
     params = EditParams.resolve(entry.defaults, command, **options)
     params.check()
     check_selector(params)
-    jobs = _jobs(command, scan, batch, params)
+    labelled.check_params(params, entry, command, batch is not None)
+    jobs = _jobs(command, scan, batch, params, bool(labelled.label_names(entry)))
     name = entry.name if given is not None or settings.model is None else str(settings.model)
     report_params = _report_params(params, name, batch, settings)
     out = Path(settings.out)

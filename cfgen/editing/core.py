@@ -7,7 +7,7 @@ from typing import Any, Callable, TYPE_CHECKING
 import numpy as np
 import torch
 
-from cfgen.editing import ddim, inversion, masks
+from cfgen.editing import ddim, inversion, labelled, masks
 from cfgen.editing.grid import ModelGrid
 from cfgen.editing.components import decode_latents, encode_images, encode_prompts, to_device
 from cfgen.editing.jobs import require_prompt
@@ -34,6 +34,7 @@ class Outcome:
     mask: np.ndarray | None = None  # (1, H, W) in [0, 1] on the scan's grid, when an edit mask was used
     inversion: dict | None = None  # how the scan was inverted (method, steps, the gate's tries)
     attention: dict | None = None  # prompt-to-prompt: settings, the sweep's variants and scores
+    labels: np.ndarray | None = None  # labelled models: the counterfactual's (reconstruction's) label map, scan grid
 
 
 def prepare(model: LoadedModel, scan: Scan, p: EditParams) -> Prepared:
@@ -41,6 +42,8 @@ def prepare(model: LoadedModel, scan: Scan, p: EditParams) -> Prepared:
     copy to the GPU does not block (the runner does this in its reader threads)."""
     e = model.entry
     prep = to_model(scan, ModelGrid.of(e), e.channels, e.value_range, p.window)
+    if p.labels:  # a model that generates anatomy label channels: inverted with the scan's labels
+        labelled.attach(model, scan, prep, p.labels)
     if str(model.device).startswith("cuda"):
         prep.x = prep.x.pin_memory()
     return prep
@@ -61,6 +64,7 @@ class Computed:
     inversion: dict | None = None  # inversion.Inverted.record
     attention: dict | None = None  # prompt-to-prompt settings and the sweep's scores (attention.py, sweep.py)
     refine_change: float | None = None  # --mask refine: the change that keeps a pixel in the mask
+    label_out: torch.Tensor | None = None  # labelled models: the regenerated label channels, model space
 
 
 def batch_key(p: EditParams) -> tuple | None:
@@ -87,7 +91,7 @@ def _run(model: LoadedModel, scans: list[Scan], ps: list[EditParams], targets: l
         raise ValueError("a batch needs equal steps, strength and guidance and eta 0")
     p0 = ps[0]
     preps = preps or [prepare(model, sc, p) for sc, p in zip(scans, ps)]
-    z0 = encode_images(model, torch.cat([to_device(model, pr.x) for pr in preps]), chunk=vae_chunk)
+    z0 = encode_images(model, torch.cat([to_device(model, _model_input(pr)) for pr in preps]), chunk=vae_chunk)
     n = len(ps)
     src, tgt, neg = encode_prompts(model, [p.source_prompt for p in ps] + list(targets)
                                    + [p.negative_prompt for p in ps]).chunk(3)
@@ -112,6 +116,13 @@ def _run(model: LoadedModel, scans: list[Scan], ps: list[EditParams], targets: l
         ys = decode_latents(model, z, chunk=vae_chunk)
     lat = {"z0": z0, "zT": traj[-1], "z_out": z}
     return preps, ys, lat, [int(t) for t in ts], latent_masks, inv
+
+
+def _model_input(prep: Prepared) -> torch.Tensor:
+    """What the first stage encodes: the image, and for a labelled model its label channels."""
+    if prep.labels is None:
+        return prep.x
+    return torch.cat([prep.x, prep.labels.to(prep.x.dtype)], dim=1)
 
 
 def _controlled(model: LoadedModel, inv: inversion.Inverted, src, tgt, guidance: float, mask, ps: list[EditParams],
@@ -160,7 +171,7 @@ def _inversion(model: LoadedModel, z0, src, neg, p: EditParams, guidance: float,
     region that must stay is outside each item's edit mask (on the decoded grid)."""
     if p.min_inversion_psnr is None:
         return inversion.invert(model, z0, src, neg, p, guidance, p.inversion, p.steps, step)
-    decode = lambda z: decode_latents(model, z, chunk=vae_chunk)  # noqa: E731
+    decode = lambda z: labelled.split(decode_latents(model, z, chunk=vae_chunk), model)[0]  # noqa: E731
     return inversion.gated(model, z0, src, neg, p, guidance, latent_masks, decode, step,
                            [str(sc.path) for sc in scans])
 
@@ -169,14 +180,17 @@ def _host(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.detach().float().cpu()
 
 
-def _computed(preps, ys, lat, ts, inv, guidance: float, latent_masks=None, vae=None) -> list[Computed]:
-    """Per item, on the host: one copy per tensor per batch (no synchronisation per step)."""
-    ys, vae = _host(ys), _host(vae)
+def _computed(model: LoadedModel, preps, ys, lat, ts, inv, guidance: float, latent_masks=None,
+              vae=None) -> list[Computed]:
+    """Per item, on the host: one copy per tensor per batch (no synchronisation per step); a
+    labelled model's decoded channels split into image and labels."""
+    (ys, labs), (vae, _) = labelled.split(_host(ys), model), labelled.split(_host(vae), model)
     lat = {k: _host(v) for k, v in lat.items()}
     return [Computed(prepared=prep, model_out=ys[i:i + 1], latents={k: v[i:i + 1] for k, v in lat.items()},
                      timesteps=ts, latent_mask=_host(latent_masks[i]) if latent_masks else None,
                      vae_out=None if vae is None else vae[i:i + 1], inversion=inv.record(i, guidance),
-                     attention=inv.attention[i] if inv.attention else None)
+                     attention=inv.attention[i] if inv.attention else None,
+                     label_out=None if labs is None else labs[i:i + 1])
             for i, prep in enumerate(preps)]
 
 
@@ -204,7 +218,7 @@ def compute_edits(model: LoadedModel, scans: list[Scan], ps: list[EditParams], o
     preps, ys, lat, ts, latent_masks, inv = _run(model, scans, ps, [p.prompt for p in ps], ps[0].guidance, ps[0].eta,
                                             on_step, [p.mask for p in ps], preps, vae_chunk, selector)
     lat.pop("z_out")
-    out = _computed(preps, ys, lat, ts, inv, ps[0].guidance, latent_masks)
+    out = _computed(model, preps, ys, lat, ts, inv, ps[0].guidance, latent_masks)
     for c, p in zip(out, ps):
         c.refine_change = p.change_threshold()
     return out
@@ -230,7 +244,20 @@ def finish_edit(model: LoadedModel, scan: Scan, c: Computed) -> Outcome:
         metrics["mask_fraction"] = float((scan_mask > 0.5).mean())
     metrics.update(_identity_metrics(scan, prep, pixels))
     return Outcome(prepared=prep, pixels=pixels, model_out=c.model_out, latents=c.latents, metrics=metrics,
-                   timesteps=c.timesteps, mask=scan_mask, inversion=c.inversion, attention=c.attention)
+                   timesteps=c.timesteps, mask=scan_mask, inversion=c.inversion, attention=c.attention,
+                   labels=_edited_labels(model, c, scan_mask, metrics))
+
+
+def _edited_labels(model: LoadedModel, c: Computed, scan_mask: np.ndarray | None, metrics: dict) -> np.ndarray | None:
+    """The counterfactual's label map: the model's inside the edit mask, the scan's own outside;
+    ``metrics`` gets the share of voxels whose label changed."""
+    if c.label_out is None:
+        return None
+    new, own = labelled.to_scan(c.label_out, c.prepared, model), c.prepared.label_map
+    if scan_mask is not None:
+        new = np.where(scan_mask[0] > 0.5, new, own).astype(np.uint8)
+    metrics["labels_changed_fraction"] = float((new != own).mean())
+    return new
 
 
 def edit_many(model: LoadedModel, scans: list[Scan], ps: list[EditParams],
@@ -254,7 +281,8 @@ def compute_inversions(model: LoadedModel, scans: list[Scan], ps: list[EditParam
         p.check()
     preps, ys, lat, ts, _, inv = _run(model, scans, ps, [p.source_prompt for p in ps], ps[0].guidance, 0.0, on_step,
                                       None, preps, vae_chunk)
-    return _computed(preps, ys, lat, ts, inv, ps[0].guidance, vae=decode_latents(model, lat["z0"], chunk=vae_chunk))
+    return _computed(model, preps, ys, lat, ts, inv, ps[0].guidance,
+                     vae=decode_latents(model, lat["z0"], chunk=vae_chunk))
 
 
 def finish_inversion(model: LoadedModel, scan: Scan, c: Computed) -> Outcome:
@@ -272,8 +300,12 @@ def finish_inversion(model: LoadedModel, scan: Scan, c: Computed) -> Outcome:
     metrics.update(reconstruction_metrics(x, vae_only, prefix="vae_"))
     # the DDIM part alone: reconstruction against what the VAE gives back without diffusion
     metrics.update(reconstruction_metrics(vae_only, y, prefix="inversion_"))
+    labels = None
+    if c.label_out is not None:  # how well the anatomy comes back with the image
+        labels = labelled.to_scan(c.label_out, prep, model)
+        metrics.update(labelled.metrics(prep.label_map, labels, len(labelled.label_names(model.entry))))
     return Outcome(prepared=prep, pixels=from_model(c.model_out, prep, scan.channels), model_out=c.model_out,
-                   latents=li, metrics=metrics, timesteps=c.timesteps, inversion=c.inversion)
+                   latents=li, metrics=metrics, timesteps=c.timesteps, inversion=c.inversion, labels=labels)
 
 
 def invert_many(model: LoadedModel, scans: list[Scan], ps: list[EditParams],

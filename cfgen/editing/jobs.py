@@ -91,8 +91,16 @@ def single_job(image: str, params: EditParams) -> Job:
     return Job(row=None, image=image, path=Path(image), name=default_name(image), params=params)
 
 
-def _row_params(row: dict[str, str], base: EditParams, folder: Path) -> EditParams:
+def _row_params(row: dict[str, str], base: EditParams, folder: Path, labelled: bool = False) -> EditParams:
     p = replace(base)
+    if labelled:  # the model generates anatomy labels: the row's label map is an input of the edit
+        if row.get("labels"):
+            p.labels = str(folder / row["labels"])
+        if not p.labels:
+            raise InputError("no label map for this row (empty 'labels' and no --labels); the model generates "
+                             "anatomy labels with the image, so each scan needs its own")
+        if not Path(p.labels).is_file():
+            raise InputError(f"{p.labels}: label map not found (the 'labels' column)")
     if row.get("mask"):
         p.mask = row["mask"] if row["mask"] in MASK_MODES else str(folder / row["mask"])
         check_mask_value(p.mask, "the 'mask' column")
@@ -130,7 +138,9 @@ def _free_name(name: str, line: int, taken: dict[str, int], reserved: set[str]) 
     return candidate
 
 
-def jobs_from_csv(csv_path: Path, base: EditParams, need_prompt: bool = True) -> list[Job]:
+def jobs_from_csv(csv_path: Path, base: EditParams, need_prompt: bool = True, labelled: bool = False) -> list[Job]:
+    """One job per row; ``labelled``: the model generates anatomy labels, so a row's ``labels``
+    cell (also carried for evaluate) is the scan's label map, the edit's input."""
     columns, rows = read_csv(csv_path)
     image_col = image_column(columns)
     if image_col is None:
@@ -154,7 +164,7 @@ def jobs_from_csv(csv_path: Path, base: EditParams, need_prompt: bool = True) ->
         try:
             if not image:
                 raise InputError("the 'image' cell is empty")
-            job.params = _row_params(row, base, folder)
+            job.params = _row_params(row, base, folder, labelled)
             if need_prompt:
                 require_prompt(job.params.prompt, "no prompt for this row (empty 'prompt' and no --prompt)", InputError)
             if explicit:

@@ -74,6 +74,17 @@ def _write_mask(folder: Path, scan: Scan, mask: np.ndarray) -> Path:
     return target
 
 
+def _write_labels(folder: Path, scan: Scan, outcome: Outcome, name: str, note: str) -> dict[str, Path]:
+    """A labelled model's label map on the scan's grid and affine (uint8 NIfTI), if there is one."""
+    if outcome.labels is None:
+        return {}
+    from cfgen.io.geometry import volume_affine
+    from cfgen.io.nifti import write_volume
+
+    affine = volume_affine(scan)
+    return {name: write_volume(folder / f"{name}.nii.gz", outcome.labels, np.eye(4) if affine is None else affine, note)}
+
+
 class EditOp:
     command = "edit"
     finish = staticmethod(core.finish_edit)
@@ -94,6 +105,7 @@ class EditOp:
             files["mask"] = _write_mask(folder, scan, outcome.mask)
             if seg_possible(scan):  # DICOM inputs: also a Segmentation referencing the input
                 files["mask_seg"] = write_seg(scan, outcome.mask, folder / "mask.dcm", params.mask in AUTOMATIC_MASKS, desc)
+        files.update(_write_labels(folder, scan, outcome, "counterfactual_labels", f"labels of the {desc}"))
         return {"counterfactual": cf, **files}, metrics
 
 
@@ -117,6 +129,8 @@ class InvertOp:
                          description=f"DDIM reconstruction under '{params.source_prompt}'",
                          window=outcome.prepared.window)
         files, metrics = _figures(folder, scan, outcome, "invert", params, figures)
+        files.update(_write_labels(folder, scan, outcome, "reconstruction_labels",
+                                   f"labels of the reconstruction under '{params.source_prompt}'"))
         return {"latents": target, "reconstruction": rec, **files}, metrics
 
 

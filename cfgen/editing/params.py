@@ -48,6 +48,8 @@ class EditParams:
     self_attention: float = 0.4  # fraction of the steps with the source's self-attention maps (PRISM's 0.4..0.8)
     sweep: str = ""  # "self-attention=0.4,0.5,...": variants in one batch, the best kept (PRISM)
     select_by: str = ""  # the sweep's scorer: a clip or classifier entry [model's defaults]
+    labels: str = ""  # the scan's integer label map (NIfTI on its grid), for models that generate anatomy
+    # label channels with the image ([synth] labels): inverted and regenerated with it (cfgen/editing/labelled.py)
 
     @classmethod
     def resolve(cls, model_defaults: dict[str, Any], command: str = "edit", **given: Any) -> "EditParams":

@@ -22,6 +22,8 @@ class Prepared:
     window: IntensityMap
     channel_mode: str  # as-is | gray-to-rgb | rgb-to-gray
     placement: Placement  # where the scan's pixels are on the model's grid (cfgen/editing/grid.py)
+    labels: torch.Tensor | None = None  # (1, label channels, R, R, R): the scan's anatomy (cfgen/editing/labelled.py)
+    label_map: np.ndarray | None = None  # the same as given: integer labels on the scan's grid
 
     def record(self) -> dict:
         return {"window": self.window.as_dict(), "channels": self.channel_mode, **self.placement.record(),
@@ -64,7 +66,9 @@ def label_channels(lab: np.ndarray, path, scan: Scan, prep: Prepared, count: int
     """(channels, R, R, R): the integer label volume ``lab`` (read from ``path``, labels 1..count)
     encoded as the model's label channels (cfgen.models.label_codes: one-hot or bits), on the
     model's grid (``scan``'s, prepared as ``prep``) and in the model's range (0: low, 1: high).
-    What a labelled base trains on and what `synth3d --mask-from` fixes."""
+    What a labelled base trains on, what `synth3d --mask-from` fixes and what a labelled edit
+    inverts with the image. Labels are resampled as one-hot channels and the strongest taken
+    (binary digits would mix under interpolation), then encoded."""
     from cfgen.models.label_codes import encode
 
     if lab.shape != scan.pixels.shape[1:]:
@@ -73,7 +77,22 @@ def label_channels(lab: np.ndarray, path, scan: Scan, prep: Prepared, count: int
     if codes.min() < 0 or codes.max() > count:
         raise InputError(f"{path}: label values must be 0..{count} (the model's labels), found {codes.min()}..{codes.max()}")
     lo, hi = value_range
-    return lo + (hi - lo) * geometry_to_model(encode(codes, count, encoding), prep, fill=0.0)[0]
+    if tuple(prep.placement.resized) == tuple(prep.placement.oriented_shape):  # no resampling: exact
+        return lo + (hi - lo) * geometry_to_model(encode(codes, count, encoding), prep, fill=0.0)[0]
+    onehot = np.stack([(codes == k).astype(np.float32) for k in range(count + 1)])
+    codes = geometry_to_model(onehot, prep, fill=0.0)[0].argmax(dim=0).numpy()  # padding: background (ties)
+    return lo + (hi - lo) * torch.from_numpy(encode(codes, count, encoding))
+
+
+def labels_to_scan(channels: torch.Tensor, prep: Prepared, count: int, value_range: tuple[float, float],
+                   encoding: str) -> np.ndarray:
+    """The way back: label channels (1, channels, R, R, R) in the model's range -> uint8 label map
+    on the scan's grid (decoded on the model's grid, then resampled as one-hot channels)."""
+    from cfgen.models.label_codes import decode
+
+    codes = decode(channels[0].float().cpu().numpy(), count, encoding, (value_range[0] + value_range[1]) / 2)
+    onehot = torch.from_numpy(np.stack([(codes == k).astype(np.float32) for k in range(count + 1)]))[None]
+    return geometry_to_scan(onehot, prep).argmax(axis=0).astype(np.uint8)
 
 
 def geometry_to_scan(y: torch.Tensor, prep: Prepared) -> np.ndarray:

@@ -68,15 +68,16 @@ def pairs_from_report(path: Path) -> list[Pair]:
         cols = it.get("columns") or {}
         params = it.get("params") or {}
         rel = lambda key: (root / cols[key]) if cols.get(key) else None  # noqa: E731
-        cf = (it.get("outputs") or {}).get("counterfactual")
-        used = (it.get("outputs") or {}).get("mask")
+        outputs = it.get("outputs") or {}
+        cf, used, cf_labels = outputs.get("counterfactual"), outputs.get("mask"), outputs.get("counterfactual_labels")
         pair = Pair(name=name, original=root / str(it.get("input_file") or it.get("input") or ""),
                     counterfactual=root / cf if cf else root, truth=rel("true_counterfactual"),
                     region=rel("true_mask"), label=cols.get("label") or None,
                     source_prompt=params.get("source_prompt") or "", prompt=params.get("prompt") or "",
                     edit_mask=root / used if used else None, floor=rel("floor_counterfactual"),
                     sample_floor=rel("sample_floor_counterfactual"),
-                    labels=rel("labels"), counterfactual_labels=rel("counterfactual_labels"))
+                    labels=rel("labels"),  # a labelled model's edit wrote the counterfactual's own map
+                    counterfactual_labels=root / cf_labels if cf_labels else rel("counterfactual_labels"))
         if it.get("status") == "error" or not cf:
             pair.error = f"edit failed: {it.get('error') or 'no counterfactual'}"
         else:

@@ -106,7 +106,10 @@ def score_pair(pair: Pair, clf=None, clip=None, options: EvalOptions = EvalOptio
 
         metrics.update(ct.pair_measures(*lp.scans, pair.labels, pair.counterfactual_labels,
                                         options.ct_labels or ct.parse_labels(None)))
-    if clf is not None:
+    if clf is not None and x.ndim - 2 != int(clf.config["spatial_dims"]):  # e.g. the 2D default on volumes
+        extra["classifier"] = (f"not applied: the classifier is {clf.config['spatial_dims']}D, "
+                               f"this pair is {x.ndim - 2}D")
+    elif clf is not None:
         m, info, feats["original"], feats["counterfactual"] = classifier_metrics(clf, x, xcf, pair)
         metrics.update(m)
         extra.update(info)

@@ -72,9 +72,9 @@ def output_size(p: SynthParams, base, sr) -> int:
 
 
 def check_base(model: LoadedModel) -> None:
-    if label_names(model.entry) and not getattr(model.vae, "lossless", False):
-        raise ModelError(f"{model.folder}: label channels need a voxel-space or Haar-wavelet base stage "
-                         "(a learned autoencoder/ would blur them)")
+    from cfgen.editing.labelled import check_lossless
+
+    check_lossless(model)
     if "scale" in model.entry.synth:
         raise UsageError(f"--model {model.name}: a super-resolution stage; synth3d needs a base stage first")
 

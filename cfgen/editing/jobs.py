@@ -99,8 +99,9 @@ def _row_params(row: dict[str, str], base: EditParams, folder: Path, labelled: b
         if not p.labels:
             raise InputError("no label map for this row (empty 'labels' and no --labels); the model generates "
                              "anatomy labels with the image, so each scan needs its own")
-        if not Path(p.labels).is_file():
-            raise InputError(f"{p.labels}: label map not found (the 'labels' column)")
+        from cfgen.editing.labelled import check_file
+
+        check_file(p.labels, "the 'labels' column")
     if row.get("mask"):
         p.mask = row["mask"] if row["mask"] in MASK_MODES else str(folder / row["mask"])
         check_mask_value(p.mask, "the 'mask' column")

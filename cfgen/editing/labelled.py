@@ -12,15 +12,17 @@ come back (``label_agreement``, ``label_dice``).
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from cfgen.errors import InputError, ModelError, UsageError
 from cfgen.models.synth import label_encoding, label_names
 
 if TYPE_CHECKING:
+    import torch
+
     from cfgen.editing.params import EditParams
     from cfgen.editing.prepare import Prepared
     from cfgen.io.scan import Scan
@@ -53,8 +55,6 @@ def check_params(p: "EditParams", entry, command: str, batch: bool) -> None:
 
 
 def check_file(path: str, given_as: str) -> None:
-    from pathlib import Path
-
     if not Path(path).is_file():
         raise InputError(f"{path}: label map not found ({given_as} takes an integer label NIfTI on the scan's grid)")
 
@@ -83,7 +83,7 @@ def attach(model: "LoadedModel", scan: "Scan", prep: "Prepared", path: str) -> N
     prep.label_map = np.rint(lab.pixels[0]).astype(np.uint8)
 
 
-def split(y: torch.Tensor | None, model: "LoadedModel") -> tuple:
+def split(y: "torch.Tensor | None", model: "LoadedModel") -> tuple:
     """(n, image + label channels, ...) -> (image channels, label channels or None)."""
     if y is None or not label_names(model.entry):
         return y, None
@@ -91,7 +91,7 @@ def split(y: torch.Tensor | None, model: "LoadedModel") -> tuple:
     return y[:, :c], y[:, c:]
 
 
-def to_scan(channels: torch.Tensor, prep: "Prepared", model: "LoadedModel") -> np.ndarray:
+def to_scan(channels: "torch.Tensor", prep: "Prepared", model: "LoadedModel") -> np.ndarray:
     """Label channels (1, L, R, R, R) in the model's range -> uint8 map on the scan's grid."""
     from cfgen.editing.prepare import labels_to_scan
 

@@ -79,8 +79,7 @@ def label_channels(lab: np.ndarray, path, scan: Scan, prep: Prepared, count: int
     lo, hi = value_range
     if tuple(prep.placement.resized) == tuple(prep.placement.oriented_shape):  # no resampling: exact
         return lo + (hi - lo) * geometry_to_model(encode(codes, count, encoding), prep, fill=0.0)[0]
-    onehot = np.stack([(codes == k).astype(np.float32) for k in range(count + 1)])
-    codes = geometry_to_model(onehot, prep, fill=0.0)[0].argmax(dim=0).numpy()  # padding: background (ties)
+    codes = geometry_to_model(_onehot(codes, count), prep, fill=0.0)[0].argmax(dim=0).numpy()  # padding: background (ties)
     return lo + (hi - lo) * torch.from_numpy(encode(codes, count, encoding))
 
 
@@ -91,8 +90,13 @@ def labels_to_scan(channels: torch.Tensor, prep: Prepared, count: int, value_ran
     from cfgen.models.label_codes import decode
 
     codes = decode(channels[0].float().cpu().numpy(), count, encoding, (value_range[0] + value_range[1]) / 2)
-    onehot = torch.from_numpy(np.stack([(codes == k).astype(np.float32) for k in range(count + 1)]))[None]
-    return geometry_to_scan(onehot, prep).argmax(axis=0).astype(np.uint8)
+    return geometry_to_scan(torch.from_numpy(_onehot(codes, count))[None], prep).argmax(axis=0).astype(np.uint8)
+
+
+def _onehot(codes: np.ndarray, count: int) -> np.ndarray:
+    """(...) integer labels 0..count -> (count + 1, ...) float32, background included: what is
+    resampled between the grids (the strongest channel after resampling is the label)."""
+    return np.stack([(codes == k).astype(np.float32) for k in range(count + 1)])
 
 
 def geometry_to_scan(y: torch.Tensor, prep: Prepared) -> np.ndarray:

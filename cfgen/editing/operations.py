@@ -1,6 +1,7 @@
 """The two operations on a scan and the files each writes: ``edit`` and ``invert``."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +66,9 @@ def _write_mask(folder: Path, scan: Scan, mask: np.ndarray) -> Path:
     """The edit mask used (1 = may change): PNG for images, NIfTI on the scan's grid for volumes."""
     from PIL import Image
 
-    if scan.spatial_dims == 3:
-        return write_scan(scan, mask.astype(np.float32), folder / "mask", "nifti",
-                          description="edit mask (1 = may change)")
+    if scan.spatial_dims == 3:  # float32, not the scan's type: an int16 CT would round the feathered edge away
+        return write_scan(replace(scan, source_dtype="float32"), mask.astype(np.float32), folder / "mask", "nifti",
+                          description="edit mask (1 = may change; the blend weight of the counterfactual)")
     target = folder / "mask.png"
     with atomic_path(target) as tmp:
         Image.fromarray(np.round(mask[0] * 255).astype(np.uint8)).save(tmp, format="PNG")

@@ -18,6 +18,8 @@ counterfactual's as target, and prints per edit:
              the Cycle Diffusion paper's Tables 1-2 measure counterfactual age the same way);
              age_err_true is the regressor's own error on the true counterfactuals (the floor)
   seconds    wall time per edit (bar for 64^3 on CPU: < 60 s)
+and the invert-then-reconstruct PSNR (factual caption, the model's steps; bar: >= 32 dB) of the
+first --recon phantoms.
 
     python benchmarks/brain_edits.py --model MODEL --n 50 --seed 90000
 """
@@ -47,7 +49,7 @@ def cases(exo, attrs):
 
 
 def run(model_name: str | None, n: int, seed: int, steps: int | None, guidance: float | None,
-        strength: float | None, mask: str | None, spacing: float, device: str = "auto") -> dict:
+        strength: float | None, mask: str | None, spacing: float, device: str = "auto", recon: int = 0) -> dict:
     import torch
 
     from cfgen.editing import core
@@ -64,12 +66,15 @@ def run(model_name: str | None, n: int, seed: int, steps: int | None, guidance: 
     rows: dict[str, list[dict]] = defaultdict(list)
     t0 = time.perf_counter()
     age_of = age_regressor(size, spacing)
+    psnrs = []
     for i in range(n):
         exo, attrs = brain.subject(seed, i)
         fact = brain.render(exo, attrs, size, spacing)
         vent_roi, les_roi = regions(exo, attrs, size, spacing)
         scan = Scan(path=Path(f"brain-{i}.nii.gz"), format="nifti", pixels=fact[None], source_dtype="float32",
                     spacing=(spacing,) * 3)
+        if i < recon:
+            psnrs.append(reconstruction_psnr(model, scan, caption_of(attrs), fact, steps))
         for name, kind, alt, sign in cases(exo, attrs):
             true = brain.render(exo, alt, size, spacing)
             clean_alt = brain.render_clean(exo, alt, size, spacing)
@@ -106,7 +111,22 @@ def run(model_name: str | None, n: int, seed: int, steps: int | None, guidance: 
     return {"model": model.report_info(), "seed": seed, "n": n, "size": size, "spacing": spacing,
             "params": {"steps": steps, "guidance": guidance, "strength": strength, "mask": mask},
             "seconds": round(time.perf_counter() - t0, 1), "age_regressor_train_mae": age_of.train_mae,
+            "psnr_reconstruction": psnrs,
             "table": table}
+
+
+def reconstruction_psnr(model, scan, caption: str, fact: np.ndarray, steps: int | None) -> float:
+    """Invert under the factual caption and regenerate (guidance 1, as `cfgen invert`): PSNR in [0, 1]."""
+    import torch
+
+    from cfgen.editing import core
+    from cfgen.editing.params import EditParams
+    from cfgen.metrics.image import psnr
+
+    p = EditParams.resolve(model.entry.defaults, "invert", prompt=caption, steps=steps, window="0,1")
+    back = np.clip(core.invert(model, scan, p).pixels[0], 0, 1)
+    t = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float32))[None, None]  # noqa: E731
+    return psnr(t(fact), t(back))
 
 
 def print_table(res: dict) -> None:
@@ -119,8 +139,11 @@ def print_table(res: dict) -> None:
         ci = f"{r['ratio_ci95'][0]:.2f}..{r['ratio_ci95'][1]:.2f}"
         print(f"{r['edit']:<16}{r['n']:>4}{r['direction']:>10.2f}{r['err_cf']:>9.4f}{r['err_none']:>10.4f}"
               f"{r['ratio']:>7.2f}{ci:>13}{r['floor']:>7.2f}{r['outside']:>9.4f}{r['seconds']:>8.1f}{ages}")
+    if res.get("psnr_reconstruction"):
+        ps = res["psnr_reconstruction"]
+        print(f"invert-then-reconstruct PSNR, {len(ps)} phantoms: {min(ps):.1f}-{max(ps):.1f} dB (mean {np.mean(ps):.1f})")
     print(f"age regressor: MAE {res['age_regressor_train_mae']:.1f} years on its own training phantoms")
-    print("bars: direction >= 0.90, ratio <= 0.50; 64^3 edit on CPU < 60 s")
+    print("bars: direction >= 0.90, ratio <= 0.50 (age +-30: 0.7); reconstruction >= 32 dB; 64^3 edit on CPU < 60 s")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -133,11 +156,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--guidance", type=float, default=None)
     ap.add_argument("--strength", type=float, default=None)
     ap.add_argument("--mask", default=None, help="none | auto [default: the model's]")
+    ap.add_argument("--recon", type=int, default=2, help="phantoms whose reconstruction PSNR is measured")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
     res = run(args.model, args.n, args.seed, args.steps, args.guidance, args.strength, args.mask, args.spacing,
-              args.device)
+              args.device, args.recon)
     print_table(res)
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))

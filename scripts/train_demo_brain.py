@@ -14,6 +14,7 @@ Steps (every one reproducible from the seeds below):
     python scripts/train_demo_brain.py --work runs/demo-brain                 # the full recipe (GPU)
     python scripts/train_demo_brain.py --work /tmp/demo-brain --recipe quick  # minutes: checks the recipe runs
     python scripts/train_demo_brain.py --work runs/demo-brain-wav --recipe wavelet-cpu  # Haar space, no autoencoder
+    python scripts/train_demo_brain.py --work runs/brain-wav-flow --recipe wavelet-flow-cpu  # the same, rectified flow
 
 The labels-* recipes train `demo-brain-labels`, a synth3d base with anatomy label channels
 (MedSyn IV.C-D): voxel space (no autoencoder: label channels live on the image grid), phantoms
@@ -48,6 +49,10 @@ CPU_SPEC = LDM3DSpec(resolution=64, channels=1, latent_channels=4, ae_channels=(
 # latent grid of CPU_SPEC's autoencoder, with nothing to train but the UNet
 WAVELET_CPU_SPEC = LDM3DSpec(resolution=64, channels=1, ae_channels=None, wavelet_levels=2,
                              unet_channels=(32, 64, 128), text_hidden=64, conditioning=BRAIN_FIELDS)
+# the same on rectified flow (as demo-ct): inversion reaches pure noise and comes back, so edits run
+# at strength 1.0 without the DDPM wavelet model's loss (chest: 22 dB at strength 1.0 on DDPM)
+# and a first block as wide as its 64 wavelet channels, so that it can carry its input through
+WAVELET_FLOW_CPU_SPEC = replace(WAVELET_CPU_SPEC, scheduler="rflow", unet_channels=(64, 64, 128))
 WAVELET_QUICK_SPEC = LDM3DSpec(resolution=32, channels=1, ae_channels=None, wavelet_levels=1,
                                unet_channels=(16, 32), text_hidden=32, conditioning=BRAIN_FIELDS)
 LABELS = {"labels": ["ventricles", "lesions"]}
@@ -68,6 +73,9 @@ RECIPES = {
               "unet_steps": 10, "unet_batch": 4, "lr": 2e-4, "warmup": 0, "ema_decay": 0.9},
     "wavelet-cpu": {"spec": WAVELET_CPU_SPEC, "n": 1500, "spacing": 3.0, "ae_phases": [], "unet_steps": 1200,
                     "unet_batch": 4, "lr": 5e-4, "warmup": 50, "ema_decay": 0.995, "checkpoint_every": 100},
+    "wavelet-flow-cpu": {"spec": WAVELET_FLOW_CPU_SPEC, "n": 1500, "spacing": 3.0, "ae_phases": [],
+                         "unet_steps": 1200, "unet_batch": 4, "lr": 5e-4, "warmup": 50, "ema_decay": 0.995,
+                         "checkpoint_every": 100, "snr_gamma": None},
     "wavelet-quick": {"spec": WAVELET_QUICK_SPEC, "n": 16, "spacing": 6.0, "ae_phases": [], "unet_steps": 6,
                       "unet_batch": 4, "lr": 2e-4, "warmup": 0, "ema_decay": 0.9, "checkpoint_every": 3},
     # voxel space at 32^3 x 6 mm: about 4.9 s per step of batch 4 on one CPU core

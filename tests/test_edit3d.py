@@ -214,4 +214,19 @@ def test_brain_edit_benchmark_runs_on_any_3d_model(tiny3d, capsys):
     assert any(n.startswith("age ") for n in names) and any(n.endswith("lesions") for n in names)
     for r in res["table"]:
         assert r["n"] == 1 and r["direction"] in (0.0, 1.0) and r["err_none"] > 0 and r["seconds"] > 0
+    assert len(res["psnr_reconstruction"]) == 1 and 0 < res["psnr_reconstruction"][0] < 100
     assert "direction" in capsys.readouterr().out
+
+
+def test_ct_edit_benchmark_measures_every_edit_type_of_a_ct_phantom(capsys, tmp_path):
+    import ct_edits
+
+    res = ct_edits.main(["--n", "1", "--steps", "2", "--masks", "refine", "--recon", "1", "--device", "cpu",
+                         "--work", str(tmp_path)])
+    table = res["masks"]["refine"]
+    assert sorted({r["edit"].split()[0] for r in table}) == ["cardiomegaly", "effusion", "emphysema", "nodules"]
+    for r in table:
+        assert r["n"] == 1 and r["ratio"] >= 0 and r["floor"] < 1 and r["mask_recall"] is not None
+        assert (r["direction"] is None) == r["edit"].startswith("nodules")
+    assert res["model"]["name"] == "demo-ct" and len(res["psnr_reconstruction"]) == 1
+    assert "--mask refine" in capsys.readouterr().out

@@ -14,7 +14,7 @@ Steps (every one reproducible from the seeds below):
     python scripts/train_demo_brain.py --work runs/demo-brain                 # the full recipe (GPU)
     python scripts/train_demo_brain.py --work /tmp/demo-brain --recipe quick  # minutes: checks the recipe runs
     python scripts/train_demo_brain.py --work runs/demo-brain-wav --recipe wavelet-cpu  # Haar space, no autoencoder
-    python scripts/train_demo_brain.py --work runs/brain-wav-flow --recipe wavelet-flow-cpu  # the same, rectified flow
+    python scripts/train_demo_brain.py --work runs/brain-wav-flow --recipe wavelet-flow-cpu  # the same on rectified flow, then 2000 more steps
 
 The labels-* recipes train `demo-brain-labels`, a synth3d base with anatomy label channels
 (MedSyn IV.C-D): voxel space (no autoencoder: label channels live on the image grid), phantoms
@@ -35,7 +35,7 @@ from pathlib import Path
 
 from cfgen.models.ldm3d import LDM3DSpec
 from cfgen.models.tabular import BRAIN_FIELDS
-from cfgen.training.recipes import CFGEN, brain_phantoms, export, finetune_unet, first_stage, sh
+from cfgen.training.recipes import CFGEN, brain_phantoms, continue_unet, export, finetune_unet, first_stage, sh
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,7 +75,8 @@ RECIPES = {
                     "unet_batch": 4, "lr": 5e-4, "warmup": 50, "ema_decay": 0.995, "checkpoint_every": 100},
     "wavelet-flow-cpu": {"spec": WAVELET_FLOW_CPU_SPEC, "n": 1500, "spacing": 3.0, "ae_phases": [],
                          "unet_steps": 1200, "unet_batch": 4, "lr": 5e-4, "warmup": 50, "ema_decay": 0.995,
-                         "checkpoint_every": 100, "snr_gamma": None},
+                         "checkpoint_every": 100, "snr_gamma": None,
+                         "continue": {"steps": 2000, "batch": 4, "lr": 2e-4, "ema_decay": 0.995}},
     "wavelet-quick": {"spec": WAVELET_QUICK_SPEC, "n": 16, "spacing": 6.0, "ae_phases": [], "unet_steps": 6,
                       "unet_batch": 4, "lr": 2e-4, "warmup": 0, "ema_decay": 0.9, "checkpoint_every": 3},
     # voxel space at 32^3 x 6 mm: about 4.9 s per step of batch 4 on one CPU core
@@ -115,6 +116,8 @@ def main() -> None:
     finetune_unet(data / "train.csv", base, unet_out, cfg, args.device,
                   ["Brain MRI of a 85 year old female with no cognitive impairment, no lesions",
                    "Brain MRI of a 30 year old male with no cognitive impairment, lesion load 20 mL"])
+    if "continue" in cfg:  # a second phase from that model at a lower learning rate (resumes)
+        unet_out = continue_unet(data / "train.csv", unet_out / "model", w / "unet2", cfg["continue"], args.device)
     print(f"recipe finished in {time.time() - t0:.0f} s; model: {unet_out / 'model'}")
     if args.export:
         export(unet_out / "model", ROOT / "cfgen" / "models" / "weights" / ("demo-brain-labels" if anatomy else "demo-brain"),

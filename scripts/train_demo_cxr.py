@@ -31,7 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from cfgen.models.build import LDM2DSpec
-from cfgen.training.recipes import CFGEN, export, finetune_unet, first_stage, sh
+from cfgen.training.recipes import CFGEN, continue_unet, export, finetune_unet, first_stage, sh
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,15 +69,6 @@ RECIPES = {
     "quick": {"spec": CPU_SPEC, "n": 64, "vae_steps": 20, "vae_batch": 8, "vae_lr": 1e-3,
               "unet_steps": 20, "unet_batch": 8, "lr": 2e-4, "warmup": 0, "ema_decay": 0.9},
 }
-
-
-def continue_unet(train_csv: Path, start: Path, out: Path, c: dict, device: str) -> Path:
-    """The second UNet phase (resumes from its checkpoints); returns its output folder."""
-    sh(*CFGEN, "finetune", str(train_csv), "-m", str(start), "-o", str(out), "--learning-rate", str(c["lr"]),
-       "--batch-size", str(c["batch"]), "--max-steps", str(c["steps"]), "--ema", "--ema-decay", str(c["ema_decay"]),
-       "--seed", "0", "--checkpoint-every", "50", "--device", device, "-q",
-       *(["--resume"] if (out / "checkpoints").is_dir() else []))
-    return out
 
 
 def main() -> None:

@@ -90,3 +90,12 @@ def export(model: Path, target: Path, recipe_script: str) -> None:
     print(f"exported {total / 1e6:.1f} MB of weights to {target}")
     for rel, digest in digests.items():
         print(f'"{rel}" = "{digest}"')
+
+
+def continue_unet(train_csv: Path, start: Path, out: Path, c: dict, device: str) -> Path:
+    """The second UNet phase (resumes from its checkpoints); returns its output folder."""
+    sh(*CFGEN, "finetune", str(train_csv), "-m", str(start), "-o", str(out), "--learning-rate", str(c["lr"]),
+       "--batch-size", str(c["batch"]), "--max-steps", str(c["steps"]), "--ema", "--ema-decay", str(c["ema_decay"]),
+       "--seed", "0", "--checkpoint-every", "50", "--device", device, "-q",
+       *(["--resume"] if (out / "checkpoints").is_dir() else []))
+    return out

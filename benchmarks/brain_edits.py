@@ -74,7 +74,7 @@ def run(model_name: str | None, n: int, seed: int, steps: int | None, guidance: 
         scan = Scan(path=Path(f"brain-{i}.nii.gz"), format="nifti", pixels=fact[None], source_dtype="float32",
                     spacing=(spacing,) * 3)
         if i < recon:
-            psnrs.append(reconstruction_psnr(model, scan, caption_of(attrs), fact, steps))
+            psnrs.append(reconstruction_psnr(model, scan, caption_of(attrs), steps))
         for name, kind, alt, sign in cases(exo, attrs):
             true = brain.render(exo, alt, size, spacing)
             clean_alt = brain.render_clean(exo, alt, size, spacing)
@@ -115,7 +115,7 @@ def run(model_name: str | None, n: int, seed: int, steps: int | None, guidance: 
             "table": table}
 
 
-def reconstruction_psnr(model, scan, caption: str, fact: np.ndarray, steps: int | None) -> float:
+def reconstruction_psnr(model, scan, caption: str, steps: int | None) -> float:
     """Invert under the factual caption and regenerate (guidance 1, as `cfgen invert`): PSNR in [0, 1]."""
     import torch
 
@@ -126,7 +126,7 @@ def reconstruction_psnr(model, scan, caption: str, fact: np.ndarray, steps: int 
     p = EditParams.resolve(model.entry.defaults, "invert", prompt=caption, steps=steps, window="0,1")
     back = np.clip(core.invert(model, scan, p).pixels[0], 0, 1)
     t = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float32))[None, None]  # noqa: E731
-    return psnr(t(fact), t(back))
+    return psnr(t(scan.pixels[0]), t(back))
 
 
 def print_table(res: dict) -> None:

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+SIZE, SPACING = 64, 6.0  # the phantoms' grid (cfgen phantoms ct's default)
 HU_LOW, HU_WIDTH = -1024.0, 1624.0  # MedSyn's window [-1024, 600]: errors are in its units
 MEASURE = {"effusion": "effusion_ml", "emphysema": "laa950_pct", "cardiomegaly": "ctr", "nodules": None}
 
@@ -100,10 +101,10 @@ def run(model_name: str | None, n: int, seed: int, masks: list[str], options: di
     from cfgen.phantoms.ct_dataset import write_ct_dataset
 
     t0 = time.perf_counter()
-    write_ct_dataset(work, n, seed)
+    write_ct_dataset(work, n, seed, SIZE, SPACING)
     rows = list(csv.DictReader((work / "counterfactuals.csv").open()))
     model = load_model(model_name, device=device, family="latent-diffusion-3d")
-    affine = ct.affine(64, 6.0)
+    affine = ct.affine(SIZE, SPACING)
     res: dict = {"model": model.report_info(), "seed": seed, "n": n, "masks": {},
                  "params": options}
     for mode in masks:
@@ -113,9 +114,10 @@ def run(model_name: str | None, n: int, seed: int, masks: list[str], options: di
                                    mask=mode, labels=str(work / row["labels"]),
                                    **{k: v for k, v in options.items() if mode == "refine" or k != "refine_change"})
             t1 = time.perf_counter()
-            out = core.edit(model, read_scan(work / row["image"]), p)
+            scan = read_scan(work / row["image"])
+            out = core.edit(model, scan, p)
             secs = time.perf_counter() - t1
-            fact = _volume(work / row["image"])
+            fact = scan.pixels[0].astype(np.float32)
             items[edit_type(row)].append({**score(row, work, fact, out.pixels[0], out.labels, out.mask, affine),
                                           "seconds": secs})
         res["masks"][mode] = summarise(items)
@@ -156,7 +158,7 @@ def _f(x: float | None, spec: str) -> str:
 
 def print_table(res: dict) -> None:
     print(f"model {res['model']['name']} ({res['model']['source']}), held-out seed {res['seed']}, "
-          f"{res['n']} CT phantoms at 64^3 x 6 mm, {res['seconds']} s")
+          f"{res['n']} CT phantoms at {SIZE}^3 x {SPACING:g} mm, {res['seconds']} s")
     for mode, table in res["masks"].items():
         print(f"\n--mask {mode}")
         print(f"{'edit':<30}{'n':>3}{'direction':>10}{'measured / true':>22}{'ratio':>9}{'95% CI':>15}"

@@ -8,6 +8,7 @@ import json
 
 import nibabel as nib
 import numpy as np
+
 from cfgen.io.nifti import write_volume
 from cfgen.phantoms import ct
 

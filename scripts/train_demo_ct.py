@@ -20,6 +20,8 @@ models.toml. Every step resumes: re-run with the same --work after a kill.
 
     python scripts/train_demo_ct.py --work runs/demo-ct --recipe cpu --export
     python scripts/train_demo_ct.py --work /tmp/demo-ct --recipe quick     # minutes: checks the recipe runs
+    python scripts/train_demo_ct.py --work runs/demo-ct --recipe cpu-continue --stage base  # + 2000 steps at lr 2e-4
+    python scripts/train_demo_ct.py --work runs/demo-ct --recipe cpu-continue --stage base --first-phase demo-ct
 
 Status (2026-12-05): shipped as demo-ct and demo-ct-sr (models.toml; figures in the README, from
 benchmarks/synth3d.py). Run 1 (nine one-hot labels, 80 bands, UNet (32, 64, 128), 3000 steps) sampled
@@ -40,7 +42,7 @@ from pathlib import Path
 from cfgen.models.ldm3d import LDM3DSpec
 from cfgen.models.tabular import CT_FIELDS
 from cfgen.phantoms import ct
-from cfgen.training.recipes import CFGEN, export, finetune_sr, finetune_unet, sh, world_phantoms
+from cfgen.training.recipes import CFGEN, continue_unet, export, finetune_sr, finetune_unet, sh, world_phantoms
 
 ROOT = Path(__file__).resolve().parents[1]
 WINDOW = "-1024,600"
@@ -71,6 +73,13 @@ RECIPES = {
                      "snr_gamma": None},
             "sr": {"spec": sr_spec(64, (16, 32, 64), 32), "n": 120, "spacing": 6.0, "steps": 200, "batch": 4,
                    "lr": 1e-3, "warmup": 20, "ema_decay": 0.995}},
+    # the same base, then a second phase at a lower learning rate (as demo-brain's and demo-cxr's)
+    "cpu-continue": {"base": {"spec": base_spec(32, (48, 64, 128), 12.0), "n": 2000, "spacing": 12.0,
+                              "unet_steps": 2500, "unet_batch": 8, "lr": 1e-3, "warmup": 100, "ema_decay": 0.995,
+                              "checkpoint_every": 250, "snr_gamma": None,
+                              "continue": {"steps": 2000, "batch": 8, "lr": 2e-4, "ema_decay": 0.995}},
+                     "sr": {"spec": sr_spec(64, (16, 32, 64), 32), "n": 120, "spacing": 6.0, "steps": 200,
+                            "batch": 4, "lr": 1e-3, "warmup": 20, "ema_decay": 0.995}},
     "quick": {"base": {"spec": base_spec(32, (8, 16), 12.0), "n": 8, "spacing": 12.0, "unet_steps": 4,
                        "unet_batch": 4, "lr": 2e-4, "warmup": 0, "ema_decay": 0.9, "checkpoint_every": 2,
                        "snr_gamma": None},
@@ -81,17 +90,23 @@ PROMPTS = ["CT of a 70 year old male with a large pleural effusion, no emphysema
            "CT of a 60 year old female with no pleural effusion, severe emphysema, cardiomegaly, no nodules"]
 
 
-def train_base(w: Path, cfg: dict, device: str) -> Path:
+def train_base(w: Path, cfg: dict, device: str, first: str | None = None) -> Path:
+    """``first``: a model that stands for the first phase (e.g. the shipped demo-ct, when the first
+    phase's own output is gone); only the recipe's `continue` phase then runs from it."""
     spec = cfg["spec"]
     data = world_phantoms("ct", w / "phantoms", cfg["n"], 1000, spec.resolution, cfg["spacing"])
     if not (data / "train.csv").is_file():
         sh(*CFGEN, "caption", str(data / "labels.csv"), "--template", "ct", "-o", str(data / "train.csv"))
     from cfgen.models.ldm3d import build_ldm3d
 
-    if not (w / "base" / "unet").is_dir():
-        build_ldm3d(w / "base", replace(spec, spacing=cfg["spacing"]), seed=0)
-    finetune_unet(data / "train.csv", w / "base", w / "unet", cfg, device, PROMPTS)
-    return w / "unet" / "model"
+    if first is None:
+        if not (w / "base" / "unet").is_dir():
+            build_ldm3d(w / "base", replace(spec, spacing=cfg["spacing"]), seed=0)
+        finetune_unet(data / "train.csv", w / "base", w / "unet", cfg, device, PROMPTS)
+        first = str(w / "unet" / "model")
+    if "continue" not in cfg:
+        return Path(first)
+    return continue_unet(data / "train.csv", Path(first), w / "unet2", cfg["continue"], device) / "model"
 
 
 def train_sr(w: Path, cfg: dict, device: str) -> Path:
@@ -112,13 +127,19 @@ def main() -> None:
     ap.add_argument("--stage", choices=["base", "sr", "both"], default="both")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--export", action="store_true", help="copy the results into cfgen/models/weights/demo-ct(-sr)")
+    ap.add_argument("--first-phase", metavar="MODEL",
+                    help="cpu-continue: start the second phase from MODEL (a folder or models.toml entry, e.g. "
+                         "demo-ct) instead of training the first phase")
     args = ap.parse_args()
     cfg = RECIPES[args.recipe]
+    if args.first_phase and "continue" not in cfg["base"]:
+        ap.error(f"--first-phase: recipe {args.recipe} has no second phase (cpu-continue has)")
     weights = ROOT / "cfgen" / "models" / "weights"
-    for stage, train, name in (("base", train_base, "demo-ct"), ("sr", train_sr, "demo-ct-sr")):
+    for stage, name in (("base", "demo-ct"), ("sr", "demo-ct-sr")):
         if args.stage in (stage, "both"):
             t0 = time.time()
-            model = train(args.work, cfg[stage], args.device)
+            model = (train_base(args.work, cfg[stage], args.device, args.first_phase) if stage == "base"
+                     else train_sr(args.work, cfg[stage], args.device))
             print(f"{stage} stage finished in {time.time() - t0:.0f} s; model: {model}", flush=True)
             if args.export:
                 export(model, weights / name, "scripts/train_demo_ct.py")

@@ -118,8 +118,7 @@ def test_3d_edit_with_a_mask_file_changes_nothing_outside_it(tiny3d, volume, cli
 
 
 def test_3d_refine_mask_is_within_the_first_pass_and_keeps_the_rest(cli, tmp_path):
-    """On the shipped demo-brain (a tiny random 3D UNet's cross-attention starts at zero, so its
-    prompts never disagree) and the quickstart's held-out phantom."""
+    """On the shipped demo-brain and the quickstart's held-out phantom."""
     volume = Path(__file__).parents[1] / "examples" / "brain_demo.nii.gz"
     args = ["-s", "Brain MRI of a 48 year old male with no lesions", "-p", "Brain MRI of a 85 year old male with "
             "no lesions", "-m", "demo-brain", "--steps", "6", "--mask-threshold", "0.3", "--figure-format", "none", "-q"]

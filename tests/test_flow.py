@@ -68,7 +68,8 @@ def test_flow_model_finetunes_and_edits_through_the_cli(flow3d, cli, tmp_path):
     training = json.loads((out / "report.json").read_text())["training"]
     assert training["eval_loss_end"] < training["eval_loss_start"]
     model = out / "model"
-    assert tomllib.loads((model / "cfgen.toml").read_text())["scheduler"]["kind"] == "rflow"
+    # only what rectified flow runs with: DDIM's betas and timestep spacing would mislead a reader
+    assert tomllib.loads((model / "cfgen.toml").read_text())["scheduler"] == {"kind": "rflow", "num_train_timesteps": 1000}
     src = data / "images" / "brain_00000.nii.gz"
     res = cli("edit", src, "-p", "Brain MRI of a 90 year old", "-m", model, "--steps", "6", "-o", tmp_path / "e", "-q")
     assert res.exit_code == 0, res.output

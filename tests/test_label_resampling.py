@@ -63,7 +63,7 @@ def test_a_labelled_batch_records_a_row_without_its_label_map_and_goes_on(cli, t
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert [i["status"] for i in report["items"]] == ["ok", "error"], report["items"]
     ok, bad = report["items"]
-    assert ok["name"] == rows[0]["output"]
+    assert ok["name"] == rows[0]["output"] and bad["name"] == rows[1]["output"]  # the refused row is named
     assert bad["error"].startswith(f"{tmp_path / 'jobs.csv'} line 3: no label map for this row"), bad
     assert res.exit_code != 0  # the run says some rows failed
     # the model's default mask on CT (models.toml): outside it the scan itself, in HU

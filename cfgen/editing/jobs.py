@@ -165,9 +165,8 @@ def jobs_from_csv(csv_path: Path, base: EditParams, need_prompt: bool = True, la
         try:
             if not image:
                 raise InputError("the 'image' cell is empty")
-            job.params = _row_params(row, base, folder, labelled)
-            if need_prompt:
-                require_prompt(job.params.prompt, "no prompt for this row (empty 'prompt' and no --prompt)", InputError)
+            # the name first, so that a row refused below is reported under the name it would have
+            # had (and keeps it: the other rows' names do not depend on which rows are valid)
             if explicit:
                 why = check_name(explicit)
                 if why:
@@ -178,6 +177,9 @@ def jobs_from_csv(csv_path: Path, base: EditParams, need_prompt: bool = True, la
             else:
                 job.name = _free_name(default_name(image), i, taken, explicit_names)
             taken[job.name] = i
+            job.params = _row_params(row, base, folder, labelled)
+            if need_prompt:
+                require_prompt(job.params.prompt, "no prompt for this row (empty 'prompt' and no --prompt)", InputError)
         except InputError as exc:
             job.error = f"{csv_path} line {i}: {exc}"
         jobs.append(job)

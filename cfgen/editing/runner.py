@@ -175,7 +175,7 @@ def run_jobs(op: Operation, model, jobs: list[Job], out_dir: Path, report: RunRe
         item.setdefault("timings", {})["total_s"] = round((time.perf_counter() - t0) / share, 3)
         elsewhere = item.pop("_elsewhere", False)  # another process is computing it: its journal records it
         report.add_item(item, journal=not elsewhere)
-        if not elsewhere:
+        if not elsewhere and not job.error:  # a row refused before its claim holds none to drop
             release(out_dir / job.name)
         report.write_progress()
         if on_item:

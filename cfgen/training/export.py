@@ -29,6 +29,16 @@ def _toml_value(v: Any) -> str:
     return json.dumps(str(v))
 
 
+#: what a rectified-flow model runs with (cfgen/editing/flow.py); DDIM's betas and spacing mean nothing to it
+RFLOW_KEYS = ("kind", "num_train_timesteps")
+
+
+def _scheduler_keys(scheduler: dict) -> dict:
+    if scheduler.get("kind") == "rflow":
+        return {k: scheduler[k] for k in RFLOW_KEYS if k in scheduler}
+    return scheduler
+
+
 def model_toml(entry) -> str:
     """A registry entry as the cfgen.toml of a model folder."""
     lines = [f'family = "{entry.family}"', f"resolution = {entry.resolution}", f"channels = {entry.channels}",
@@ -38,7 +48,7 @@ def model_toml(entry) -> str:
         if entry.spacing:
             lines.append(f"spacing = {json.dumps(list(entry.spacing))}")
     lines += ["", "[scheduler]"]
-    lines += [f"{k} = {_toml_value(v)}" for k, v in entry.scheduler.items() if v is not None]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in _scheduler_keys(entry.scheduler).items() if v is not None]
     lines += ["", "[defaults]"] + [f"{k} = {_toml_value(v)}" for k, v in entry.defaults.items()]
     return "\n".join(lines + toml_lines(entry.synth)) + "\n"
 

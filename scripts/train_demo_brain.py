@@ -35,7 +35,7 @@ from pathlib import Path
 
 from cfgen.models.ldm3d import LDM3DSpec
 from cfgen.models.tabular import BRAIN_FIELDS
-from cfgen.training.recipes import CFGEN, brain_phantoms, continue_unet, export, finetune_unet, first_stage, sh
+from cfgen.training.recipes import CFGEN, band_scales, brain_phantoms, continue_unet, export, finetune_unet, first_stage, sh
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,6 +88,11 @@ RECIPES = {
                      "unet_batch": 4, "lr": 2e-4, "warmup": 0, "ema_decay": 0.9},
 }
 
+# wavelet-flow-cpu with every detail band scaled to unit std on its training phantoms (cfgen/training/bands.py):
+# demo-brain's samples had 1.5-2.5 times the phantoms' std in the finer detail bands (2026-12-06)
+RECIPES["wavelet-flow-bands-cpu"] = {**RECIPES["wavelet-flow-cpu"], "band_scales": True}
+RECIPES["wavelet-quick-bands"] = {**RECIPES["wavelet-quick"], "band_scales": True}
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -112,6 +117,7 @@ def main() -> None:
     if not (base / "unet").is_dir():
         build_ldm3d(base, replace(spec, spacing=cfg["spacing"]), seed=0)
     first_stage(data / "train.csv", base, w / "ae", "autoencoder", cfg["ae_phases"], args.device)
+    band_scales(cfg, data / "train.csv", base)
     unet_out = w / "unet"
     finetune_unet(data / "train.csv", base, unet_out, cfg, args.device,
                   ["Brain MRI of a 85 year old female with no cognitive impairment, no lesions",

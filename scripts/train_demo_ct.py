@@ -44,7 +44,7 @@ from pathlib import Path
 from cfgen.models.ldm3d import LDM3DSpec
 from cfgen.models.tabular import CT_FIELDS
 from cfgen.phantoms import ct
-from cfgen.training.recipes import CFGEN, continue_unet, export, finetune_sr, finetune_unet, sh, world_phantoms
+from cfgen.training.recipes import CFGEN, band_scales, continue_unet, export, finetune_sr, finetune_unet, sh, world_phantoms
 
 ROOT = Path(__file__).resolve().parents[1]
 WINDOW = "-1024,600"
@@ -81,6 +81,9 @@ RECIPES = {
               "sr": {"spec": sr_spec(64, (8, 16), 16), "n": 4, "spacing": 6.0, "steps": 4, "batch": 2,
                      "lr": 1e-3, "warmup": 0, "ema_decay": 0.9}},
 }
+# the cpu base with every detail band scaled to unit std on the training phantoms (cfgen/training/bands.py)
+RECIPES["cpu-bands"] = {"base": {**RECIPES["cpu"]["base"], "band_scales": True}, "sr": RECIPES["cpu"]["sr"]}
+RECIPES["quick-bands"] = {"base": {**RECIPES["quick"]["base"], "band_scales": True}, "sr": RECIPES["quick"]["sr"]}
 # the cpu base, then a second phase at a lower learning rate (as demo-brain's and demo-cxr's)
 RECIPES["cpu-continue"] = {"base": {**RECIPES["cpu"]["base"],
                                     "continue": {"steps": 2000, "batch": 8, "lr": 2e-4, "ema_decay": 0.995}},
@@ -101,6 +104,7 @@ def train_base(w: Path, cfg: dict, device: str, first: str | None = None) -> Pat
     if first is None:
         if not (w / "base" / "unet").is_dir():
             build_ldm3d(w / "base", replace(spec, spacing=cfg["spacing"]), seed=0)
+        band_scales(cfg, data / "train.csv", w / "base")
         finetune_unet(data / "train.csv", w / "base", w / "unet", cfg, device, PROMPTS)
         first = str(w / "unet" / "model")
     if "continue" not in cfg:

@@ -109,6 +109,8 @@ def test_training_a_wavelet_is_refused(wavelet2d, tmp_path):
     ({"levels": "2"}, "levels: expected an integer"),
     ({"scaling_factor": -1}, "scaling_factor: expected a positive number"),
     ({"levels": 2}, "in_channels 4, but vae/ is a 2-level Haar transform"),
+    ({"band_scales": [1.0, 2.0]}, "band_scales: expected a list of 4 or 8 positive numbers"),
+    ({"band_scales": [1.0, 2.0, 0.0, 1.0]}, "band_scales: expected a list"),
 ])
 def test_bad_wavelet_configs_are_one_line_model_errors(wavelet2d, tmp_path, change, message):
     import shutil
@@ -143,3 +145,59 @@ def test_3d_wavelet_model_edits_a_volume(cli, tmp_path):
 def test_a_wavelet_folder_claims_no_diffusers_pipeline(wavelet2d):
     # diffusers has no Haar first stage: a model_index.json naming AutoencoderKL would be a lie
     assert not (wavelet2d / "model_index.json").exists()
+
+
+def test_band_scales_multiply_the_bands_and_are_divided_out_exactly():
+    scales = [1.0, 1.0] + [float(v) for v in range(2, 16)]  # 2 channels x 8 bands (3D, one level)
+    wav = HaarWavelet(1, 2, band_scales=scales)
+    x = torch.randn(3, 2, 8, 4, 6, dtype=torch.float64)
+    y = wav.encode(x).latent_dist.mean
+    torch.testing.assert_close(y, haar_forward(x, 1) * torch.tensor(scales, dtype=torch.float64).reshape(1, -1, 1, 1, 1))
+    torch.testing.assert_close(wav.decode(y).sample, x, atol=1e-12, rtol=0)
+    assert wav.config_dict()["band_scales"] == scales and "band_scales" not in HaarWavelet(1, 2).config_dict()
+
+
+def test_unit_band_scales_bring_detail_bands_to_unit_std_within_the_cap():
+    from cfgen.models.wavelet import unit_band_scales
+
+    std = torch.tensor([1.6, 0.9, 0.25, 0.1, 0.05, 0.001, 2.0, 0.5])  # 1 channel: band 0 is the low band
+    y = torch.randn(64, 8, 6, 6, 6, generator=torch.Generator().manual_seed(0)) * std.reshape(1, -1, 1, 1, 1)
+    got = unit_band_scales(y, channels=1, cap=32.0)
+    assert got[0] == 1.0  # the low band is left as it is
+    assert got[5] == 32.0 and got[6] == 1.0  # a near-constant band is capped, a wide one never shrunk
+    for band in (1, 2, 3, 4, 7):
+        assert got[band] == pytest.approx(1 / float(std[band]), rel=0.05)
+
+
+def test_fit_band_scales_on_ct_phantoms_gives_unit_detail_bands_and_stays_lossless(cli, tmp_path):
+    """cfgen/training/bands.py on a labelled CT wavelet base: the scales are written into the
+    folder's transform config, the loader reads them, the training items' detail bands come out
+    with unit std (numpy over pywt-checked bands) and decode gives the items back."""
+    import nibabel as nib
+
+    from cfgen.models.ldm3d import LDM3DSpec, build_ldm3d
+    from cfgen.models.loader import load_model
+    from cfgen.models.tabular import CT_FIELDS
+    from cfgen.phantoms.ct import LABELS
+    from cfgen.training.bands import _training_batch, fit_band_scales
+
+    data = tmp_path / "ph"
+    assert cli("phantoms", "ct", "-n", "3", "--size", "32", "--spacing", "12", "--no-counterfactuals", "-o", data,
+               "-q").exit_code == 0
+    folder = build_ldm3d(tmp_path / "ct", LDM3DSpec(
+        resolution=32, ae_channels=None, wavelet_levels=1, unet_channels=(8, 16), conditioning=CT_FIELDS,
+        window="-1024,600", synth={"spacing": 12.0, "labels": list(LABELS), "label_encoding": "bits"}), seed=5)
+    scales = fit_band_scales(data / "labels.csv", folder)
+    assert json.loads((folder / "autoencoder" / "config.json").read_text())["band_scales"] == scales
+    assert len(scales) == 40 and scales[:5] == [1.0] * 5 and all(s > 1 for s in scales[5:])
+    model = load_model(str(folder), device="cpu")
+    assert model.vae.config.band_scales == scales
+    x = _training_batch(data / "labels.csv", model, 8, 0)
+    hu = np.asarray(nib.load(data / "images" / "ct_00000.nii.gz").dataobj)
+    assert x.shape == (3, 5, 32, 32, 32) and float(x[:, 0].min()) == pytest.approx(-1, abs=1e-3)  # -1024 HU: -1
+    assert hu.min() <= -1000
+    y = model.vae.encode(x).latent_dist.mean.numpy()
+    for band, s in enumerate(scales[5:], start=5):
+        if s < 32:  # not capped
+            assert y[:, band].std() == pytest.approx(1.0, rel=0.02)
+    torch.testing.assert_close(model.vae.decode(torch.from_numpy(y)).sample, x, atol=1e-5, rtol=0)

@@ -13,6 +13,13 @@ A model folder declares it with the autoencoder's config alone (2D ``vae/config.
 
   {"_class_name": "HaarWavelet", "levels": 2, "in_channels": 1, "scaling_factor": 1.0}
 
+Optional ``band_scales``: one positive multiplier per band (the bands' order), applied after the
+transform and divided out before its inverse, so it stays exactly invertible. It plays the part
+of a VAE's scaling factor band by band: a phantom's or a scan's detail bands are small (std 0.04-0.3
+against the low band's 1.6 for 12 mm CT), so under unit noise the network must predict the noise
+of those bands to a few percent or leave it in the sample; scaled to unit std they carry signal
+the network learns (``unit_band_scales`` measures them on training data; cfgen/training/bands.py).
+
 and answers the calls a diffusers AutoencoderKL answers (``encode(x).latent_dist.mean``,
 ``decode(z).sample``, ``config.scaling_factor``), so loading, finetuning, inversion, editing and
 masks run unchanged. Band order of one level: input channel fastest, then the first spatial
@@ -66,11 +73,13 @@ def haar_inverse(y: torch.Tensor, levels: int) -> torch.Tensor:
 class HaarWavelet(torch.nn.Module):
     """The Haar packet transform with the diffusers autoencoder interface (no parameters)."""
 
-    def __init__(self, levels: int = 1, in_channels: int = 1, scaling_factor: float = 1.0):
+    def __init__(self, levels: int = 1, in_channels: int = 1, scaling_factor: float = 1.0,
+                 band_scales: list[float] | None = None):
         super().__init__()
         self.levels = int(levels)
         self.config = SimpleNamespace(_class_name=CLASS_NAME, levels=self.levels, in_channels=int(in_channels),
-                                      scaling_factor=float(scaling_factor), shift_factor=0.0)
+                                      scaling_factor=float(scaling_factor), shift_factor=0.0,
+                                      band_scales=[float(v) for v in band_scales] if band_scales else None)
         # a buffer, so that .to(device, dtype) says where the transform runs (no weights)
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
 
@@ -96,17 +105,29 @@ class HaarWavelet(torch.nn.Module):
             raise ValueError(f"HaarWavelet with {self.levels} levels needs sizes divisible by {f}, got "
                              f"{tuple(x.shape[2:])}")
 
+    def _scales(self, y: torch.Tensor) -> torch.Tensor | None:
+        """The band multipliers shaped to broadcast over ``y`` (None: all 1)."""
+        scales = self.config.band_scales
+        if not scales:
+            return None
+        if len(scales) != y.shape[1]:
+            raise ValueError(f"HaarWavelet: {len(scales)} band_scales for {y.shape[1]} bands")
+        return torch.tensor(scales, dtype=y.dtype, device=y.device).reshape((1, -1) + (1,) * (y.ndim - 2))
+
     def encode(self, x: torch.Tensor):
         self._check(x)
-        return SimpleNamespace(latent_dist=SimpleNamespace(mean=haar_forward(x, self.levels)))
+        y = haar_forward(x, self.levels)
+        scales = self._scales(y)
+        return SimpleNamespace(latent_dist=SimpleNamespace(mean=y if scales is None else y * scales))
 
     def decode(self, z: torch.Tensor):
-        return SimpleNamespace(sample=haar_inverse(z, self.levels))
+        scales = self._scales(z)
+        return SimpleNamespace(sample=haar_inverse(z if scales is None else z / scales, self.levels))
 
     def config_dict(self) -> dict[str, Any]:
         c = self.config
         return {"_class_name": CLASS_NAME, "levels": c.levels, "in_channels": c.in_channels,
-                "scaling_factor": c.scaling_factor}
+                "scaling_factor": c.scaling_factor, **({"band_scales": c.band_scales} if c.band_scales else {})}
 
     def save_pretrained(self, folder: Path, **_: Any) -> None:
         folder = Path(folder)
@@ -130,4 +151,27 @@ def load_wavelet(config_file: Path, channels: int | None = None) -> HaarWavelet:
         raise ModelError(f"{config_file}: scaling_factor: expected a positive number, found {scale!r:.40}")
     if channels is not None and ch != channels:
         raise ModelError(f"{config_file}: in_channels {ch} but the model's images have {channels} channel(s)")
-    return HaarWavelet(levels, ch, float(scale))
+    return HaarWavelet(levels, ch, float(scale), _band_scales(config_file, data.get("band_scales"), levels, ch))
+
+
+def _band_scales(config_file: Path, scales: Any, levels: int, channels: int) -> list[float] | None:
+    """band_scales checked: positive numbers, one per band of a 2D or a 3D transform."""
+    if scales is None:
+        return None
+    bands = {channels * 4 ** levels, channels * 8 ** levels}
+    if (not isinstance(scales, list) or len(scales) not in bands
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1e6 for v in scales)):
+        raise ModelError(f"{config_file}: band_scales: expected a list of {' or '.join(map(str, sorted(bands)))} "
+                         f"positive numbers (one per band), found {scales!r:.60}")
+    return [float(v) for v in scales]
+
+
+def unit_band_scales(latents: torch.Tensor, channels: int, cap: float = 32.0) -> list[float]:
+    """Multipliers that bring every detail band of unscaled Haar ``latents`` (B, bands, ...) to unit
+    std over the batch, within [1, cap] (never shrunk; a nearly constant band is not blown up past
+    ``cap``); the low bands (the first ``channels``) keep 1. Three significant digits, for a
+    readable config."""
+    std = latents.float().transpose(0, 1).reshape(latents.shape[1], -1).std(dim=1)
+    out = (1.0 / std.clamp_min(1e-12)).clamp(1.0, cap)
+    out[:channels] = 1.0
+    return [float(f"{v:.3g}") for v in out.tolist()]

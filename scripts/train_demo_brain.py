@@ -15,6 +15,7 @@ Steps (every one reproducible from the seeds below):
     python scripts/train_demo_brain.py --work /tmp/demo-brain --recipe quick  # minutes: checks the recipe runs
     python scripts/train_demo_brain.py --work runs/demo-brain-wav --recipe wavelet-cpu  # Haar space, no autoencoder
     python scripts/train_demo_brain.py --work runs/brain-wav-flow --recipe wavelet-flow-cpu  # the same on rectified flow, then 2000 more steps
+    python scripts/train_demo_brain.py --work runs/brain-bands --recipe wavelet-flow-bands-cpu  # + band scales (cfgen/training/bands.py)
 
 The labels-* recipes train `demo-brain-labels`, a synth3d base with anatomy label channels
 (MedSyn IV.C-D): voxel space (no autoencoder: label channels live on the image grid), phantoms

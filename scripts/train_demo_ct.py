@@ -22,6 +22,7 @@ models.toml. Every step resumes: re-run with the same --work after a kill.
     python scripts/train_demo_ct.py --work /tmp/demo-ct --recipe quick     # minutes: checks the recipe runs
     python scripts/train_demo_ct.py --work runs/demo-ct --recipe cpu-continue --stage base  # + 2000 steps at lr 2e-4
     python scripts/train_demo_ct.py --work runs/demo-ct --recipe cpu-continue --stage base --first-phase demo-ct
+    python scripts/train_demo_ct.py --work runs/ct-bands --recipe cpu-bands --stage base  # detail bands at unit std
 
 Status (2026-12-05): shipped as demo-ct and demo-ct-sr (models.toml; figures in the README, from
 benchmarks/synth3d.py). Run 1 (nine one-hot labels, 80 bands, UNet (32, 64, 128), 3000 steps) sampled
@@ -33,6 +34,8 @@ flow, whose last level is pure noise, no Min-SNR; 4633 s beside other work) samp
 lungs, heart, coherent labels, an effusion where the prompt asks for one.
 cpu-continue (2026-12-06, from the shipped base with --first-phase demo-ct, 2475 s): lower loss, better
 calibrated hearts and effusion edits, worse cardiomegaly / emphysema / nodule edits; not shipped (README).
+cpu-bands (2026-12-06, 3665 s alone): samples' detail bands match the phantoms', but effusion adherence
+lost (d 0.03) and %LAA-950 d 0.66; not shipped (README).
 """
 from __future__ import annotations
 

@@ -179,7 +179,7 @@ def test_fit_band_scales_on_ct_phantoms_gives_unit_detail_bands_and_stays_lossle
     from cfgen.models.loader import load_model
     from cfgen.models.tabular import CT_FIELDS
     from cfgen.phantoms.ct import LABELS
-    from cfgen.training.bands import _training_batch, fit_band_scales
+    from cfgen.training.bands import training_batch, fit_band_scales
 
     data = tmp_path / "ph"
     assert cli("phantoms", "ct", "-n", "3", "--size", "32", "--spacing", "12", "--no-counterfactuals", "-o", data,
@@ -192,7 +192,7 @@ def test_fit_band_scales_on_ct_phantoms_gives_unit_detail_bands_and_stays_lossle
     assert len(scales) == 40 and scales[:5] == [1.0] * 5 and all(s > 1 for s in scales[5:])
     model = load_model(str(folder), device="cpu")
     assert model.vae.config.band_scales == scales
-    x = _training_batch(data / "labels.csv", model, 8, 0)
+    x = training_batch(data / "labels.csv", model, 8, 0)
     hu = np.asarray(nib.load(data / "images" / "ct_00000.nii.gz").dataobj)
     assert x.shape == (3, 5, 32, 32, 32) and float(x[:, 0].min()) == pytest.approx(-1, abs=1e-3)  # -1024 HU: -1
     assert hu.min() <= -1000

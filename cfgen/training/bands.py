@@ -31,7 +31,7 @@ def wavelet_config(folder: Path) -> Path:
     raise UsageError(f"{folder}: not a Haar-wavelet model (no autoencoder/ or vae/ config naming HaarWavelet)")
 
 
-def _training_batch(data_csv: Path, model, n: int, seed: int) -> torch.Tensor:
+def training_batch(data_csv: Path, model, n: int, seed: int) -> torch.Tensor:
     """Up to ``n`` training items (image and label channels, as `cfgen finetune` reads them)."""
     from cfgen.editing.grid import ModelGrid
     from cfgen.models.synth import label_encoding, label_names
@@ -58,7 +58,7 @@ def fit_band_scales(data_csv: Path, folder: Path, n: int = 256, seed: int = 0) -
     config_file = wavelet_config(folder)
     config = json.loads(config_file.read_text(encoding="utf-8"))
     model = load_model(str(folder), device="cpu")
-    y = haar_forward(_training_batch(data_csv, model, n, seed), int(config.get("levels", 1)))
+    y = haar_forward(training_batch(data_csv, model, n, seed), int(config.get("levels", 1)))
     scales = unit_band_scales(y, int(config.get("in_channels", 1)))
     tmp = config_file.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({**config, "band_scales": scales}, indent=2) + "\n", encoding="utf-8")

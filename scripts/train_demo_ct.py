@@ -87,6 +87,8 @@ RECIPES = {
 # the cpu base with every detail band scaled to unit std on the training phantoms (cfgen/training/bands.py)
 RECIPES["cpu-bands"] = {"base": {**RECIPES["cpu"]["base"], "band_scales": True}, "sr": RECIPES["cpu"]["sr"]}
 RECIPES["quick-bands"] = {"base": {**RECIPES["quick"]["base"], "band_scales": True}, "sr": RECIPES["quick"]["sr"]}
+# the same with the image's detail bands scaled and the label bits' left as they are
+RECIPES["cpu-image-bands"] = {"base": {**RECIPES["cpu"]["base"], "band_scales": "image"}, "sr": RECIPES["cpu"]["sr"]}
 # the cpu base, then a second phase at a lower learning rate (as demo-brain's and demo-cxr's)
 RECIPES["cpu-continue"] = {"base": {**RECIPES["cpu"]["base"],
                                     "continue": {"steps": 2000, "batch": 8, "lr": 2e-4, "ema_decay": 0.995}},

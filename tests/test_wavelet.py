@@ -169,6 +169,19 @@ def test_unit_band_scales_bring_detail_bands_to_unit_std_within_the_cap():
         assert got[band] == pytest.approx(1 / float(std[band]), rel=0.05)
 
 
+def test_unit_band_scales_can_leave_the_label_channels_alone():
+    from cfgen.models.wavelet import unit_band_scales
+
+    # 2 input channels (image, one label bit), 2D one level: bands [aa, da, ad, dd] x channels, channel fastest
+    std = torch.tensor([1.5, 1.0, 0.1, 0.3, 0.2, 0.3, 0.05, 0.3])
+    y = torch.randn(256, 8, 8, 8, generator=torch.Generator().manual_seed(1)) * std.reshape(1, -1, 1, 1)
+    every, image = unit_band_scales(y, channels=2), unit_band_scales(y, channels=2, scaled=1)
+    assert image[1::2] == [1.0] * 4  # the label channel's bands: untouched
+    assert image[0::2] == every[0::2] and image[0] == 1.0  # the image's: as when all are scaled
+    assert [round(v, 1) for v in (image[2], image[4], image[6])] == pytest.approx([10.0, 5.0, 20.0], rel=0.05)
+    assert every[3] == pytest.approx(1 / 0.3, rel=0.05)
+
+
 def test_fit_band_scales_on_ct_phantoms_gives_unit_detail_bands_and_stays_lossless(cli, tmp_path):
     """cfgen/training/bands.py on a labelled CT wavelet base: the scales are written into the
     folder's transform config, the loader reads them, the training items' detail bands come out
@@ -201,3 +214,9 @@ def test_fit_band_scales_on_ct_phantoms_gives_unit_detail_bands_and_stays_lossle
         if s < 32:  # not capped
             assert y[:, band].std() == pytest.approx(1.0, rel=0.02)
     torch.testing.assert_close(model.vae.decode(torch.from_numpy(y)).sample, x, atol=1e-5, rtol=0)
+    # image_only: the four label-bit channels' detail bands keep 1, the image's are the same as above
+    config = folder / "autoencoder" / "config.json"
+    config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items() if k != "band_scales"}))
+    image = fit_band_scales(data / "labels.csv", folder, image_only=True)
+    assert [image[b] for b in range(40) if b % 5] == [1.0] * 32
+    assert [image[b] for b in range(5, 40, 5)] == [scales[b] for b in range(5, 40, 5)]

@@ -166,12 +166,15 @@ def _band_scales(config_file: Path, scales: Any, levels: int, channels: int) -> 
     return [float(v) for v in scales]
 
 
-def unit_band_scales(latents: torch.Tensor, channels: int, cap: float = 32.0) -> list[float]:
+def unit_band_scales(latents: torch.Tensor, channels: int, cap: float = 32.0, scaled: int | None = None) -> list[float]:
     """Multipliers that bring every detail band of unscaled Haar ``latents`` (B, bands, ...) to unit
     std over the batch, within [1, cap] (never shrunk; a nearly constant band is not blown up past
-    ``cap``); the low bands (the first ``channels``) keep 1. Three significant digits, for a
-    readable config."""
+    ``cap``); the low bands (the first ``channels``) keep 1. ``scaled``: only the detail bands of
+    the first ``scaled`` input channels (e.g. the image, not the label channels after it); None:
+    all. Three significant digits, for a readable config."""
     std = latents.float().transpose(0, 1).reshape(latents.shape[1], -1).std(dim=1)
     out = (1.0 / std.clamp_min(1e-12)).clamp(1.0, cap)
     out[:channels] = 1.0
+    if scaled is not None:  # bands are ordered input channel fastest
+        out[(torch.arange(out.numel()) % channels) >= scaled] = 1.0
     return [float(f"{v:.3g}") for v in out.tolist()]

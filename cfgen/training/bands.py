@@ -49,9 +49,11 @@ def training_batch(data_csv: Path, model, n: int, seed: int) -> torch.Tensor:
     return torch.stack(items).float()
 
 
-def fit_band_scales(data_csv: Path, folder: Path, n: int = 256, seed: int = 0) -> list[float]:
+def fit_band_scales(data_csv: Path, folder: Path, n: int = 256, seed: int = 0, image_only: bool = False) -> list[float]:
     """Measure unit-std band scales on ``n`` items of ``data_csv`` and write them into ``folder``'s
-    transform config (an untrained model: a trained UNet would see other inputs afterwards)."""
+    transform config (an untrained model: a trained UNet would see other inputs afterwards).
+    ``image_only``: scale the image channels' detail bands and leave those of generated label
+    channels (analog bits, whose detail bands are their sparse boundaries) as they are."""
     from cfgen.models.loader import load_model
     from cfgen.models.wavelet import haar_forward, unit_band_scales
 
@@ -59,7 +61,7 @@ def fit_band_scales(data_csv: Path, folder: Path, n: int = 256, seed: int = 0) -
     config = json.loads(config_file.read_text(encoding="utf-8"))
     model = load_model(str(folder), device="cpu")
     y = haar_forward(training_batch(data_csv, model, n, seed), int(config.get("levels", 1)))
-    scales = unit_band_scales(y, int(config.get("in_channels", 1)))
+    scales = unit_band_scales(y, int(config.get("in_channels", 1)), scaled=model.entry.channels if image_only else None)
     tmp = config_file.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({**config, "band_scales": scales}, indent=2) + "\n", encoding="utf-8")
     tmp.replace(config_file)

@@ -21,11 +21,12 @@ def sh(*args: str) -> None:
 
 def band_scales(cfg: dict, train_csv: Path, base: Path) -> None:
     """A recipe with ``band_scales``: the untrained wavelet base's bands scaled to unit std on its
-    training data (cfgen/training/bands.py), once (a re-run finds them in the config)."""
+    training data (cfgen/training/bands.py), once (a re-run finds them in the config);
+    ``band_scales = "image"``: the image channels' detail bands only, not the label channels'."""
     from cfgen.training.bands import fit_band_scales, wavelet_config
 
     if cfg.get("band_scales") and "band_scales" not in json.loads(wavelet_config(base).read_text()):
-        print("band scales:", fit_band_scales(train_csv, base), flush=True)
+        print("band scales:", fit_band_scales(train_csv, base, image_only=cfg["band_scales"] == "image"), flush=True)
 
 
 def finetune_unet(train_csv: Path, base: Path, unet_out: Path, cfg: dict, device: str, prompts: list[str]) -> None:

@@ -18,24 +18,29 @@ Super-resolution (MedSyn IV.B: x0 prediction, no text, residual over trilinear u
 Then `--export` copies both into cfgen/models/weights/ (fp16) and prints the sha256 lines for
 models.toml. Every step resumes: re-run with the same --work after a kill.
 
-    python scripts/train_demo_ct.py --work runs/demo-ct --recipe cpu --export
+    python scripts/train_demo_ct.py --work runs/demo-ct --recipe cpu-image-bands --export  # the shipped chain
+    python scripts/train_demo_ct.py --work runs/demo-ct --recipe cpu --export   # the previous base (no band scales)
     python scripts/train_demo_ct.py --work /tmp/demo-ct --recipe quick     # minutes: checks the recipe runs
     python scripts/train_demo_ct.py --work runs/demo-ct --recipe cpu-continue --stage base  # + 2000 steps at lr 2e-4
     python scripts/train_demo_ct.py --work runs/demo-ct --recipe cpu-continue --stage base --first-phase demo-ct
     python scripts/train_demo_ct.py --work runs/ct-bands --recipe cpu-bands --stage base  # detail bands at unit std
+    python scripts/train_demo_ct.py --work runs/ct-ibands --recipe cpu-image-bands --stage base  # the image's only
 
-Status (2026-12-05): shipped as demo-ct and demo-ct-sr (models.toml; figures in the README, from
-benchmarks/synth3d.py). Run 1 (nine one-hot labels, 80 bands, UNet (32, 64, 128), 3000 steps) sampled
-noise: the first block was narrower than its input. Run 2 (analog bits, 40 bands, (48, 64, 128), 2500
+Status (2026-12-06): demo-ct is the cpu-image-bands base, demo-ct-sr the cpu recipe's stage
+(models.toml; figures in the README, from benchmarks/synth3d.py and benchmarks/ct_edits.py). Run 1
+(nine one-hot labels, 80 bands, UNet (32, 64, 128), 3000 steps) sampled noise: the first block was narrower than its input. Run 2 (analog bits, 40 bands, (48, 64, 128), 2500
 steps, 4807 s) denoised training phantoms but from pure noise still gave noise: its x0 prediction at
 t = 981 missed the low band's mean (-0.56 vs the data's -1.44), the non-zero terminal SNR of the SD
 schedule with data far from zero mean (CT is mostly air). Run 3 (this recipe: the same with rectified
 flow, whose last level is pure noise, no Min-SNR; 4633 s beside other work) samples CT: body, dark
-lungs, heart, coherent labels, an effusion where the prompt asks for one.
-cpu-continue (2026-12-06, from the shipped base with --first-phase demo-ct, 2475 s): lower loss, better
+lungs, heart, coherent labels, an effusion where the prompt asks for one (shipped 2026-12-05 to -06).
+cpu-continue (2026-12-06, from the cpu base, then shipped, with --first-phase demo-ct, 2475 s): lower loss, better
 calibrated hearts and effusion edits, worse cardiomegaly / emphysema / nodule edits; not shipped (README).
 cpu-bands (2026-12-06, 3665 s alone): samples' detail bands match the phantoms', but effusion adherence
 lost (d 0.03) and %LAA-950 d 0.66; not shipped (README).
+cpu-image-bands (2026-12-06, 3114 s alone): only the image's detail bands scaled; effusion d 10.5, %LAA-950
+d 1.65, CTR d 8.0; edits at refine_change 0.4 within the CIs of the cpu base's on effusion, better on
+cardiomegaly, emphysema and nodules left alone (ratio 1.0); shipped as demo-ct (README).
 """
 from __future__ import annotations
 

@@ -194,6 +194,10 @@ def test_demo_ct_chain_ships_within_budget_and_synthesizes_ct_in_hu_around_a_giv
         weights = sorted(e.path.rglob("*.safetensors"))
         assert {w.relative_to(e.path).as_posix() for w in weights} == set(e.sha256)
         assert sum(w.stat().st_size for w in weights) <= 30 * 1024 * 1024
+    # band scales on the image's seven detail bands only (band order: input channel fastest; channel 0
+    # is the image, 1-4 the label bits, whose bands stay as they are: scripts/train_demo_ct.py cpu-image-bands)
+    scales = np.reshape(json.loads((base.path / "autoencoder" / "config.json").read_text())["band_scales"], (8, 5))
+    assert scales[0, 0] == 1 and np.all(scales[1:, 0] > 3) and np.all(scales[:, 1:] == 1)
     exo, attrs = ct.subject(90000, 2)
     given = ct.label_map(ct.tissue_maps(exo, attrs, 32, 12.0))
     nib.save(nib.Nifti1Image(given, ct.affine(32, 12.0)), tmp_path / "anatomy.nii.gz")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cfgen.models.files import pinned_files
 from cfgen.models.registry import load_registry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -192,8 +193,9 @@ def test_demo_ct_chain_ships_within_budget_and_synthesizes_ct_in_hu_around_a_giv
     assert base.synth["labels"] == list(ct.LABELS) and base.scheduler["kind"] == "rflow"
     for e in (base, sr):
         weights = sorted(e.path.rglob("*.safetensors"))
-        assert {w.relative_to(e.path).as_posix() for w in weights} == set(e.sha256)
+        assert {w.relative_to(e.path).as_posix() for w in pinned_files(e.path)} == set(e.sha256)
         assert sum(w.stat().st_size for w in weights) <= 30 * 1024 * 1024
+    assert "autoencoder/config.json" in base.sha256  # the band scales are pinned with the weights
     # band scales on the image's seven detail bands only (band order: input channel fastest; channel 0
     # is the image, 1-4 the label bits, whose bands stay as they are: scripts/train_demo_ct.py cpu-image-bands)
     scales = np.reshape(json.loads((base.path / "autoencoder" / "config.json").read_text())["band_scales"], (8, 5))
@@ -219,3 +221,25 @@ def test_demo_ct_chain_ships_within_budget_and_synthesizes_ct_in_hu_around_a_giv
     share = np.bincount(labels.ravel(), minlength=10) / labels.size
     # the phantoms hold 85-97% background at this grid; noise decoded as labels spreads over all ten
     assert share[0] > 0.8 and share[8] > 0.002, share
+
+
+def test_a_changed_band_scale_in_a_shipped_model_is_refused_like_a_changed_weight(tmp_path):
+    """demo-ct's band scales are part of what its weights mean: a copy whose Haar config lost one is
+    a sha256 mismatch naming that file, as a corrupt weight file would be."""
+    import shutil
+
+    import pytest
+
+    from cfgen.errors import ModelError
+    from cfgen.models.files import verify_sha256
+
+    e = load_registry().get("demo-ct")
+    copy = tmp_path / "demo-ct"
+    shutil.copytree(e.path, copy)
+    verify_sha256(copy, e.sha256, "demo-ct")  # the untouched copy passes
+    cfg = copy / "autoencoder" / "config.json"
+    data = json.loads(cfg.read_text())
+    data["band_scales"][5] = 1.0
+    cfg.write_text(json.dumps(data, indent=2) + "\n")
+    with pytest.raises(ModelError, match=r"autoencoder/config.json: sha256 mismatch"):
+        verify_sha256(copy, e.sha256, "demo-ct")

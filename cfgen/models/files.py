@@ -115,6 +115,14 @@ def weight_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*.safetensors") if p.is_file())
 
 
+def pinned_files(root: Path) -> list[Path]:
+    """What a shipped model's sha256 table pins: its weight files, and a Haar transform config that
+    carries band scales (they change what the UNet's inputs mean, so they belong to the weights)."""
+    configs = [c for c in sorted(Path(root).glob("*/config.json"))
+               if is_wavelet_config(c) and "band_scales" in json.loads(c.read_text(encoding="utf-8"))]
+    return weight_files(root) + configs
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -103,12 +103,12 @@ def _scrub(target: Path, model: Path, recipe_script: str) -> None:
 
 def export_shipped(model: Path, target: Path, recipe_script: str) -> dict[str, str]:
     """fp16 safetensors copy of ``model`` at ``target`` (replaced), its training.json saying it was
-    "built by ``recipe_script``"; returns {relative file: sha256} of its weight files, the lines
-    of the models.toml entry."""
+    "built by ``recipe_script``"; returns {relative file: sha256} of the files it pins (weights, and a
+    band-scaled Haar config: cfgen.models.files.pinned_files), the lines of the models.toml entry."""
     import torch
     from safetensors.torch import load_file, save_file
 
-    from cfgen.models.files import hashes, weight_files
+    from cfgen.models.files import hashes, pinned_files, weight_files
 
     model, target = Path(model), Path(target)
     if target.exists():
@@ -118,4 +118,4 @@ def export_shipped(model: Path, target: Path, recipe_script: str) -> dict[str, s
     for f in weight_files(target):
         tensors = load_file(str(f))
         save_file({k: v.to(torch.float16) if v.is_floating_point() else v for k, v in tensors.items()}, str(f))
-    return hashes(target, weight_files(target))
+    return hashes(target, pinned_files(target))

@@ -91,6 +91,7 @@ RECIPES = {
 
 # wavelet-flow-cpu with every detail band scaled to unit std on its training phantoms (cfgen/training/bands.py):
 # demo-brain's samples had 1.5-2.5 times the phantoms' std in the finer detail bands (2026-12-06)
+# measured 2026-12-06 (3131 s): every edit type worse (ratios 1.7-40, outside 0.013-0.023); not shipped (README)
 RECIPES["wavelet-flow-bands-cpu"] = {**RECIPES["wavelet-flow-cpu"], "band_scales": True}
 RECIPES["wavelet-quick-bands"] = {**RECIPES["wavelet-quick"], "band_scales": True}
 

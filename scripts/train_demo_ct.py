@@ -27,15 +27,17 @@ models.toml. Every step resumes: re-run with the same --work after a kill.
     python scripts/train_demo_ct.py --work runs/ct-ibands --recipe cpu-image-bands --stage base  # the image's only
 
 Status (2026-12-06): demo-ct is the cpu-image-bands base, demo-ct-sr the cpu recipe's stage
-(models.toml; figures in the README, from benchmarks/synth3d.py and benchmarks/ct_edits.py). Run 1
-(nine one-hot labels, 80 bands, UNet (32, 64, 128), 3000 steps) sampled noise: the first block was narrower than its input. Run 2 (analog bits, 40 bands, (48, 64, 128), 2500
-steps, 4807 s) denoised training phantoms but from pure noise still gave noise: its x0 prediction at
-t = 981 missed the low band's mean (-0.56 vs the data's -1.44), the non-zero terminal SNR of the SD
-schedule with data far from zero mean (CT is mostly air). Run 3 (this recipe: the same with rectified
-flow, whose last level is pure noise, no Min-SNR; 4633 s beside other work) samples CT: body, dark
-lungs, heart, coherent labels, an effusion where the prompt asks for one (shipped 2026-12-05 to -06).
-cpu-continue (2026-12-06, from the cpu base, then shipped, with --first-phase demo-ct, 2475 s): lower loss, better
-calibrated hearts and effusion edits, worse cardiomegaly / emphysema / nodule edits; not shipped (README).
+(models.toml; figures in the README, from benchmarks/synth3d.py and benchmarks/ct_edits.py). Run 1 (nine
+one-hot labels, 80 bands, UNet (32, 64, 128), 3000 steps) sampled noise: the first block was narrower
+than its input. Run 2 (analog bits, 40 bands, (48, 64, 128), 2500 steps, 4807 s) denoised training
+phantoms but from pure noise still gave noise: its x0 prediction at t = 981 missed the low band's mean
+(-0.56 vs the data's -1.44), the non-zero terminal SNR of the SD schedule with data far from zero mean
+(CT is mostly air). Run 3 (this recipe: the same with rectified flow, whose last level is pure noise, no
+Min-SNR; 4633 s beside other work) samples CT: body, dark lungs, heart, coherent labels, an effusion
+where the prompt asks for one (shipped 2026-12-05 to -06).
+cpu-continue (2026-12-06, from the cpu base, then shipped, with --first-phase demo-ct, 2475 s): lower
+loss, better calibrated hearts and effusion edits, worse cardiomegaly / emphysema / nodule edits; not
+shipped (README).
 cpu-bands (2026-12-06, 3665 s alone): samples' detail bands match the phantoms', but effusion adherence
 lost (d 0.03) and %LAA-950 d 0.66; not shipped (README).
 cpu-image-bands (2026-12-06, 3114 s alone): only the image's detail bands scaled; effusion d 10.5, %LAA-950

@@ -46,13 +46,18 @@ PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 WAVELET_CLASS = "HaarWavelet"
 
 
-def is_wavelet_config(config_file: Path) -> bool:
-    """Whether an autoencoder config declares the Haar wavelet transform instead of a network."""
+def _wavelet_config(config_file: Path) -> dict | None:
+    """The config if it declares the Haar wavelet transform, else None (also when unreadable)."""
     try:
         data = json.loads(Path(config_file).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get("_class_name") == WAVELET_CLASS
+        return None
+    return data if isinstance(data, dict) and data.get("_class_name") == WAVELET_CLASS else None
+
+
+def is_wavelet_config(config_file: Path) -> bool:
+    """Whether an autoencoder config declares the Haar wavelet transform instead of a network."""
+    return _wavelet_config(config_file) is not None
 
 
 def _has_weights(folder: Path, weight_name: str) -> bool:
@@ -118,8 +123,7 @@ def weight_files(root: Path) -> list[Path]:
 def pinned_files(root: Path) -> list[Path]:
     """What a shipped model's sha256 table pins: its weight files, and a Haar transform config that
     carries band scales (they change what the UNet's inputs mean, so they belong to the weights)."""
-    configs = [c for c in sorted(Path(root).glob("*/config.json"))
-               if is_wavelet_config(c) and "band_scales" in json.loads(c.read_text(encoding="utf-8"))]
+    configs = [c for c in sorted(Path(root).glob("*/config.json")) if "band_scales" in (_wavelet_config(c) or {})]
     return weight_files(root) + configs
 
 

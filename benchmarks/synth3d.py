@@ -16,7 +16,11 @@
    A chest CT base (demo-ct; picked by --world, by default from the model's fixed HU window) is
    measured with cfgen's CT measures (cfgen/evaluation/ct.py) on its own generated label channels:
    effusion volume (mL) "large" vs "no pleural effusion", %LAA-950 "severe" vs "no emphysema", CTR
-   "cardiomegaly" vs "normal heart size" (the issue's bar: d >= 1.5 each); and --mask-from with
+   "cardiomegaly" vs "normal heart size" (the issue's bar: d >= 1.5 each), each beside the same
+   measure on 16 held-out phantoms drawn with do(A) and do(B) on the base's grid (calibration: a
+   model can separate the prompts and still draw hearts or lungs unlike any phantom's), and the lung
+   HU of the "no emphysema" volumes (median, 10-90% spread inside the lobe labels) against the
+   phantoms'; and --mask-from with
    held-out CT phantoms' label maps: the share of the given airway voxels generated as air
    (< AIRWAY_HU) and vessel voxels as blood (> VESSEL_HU) (bar: >= 0.8), beside free generation
    with the same seeds and the phantoms themselves on the same grid.
@@ -26,6 +30,7 @@
 
     python benchmarks/synth3d.py --n 32                 # the issue's sample size
     python benchmarks/synth3d.py --n 8 --steps 25       # a quick CPU look
+    python benchmarks/synth3d.py --model demo-ct --n 8 --steps 25 --seed 1000 --guidance 2   # tuning
     python benchmarks/synth3d.py --n 0 --size 256 --device cuda   # the GPU cost only
 """
 from __future__ import annotations
@@ -35,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +53,24 @@ CT_PAIRS = (("effusion_ml", "Chest CT: large pleural effusion", "Chest CT: no pl
 AIRWAY_HU, VESSEL_HU = -500.0, -400.0  # halfway between air / lung (-1000 / -860) and lung / blood (40)
 PAIRS = (("lesion", "brain MRI, high lesion load", "brain MRI, no lesions"),
          ("ventricles", "brain MRI of an 85 year old", "brain MRI of a 25 year old"))
+#: the phantom attribute and its values behind each CT prompt pair (the calibration reference)
+CT_TRUTH = {"effusion_ml": ("effusion", "large", "none"), "laa950_pct": ("emphysema", "severe", "none"),
+            "ctr": ("cardiomegaly", "1", "0")}
+
+
+@dataclass(frozen=True)
+class Draw:
+    """How each volume is sampled: n per prompt, sampling seeds seed..seed+n-1 (or seed+offset)."""
+    n: int
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int = 0
+
+    def params(self, prompt: str, num: int | None = None, offset: int = 0):
+        from cfgen.synthesis.generate import SynthParams
+
+        return SynthParams(prompt=prompt, num=self.n if num is None else num, seed=self.seed + offset,
+                           steps=self.steps, guidance=self.guidance)
 
 
 def search_regions(size: int, spacing: float, subjects: int = 8, seed: int = 90000):
@@ -86,8 +110,8 @@ def label_measures(labels: np.ndarray, image: np.ndarray, names: list[str], spac
     return out
 
 
-def conditional(base, n: int, steps: int | None) -> dict:
-    from cfgen.synthesis.generate import SynthParams, synthesize
+def conditional(base, draw: "Draw") -> dict:
+    from cfgen.synthesis.generate import synthesize
     from cfgen.models.synth import label_names
 
     spacing = float(base.entry.synth.get("spacing", 3.0))
@@ -98,15 +122,15 @@ def conditional(base, n: int, steps: int | None) -> dict:
         sides = []
         for prompt in (prompt_a, prompt_b):
             t0 = time.perf_counter()
-            vols = synthesize(base, None, SynthParams(prompt=prompt, num=n, seed=0, steps=steps))
+            vols = synthesize(base, None, draw.params(prompt))
             rows = [{**measure(v.image, vent, les, spacing),
                      **(label_measures(v.labels, v.image, names, spacing) if v.labels is not None else {})} for v in vols]
             sides.append(rows)
             dark += rows
-            print(f"  {prompt!r}: {n} volumes in {time.perf_counter() - t0:.0f} s", flush=True)
+            print(f"  {prompt!r}: {draw.n} volumes in {time.perf_counter() - t0:.0f} s", flush=True)
         for key in (attribute, f"{attribute}_labels"):
             if key in sides[0][0]:
-                out[key] = {"a": prompt_a, "b": prompt_b, "n": n,
+                out[key] = {"a": prompt_a, "b": prompt_b, "n": draw.n,
                             **effect(*([r[key] for r in side] for side in sides))}
     if names:
         out["agreement"] = {k: float(np.nanmean([r[k] for r in dark if k in r]))
@@ -114,13 +138,13 @@ def conditional(base, n: int, steps: int | None) -> dict:
     return out
 
 
-def mask_from(base, n: int, steps: int | None, seed: int = 90000) -> dict:
+def mask_from(base, draw: "Draw", n: int, seed: int = 90000) -> dict:
     """Held-out phantoms' anatomy fixed (--mask-from): is the image generated around it?"""
     import nibabel as nib
 
     from cfgen.phantoms import brain
     from cfgen.phantoms.brain_dataset import caption_of
-    from cfgen.synthesis.generate import SynthParams, read_anatomy, synthesize
+    from cfgen.synthesis.generate import read_anatomy, synthesize
     from cfgen.models.synth import label_names
 
     names = label_names(base.entry)
@@ -133,7 +157,7 @@ def mask_from(base, n: int, steps: int | None, seed: int = 90000) -> dict:
             lab = brain.anatomy_labels(maps, names)
             path = Path(tmp) / f"anatomy-{i}.nii.gz"
             nib.save(nib.Nifti1Image(lab, brain.affine(size, spacing)), path)
-            p = SynthParams(prompt=caption_of(attrs), num=1, seed=i, steps=steps)
+            p = draw.params(caption_of(attrs), num=1, offset=i)
             fixed = synthesize(base, None, p, fixed=read_anatomy(path, base))[0]
             free = synthesize(base, None, p)[0]
             real = brain.acquire(brain.compose(maps), exo, spacing)
@@ -155,35 +179,75 @@ def _hu(unit: np.ndarray, base) -> np.ndarray:
     return IntensityMap(*fixed_window(base.entry.defaults["window"]), model_low=0.0, model_high=1.0).from_model(unit)
 
 
-def ct_conditional(base, n: int, steps: int | None) -> dict:
-    """CT measures of generated volumes on their own generated label maps, per prompt pair."""
+def lung_hu(hu: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Median and 10-90% spread (HU) of the voxels labelled lung (lobes 1-5)."""
+    q = np.percentile(hu[np.isin(labels, [1, 2, 3, 4, 5])], [10, 50, 90])
+    return float(q[1]), float(q[2] - q[0])
+
+
+def ct_phantom_reference(size: int, spacing: float, k: int = 16, seed: int = 90000) -> dict:
+    """The same measures on k held-out phantoms on the base's grid, each drawn with do(A) and do(B)
+    of each pair's attribute: what a calibrated model would give; and the lung HU with no emphysema."""
     from cfgen.evaluation.ct import measures, parse_labels
     from cfgen.io.nifti import centred_affine
-    from cfgen.synthesis.generate import SynthParams, synthesize
+    from cfgen.phantoms import ct
 
-    spacing = float(base.entry.synth.get("spacing", 12.0))
-    affine, ids = centred_affine(base.entry.resolution, spacing), parse_labels(None)
-    out = {}
+    affine, ids = centred_affine(size, spacing), parse_labels(None)
+    out: dict = {"lung_hu": []}
+    for attribute, (field, value_a, value_b) in CT_TRUTH.items():
+        sides: list[list[float]] = [[], []]
+        for i in range(k):
+            exo, attrs = ct.subject(seed, i)
+            for side, value in zip(sides, (value_a, value_b)):
+                maps = ct.tissue_maps(exo, attrs.with_value(field, value), size, spacing)
+                hu, lab = ct.acquire(ct.compose(maps), exo), ct.label_map(maps)
+                side.append(measures(hu, lab, affine, ids)[attribute])
+                if field == "emphysema" and value == value_b:
+                    out["lung_hu"].append(lung_hu(hu, lab))
+        out[attribute] = {"mean_a": float(np.mean(sides[0])), "mean_b": float(np.mean(sides[1])), "k": k}
+    return out
+
+
+def ct_conditional(base, draw: "Draw") -> dict:
+    """CT measures of generated volumes on their own generated label maps, per prompt pair, beside
+    the phantoms' values for the same pair (calibration) and the lung HU of "no emphysema" volumes."""
+    from cfgen.evaluation.ct import measures, parse_labels
+    from cfgen.io.nifti import centred_affine
+    from cfgen.synthesis.generate import synthesize
+
+    size, spacing = base.entry.resolution, float(base.entry.synth.get("spacing", 12.0))
+    affine, ids = centred_affine(size, spacing), parse_labels(None)
+    truth = ct_phantom_reference(size, spacing)
+    out: dict = {"lung_hu": {"phantoms": _hu_summary(truth.pop("lung_hu"))}}
     for attribute, prompt_a, prompt_b in CT_PAIRS:
         sides = []
         for prompt in (prompt_a, prompt_b):
             t0 = time.perf_counter()
-            vols = synthesize(base, None, SynthParams(prompt=prompt, num=n, seed=0, steps=steps))
+            vols = synthesize(base, None, draw.params(prompt))
             values = [measures(_hu(v.image, base), v.labels, affine, ids).get(attribute) for v in vols]
             sides.append([np.nan if v is None else v for v in values])
-            print(f"  {prompt!r}: {n} volumes in {time.perf_counter() - t0:.0f} s", flush=True)
-        out[attribute] = {"a": prompt_a, "b": prompt_b, "n": n, "missing": int(np.isnan(sides).sum()),
-                          **effect(*([x for x in side if not np.isnan(x)] for side in sides))}
+            if prompt == "Chest CT: no emphysema":
+                out["lung_hu"]["generated"] = _hu_summary([lung_hu(_hu(v.image, base), v.labels) for v in vols])
+            print(f"  {prompt!r}: {draw.n} volumes in {time.perf_counter() - t0:.0f} s", flush=True)
+        out[attribute] = {"a": prompt_a, "b": prompt_b, "n": draw.n, "missing": int(np.isnan(sides).sum()),
+                          **effect(*([x for x in side if not np.isnan(x)] for side in sides)),
+                          "phantoms": truth[attribute]}
     return out
 
 
-def ct_mask_from(base, n: int, steps: int | None, seed: int = 90000) -> dict:
+def _hu_summary(rows: list[tuple[float, float]]) -> dict:
+    med, spread = np.asarray(rows).T
+    return {"n": len(rows), "median_hu": float(med.mean()), "spread_min": float(spread.min()),
+            "spread_max": float(spread.max())}
+
+
+def ct_mask_from(base, draw: "Draw", n: int, seed: int = 90000) -> dict:
     """Held-out CT phantoms' label maps fixed: share of airway voxels generated as air, vessels as blood."""
     import nibabel as nib
 
     from cfgen.phantoms import ct
     from cfgen.phantoms.ct_dataset import caption_of
-    from cfgen.synthesis.generate import SynthParams, read_anatomy, synthesize
+    from cfgen.synthesis.generate import read_anatomy, synthesize
 
     size, spacing = base.entry.resolution, float(base.entry.synth.get("spacing", 12.0))
     res: dict[str, list] = {"fixed": [], "free": [], "phantom": []}
@@ -193,7 +257,7 @@ def ct_mask_from(base, n: int, steps: int | None, seed: int = 90000) -> dict:
             lab = ct.label_map(ct.tissue_maps(exo, attrs, size, spacing))
             path = Path(tmp) / f"anatomy-{i}.nii.gz"
             nib.save(nib.Nifti1Image(lab, ct.affine(size, spacing)), path)
-            p = SynthParams(prompt=caption_of(exo, attrs), num=1, seed=i, steps=steps)
+            p = draw.params(caption_of(exo, attrs), num=1, offset=i)
             fixed = _hu(synthesize(base, None, p, fixed=read_anatomy(path, base))[0].image, base)
             free = _hu(synthesize(base, None, p)[0].image, base)
             for key, hu in (("fixed", fixed), ("free", free), ("phantom", ct.render(exo, attrs, size, spacing))):
@@ -204,9 +268,16 @@ def ct_mask_from(base, n: int, steps: int | None, seed: int = 90000) -> dict:
 
 def _print_ct(result: dict) -> None:
     for attr, r in result.items():
+        if attr == "lung_hu":
+            for who, h in r.items():
+                print(f"  lung HU, 'no emphysema', {who} (n {h['n']}): median {h['median_hu']:.0f}, "
+                      f"10-90% spread {h['spread_min']:.0f}-{h['spread_max']:.0f}")
+            continue
+        t = r["phantoms"]
         print(f"  {attr:12s} {r['a']!r} {r['mean_a']:.2f} vs {r['b']!r} {r['mean_b']:.2f}: Cohen's d "
               f"{r['cohens_d']:+.2f} (bar >= 1.5), P(A > B) {r['p_a_gt_b']:.2f}"
-              + (f", {r['missing']} volumes without the structure" if r["missing"] else ""))
+              + (f", {r['missing']} volumes without the structure" if r["missing"] else "")
+              + f"; phantoms ({t['k']} held-out, do(A) / do(B)) {t['mean_a']:.2f} / {t['mean_b']:.2f}")
 
 
 def cost(model: str, size: int | None, device: str, prompt: str) -> dict:
@@ -237,6 +308,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--model", default="demo-brain")
     ap.add_argument("--n", type=int, default=32, help="volumes per prompt (0: cost only)")
     ap.add_argument("--steps", type=int, default=None, help="base sampling steps [default: the model's]")
+    ap.add_argument("--guidance", type=float, default=None, help="base guidance scale [default: the model's]")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="first sampling seed (volumes use seed..seed+n-1; tune on another than the report's 0)")
     ap.add_argument("--size", type=int, default=None, help="also time a run at this output size (GPU: 256)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--world", choices=["auto", "brain", "ct"], default="auto",
@@ -246,19 +320,20 @@ def main(argv: list[str] | None = None) -> dict:
 
     base = load_model(args.model, device=args.device, family="latent-diffusion-3d")
     ct = ct_world(base, args.world)
+    draw = Draw(args.n, args.steps, args.guidance, args.seed)
     result: dict = {}
     if args.n and ct:
         print(f"conditional CT synthesis, {args.n} volumes per prompt, model {args.model} (base stage):")
-        result["conditional"] = ct_conditional(base, args.n, args.steps)
+        result["conditional"] = ct_conditional(base, draw)
         _print_ct(result["conditional"])
         k = min(args.n, 8)
         print(f"--mask-from, {k} held-out CT phantoms' label maps (share of the given voxels at their HU; bar >= 0.8):")
-        result["mask_from"] = ct_mask_from(base, k, args.steps)
+        result["mask_from"] = ct_mask_from(base, draw, k)
         for key, r in result["mask_from"].items():
             print(f"  {key:8s} " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()))
     elif args.n:
         print(f"conditional synthesis, {args.n} volumes per prompt, model {args.model}:")
-        result["conditional"] = conditional(base, args.n, args.steps)
+        result["conditional"] = conditional(base, draw)
         for attr, r in result["conditional"].items():
             if attr == "agreement":
                 print("  labels and image agree: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()))
@@ -268,7 +343,7 @@ def main(argv: list[str] | None = None) -> dict:
         if "agreement" in result["conditional"]:
             k = min(args.n, 8)
             print(f"--mask-from, {k} held-out phantoms' anatomy (share of their labelled voxels dark in the image):")
-            result["mask_from"] = mask_from(base, k, args.steps)
+            result["mask_from"] = mask_from(base, draw, k)
             for key, r in result["mask_from"].items():
                 print(f"  {key:8s} " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()))
     print("cost (CLI, process start included):")

@@ -51,6 +51,10 @@ def test_measures_have_the_known_values():
     m2 = ct.measures(hu, lab, np.diag([*SPACING, 1.0]), ct.parse_labels(None))
     assert m2["ctr"] == pytest.approx(m["ctr"])  # the heart is its largest component
     assert ct._widest(lab == 8, 0, 2, 2.0) == pytest.approx(45 * 2.0)  # what the islands would have made it
+    lab[0, 0, 8] = lab[59, 39, 8] = 1  # stray lung voxels in the air beside the body, in the heart's slices
+    m3 = ct.measures(hu, lab, np.diag([*SPACING, 1.0]), ct.parse_labels(None))
+    assert m3["ctr"] == pytest.approx(m["ctr"])  # the thorax is the lungs, not the islands
+    assert ct._widest(np.isin(lab, [1, 3, 4, 9]), 0, 2, 2.0) == pytest.approx(60 * 2.0)
 
 
 def test_measures_follow_the_patient_axes_not_the_voxel_order(tmp_path):

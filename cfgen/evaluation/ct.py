@@ -12,8 +12,10 @@ vessel 7, heart 8, effusion 9.
   ctr             the widest left-right extent of the heart over axial slices divided by the widest
                   of the pleural cavity (the internal thoracic diameter), both in mm along the
                   patient's left-right axis (from the affine; residual obliquity is ignored). The
-                  heart is the label's largest 26-connected component: islands labelled heart
-                  elsewhere (a segmenter's or a generator's stray voxels) would set the width
+                  heart is the label's largest 26-connected component and the thorax the cavity's
+                  26-connected components of at least a tenth of its largest (both lungs):
+                  islands labelled heart or lung elsewhere (a segmenter's or a generator's stray
+                  voxels, e.g. one lung voxel in the air beside the body) would set the widths
 The heart's size is read from the label map, so a counterfactual's CTR needs the counterfactual's
 own label map (``counterfactual_labels``); without it ``ctr_after`` is left out, not copied.
 """
@@ -33,6 +35,8 @@ LAA_HU = -950.0
 LUNG_HU = -860.0  # aerated lung, for the partial-volume share of fluid at the fluid's edge
 #: a volume whose lowest value is above this is not in HU (air is -1000 HU)
 MAX_AIR_HU = -500.0
+#: thorax components smaller than this share of the largest are stray voxels, not a lung
+ISLAND_SHARE = 0.1
 
 
 def parse_labels(spec: str | None) -> dict[str, tuple[int, ...]]:
@@ -80,13 +84,21 @@ def _widest(mask: np.ndarray, lr: int, si: int, spacing: float) -> float:
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 26-connected component of ``mask`` (all of it when it has one or none)."""
+    """The largest 26-connected component of ``mask`` (all of it when it has one or none; equal
+    largest ones together)."""
+    return without_islands(mask, 1.0)
+
+
+def without_islands(mask: np.ndarray, share: float = ISLAND_SHARE) -> np.ndarray:
+    """``mask``'s 26-connected components of at least ``share`` of its largest one."""
     from scipy.ndimage import label
 
     comps, n = label(mask, structure=np.ones((3,) * mask.ndim, bool))
     if n <= 1:
         return mask
-    return comps == 1 + int(np.argmax(np.bincount(comps.ravel())[1:]))
+    sizes = np.bincount(comps.ravel())
+    sizes[0] = 0
+    return (sizes >= share * sizes.max())[comps]
 
 
 def _fluid_voxels(hu: np.ndarray, cavity: np.ndarray, fluid: np.ndarray) -> float:
@@ -111,9 +123,9 @@ def measures(hu: np.ndarray, labels: np.ndarray, affine: np.ndarray, ids: dict[s
         "effusion_ml": _fluid_voxels(hu, cavity, fluid) * voxel_ml,
         "laa950_pct": 100.0 * float((aerated & (hu < LAA_HU)).sum()) / aerated.sum() if aerated.any() else None}
     if heart:
-        thorax = _widest(cavity | part["heart"], lr, si, spacing)
-        heart_mm = _widest(largest_component(part["heart"]), lr, si, spacing)
-        out["ctr"] = heart_mm / thorax if part["heart"].any() and thorax else None
+        heart_part = largest_component(part["heart"])
+        thorax = _widest(without_islands(cavity) | heart_part, lr, si, spacing)
+        out["ctr"] = _widest(heart_part, lr, si, spacing) / thorax if heart_part.any() and thorax else None
     return out
 
 

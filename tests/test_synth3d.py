@@ -195,6 +195,38 @@ def test_finetune_trains_a_base_stage_with_anatomy_channels(stages, cli, tmp_pat
     assert res.exit_code == 1 and "needs a 'labels' column" in res.output
 
 
+def test_a_base_stages_synth_guidance_is_synth3ds_default(stages, cli, tmp_path):
+    """[synth] guidance (demo-ct's calibrated 2.0) replaces [defaults] guidance for synth3d only: the
+    volume is the one --guidance gives with the unchanged folder, and --guidance still wins."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    plain = tmp_path / "flow1"
+    shutil.copytree(stages["flow"], plain)
+    weights = plain / "unet" / "model.safetensors"
+    g = torch.Generator().manual_seed(5)
+    save_file({k: v + 0.1 * torch.randn(v.shape, generator=g) for k, v in load_file(str(weights)).items()},
+              str(weights))  # every layer live, so that the prompt and the guidance matter
+    folder = tmp_path / "flow2"
+    shutil.copytree(plain, folder)
+    toml = folder / "cfgen.toml"
+    text = toml.read_text()
+    assert "[synth]\n" in text and "guidance" not in text.split("[synth]")[1]
+    toml.write_text(text.replace("[synth]\n", "[synth]\nguidance = 1.0\n"))
+    args = ["synth3d", "-p", "brain MRI", "--sr", "none", "--steps", "3", "--device", "cpu", "-q"]
+    runs = {"own": [*args, "-m", folder], "given": [*args, "-m", plain, "--guidance", "1"],
+            "default": [*args, "-m", plain], "override": [*args, "-m", folder, "--guidance", "7.5"]}
+    vols = {}
+    for name, a in runs.items():
+        assert cli(*a, "-o", tmp_path / name).exit_code == 0
+        vols[name] = nib.load(tmp_path / name / "sample-000" / "volume.nii.gz").get_fdata()
+        vols[name + "_g"] = json.loads((tmp_path / name / "report.json").read_text())["params"]["guidance"]
+    assert vols["own_g"] == 1.0 and vols["default_g"] == 7.5 and vols["override_g"] == 7.5
+    assert np.array_equal(vols["own"], vols["given"]) and np.array_equal(vols["override"], vols["default"])
+    assert not np.allclose(vols["own"], vols["default"])
+
+
 def test_synth_tables_are_checked_when_the_registry_is_read(tmp_path):
     from cfgen.models.synth import check_synth_table
 
@@ -202,7 +234,8 @@ def test_synth_tables_are_checked_when_the_registry_is_read(tmp_path):
     for bad, msg in (({"scal": 2}, "unknown"), ({"scale": 1}, "at least 2"), ({"scale": 2, "labels": ["a"]}, "no label"),
                      ({"labels": ["a", "a"]}, "distinct"), ({"overlap": 1.5}, "overlap"), ({"spacing": "3"}, "wrong type"),
                      ({"residual": True}, "super-resolution stage"), ({"scale": 2, "residual": 1}, "wrong type"),
-                     ({"labels": ["a"], "label_encoding": "gray"}, "unknown"), ({"label_encoding": "bits"}, "needs labels")):
+                     ({"labels": ["a"], "label_encoding": "gray"}, "unknown"), ({"label_encoding": "bits"}, "needs labels"),
+                     ({"guidance": 0.5}, "at least 1"), ({"scale": 2, "guidance": 2.0}, "base stage")):
         with pytest.raises(ModelError, match=msg):
             check_synth_table(bad, "w")
 

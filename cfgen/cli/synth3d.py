@@ -19,7 +19,7 @@ def synth3d(
     num: Annotated[int, typer.Option("--num", "-n", help="Volumes to generate (seeds SEED, SEED+1, ...)")] = 1,
     seed: seed_option("Seed of the first volume") = 0,
     steps: Annotated[Optional[int], typer.Option(help="Base sampling steps [default: the model's, else 50]")] = None,
-    guidance: Annotated[Optional[float], typer.Option(help="Classifier-free guidance at the base [default: the model's, else 7.5]")] = None,
+    guidance: Annotated[Optional[float], typer.Option(help="Classifier-free guidance at the base [default: the model's [synth] guidance, else its [defaults] guidance, else 7.5]")] = None,
     sr_steps: Annotated[Optional[int], typer.Option(help="Super-resolution sampling steps [default: the stage's, else 20]")] = None,
     size: Annotated[Optional[int], typer.Option(help="Output side in voxels, same field of view [default: base resolution x the SR scale]")] = None,
     patch: Annotated[Optional[int], typer.Option(help="Super-resolution window side in voxels (bounds memory) [default: the stage's]")] = None,

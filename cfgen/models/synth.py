@@ -12,6 +12,8 @@ A base stage (text- or tabular-conditioned 3D model)::
                                        # channels, so nine labels take 4 channels instead of 9)
   super_resolution = "demo-brain-sr"   # optional: the stage synth3d runs next (entry name, or a folder
                                        # relative to this model's folder)
+  guidance = 2.0                       # optional: synth3d's default guidance scale (>= 1), where the
+                                       # one that calibrates generation differs from the edits' ([defaults])
 
 A super-resolution stage (voxel space, UNet input = noisy volume + upsampled low-res volume)::
 
@@ -29,7 +31,7 @@ from typing import Any
 from cfgen.errors import ModelError
 
 KEYS = {"spacing": (int, float), "labels": list, "super_resolution": str, "scale": int, "patch": int,
-        "overlap": (int, float), "residual": bool, "label_encoding": str}
+        "overlap": (int, float), "residual": bool, "label_encoding": str, "guidance": (int, float)}
 LABEL_ENCODINGS = ("one-hot", "bits")
 
 
@@ -60,6 +62,10 @@ def check_synth_table(table: Any, where: str) -> dict[str, Any]:
         raise ModelError(f"{where}: [synth] patch = {table['patch']} must be at least 8 voxels")
     if not 0 <= table.get("overlap", 0.25) < 1:
         raise ModelError(f"{where}: [synth] overlap = {table['overlap']} must be in [0, 1)")
+    if table.get("guidance", 1.0) < 1:
+        raise ModelError(f"{where}: [synth] guidance = {table['guidance']} must be at least 1 (1 = no guidance)")
+    if "guidance" in table and "scale" in table:
+        raise ModelError(f"{where}: [synth] guidance applies to a base stage, not a super-resolution stage (scale)")
     if table.get("spacing", 1.0) <= 0:
         raise ModelError(f"{where}: [synth] spacing = {table['spacing']} must be positive")
     return {k: (list(v) if isinstance(v, list) else v) for k, v in table.items()}

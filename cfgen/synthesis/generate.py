@@ -66,6 +66,11 @@ class Volume:
     seed: int
 
 
+def base_defaults(entry) -> dict:
+    """The base stage's [defaults], its [synth] guidance (synthesis's own, where set) over theirs."""
+    return {**entry.defaults, **({"guidance": entry.synth["guidance"]} if "guidance" in entry.synth else {})}
+
+
 def output_size(p: SynthParams, base, sr) -> int:
     """--size, else the base's resolution times the super-resolution stage's scale."""
     return p.size or base.entry.resolution * (int(sr.entry.synth["scale"]) if sr is not None else 1)
@@ -159,7 +164,7 @@ def synthesize(base, sr, p: SynthParams, fixed: torch.Tensor | None = None,
     (resized to ``p.size`` when one is asked)."""
     from cfgen.synthesis.superres import super_resolve, upsample
 
-    p = p.resolved(base.entry.defaults, sr.entry.defaults if sr is not None else {})
+    p = p.resolved(base_defaults(base.entry), sr.entry.defaults if sr is not None else {})
     p.check()
     check_base(base)
     e = base.entry

@@ -16,7 +16,7 @@ import numpy as np
 
 from cfgen.errors import CfgenError, UsageError
 from cfgen.io.intensity import IntensityMap, fixed_window
-from cfgen.synthesis.generate import SynthParams, Volume, output_size, synthesize
+from cfgen.synthesis.generate import SynthParams, Volume, base_defaults, output_size, synthesize
 
 
 def _in_units(x: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
@@ -96,7 +96,7 @@ def run_synth3d(p: SynthParams, out: Path, model: str | None = None, sr: str | N
         if sr_name and (base.folder / sr_name).is_dir():
             sr_name = str((base.folder / sr_name).resolve())
     stage2 = None if sr_name in (None, "none") else _load(sr_name, device, dtype, "--sr")
-    p = p.resolved(base.entry.defaults, stage2.entry.defaults if stage2 else {})
+    p = p.resolved(base_defaults(base.entry), stage2.entry.defaults if stage2 else {})
     fixed = read_anatomy(Path(mask_from), base) if mask_from is not None else None
     labels = label_names(base.entry)
     e = base.entry

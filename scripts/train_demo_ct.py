@@ -25,6 +25,8 @@ models.toml. Every step resumes: re-run with the same --work after a kill.
     python scripts/train_demo_ct.py --work runs/demo-ct --recipe cpu-continue --stage base --first-phase demo-ct
     python scripts/train_demo_ct.py --work runs/ct-bands --recipe cpu-bands --stage base  # detail bands at unit std
     python scripts/train_demo_ct.py --work runs/ct-ibands --recipe cpu-image-bands --stage base  # the image's only
+    python scripts/train_demo_ct.py --work runs/ct-ibands --recipe cpu-image-bands-continue --stage base \
+        --first-phase runs/ct-ibands/unet/model   # + 2000 steps at lr 2e-4 from the shipped base
 
 Status (2026-12-06): demo-ct is the cpu-image-bands base, demo-ct-sr the cpu recipe's stage
 (models.toml; figures in the README, from benchmarks/synth3d.py and benchmarks/ct_edits.py). Run 1 (nine
@@ -43,6 +45,10 @@ lost (d 0.03) and %LAA-950 d 0.66; not shipped (README).
 cpu-image-bands (2026-12-06, 3114 s alone): only the image's detail bands scaled; effusion d 10.5, %LAA-950
 d 1.65, CTR d 8.0; edits at refine_change 0.4 within the CIs of the cpu base's on effusion, better on
 cardiomegaly, emphysema and nodules left alone (ratio 1.0); shipped as demo-ct (README).
+cpu-image-bands-continue (2026-12-06, from the shipped base, 2759 s alone): smoother lungs but not smooth
+enough (6 volumes per prompt, seeds 1000-1005, 25 steps, guidance 2: lung 10-90% HU spread 528-600
+against the shipped base's 622-744 and the phantoms' 291-340; %LAA-950 of "no emphysema" 15.6 against
+19.6 and 0, of "severe" 17.2); not shipped.
 """
 from __future__ import annotations
 
@@ -100,6 +106,10 @@ RECIPES["cpu-image-bands"] = {"base": {**RECIPES["cpu"]["base"], "band_scales": 
 RECIPES["cpu-continue"] = {"base": {**RECIPES["cpu"]["base"],
                                     "continue": {"steps": 2000, "batch": 8, "lr": 2e-4, "ema_decay": 0.995}},
                            "sr": RECIPES["cpu"]["sr"]}
+# the shipped base (image bands), then the same second phase: does it smooth the generated lungs?
+RECIPES["cpu-image-bands-continue"] = {"base": {**RECIPES["cpu-image-bands"]["base"],
+                                                "continue": RECIPES["cpu-continue"]["base"]["continue"]},
+                                       "sr": RECIPES["cpu"]["sr"]}
 PROMPTS = ["CT of a 70 year old male with a large pleural effusion, no emphysema, normal heart size, no nodules",
            "CT of a 60 year old female with no pleural effusion, severe emphysema, cardiomegaly, no nodules"]
 

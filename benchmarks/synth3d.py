@@ -110,7 +110,7 @@ def label_measures(labels: np.ndarray, image: np.ndarray, names: list[str], spac
     return out
 
 
-def conditional(base, draw: "Draw") -> dict:
+def conditional(base, draw: Draw) -> dict:
     from cfgen.synthesis.generate import synthesize
     from cfgen.models.synth import label_names
 
@@ -138,7 +138,7 @@ def conditional(base, draw: "Draw") -> dict:
     return out
 
 
-def mask_from(base, draw: "Draw", n: int, seed: int = 90000) -> dict:
+def mask_from(base, draw: Draw, n: int, seed: int = 90000) -> dict:
     """Held-out phantoms' anatomy fixed (--mask-from): is the image generated around it?"""
     import nibabel as nib
 
@@ -180,20 +180,24 @@ def _hu(unit: np.ndarray, base) -> np.ndarray:
 
 
 def lung_hu(hu: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """Median and 10-90% spread (HU) of the voxels labelled lung (lobes 1-5)."""
-    q = np.percentile(hu[np.isin(labels, [1, 2, 3, 4, 5])], [10, 50, 90])
+    """Median and 10-90% spread (HU) of the voxels labelled lung (the CT measures' lung ids: the lobes)."""
+    from cfgen.evaluation.ct import parse_labels
+
+    q = np.percentile(hu[np.isin(labels, parse_labels(None)["lung"])], [10, 50, 90])
     return float(q[1]), float(q[2] - q[0])
 
 
-def ct_phantom_reference(size: int, spacing: float, k: int = 16, seed: int = 90000) -> dict:
+def ct_phantom_reference(size: int, spacing: float, k: int = 16, seed: int = 90000) -> tuple[dict, list]:
     """The same measures on k held-out phantoms on the base's grid, each drawn with do(A) and do(B)
-    of each pair's attribute: what a calibrated model would give; and the lung HU with no emphysema."""
+    of each pair's attribute: what a calibrated model would give; and the lung HU (``lung_hu``) of
+    each phantom drawn with no emphysema."""
     from cfgen.evaluation.ct import measures, parse_labels
     from cfgen.io.nifti import centred_affine
     from cfgen.phantoms import ct
 
     affine, ids = centred_affine(size, spacing), parse_labels(None)
-    out: dict = {"lung_hu": []}
+    out: dict = {}
+    lungs: list[tuple[float, float]] = []
     for attribute, (field, value_a, value_b) in CT_TRUTH.items():
         sides: list[list[float]] = [[], []]
         for i in range(k):
@@ -203,12 +207,12 @@ def ct_phantom_reference(size: int, spacing: float, k: int = 16, seed: int = 900
                 hu, lab = ct.acquire(ct.compose(maps), exo), ct.label_map(maps)
                 side.append(measures(hu, lab, affine, ids)[attribute])
                 if field == "emphysema" and value == value_b:
-                    out["lung_hu"].append(lung_hu(hu, lab))
+                    lungs.append(lung_hu(hu, lab))
         out[attribute] = {"mean_a": float(np.mean(sides[0])), "mean_b": float(np.mean(sides[1])), "k": k}
-    return out
+    return out, lungs
 
 
-def ct_conditional(base, draw: "Draw") -> dict:
+def ct_conditional(base, draw: Draw) -> dict:
     """CT measures of generated volumes on their own generated label maps, per prompt pair, beside
     the phantoms' values for the same pair (calibration) and the lung HU of "no emphysema" volumes."""
     from cfgen.evaluation.ct import measures, parse_labels
@@ -217,8 +221,8 @@ def ct_conditional(base, draw: "Draw") -> dict:
 
     size, spacing = base.entry.resolution, float(base.entry.synth.get("spacing", 12.0))
     affine, ids = centred_affine(size, spacing), parse_labels(None)
-    truth = ct_phantom_reference(size, spacing)
-    out: dict = {"lung_hu": {"phantoms": _hu_summary(truth.pop("lung_hu"))}}
+    truth, lungs = ct_phantom_reference(size, spacing)
+    out: dict = {"lung_hu": {"phantoms": _hu_summary(lungs)}}
     for attribute, prompt_a, prompt_b in CT_PAIRS:
         sides = []
         for prompt in (prompt_a, prompt_b):
@@ -226,7 +230,7 @@ def ct_conditional(base, draw: "Draw") -> dict:
             vols = synthesize(base, None, draw.params(prompt))
             values = [measures(_hu(v.image, base), v.labels, affine, ids).get(attribute) for v in vols]
             sides.append([np.nan if v is None else v for v in values])
-            if prompt == "Chest CT: no emphysema":
+            if attribute == "laa950_pct" and prompt == prompt_b:  # "no emphysema"
                 out["lung_hu"]["generated"] = _hu_summary([lung_hu(_hu(v.image, base), v.labels) for v in vols])
             print(f"  {prompt!r}: {draw.n} volumes in {time.perf_counter() - t0:.0f} s", flush=True)
         out[attribute] = {"a": prompt_a, "b": prompt_b, "n": draw.n, "missing": int(np.isnan(sides).sum()),
@@ -241,7 +245,7 @@ def _hu_summary(rows: list[tuple[float, float]]) -> dict:
             "spread_max": float(spread.max())}
 
 
-def ct_mask_from(base, draw: "Draw", n: int, seed: int = 90000) -> dict:
+def ct_mask_from(base, draw: Draw, n: int, seed: int = 90000) -> dict:
     """Held-out CT phantoms' label maps fixed: share of airway voxels generated as air, vessels as blood."""
     import nibabel as nib
 

@@ -174,9 +174,9 @@ def ct_world(base, world: str) -> bool:
 
 
 def _hu(unit: np.ndarray, base) -> np.ndarray:
-    from cfgen.io.intensity import IntensityMap, fixed_window
+    from cfgen.io.intensity import window_map
 
-    return IntensityMap(*fixed_window(base.entry.defaults["window"]), model_low=0.0, model_high=1.0).from_model(unit)
+    return window_map(base.entry.defaults["window"]).from_model(unit)
 
 
 def lung_hu(hu: np.ndarray, labels: np.ndarray) -> tuple[float, float]:

@@ -110,6 +110,12 @@ RECIPES["cpu-continue"] = {"base": {**RECIPES["cpu"]["base"],
 RECIPES["cpu-image-bands-continue"] = {"base": {**RECIPES["cpu-image-bands"]["base"],
                                                 "continue": RECIPES["cpu-continue"]["base"]["continue"]},
                                        "sr": RECIPES["cpu"]["sr"]}
+# the image-bands base with a knee in its window: -1024..-700 HU (lungs, emphysema) to half the model's range,
+# so the lungs' HU cost 2.5 times less model error (cfgen.io.intensity.IntensityMap)
+LUNG_WINDOW = "-1024,-700,600"
+RECIPES["cpu-lung-window"] = {"base": {**RECIPES["cpu-image-bands"]["base"],
+                                       "spec": replace(RECIPES["cpu"]["base"]["spec"], window=LUNG_WINDOW)},
+                              "sr": RECIPES["cpu"]["sr"]}
 PROMPTS = ["CT of a 70 year old male with a large pleural effusion, no emphysema, normal heart size, no nodules",
            "CT of a 60 year old female with no pleural effusion, severe emphysema, cardiomegaly, no nodules"]
 

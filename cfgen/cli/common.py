@@ -54,7 +54,7 @@ DtypeOpt = Annotated[Dtype, typer.Option(help="Weights/activations precision (sc
 FormatOpt = Annotated[Optional[Format], typer.Option("--format", help="Output format [default: the input's]")]
 StepsOpt = Annotated[Optional[int], typer.Option(help="DDIM steps [default: model's, else 50]")]
 StrengthOpt = Annotated[Optional[float], typer.Option(help="Fraction of the steps to invert, 0..1 [default: 1]")]
-WindowOpt = Annotated[Optional[str], typer.Option(help="Intensity window mapped to the model range: auto, minmax, dtype, percentile or LOW,HIGH")]
+WindowOpt = Annotated[Optional[str], typer.Option(help="Intensity window mapped to the model range: auto, minmax, dtype, percentile, LOW,HIGH or LOW,KNEE,HIGH (piecewise linear, KNEE to the middle of the range)")]
 BatchOpt = Annotated[Optional[Path], typer.Option("--batch", help="CSV of jobs (image or Path, prompt, optional source_prompt/caption, strength, seed, output); - reads standard input (relative paths: from the working directory)")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Redo items whose outputs exist")]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the UNet once per process (pays off on GPUs "

@@ -50,7 +50,7 @@ def finetune(
     validation_prompt: Annotated[Optional[list[str]], typer.Option(help="Prompt rendered to validation/*.png (repeatable)")] = None,
     validate_every: Annotated[int, typer.Option(help="Render validation prompts every N steps (0: at the end only)")] = D.validate_every,
     seed: seed_option("Seed of data order, noise, timesteps and caption dropout") = D.seed,
-    window: Annotated[Optional[str], typer.Option(help="Intensity window mapped to the model range: auto, minmax, dtype, percentile or LOW,HIGH (e.g. -1024,600 HU) [default: the model's, else auto]")] = None,
+    window: Annotated[Optional[str], typer.Option(help="Intensity window mapped to the model range: auto, minmax, dtype, percentile, LOW,HIGH (e.g. -1024,600 HU) or LOW,KNEE,HIGH (e.g. -1024,-700,600) [default: the model's, else auto]")] = None,
     counterfactual: CounterfactualOpt = None,
     cycle_weight: Annotated[Optional[float], typer.Option(help="lambda: weight of the L1 cycle loss (CDM Eq. 2) [default: 1]")] = None,
     distill_guidance: Annotated[Optional[float], typer.Option(help="distill: the teacher's classifier-free guidance, baked into the student [default: the model's, else 7.5]")] = None,

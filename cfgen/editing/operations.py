@@ -23,6 +23,15 @@ def _unit_pixels(scan: Scan, outcome: Outcome, pixels: np.ndarray) -> np.ndarray
     return unit(w.to_model(pixels), (w.model_low, w.model_high))
 
 
+def _difference(w, a: np.ndarray, b: np.ndarray, units) -> np.ndarray:
+    """b - a (both [0, 1] through the window) in the figure's units: HU through the window's own map
+    (a window with a knee is not linear), else fractions of the window."""
+    if not units.hu:
+        return (b - a) * units.per_window
+    scan_units = lambda u: w.from_model(w.model_low + u * (w.model_high - w.model_low))  # noqa: E731
+    return scan_units(b) - scan_units(a)
+
+
 def _caption(command: str, params: EditParams) -> str:
     if command == "invert":
         return f"inversion and reconstruction under '{params.source_prompt}' ({params.steps} steps)"
@@ -50,7 +59,7 @@ def _figures(folder: Path, scan: Scan, outcome: Outcome, command: str, params: E
     units = units_for(scan.meta.get("units"), w.low, w.high)
     vmax = colour_range(fig, command, units)
     second = "counterfactual" if command == "edit" else "reconstruction"
-    panel = Panel(display_2d(a), display_2d(b), (gray(b) - gray(a)) * units.per_window, vmax, units, second,
+    panel = Panel(display_2d(a), display_2d(b), _difference(w, gray(a), gray(b), units), vmax, units, second,
                   _caption(command, params), mask, views)
     files: dict[str, Path] = {}
     if fig.format == "none":

@@ -181,13 +181,26 @@ def synthesize(base, sr, p: SynthParams, fixed: torch.Tensor | None = None,
         x = sample_base(base, p.prompt, seed, p.steps, p.guidance, fixed, on_step).float()
         low, lab = x[:, :e.channels], x[:, e.channels:]
         if sr is not None:
-            high = super_resolve(sr, low, size, p.sr_steps, seed, p.patch, p.overlap, on_step)
+            high = _between(super_resolve(sr, _between(low, e, sr.entry), size, p.sr_steps, seed, p.patch, p.overlap,
+                                          on_step), sr.entry, e)
         else:
             high = upsample(low, size) if size != e.resolution else low
         labels = _nearest(label_map(lab[0], e), size) if lab.shape[1] else None
         out.append(Volume(image=_unit(high, e.value_range)[0].mean(axis=0), labels=labels,
                           base=_unit(low, e.value_range)[0].mean(axis=0), seed=seed))
     return out
+
+
+def _between(x: torch.Tensor, src, dst) -> torch.Tensor:
+    """A volume in stage ``src``'s model units -> stage ``dst``'s, through their fixed windows (e.g.
+    a base with a knee in its HU window before a linear super-resolution stage); as it is when
+    either has no fixed window or both map the same."""
+    from cfgen.io.intensity import window_map
+
+    a, b = (window_map(en.defaults.get("window"), en.value_range) for en in (src, dst))
+    if a is None or b is None or a == b:
+        return x
+    return torch.from_numpy(b.to_model(a.from_model(x.detach().float().cpu().numpy()))).to(x.device, x.dtype)
 
 
 def read_anatomy(path, model) -> torch.Tensor:

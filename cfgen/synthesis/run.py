@@ -15,19 +15,19 @@ from typing import Callable
 import numpy as np
 
 from cfgen.errors import CfgenError, UsageError
-from cfgen.io.intensity import IntensityMap, fixed_window
+from cfgen.io.intensity import IntensityMap, window_map
 from cfgen.synthesis.generate import SynthParams, Volume, base_defaults, output_size, synthesize
 
 
-def _in_units(x: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
+def _in_units(x: np.ndarray, window: IntensityMap | None) -> np.ndarray:
     """[0, 1] -> the model's fixed window (int16, e.g. HU), or as it is without one."""
     if window is None:
         return x
-    return np.round(IntensityMap(*window, model_low=0.0, model_high=1.0).from_model(x)).astype(np.int16)
+    return np.round(window.from_model(x)).astype(np.int16)
 
 
 def _sample_outputs(out: Path, vol: Volume, spacing: float, base_spacing: float, prompt: str, labels: list[str],
-                    window: tuple[float, float] | None = None, dicom: bool = False) -> dict:
+                    window: IntensityMap | None = None, dicom: bool = False) -> dict:
     from cfgen.io.nifti import centred_affine, write_volume
     from cfgen.viz.figures import volume_views
     from cfgen.viz.panels import write_views
@@ -103,14 +103,14 @@ def run_synth3d(p: SynthParams, out: Path, model: str | None = None, sr: str | N
     base_spacing = float(e.synth.get("spacing", 1.0))
     size = output_size(p, base, stage2)
     spacing = base_spacing * e.resolution / size  # the base's field of view at the output's grid
-    window = fixed_window(e.defaults.get("window"))
+    window = window_map(e.defaults.get("window"))
     if dicom and window is None:
         raise UsageError(f"--dicom: model '{base.name}' has no fixed [defaults] window, so its volumes are not in "
                          "HU; a DICOM CT series needs HU (write NIfTI, or use a CT model such as demo-ct)")
     params = {**vars(p), "size": size, "model": model, "sr": stage2.name if stage2 else None,
               "mask_from": str(mask_from) if mask_from else None, "device": device, "dtype": dtype,
               "overwrite": overwrite, "dicom": dicom, "labels": labels, "spacing_mm": spacing,
-              "units": f"window {window[0]:g},{window[1]:g} (int16)" if window else "[0, 1]",
+              "units": f"window {e.defaults['window']} (int16)" if window else "[0, 1]",
               "scheduler": e.scheduler.get("kind", "ddim"),
               "sr_scheduler": stage2.entry.scheduler.get("kind", "ddim") if stage2 else None}
     report = RunReport("synth3d", out, params)

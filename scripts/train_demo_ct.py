@@ -27,6 +27,7 @@ models.toml. Every step resumes: re-run with the same --work after a kill.
     python scripts/train_demo_ct.py --work runs/ct-ibands --recipe cpu-image-bands --stage base  # the image's only
     python scripts/train_demo_ct.py --work runs/ct-ibands --recipe cpu-image-bands-continue --stage base \
         --first-phase runs/ct-ibands/unet/model   # + 2000 steps at lr 2e-4 from the shipped base
+    python scripts/train_demo_ct.py --work runs/ct-knee --recipe cpu-lung-window --stage base  # knee window
 
 Status (2026-12-06): demo-ct is the cpu-image-bands base, demo-ct-sr the cpu recipe's stage
 (models.toml; figures in the README, from benchmarks/synth3d.py and benchmarks/ct_edits.py). Run 1 (nine
@@ -49,6 +50,10 @@ cpu-image-bands-continue (2026-12-06, from the shipped base, 2759 s alone): smoo
 enough (6 volumes per prompt, seeds 1000-1005, 25 steps, guidance 2: lung 10-90% HU spread 528-600
 against the shipped base's 622-744 and the phantoms' 291-340; %LAA-950 of "no emphysema" 15.6 against
 19.6 and 0, of "severe" 17.2); not shipped.
+cpu-lung-window (2026-12-07, 3506 s): the window -1024,-700,600 (the lungs get half the model's range);
+at guidance 2 (benchmarks/synth3d.py --n 32 --steps 25 --guidance 2) %LAA-950 6.3 / 5.1 (d 0.70; shipped
+18.8 / 17.7, phantoms 15.8 / 0.0), lung HU of "no emphysema" -794, spread 398-644 (shipped -733, 615-731;
+phantoms -819, 291-340), effusion d 6.7, CTR 0.69 / 0.42; not shipped yet (its edits to be tuned; README).
 """
 from __future__ import annotations
 

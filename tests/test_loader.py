@@ -90,3 +90,21 @@ def test_the_console_script_holds_collection_until_a_model_is_loaded(tiny_model,
         gc.unfreeze()
     load_model(str(tiny_model))  # not held: a notebook's load freezes nothing
     assert gc.get_freeze_count() == 0 and gc.get_threshold() == before
+
+
+def test_a_registry_window_other_than_the_folders_is_refused(tiny_model, tmp_path, monkeypatch):
+    """The window belongs to the weights: an entry that feeds them another HU map is refused at load,
+    naming the folder's cfgen.toml and both windows; the same window (spelt with spaces) loads."""
+    import shutil
+
+    folder = tmp_path / "ct"
+    shutil.copytree(tiny_model, folder)
+    (folder / "cfgen.toml").write_text('[defaults]\nwindow = "-1024,-700,600"\n')
+    _registry(tmp_path, monkeypatch, folder)
+    reg = tmp_path / "reg.toml"
+    reg.write_text(reg.read_text().replace("steps = 4", 'steps = 4\nwindow = "-1024,600"'))
+    with pytest.raises(ModelError, match=r"cfgen.toml: model 'tiny' was trained in the window -1024,-700,600, "
+                                         r"but its registry entry says -1024,600"):
+        load_model("tiny")
+    reg.write_text(reg.read_text().replace('window = "-1024,600"', 'window = "-1024, -700, 600"'))
+    assert load_model("tiny").entry.defaults["window"] == "-1024, -700, 600"

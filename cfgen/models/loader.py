@@ -251,6 +251,19 @@ FAMILY_LOADERS: dict[str, Callable[..., tuple[ModelEntry, dict[str, Any]]]] = {
 }
 
 
+def _check_window(entry: ModelEntry, folder: Path) -> None:
+    """A registry entry's fixed intensity window against the one its folder's cfgen.toml was trained in:
+    the window belongs to the weights (a CT model fed another HU map gives plausible, wrong HU)."""
+    cfg_file = folder / "cfgen.toml"
+    if not cfg_file.is_file():
+        return
+    own = _folder_entry(folder).defaults.get("window")
+    given = entry.defaults.get("window")
+    if own is not None and given is not None and str(own).replace(" ", "") != str(given).replace(" ", ""):
+        raise ModelError(f"{cfg_file}: model '{entry.name}' was trained in the window {own}, but its registry "
+                         f"entry says {given}; make the entry's [defaults] window {own}")
+
+
 def load_model(model: str | None = None, device: str = "auto", dtype: str = "float32",
                registry: Registry | None = None, family: str | tuple[str, ...] | None = DIFFUSION_FAMILIES,
                option: str = "--model") -> LoadedModel:
@@ -267,6 +280,7 @@ def load_model(model: str | None = None, device: str = "auto", dtype: str = "flo
     if missing:
         raise ModelError(f"{folder}: model '{entry.name}' is incomplete, missing {', '.join(missing)}")
     check_configs(folder)
+    _check_window(entry, folder)
     sha = verify_sha256(folder, entry.sha256, entry.name)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)

@@ -53,7 +53,8 @@ against the shipped base's 622-744 and the phantoms' 291-340; %LAA-950 of "no em
 cpu-lung-window (2026-12-07, 3506 s): the window -1024,-700,600 (the lungs get half the model's range);
 at guidance 2 (benchmarks/synth3d.py --n 32 --steps 25 --guidance 2) %LAA-950 6.3 / 5.1 (d 0.70; shipped
 18.8 / 17.7, phantoms 15.8 / 0.0), lung HU of "no emphysema" -794, spread 398-644 (shipped -733, 615-731;
-phantoms -819, 291-340), effusion d 6.7, CTR 0.69 / 0.42; not shipped yet (its edits to be tuned; README).
+phantoms -819, 291-340), effusion d 6.7, CTR 0.69 / 0.42; edits at refine_change 0.4 worse than demo-ct's
+(the threshold is in model-range units, which the knee changes); not shipped (README).
 """
 from __future__ import annotations
 

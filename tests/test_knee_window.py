@@ -62,20 +62,33 @@ def test_a_volume_crosses_between_stages_of_different_windows_in_hu():
 
 
 def test_synth3d_writes_hu_through_a_knee_window(cli, tmp_path):
+    """The same weights and seed with a linear and a knee window give the same model-space volume,
+    so the two written HU volumes differ by exactly the two maps (numpy's interpolation)."""
+    import shutil
+
     from cfgen.models.ldm3d import LDM3DSpec, build_ldm3d
     from cfgen.models.tabular import CT_FIELDS
 
-    model = build_ldm3d(tmp_path / "ct", LDM3DSpec(resolution=8, ae_channels=None, unet_channels=(8, 16),
-                                                   conditioning=CT_FIELDS, window="-1024,-700,600",
-                                                   synth={"spacing": 48.0}), seed=4)
-    res = cli("synth3d", "-p", "CT with a large right pleural effusion", "-m", model, "--steps", "2", "--sr", "none",
-              "--device", "cpu", "-q", "-o", tmp_path / "gen")
-    assert res.exit_code == 0, res.output
-    img = nib.load(tmp_path / "gen" / "sample-000" / "volume.nii.gz")
-    hu = np.asarray(img.dataobj)
-    assert img.get_data_dtype() == np.int16 and hu.min() >= -1024 and hu.max() <= 600 and hu.std() > 0
-    report = json.loads((tmp_path / "gen" / "report.json").read_text())
-    assert report["params"]["units"] == "window -1024,-700,600 (int16)"
+    linear = build_ldm3d(tmp_path / "linear", LDM3DSpec(resolution=8, ae_channels=None, unet_channels=(8, 16),
+                                                        conditioning=CT_FIELDS, window="-1024,600",
+                                                        synth={"spacing": 48.0}), seed=4)
+    knee = shutil.copytree(linear, tmp_path / "knee")
+    toml = knee / "cfgen.toml"
+    toml.write_text(toml.read_text().replace('window = "-1024,600"', 'window = "-1024,-700,600"'))
+    written = {}
+    for folder in (linear, knee):
+        out = tmp_path / f"gen-{folder.name}"
+        res = cli("synth3d", "-p", "CT with a large right pleural effusion", "-m", folder, "--steps", "2",
+                  "--sr", "none", "--device", "cpu", "-q", "-o", out)
+        assert res.exit_code == 0, res.output
+        img = nib.load(out / "sample-000" / "volume.nii.gz")
+        assert img.get_data_dtype() == np.int16
+        written[folder.name] = np.asarray(img.dataobj).astype(np.float64)
+        units = json.loads((out / "report.json").read_text())["params"]["units"]
+        assert units == f"window {'-1024,600' if folder == linear else '-1024,-700,600'} (int16)"
+    unit = np.interp(written["linear"], [-1024.0, 600.0], [0.0, 1.0])
+    expected = np.interp(unit, [0.0, 0.5, 1.0], [-1024.0, -700.0, 600.0])
+    assert written["linear"].std() > 0 and np.abs(written["knee"] - expected).max() <= 3.0
 
 
 def test_difference_figures_count_hu_through_the_knee():

@@ -106,3 +106,26 @@ def test_difference_figures_count_hu_through_the_knee():
     linear = window_map("-1024,600", (-1.0, 1.0))
     ul = lambda hu: (linear.to_model(hu) + 1.0) / 2.0  # noqa: E731
     assert np.allclose(_difference(linear, ul(before), ul(after), units_for("HU", -1024, 600)), after - before, atol=0.1)
+
+
+def test_refine_counts_its_change_in_hu_through_a_knee():
+    """--refine-change is a fraction of the window's width in scan units: the same HU in the lungs and
+    above the knee, and for a linear window the plain model-range fraction it always was."""
+    from cfgen.editing.masks import refined_mask
+    from cfgen.editing.prepare import unit, window_fraction
+
+    hu_before = np.full((1, 1, 8, 8), -860.0, dtype=np.float32)
+    hu_before[..., 4:] = 40.0  # left half lung, right half soft tissue
+    hu_after = hu_before + 300.0  # the same 300 HU change everywhere (0.185 of the 1624 HU width)
+    for window in ("-1024,-700,600", "-1024,600"):
+        w = window_map(window, (-1.0, 1.0))
+        prep = SimpleNamespace(window=w)
+        a, b = (window_fraction(torch.from_numpy(w.to_model(h)), prep) for h in (hu_before, hu_after))
+        assert np.allclose((b - a).numpy(), 300.0 / 1624.0, atol=1e-4)
+        keep = refined_mask(torch.ones(1, 1, 8, 8), a, b, 0.15)
+        assert float(keep.min()) > 0.99  # kept on both sides of the knee alike
+    # the model-range fraction would have counted the lungs' 300 HU (across the knee) as 0.30 and soft tissue's as 0.12
+    knee = window_map("-1024,-700,600", (-1.0, 1.0))
+    a, b = (unit(torch.from_numpy(knee.to_model(h)), (-1.0, 1.0)) for h in (hu_before, hu_after))
+    raw = b - a
+    assert float(raw[..., :4].mean()) > 0.29 and float(raw[..., 4:].mean()) < 0.13

@@ -53,7 +53,7 @@ SelectOpt = Annotated[Optional[str], typer.Option("--select-by", help="--sweep's
                                                  "classifier entry (p of the target class for the label the prompts "
                                                  "change) [default: the model's, demo-cxr: cxr-classifier]")]
 ThresholdOpt = Annotated[Optional[float], typer.Option(help="auto and refine masks: fraction of the largest disagreement that counts as edit region [default: refine: the model's refine_threshold; then the model's mask_threshold; else auto 0.5, refine 0.3]")]
-RefineOpt = Annotated[Optional[float], typer.Option(help="refine mask: change of the first pass (units of the intensity window, 0..1) that keeps a pixel in the mask [default: the model's refine_change, else 0.12]")]
+RefineOpt = Annotated[Optional[float], typer.Option(help="refine mask: change of the first pass (fraction of the intensity window's width in scan units, 0..1) that keeps a pixel in the mask [default: the model's refine_change, else 0.12]")]
 
 LabelsOpt = Annotated[Optional[str], typer.Option("--labels", help="The scan's anatomy label map (integer NIfTI on "
                                                  "its grid, value k = the k-th label) for a model that generates label "

@@ -12,7 +12,7 @@ from cfgen.editing.grid import ModelGrid
 from cfgen.editing.components import decode_latents, encode_images, encode_prompts, to_device
 from cfgen.editing.jobs import require_prompt
 from cfgen.editing.params import AUTOMATIC_MASKS, EditParams
-from cfgen.editing.prepare import Prepared, from_model, to_model, unit
+from cfgen.editing.prepare import Prepared, from_model, to_model, unit, window_fraction
 from cfgen.errors import UsageError
 from cfgen.io.scan import Scan
 
@@ -231,12 +231,12 @@ def finish_edit(model: LoadedModel, scan: Scan, c: Computed) -> Outcome:
     scan_mask = None
     metrics: dict[str, Any] = {}
     if c.latent_mask is not None:
-        # outside the mask the scan itself, not its VAE reconstruction
-        vo = model.entry.value_range
+        # outside the mask the scan itself, not its VAE reconstruction;
         # refine compares with the scan, not its VAE reconstruction: what the VAE loses (thin
         # devices) is part of what a removal changes (benchmarks/refine_mask.py: 0.47 vs 0.69)
-        first, model_mask = masks.edit_region(c.latent_mask, unit(prep.x.float(), vo), unit(c.model_out, vo),
-                                              model.entry.resolution, c.refine_change)
+        first, model_mask = masks.edit_region(c.latent_mask, window_fraction(prep.x.float(), prep),
+                                              window_fraction(c.model_out, prep), model.entry.resolution,
+                                              c.refine_change)
         if c.refine_change is not None:
             metrics["mask_first_fraction"] = float((masks.to_scan_mask(first, prep) > 0.5).mean())
         scan_mask = masks.to_scan_mask(model_mask, prep)

@@ -118,3 +118,13 @@ def unit(x: torch.Tensor | np.ndarray, value_range: tuple[float, float]):
     """Model range -> [0, 1] (the range PRISM's L1 and our PSNR/SSIM are computed in)."""
     lo, hi = value_range
     return ((x - lo) / (hi - lo)).clip(0, 1)
+
+
+def window_fraction(y: torch.Tensor, prep: Prepared) -> torch.Tensor:
+    """Model-space values (host) -> fractions (0..1) of the window's width in scan units: what
+    ``--refine-change`` counts. For a linear window the same as ``unit``; through a knee (e.g.
+    -1024,-700,600) proportional to HU, so one threshold means the same HU in the lungs and above."""
+    w = prep.window
+    if w.knee is None:
+        return unit(y, (w.model_low, w.model_high))
+    return torch.from_numpy((w.from_model(y.float().numpy()) - w.low) / (w.high - w.low))

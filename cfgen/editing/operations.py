@@ -24,12 +24,10 @@ def _unit_pixels(scan: Scan, outcome: Outcome, pixels: np.ndarray) -> np.ndarray
 
 
 def _difference(w, a: np.ndarray, b: np.ndarray, units) -> np.ndarray:
-    """b - a (both [0, 1] through the window) in the figure's units: HU through the window's own map
-    (a window with a knee is not linear), else fractions of the window."""
-    if not units.hu:
-        return (b - a) * units.per_window
-    scan_units = lambda u: w.from_model(w.model_low + u * (w.model_high - w.model_low))  # noqa: E731
-    return scan_units(b) - scan_units(a)
+    """b - a (both [0, 1] of the model range) in the figure's units, as fractions of the window's width
+    in scan units (through a knee not the model range's fractions), times HU per window for CT."""
+    frac = lambda u: w.width_fraction(w.model_low + u * (w.model_high - w.model_low))  # noqa: E731
+    return (frac(b) - frac(a)) * units.per_window
 
 
 def _caption(command: str, params: EditParams) -> str:

@@ -124,7 +124,4 @@ def window_fraction(y: torch.Tensor, prep: Prepared) -> torch.Tensor:
     """Model-space values (host) -> fractions (0..1) of the window's width in scan units: what
     ``--refine-change`` counts. For a linear window the same as ``unit``; through a knee (e.g.
     -1024,-700,600) proportional to HU, so one threshold means the same HU in the lungs and above."""
-    w = prep.window
-    if w.knee is None:
-        return unit(y, (w.model_low, w.model_high))
-    return torch.from_numpy((w.from_model(y.float().numpy()) - w.low) / (w.high - w.low))
+    return torch.from_numpy(prep.window.width_fraction(y.float().numpy()))

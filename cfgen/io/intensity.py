@@ -41,6 +41,14 @@ class IntensityMap:
         return np.where(t < 0.5, self.low + 2.0 * t * (self.knee - self.low),
                         self.knee + (2.0 * t - 1.0) * (self.high - self.knee)).astype(np.float32)
 
+    def width_fraction(self, y: np.ndarray) -> np.ndarray:
+        """Model values -> fractions (0..1) of the window's width in scan units: the model range's
+        own fraction for a linear window; through a knee proportional to the scan's units (HU)."""
+        t = np.clip((np.asarray(y, dtype=np.float32) - self.model_low) / (self.model_high - self.model_low), 0.0, 1.0)
+        if self.knee is None:
+            return t
+        return ((self.from_model(y) - self.low) / (self.high - self.low)).astype(np.float32)
+
     def as_dict(self) -> dict:
         return asdict(self)
 

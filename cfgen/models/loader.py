@@ -254,12 +254,13 @@ FAMILY_LOADERS: dict[str, Callable[..., tuple[ModelEntry, dict[str, Any]]]] = {
 def _check_window(entry: ModelEntry, folder: Path) -> None:
     """A registry entry's fixed intensity window against the one its folder's cfgen.toml was trained in:
     the window belongs to the weights (a CT model fed another HU map gives plausible, wrong HU)."""
-    cfg_file = folder / "cfgen.toml"
-    if not cfg_file.is_file():
+    from cfgen.io.intensity import fixed_window
+
+    cfg_file, given = folder / "cfgen.toml", entry.defaults.get("window")
+    if given is None or not cfg_file.is_file():
         return
     own = _folder_entry(folder).defaults.get("window")
-    given = entry.defaults.get("window")
-    if own is not None and given is not None and str(own).replace(" ", "") != str(given).replace(" ", ""):
+    if own is not None and fixed_window(own) != fixed_window(given):
         raise ModelError(f"{cfg_file}: model '{entry.name}' was trained in the window {own}, but its registry "
                          f"entry says {given}; make the entry's [defaults] window {own}")
 

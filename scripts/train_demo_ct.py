@@ -28,6 +28,7 @@ models.toml. Every step resumes: re-run with the same --work after a kill.
     python scripts/train_demo_ct.py --work runs/ct-ibands --recipe cpu-image-bands-continue --stage base \
         --first-phase runs/ct-ibands/unet/model   # + 2000 steps at lr 2e-4 from the shipped base
     python scripts/train_demo_ct.py --work runs/ct-knee --recipe cpu-lung-window --stage base  # knee window
+    python scripts/train_demo_ct.py --work runs/ct-knee --recipe cpu-lung-window-labels --stage base  # + labels given
 
 Status (2026-12-06): demo-ct is the cpu-image-bands base, demo-ct-sr the cpu recipe's stage
 (models.toml; figures in the README, from benchmarks/synth3d.py and benchmarks/ct_edits.py). Run 1 (nine
@@ -122,6 +123,16 @@ LUNG_WINDOW = "-1024,-700,600"
 RECIPES["cpu-lung-window"] = {"base": {**RECIPES["cpu-image-bands"]["base"],
                                        "spec": replace(RECIPES["cpu"]["base"]["spec"], window=LUNG_WINDOW)},
                               "sr": RECIPES["cpu"]["sr"]}
+# its second phase: 2000 steps at lr 2e-4 with the anatomy labels given clean in 30% of the volumes
+# (`cfgen finetune --label-condition 0.3`), so that --mask-from gives them clean and the image follows them
+RECIPES["cpu-lung-window-labels"] = {"base": {**RECIPES["cpu-lung-window"]["base"],
+                                              "continue": {**RECIPES["cpu-continue"]["base"]["continue"],
+                                                           "label_condition": 0.3}},
+                                     "sr": RECIPES["cpu"]["sr"]}
+RECIPES["quick-labels"] = {"base": {**RECIPES["quick"]["base"],
+                                    "continue": {"steps": 4, "batch": 2, "lr": 2e-4, "ema_decay": 0.9,
+                                                 "label_condition": 0.5}},
+                           "sr": RECIPES["quick"]["sr"]}
 PROMPTS = ["CT of a 70 year old male with a large pleural effusion, no emphysema, normal heart size, no nodules",
            "CT of a 60 year old female with no pleural effusion, severe emphysema, cardiomegaly, no nodules"]
 

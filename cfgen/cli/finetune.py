@@ -43,6 +43,8 @@ def finetune(
     noise_offset: Annotated[float, typer.Option(help="Noise offset (e.g. 0.05)")] = D.noise_offset,
     caption_dropout: Annotated[float, typer.Option(help="Fraction of captions replaced by '' (classifier-free guidance); tabular models: "
                                                              "each field missing with this probability, and whole rows")] = D.caption_dropout,
+    label_condition: Annotated[float, typer.Option(help="3D models with anatomy label channels: share of training volumes whose labels are given clean "
+                                                       "(not noised, not in the loss), so `synth3d --mask-from` generates the image around given labels (e.g. 0.3)")] = D.label_condition,
     max_steps: Annotated[Optional[int], typer.Option(help="Optimizer steps [default: from --epochs]")] = D.max_steps,
     epochs: Annotated[int, typer.Option(help="Epochs when --max-steps is not given")] = D.epochs,
     checkpoint_every: Annotated[int, typer.Option(help="Save a resumable checkpoint every N steps")] = D.checkpoint_every,
@@ -67,7 +69,7 @@ def finetune(
                          batch_size=batch_size, gradient_accumulation=gradient_accumulation,
                          mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing, ema=ema,
                          ema_decay=ema_decay, snr_gamma=snr_gamma, noise_offset=noise_offset,
-                         caption_dropout=caption_dropout, max_steps=max_steps, epochs=epochs,
+                         caption_dropout=caption_dropout, label_condition=label_condition, max_steps=max_steps, epochs=epochs,
                          checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
                          validation_prompts=list(validation_prompt or []), validate_every=validate_every, seed=seed,
                          window=window, report_to=report_to)

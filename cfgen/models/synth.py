@@ -12,6 +12,9 @@ A base stage (text- or tabular-conditioned 3D model)::
                                        # channels, so nine labels take 4 channels instead of 9)
   super_resolution = "demo-brain-sr"   # optional: the stage synth3d runs next (entry name, or a folder
                                        # relative to this model's folder)
+  given_labels = "clean"               # optional: "noised" (default) or "clean": how `--mask-from` gives the
+                                       # label channels at each sampling step; "clean" for a model trained
+                                       # with `cfgen finetune --label-condition` (labels sometimes clean)
   guidance = 2.0                       # optional: synth3d's default guidance scale (>= 1), where the
                                        # one that calibrates generation differs from the edits' ([defaults])
 
@@ -31,8 +34,10 @@ from typing import Any
 from cfgen.errors import ModelError
 
 KEYS = {"spacing": (int, float), "labels": list, "super_resolution": str, "scale": int, "patch": int,
-        "overlap": (int, float), "residual": bool, "label_encoding": str, "guidance": (int, float)}
+        "overlap": (int, float), "residual": bool, "label_encoding": str, "guidance": (int, float),
+        "given_labels": str}
 LABEL_ENCODINGS = ("one-hot", "bits")
+GIVEN_LABELS = ("noised", "clean")
 
 
 def check_synth_table(table: Any, where: str) -> dict[str, Any]:
@@ -47,11 +52,11 @@ def check_synth_table(table: Any, where: str) -> dict[str, Any]:
     labels = table.get("labels", [])
     if not all(isinstance(x, str) and x for x in labels) or len(set(labels)) != len(labels):
         raise ModelError(f"{where}: [synth] labels must be distinct non-empty names, got {labels!r}")
-    if table.get("label_encoding", "one-hot") not in LABEL_ENCODINGS:
-        raise ModelError(f"{where}: [synth] label_encoding = {table['label_encoding']!r} is unknown "
-                         f"(known: {', '.join(LABEL_ENCODINGS)})")
-    if "label_encoding" in table and not labels:
-        raise ModelError(f"{where}: [synth] label_encoding needs labels")
+    for key, known in (("label_encoding", LABEL_ENCODINGS), ("given_labels", GIVEN_LABELS)):
+        if key in table and table[key] not in known:
+            raise ModelError(f"{where}: [synth] {key} = {table[key]!r} is unknown (known: {', '.join(known)})")
+        if key in table and not labels:
+            raise ModelError(f"{where}: [synth] {key} needs labels")
     if "scale" in table and table["scale"] < 2:
         raise ModelError(f"{where}: [synth] scale = {table['scale']} must be at least 2")
     if "scale" in table and labels:
@@ -87,6 +92,14 @@ def label_channel_count(synth: dict[str, Any]) -> int:
     """How many channels the labels of a ``[synth]`` table take beside the image."""
     n = len(synth.get("labels", []))
     return n.bit_length() if label_encoding(synth) == "bits" and n else n
+
+
+def labelled_latents(latent_channels: int, image_channels: int, synth: dict[str, Any]) -> list[bool]:
+    """Which latent channels hold labels: in voxel space the label channels; through the Haar transform
+    (per channel, input channel fastest in the band order) every channel whose index modulo image +
+    label channels is a label's."""
+    total = image_channels + label_channel_count(synth)
+    return [c % total >= image_channels for c in range(latent_channels)]
 
 
 def toml_lines(synth: dict[str, Any]) -> list[str]:

@@ -85,22 +85,22 @@ def check_base(model: LoadedModel) -> None:
 
 
 def _fixer(model: LoadedModel, sched, fixed: torch.Tensor, timesteps: torch.Tensor, gen: torch.Generator):
-    """(start(z), blend(z, i)) for ddim.sample: the label channels' latents follow the given labels'
-    forward trajectory. In voxel space they are the label channels; through the Haar transform
-    (per channel, input channel fastest in the band order) every latent channel whose index modulo
-    image + label channels is a label's."""
+    """(start(z), blend(z, i)) for ddim.sample: the label channels' latents (labelled_latents) follow
+    the given labels' forward trajectory, or, for a model trained with labels given clean
+    ([synth] given_labels = "clean", `cfgen finetune --label-condition`), are the clean labels at every step."""
     from cfgen.editing.components import encode_images
+    from cfgen.models.synth import labelled_latents
 
     image = model.entry.channels
-    total = image + fixed.shape[1]
     x = torch.cat([torch.zeros((1, image) + tuple(fixed.shape[2:]), dtype=fixed.dtype, device=fixed.device), fixed], 1)
     clean = encode_images(model, x).to(fixed.dtype)
-    labelled = torch.arange(clean.shape[1], device=clean.device) % total >= image
+    labelled = torch.tensor(labelled_latents(clean.shape[1], image, model.entry.synth), device=clean.device)
     clean = clean[:, labelled]
     noise = torch.randn(clean.shape, generator=gen).to(clean.device, clean.dtype)
+    given_clean = model.entry.synth.get("given_labels") == "clean"
 
     def at(i: int) -> torch.Tensor:
-        if i >= len(timesteps):
+        if i >= len(timesteps) or given_clean:
             return clean
         return sched.add_noise(clean, noise, timesteps[i:i + 1].to(clean.device)).to(clean.dtype)
 

@@ -87,7 +87,8 @@ def load_checkpoint(folder: Path, net, optimizer, lr_scheduler, ema=None) -> dic
 #: grow: that is what resuming is for)
 RESUME_KEYS = ("learning_rate", "adam_beta1", "adam_beta2", "weight_decay", "adam_epsilon", "max_grad_norm",
                "lr_scheduler", "lr_warmup_steps", "batch_size", "gradient_accumulation", "mixed_precision", "ema",
-               "ema_decay", "snr_gamma", "noise_offset", "caption_dropout", "seed", "window")
+               "ema_decay", "snr_gamma", "noise_offset", "caption_dropout", "seed", "window",
+               "label_condition")
 
 
 def resume_settings(cfg) -> dict:

@@ -37,6 +37,9 @@ class FinetuneConfig:
     snr_gamma: float | None = None  # Min-SNR weighting (Hang et al.); 5.0 is the usual value
     noise_offset: float = 0.0
     caption_dropout: float = 0.1  # empty captions, so classifier-free guidance has an unconditional model
+    # share of training volumes whose anatomy label channels are given clean (not noised, not in the
+    # loss): the model learns to generate the image around given labels (`synth3d --mask-from`)
+    label_condition: float = 0.0
     max_steps: int | None = None
     epochs: int = 1
     checkpoint_every: int = 500
@@ -65,6 +68,8 @@ class FinetuneConfig:
             raise UsageError(f"--max-steps {self.max_steps}: must be at least 1")
         if not 0.0 <= self.caption_dropout <= 1.0:
             raise UsageError(f"--caption-dropout {self.caption_dropout}: must be between 0 and 1")
+        if not 0.0 <= self.label_condition <= 1.0:
+            raise UsageError(f"--label-condition {self.label_condition}: must be between 0 and 1")
         if not 0.0 < self.ema_decay < 1.0:
             raise UsageError(f"--ema-decay {self.ema_decay}: must be between 0 and 1")
         if self.snr_gamma is not None and self.snr_gamma <= 0:

@@ -53,13 +53,14 @@ def model_toml(entry) -> str:
     return "\n".join(lines + toml_lines(entry.synth)) + "\n"
 
 
-def save_model(out: Path, model, unet, recipe: dict, defaults: dict | None = None) -> Path:
+def save_model(out: Path, model, unet, recipe: dict, defaults: dict | None = None, synth: dict | None = None) -> Path:
     """A model folder that `--model OUT/model` loads: the base's frozen parts + the trained UNet;
-    ``defaults`` (e.g. a distilled student's few steps) over the base's [defaults]."""
+    ``defaults`` (e.g. a distilled student's few steps) over the base's [defaults], ``synth`` over its [synth]."""
     from dataclasses import replace
 
     target = out / "model"
-    entry = replace(model.entry, defaults={**model.entry.defaults, **defaults}) if defaults else model.entry
+    entry = replace(model.entry, defaults={**model.entry.defaults, **(defaults or {})},
+                    synth={**model.entry.synth, **(synth or {})})
     with atomic_dir(target) as tmp:
         for comp in COPIED_COMPONENTS:
             if (model.folder / comp).is_dir():

@@ -347,7 +347,8 @@ def _finish(run: Run, trainer: Trainer, out: Path, cfg: FinetuneConfig, t0: floa
         recipe = {"base_model": run.model.report_info(), "data": run.data, "config": cfg.as_dict(),
                   "steps": trainer.training["final_step"], "processes": run.schedule.world, "device": str(acc.device)}
         defaults = getattr(run.objective, "model_defaults", None)  # a distilled student's steps and guidance
-        save_model(out, run.model, final, recipe, defaults() if defaults else None)
+        synth = {"given_labels": "clean"} if cfg.label_condition > 0 else None  # how --mask-from gives labels
+        save_model(out, run.model, final, recipe, defaults() if defaults else None, synth)
         run.report.data["training"] = trainer.training
         run.report.data["outputs"] = {"model": "model", "checkpoints": "checkpoints"}
         run.report.data["timings"]["total_s"] = round(time.perf_counter() - t0, 3)

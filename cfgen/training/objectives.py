@@ -18,7 +18,7 @@ from typing import Any, Protocol, TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from cfgen.errors import ModelError
+from cfgen.errors import ModelError, UsageError
 from cfgen.training.config import FinetuneConfig
 
 if TYPE_CHECKING:
@@ -107,11 +107,28 @@ def condition(model: LoadedModel, captions: list[str], gen, cfg: FinetuneConfig,
     return cond
 
 
+def given_labels(model: LoadedModel, latents: torch.Tensor, noisy: torch.Tensor, share: float, gen) -> tuple:
+    """--label-condition: in a random ``share`` of the batch the label channels' latents are given clean;
+    (noisy latents, mask of the (sample, channel) pairs left out of the loss)."""
+    from cfgen.models.synth import labelled_latents
+
+    labelled = torch.tensor(labelled_latents(latents.shape[1], model.entry.channels, model.entry.synth))
+    chosen = torch.rand(latents.shape[0], generator=gen) < share
+    mask = (chosen[:, None] & labelled[None, :]).reshape(latents.shape[:2] + (1,) * (latents.ndim - 2))
+    mask = mask.to(latents.device)
+    return torch.where(mask, latents, noisy), mask
+
+
 class Denoising:
-    """PRISM Algorithm 1: latents from the frozen autoencoder, noised, predicted under the caption."""
+    """PRISM Algorithm 1: latents from the frozen autoencoder, noised, predicted under the caption
+    (with --label-condition, some volumes' anatomy label channels given clean)."""
 
     def check(self, model: LoadedModel, cfg: FinetuneConfig) -> None:
-        pass
+        from cfgen.models.synth import label_channel_count
+
+        if cfg.label_condition > 0 and not label_channel_count(model.entry.synth):
+            raise UsageError(f"--label-condition {cfg.label_condition}: model '{model.name}' generates no "
+                             "anatomy label channels (its [synth] table names no labels)")
 
     def describe(self) -> str:
         return "denoising"
@@ -121,8 +138,13 @@ class Denoising:
 
         latents = encode_images(model, pixels).float()
         t, noisy, tgt = noising(noise_scheduler, latents, gen, cfg, eval_mode)
+        given = None
+        if cfg.label_condition > 0 and not eval_mode:
+            noisy, given = given_labels(model, latents, noisy, cfg.label_condition, gen)
         cond = condition(model, captions, gen, cfg, eval_mode)
         pred = unet(noisy, t, encoder_hidden_states=cond).sample.float()
+        if given is not None:  # the given channels have nothing to predict
+            pred = torch.where(given, tgt, pred)
         return weighted_mse(noise_scheduler, pred, tgt, t, cfg, eval_mode)
 
 

@@ -107,5 +107,6 @@ def continue_unet(train_csv: Path, start: Path, out: Path, c: dict, device: str)
     sh(*CFGEN, "finetune", str(train_csv), "-m", str(start), "-o", str(out), "--learning-rate", str(c["lr"]),
        "--batch-size", str(c["batch"]), "--max-steps", str(c["steps"]), "--ema", "--ema-decay", str(c["ema_decay"]),
        "--seed", "0", "--checkpoint-every", "50", "--device", device, "-q",
+       *(["--label-condition", str(c["label_condition"])] if c.get("label_condition") else []),
        *(["--resume"] if (out / "checkpoints").is_dir() else []))
     return out

@@ -54,6 +54,10 @@ def test_user_registry_file_is_merged(tmp_path, monkeypatch):
     ('[models.x]\nfamily = "latent-diffusion-2d"\n', "needs a [source] table"),
     ('[models.x]\nfamily = "latent-diffusion-2d"\nsource = { kind = "hub" }\n', "needs repo_id"),
     ("[models.x\n", "not valid TOML"),
+    ('[models.x]\nfamily = "latent-diffusion-3d"\nsource = { kind = "local", path = "." }\n[models.x.defaults]\n'
+     'window = "600,-1024"\n', "HIGH must be above LOW"),
+    ('[models.x]\nfamily = "latent-diffusion-3d"\nsource = { kind = "local", path = "." }\n[models.x.defaults]\n'
+     'window = "-1024,700,600"\n', "KNEE must lie between"),
 ])
 def test_bad_registry_names_the_file(tmp_path, monkeypatch, body, message):
     bad = tmp_path / "bad.toml"

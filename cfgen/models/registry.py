@@ -170,6 +170,7 @@ def _entry_from_table(name: str, table: dict[str, Any], origin: Path) -> ModelEn
 
     synth = check_synth_table(table.get("synth", {}), where)
     orientation, spacing = _voxel_geometry(table, where)
+    _check_default_window(table.get("defaults", {}), where)
     return ModelEntry(
         name=name,
         family=family,
@@ -190,6 +191,20 @@ def _entry_from_table(name: str, table: dict[str, Any], origin: Path) -> ModelEn
         spacing=spacing,
         origin=str(origin),
     )
+
+
+def _check_default_window(defaults: dict[str, Any], where: str) -> None:
+    """A model's ``[defaults] window`` is its weights' intensity map: an inverted or unreadable one
+    would map every scan wrongly, so it is refused when the registry is read."""
+    if "window" not in defaults:
+        return
+    from cfgen.errors import UsageError
+    from cfgen.io.intensity import check_window
+
+    try:
+        check_window(str(defaults["window"]))
+    except UsageError as exc:
+        raise ModelError(f"{where}: [defaults] window = {defaults['window']!r} is not a window ({exc})") from None
 
 
 def _voxel_geometry(table: dict[str, Any], where: str) -> tuple[str, tuple[float, ...] | None]:

@@ -30,7 +30,7 @@ models.toml. Every step resumes: re-run with the same --work after a kill.
     python scripts/train_demo_ct.py --work runs/ct-knee --recipe cpu-lung-window --stage base  # knee window
     python scripts/train_demo_ct.py --work runs/ct-knee --recipe cpu-lung-window-labels --stage base  # + labels given
 
-Status (2026-12-06): demo-ct is the cpu-image-bands base, demo-ct-sr the cpu recipe's stage
+Status (2026-12-07): demo-ct is the cpu-lung-window-labels base (below), demo-ct-sr the cpu recipe's stage
 (models.toml; figures in the README, from benchmarks/synth3d.py and benchmarks/ct_edits.py). Run 1 (nine
 one-hot labels, 80 bands, UNet (32, 64, 128), 3000 steps) sampled noise: the first block was narrower
 than its input. Run 2 (analog bits, 40 bands, (48, 64, 128), 2500 steps, 4807 s) denoised training
@@ -56,6 +56,10 @@ at guidance 2 (benchmarks/synth3d.py --n 32 --steps 25 --guidance 2) %LAA-950 6.
 18.8 / 17.7, phantoms 15.8 / 0.0), lung HU of "no emphysema" -794, spread 398-644 (shipped -733, 615-731;
 phantoms -819, 291-340), effusion d 6.7, CTR 0.69 / 0.42; edits at refine_change 0.4 worse than demo-ct's
 (the threshold is in model-range units, which the knee changes); not shipped (README).
+cpu-lung-window-labels (2026-12-07, from cpu-lung-window's base with --first-phase
+runs/ct-knee/unet/model, 2150 s alone): the second phase with --label-condition 0.3; %LAA-950 d 1.96,
+effusion d 6.95, CTR d 4.89 (held-out, guidance 2), --mask-from vessels still 0.20; shipped as demo-ct
+(README; exported with cfgen.training.recipes.export from runs/ct-knee/unet2/model, what --export does).
 """
 from __future__ import annotations
 

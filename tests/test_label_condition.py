@@ -3,6 +3,8 @@ sometimes given clean (not noised, not in the loss), and `synth3d --mask-from` t
 at every sampling step ([synth] given_labels = "clean"), so the image is generated around them."""
 from __future__ import annotations
 
+import json
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -107,7 +109,7 @@ def test_mask_from_gives_a_clean_label_model_its_labels_clean_at_every_step(tmp_
     assert torch.allclose(out[:, 1:], fixed, atol=1e-5)  # the labels come out exactly either way
 
 
-def test_finetune_records_clean_labels_and_refuses_a_model_without_labels(cli, tmp_path):
+def test_finetune_records_clean_labels_and_refuses_a_model_without_labels(cli, tmp_path, monkeypatch):
     from cfgen.models.synth import check_synth_table
     from cfgen.errors import ModelError
 
@@ -122,6 +124,18 @@ def test_finetune_records_clean_labels_and_refuses_a_model_without_labels(cli, t
     assert res.exit_code == 0, res.output
     toml = (tmp_path / "run" / "model" / "cfgen.toml").read_text()
     assert 'given_labels = "clean"' in toml
+    # a registry entry over those weights that would give them noised labels is refused at load
+    from cfgen.models.loader import load_model
+
+    reg = tmp_path / "reg.toml"
+    synth = f'[models.ct.synth]\nspacing = 8.0\nlabels = {json.dumps(NAMES)}\nlabel_encoding = "bits"\n'
+    reg.write_text(f'[models.ct]\nfamily = "latent-diffusion-3d"\nresolution = 16\nchannels = 1\n'
+                   f'source = {{ kind = "local", path = "run/model" }}\n[models.ct.scheduler]\nkind = "rflow"\n' + synth)
+    monkeypatch.setenv("CFGEN_MODELS_TOML", str(reg))
+    with pytest.raises(ModelError, match="trained with its labels given clean, but its registry entry's"):
+        load_model("ct", device="cpu")
+    reg.write_text(reg.read_text() + 'given_labels = "clean"\n')
+    assert load_model("ct", device="cpu").entry.synth["given_labels"] == "clean"
     image_only = build_ldm3d(tmp_path / "plain", LDM3DSpec(resolution=16, ae_channels=None, unet_channels=(8, 16),
                                                            scheduler="rflow", synth={"spacing": 8.0}), seed=4)
     res = cli(*common, "-m", image_only, "--label-condition", "0.5", "-o", tmp_path / "run2")

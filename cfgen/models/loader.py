@@ -251,18 +251,24 @@ FAMILY_LOADERS: dict[str, Callable[..., tuple[ModelEntry, dict[str, Any]]]] = {
 }
 
 
-def _check_window(entry: ModelEntry, folder: Path) -> None:
-    """A registry entry's fixed intensity window against the one its folder's cfgen.toml was trained in:
-    the window belongs to the weights (a CT model fed another HU map gives plausible, wrong HU)."""
+def _check_folder(entry: ModelEntry, folder: Path) -> None:
+    """A registry entry against what its folder's cfgen.toml was trained with: the fixed intensity
+    window (a CT model fed another HU map gives plausible, wrong HU) and how --mask-from gives the
+    labels (a model trained to follow clean labels, given noised ones, does not follow them)."""
     from cfgen.io.intensity import fixed_window
 
     cfg_file, given = folder / "cfgen.toml", entry.defaults.get("window")
-    if given is None or not cfg_file.is_file():
+    if not cfg_file.is_file() or (given is None and not entry.synth.get("labels")):
         return
-    own = _folder_entry(folder).defaults.get("window")
-    if own is not None and fixed_window(own) != fixed_window(given):
+    own_entry = _folder_entry(folder)
+    own = own_entry.defaults.get("window")
+    if given is not None and own is not None and fixed_window(own) != fixed_window(given):
         raise ModelError(f"{cfg_file}: model '{entry.name}' was trained in the window {own}, but its registry "
                          f"entry says {given}; make the entry's [defaults] window {own}")
+    mine, theirs = (e.synth.get("given_labels", "noised") for e in (own_entry, entry))
+    if own_entry.synth.get("labels") and mine != theirs:
+        raise ModelError(f"{cfg_file}: model '{entry.name}' was trained with its labels given {mine}, but its "
+                         f"registry entry's [synth] says {theirs}; make the entry's given_labels \"{mine}\"")
 
 
 def load_model(model: str | None = None, device: str = "auto", dtype: str = "float32",
@@ -281,7 +287,7 @@ def load_model(model: str | None = None, device: str = "auto", dtype: str = "flo
     if missing:
         raise ModelError(f"{folder}: model '{entry.name}' is incomplete, missing {', '.join(missing)}")
     check_configs(folder)
-    _check_window(entry, folder)
+    _check_folder(entry, folder)
     sha = verify_sha256(folder, entry.sha256, entry.name)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)

@@ -258,8 +258,8 @@ def _check_folder(entry: ModelEntry, folder: Path) -> None:
     from cfgen.io.intensity import fixed_window
 
     cfg_file, given = folder / "cfgen.toml", entry.defaults.get("window")
-    if not cfg_file.is_file() or (given is None and not entry.synth.get("labels")):
-        return
+    if not cfg_file.is_file() or Path(entry.origin) == cfg_file or (given is None and not entry.synth.get("labels")):
+        return  # no file, the entry is that file (a model loaded by its folder), or nothing to compare
     own_entry = _folder_entry(folder)
     own = own_entry.defaults.get("window")
     if given is not None and own is not None and fixed_window(own) != fixed_window(given):

@@ -29,6 +29,7 @@ models.toml. Every step resumes: re-run with the same --work after a kill.
         --first-phase runs/ct-ibands/unet/model   # + 2000 steps at lr 2e-4 from the shipped base
     python scripts/train_demo_ct.py --work runs/ct-knee --recipe cpu-lung-window --stage base  # knee window
     python scripts/train_demo_ct.py --work runs/ct-knee --recipe cpu-lung-window-labels --stage base  # + labels given
+    python scripts/train_demo_ct.py --work runs/ct-vw --recipe cpu-lung-window-vessels --stage base --first-phase demo-ct
 
 Status (2026-12-07): demo-ct is the cpu-lung-window-labels base (below), demo-ct-sr the cpu recipe's stage
 (models.toml; figures in the README, from benchmarks/synth3d.py and benchmarks/ct_edits.py). Run 1 (nine
@@ -133,9 +134,17 @@ RECIPES["cpu-lung-window-labels"] = {"base": {**RECIPES["cpu-lung-window"]["base
                                               "continue": {**RECIPES["cpu-continue"]["base"]["continue"],
                                                            "label_condition": 0.3}},
                                      "sr": RECIPES["cpu"]["sr"]}
+# a third phase from the shipped demo-ct (cpu-lung-window-labels; --first-phase demo-ct): labels given in half
+# the volumes and the loss weighted 50 times on the latent positions of vessels and airways (0.19% and 0.09% of
+# the 16^3 latent grid: ~10 vessel voxels per 32^3 volume), so that --mask-from renders the given vessels
+RECIPES["cpu-lung-window-vessels"] = {"base": {**RECIPES["cpu-lung-window"]["base"],
+                                               "continue": {**RECIPES["cpu-continue"]["base"]["continue"],
+                                                            "label_condition": 0.5,
+                                                            "label_weights": {"vessel": 50.0, "airway": 50.0}}},
+                                      "sr": RECIPES["cpu"]["sr"]}
 RECIPES["quick-labels"] = {"base": {**RECIPES["quick"]["base"],
                                     "continue": {"steps": 4, "batch": 2, "lr": 2e-4, "ema_decay": 0.9,
-                                                 "label_condition": 0.5}},
+                                                 "label_condition": 0.5, "label_weights": {"vessel": 5.0}}},
                            "sr": RECIPES["quick"]["sr"]}
 PROMPTS = ["CT of a 70 year old male with a large pleural effusion, no emphysema, normal heart size, no nodules",
            "CT of a 60 year old female with no pleural effusion, severe emphysema, cardiomegaly, no nodules"]

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from cfgen.cli.common import Device, DeviceOpt, JsonOpt, ModelOpt, QuietOpt, handle_errors, out_option, print_json, seed_option
-from cfgen.training.config import FinetuneConfig
+from cfgen.training.config import FinetuneConfig, parse_label_weights
 
 D = FinetuneConfig()  # the defaults, defined once in the typed config
 CYCLE_COMMAND, DISTILL_COMMAND, DEFAULT_RULES = "cycle-train", "distill", ["age:10,30,60"]
@@ -45,6 +45,8 @@ def finetune(
                                                              "each field missing with this probability, and whole rows")] = D.caption_dropout,
     label_condition: Annotated[float, typer.Option(help="3D models with anatomy label channels: share of training volumes whose labels are given clean "
                                                        "(not noised, not in the loss), so `synth3d --mask-from` generates the image around given labels (e.g. 0.3)")] = D.label_condition,
+    label_weight: Annotated[Optional[list[str]], typer.Option(help="3D models with anatomy label channels: NAME=W (repeatable) weights the loss W times "
+                                                                  "where the volume holds that label, e.g. vessel=20 for thin structures")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Optimizer steps [default: from --epochs]")] = D.max_steps,
     epochs: Annotated[int, typer.Option(help="Epochs when --max-steps is not given")] = D.epochs,
     checkpoint_every: Annotated[int, typer.Option(help="Save a resumable checkpoint every N steps")] = D.checkpoint_every,
@@ -69,7 +71,8 @@ def finetune(
                          batch_size=batch_size, gradient_accumulation=gradient_accumulation,
                          mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing, ema=ema,
                          ema_decay=ema_decay, snr_gamma=snr_gamma, noise_offset=noise_offset,
-                         caption_dropout=caption_dropout, label_condition=label_condition, max_steps=max_steps, epochs=epochs,
+                         caption_dropout=caption_dropout, label_condition=label_condition,
+                         label_weights=parse_label_weights(label_weight), max_steps=max_steps, epochs=epochs,
                          checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
                          validation_prompts=list(validation_prompt or []), validate_every=validate_every, seed=seed,
                          window=window, report_to=report_to)

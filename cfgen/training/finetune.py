@@ -153,6 +153,17 @@ def _optimisation(unet, cfg: FinetuneConfig, total: int, existing: list[Path]):
     return optimizer, lr_sched, ema, start
 
 
+def _check_label_options(objective, cfg: FinetuneConfig) -> None:
+    """--label-condition and --label-weight shape the denoising loss of a base with label channels; the
+    other objectives (super-resolution, cycle, distillation) would ignore them."""
+    used = [name for name, on in (("--label-condition", cfg.label_condition > 0), ("--label-weight", cfg.label_weights)) if on]
+    if used and not isinstance(objective, Denoising):
+        what = objective.describe()
+        what = what.get("kind") if isinstance(what, dict) else what
+        raise UsageError(f"{used[0]}: applies to `cfgen finetune` on a base model with label channels, not to "
+                         f"the {what} objective")
+
+
 def _check_tracker(cfg: FinetuneConfig) -> str | None:
     """--report-to: the tracker accelerate logs to, its package checked before anything loads."""
     if cfg.report_to is None:
@@ -192,6 +203,7 @@ def prepare_run(data_csv: Path, model_name: str | None, out: Path, cfg: Finetune
     e = model.entry
     command = getattr(objective, "command", "cycle-train") if objective else "finetune"
     objective = SuperResObjective.for_entry(e) if sr else (objective or Denoising())
+    _check_label_options(objective, cfg)
     objective.check(model, cfg)
     if model.fields is not None:
         samples, unreadable = _tabular_rows(samples, model.fields, Path(data_csv))

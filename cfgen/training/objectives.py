@@ -76,9 +76,15 @@ def noising(noise_scheduler, latents: torch.Tensor, gen, cfg: FinetuneConfig, ev
 
 
 def weighted_mse(noise_scheduler, pred: torch.Tensor, target: torch.Tensor, t, cfg: FinetuneConfig,
-                 eval_mode: bool = False) -> torch.Tensor:
-    """MSE per sample, Min-SNR weighted when --snr-gamma is set (DDPM models only)."""
-    per_sample = F.mse_loss(pred, target, reduction="none").flatten(1).mean(dim=1)
+                 eval_mode: bool = False, where: torch.Tensor | None = None) -> torch.Tensor:
+    """MSE per sample, Min-SNR weighted when --snr-gamma is set (DDPM models only); ``where``: weights of
+    the positions (broadcast over channels), the per-sample mean then weighted by them."""
+    err = F.mse_loss(pred, target, reduction="none")
+    if where is None:
+        per_sample = err.flatten(1).mean(dim=1)
+    else:
+        w = where.expand_as(err)
+        per_sample = (err * w).flatten(1).sum(dim=1) / w.flatten(1).sum(dim=1)
     if cfg.snr_gamma is not None and not eval_mode and not getattr(noise_scheduler, "is_flow", False):
         from diffusers.training_utils import compute_snr
 
@@ -119,6 +125,25 @@ def given_labels(model: LoadedModel, latents: torch.Tensor, noisy: torch.Tensor,
     return torch.where(mask, latents, noisy), mask
 
 
+def label_weight_map(model: LoadedModel, pixels: torch.Tensor, latent_shape, weights: dict[str, float]) -> torch.Tensor:
+    """--label-weight: (batch, 1, *latent grid) weights, at each latent position the largest weight of
+    the labels its voxels hold (1 where none is named); labels decoded as the sampler decodes them."""
+    import numpy as np
+
+    from cfgen.models.label_codes import decode
+    from cfgen.models.synth import label_encoding, label_names
+
+    e = model.entry
+    names = label_names(e)
+    mid = (e.value_range[0] + e.value_range[1]) / 2
+    table = torch.tensor([1.0] + [float(weights.get(n, 1.0)) for n in names])
+    chans = pixels[:, e.channels:].detach().float().cpu().numpy()
+    codes = np.stack([decode(c, len(names), label_encoding(e.synth), mid) for c in chans])
+    voxel = table[torch.from_numpy(codes.astype(np.int64))].unsqueeze(1)
+    pool = {4: F.adaptive_max_pool2d, 5: F.adaptive_max_pool3d}[voxel.ndim]
+    return pool(voxel, tuple(latent_shape[2:])).to(pixels.device)
+
+
 class Denoising:
     """PRISM Algorithm 1: latents from the frozen autoencoder, noised, predicted under the caption
     (with --label-condition, some volumes' anatomy label channels given clean)."""
@@ -126,9 +151,15 @@ class Denoising:
     def check(self, model: LoadedModel, cfg: FinetuneConfig) -> None:
         from cfgen.models.synth import label_channel_count
 
+        from cfgen.models.synth import label_names
+
         if cfg.label_condition > 0 and not label_channel_count(model.entry.synth):
             raise UsageError(f"--label-condition {cfg.label_condition}: model '{model.name}' generates no "
                              "anatomy label channels (its [synth] table names no labels)")
+        unknown = sorted(set(cfg.label_weights) - set(label_names(model.entry)))
+        if unknown:
+            known = ", ".join(label_names(model.entry)) or "none: its [synth] table names no labels"
+            raise UsageError(f"--label-weight {unknown[0]}: model '{model.name}' has no such label (its labels: {known})")
 
     def describe(self) -> str:
         return "denoising"
@@ -145,7 +176,8 @@ class Denoising:
         pred = unet(noisy, t, encoder_hidden_states=cond).sample.float()
         if given is not None:  # the given channels have nothing to predict
             pred = torch.where(given, tgt, pred)
-        return weighted_mse(noise_scheduler, pred, tgt, t, cfg, eval_mode)
+        where = label_weight_map(model, pixels, latents.shape, cfg.label_weights) if cfg.label_weights else None
+        return weighted_mse(noise_scheduler, pred, tgt, t, cfg, eval_mode, where)
 
 
 class SuperResObjective:

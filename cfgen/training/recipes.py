@@ -108,5 +108,6 @@ def continue_unet(train_csv: Path, start: Path, out: Path, c: dict, device: str)
        "--batch-size", str(c["batch"]), "--max-steps", str(c["steps"]), "--ema", "--ema-decay", str(c["ema_decay"]),
        "--seed", "0", "--checkpoint-every", "50", "--device", device, "-q",
        *(["--label-condition", str(c["label_condition"])] if c.get("label_condition") else []),
+       *[a for name, w in c.get("label_weights", {}).items() for a in ("--label-weight", f"{name}={w}")],
        *(["--resume"] if (out / "checkpoints").is_dir() else []))
     return out

@@ -17,6 +17,9 @@ as source prompt and the counterfactual's as target. Per edit type it prints:
   achieved   projection of the edit's change on the true change (1 = all of it)
   recall / precision   masked modes: the edit mask against the true-difference region
   s/edit     wall time per edit
+  refused    edits the model refuses (a field its [defaults] unreliable_fields lists), with the reason
+  top item   the phantom with the largest error to its truth and its share of the summed error (one
+             phantom carrying a pooled ratio shows here; every item's errors are in --json's per_item)
 and the invert-then-reconstruct PSNR on the scan's grid (what a user gets back) of the first
 ``--recon`` phantoms.
 
@@ -94,6 +97,7 @@ def run(model_name: str | None, n: int, seed: int, masks: list[str], options: di
     """``options``: steps, guidance, strength, mask_threshold, refine_change (None: the model's)."""
     from cfgen.editing import core
     from cfgen.editing.params import EditParams
+    from cfgen.errors import UsageError
     from cfgen.io.scan import read_scan
     from cfgen.metrics.image import psnr
     from cfgen.models.loader import load_model
@@ -109,18 +113,24 @@ def run(model_name: str | None, n: int, seed: int, masks: list[str], options: di
                  "params": options}
     for mode in masks:
         items: dict[str, list[dict]] = defaultdict(list)
+        refused: dict[str, list[str]] = defaultdict(list)
         for row in rows:
             p = EditParams.resolve(model.entry.defaults, prompt=row["prompt"], source_prompt=row["source_prompt"],
                                    mask=mode, labels=str(work / row["labels"]),
                                    **{k: v for k, v in options.items() if mode == "refine" or k != "refine_change"})
             t1 = time.perf_counter()
             scan = read_scan(work / row["image"])
-            out = core.edit(model, scan, p)
+            try:
+                out = core.edit(model, scan, p)
+            except UsageError as exc:  # e.g. a field the model's [defaults] unreliable_fields lists
+                refused[edit_type(row)].append(str(exc))
+                continue
             secs = time.perf_counter() - t1
             fact = scan.pixels[0].astype(np.float32)
             items[edit_type(row)].append({**score(row, work, fact, out.pixels[0], out.labels, out.mask, affine),
-                                          "seconds": secs})
+                                          "seconds": secs, "image": row["image"]})
         res["masks"][mode] = summarise(items)
+        res.setdefault("refused", {})[mode] = {k: {"n": len(v), "reason": v[0]} for k, v in sorted(refused.items())}
     res["psnr_reconstruction"] = []
     for image in sorted({r["image"] for r in rows})[:recon]:
         row = next(r for r in rows if r["image"] == image)
@@ -138,6 +148,15 @@ def _mean(vals: list[dict], key: str) -> float | None:
     return float(np.mean(xs)) if xs else None
 
 
+def _top_item(vals: list[dict]) -> dict:
+    """The item with the largest error to its truth, and its share of the summed error (a pooled ratio
+    carried by one phantom says so), beside every item's own ratio (in the JSON)."""
+    errs = np.array([v["err_cf"] for v in vals])
+    top = int(errs.argmax())
+    return {"top_item": vals[top]["image"], "top_share": float(errs[top] / errs.sum()) if errs.sum() else None,
+            "per_item": [{"image": v["image"], "err_cf": v["err_cf"], "err_none": v["err_none"]} for v in vals]}
+
+
 def summarise(items: dict[str, list[dict]]) -> list[dict]:
     from cfgen.metrics.stats import pooled_ratio
 
@@ -146,7 +165,7 @@ def summarise(items: dict[str, list[dict]]) -> list[dict]:
         ratio = pooled_ratio([v["err_cf"] for v in vals], [v["err_none"] for v in vals])
         floor = pooled_ratio([v["err_floor"] for v in vals], [v["err_none"] for v in vals])
         table.append({"edit": name, "n": len(vals), "ratio": ratio["value"], "ratio_ci95": ratio["ci95"],
-                      "floor": floor["value"],
+                      "floor": floor["value"], **_top_item(vals),
                       **{k: _mean(vals, k) for k in ("direction", "moved", "true_move", "outside", "achieved",
                                                        "mask_recall", "mask_precision", "seconds")}})
     return table
@@ -162,13 +181,16 @@ def print_table(res: dict) -> None:
     for mode, table in res["masks"].items():
         print(f"\n--mask {mode}")
         print(f"{'edit':<30}{'n':>3}{'direction':>10}{'measured / true':>22}{'ratio':>9}{'95% CI':>15}"
-              f"{'floor':>7}{'outside':>9}{'achieved':>9}{'recall':>8}{'prec':>6}{'s/edit':>8}")
+              f"{'floor':>7}{'outside':>9}{'achieved':>9}{'recall':>8}{'prec':>6}{'s/edit':>8}  top item (share of error)")
         for r in table:
             moved = "-" if r["moved"] is None else f"{r['moved']:.3g} / {r['true_move']:.3g}"
             ci = f"{r['ratio_ci95'][0]:.2f}..{r['ratio_ci95'][1]:.2f}"
             print(f"{r['edit']:<30}{r['n']:>3}{_f(r['direction'], '.2f'):>10}{moved:>22}{r['ratio']:>9.2f}{ci:>15}"
                   f"{r['floor']:>7.2f}{_f(r['outside'], '.4f'):>9}{_f(r['achieved'], '.2f'):>9}"
-                  f"{_f(r['mask_recall'], '.2f'):>8}{_f(r['mask_precision'], '.2f'):>6}{r['seconds']:>8.1f}")
+                  f"{_f(r['mask_recall'], '.2f'):>8}{_f(r['mask_precision'], '.2f'):>6}{r['seconds']:>8.1f}"
+                  f"  {Path(r['top_item']).name} ({_f(r['top_share'], '.2f')})")
+        for name, r in res.get("refused", {}).get(mode, {}).items():
+            print(f"{name:<30}{r['n']:>3}  refused: {r['reason']}")
     if res["psnr_reconstruction"]:
         ps = res["psnr_reconstruction"]
         print(f"\ninvert-then-reconstruct PSNR on the scan grid (window -1024..600), {len(ps)} phantoms: "

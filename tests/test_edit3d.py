@@ -223,9 +223,17 @@ def test_ct_edit_benchmark_measures_every_edit_type_of_a_ct_phantom(capsys, tmp_
     res = ct_edits.main(["--n", "1", "--steps", "2", "--masks", "refine", "--recon", "1", "--device", "cpu",
                          "--work", str(tmp_path)])
     table = res["masks"]["refine"]
-    assert sorted({r["edit"].split()[0] for r in table}) == ["cardiomegaly", "effusion", "emphysema", "nodules"]
+    assert sorted({r["edit"].split()[0] for r in table}) == ["cardiomegaly", "effusion", "emphysema"]
     for r in table:
         assert r["n"] == 1 and r["ratio"] >= 0 and r["floor"] < 1 and r["mask_recall"] is not None
-        assert (r["direction"] is None) == r["edit"].startswith("nodules")
+        assert r["direction"] is not None
+    # demo-ct's models.toml lists nodules under unreliable_fields: its nodule edit is refused, and said so
+    (name, refused), = res["refused"]["refine"].items()
+    assert name.startswith("nodules") and refused["n"] == 1 and "does not render faithfully" in refused["reason"]
     assert res["model"]["name"] == "demo-ct" and len(res["psnr_reconstruction"]) == 1
     assert "--mask refine" in capsys.readouterr().out
+    row = table[0]  # one phantom: it carries all of the error, and its own errors are the pooled ones
+    assert row["top_share"] == 1.0 and row["per_item"][0]["image"] == row["top_item"]
+    assert row["per_item"][0]["err_cf"] / row["per_item"][0]["err_none"] == pytest.approx(row["ratio"])
+    top = ct_edits._top_item([{"image": "a", "err_cf": 1.0, "err_none": 2.0}, {"image": "b", "err_cf": 3.0, "err_none": 1.0}])
+    assert top["top_item"] == "b" and top["top_share"] == 0.75

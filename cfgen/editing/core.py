@@ -203,9 +203,13 @@ def _identity_metrics(scan: Scan, prep: Prepared, pixels: np.ndarray) -> dict[st
     return {"l1": float(d.mean()), "changed_fraction": float((d > 0.05).mean()), "max_abs_change": float(d.max())}
 
 
-def _check_edit(p: EditParams) -> None:
+def _check_edit(model: LoadedModel, p: EditParams) -> None:
     p.check()
     require_prompt(p.prompt, "--prompt: the target prompt is empty")
+    if model.fields is not None:
+        from cfgen.models.tabular import check_editable
+
+        check_editable(model.entry.name, model.entry.defaults, p.source_prompt, p.prompt, model.fields)
 
 
 def compute_edits(model: LoadedModel, scans: list[Scan], ps: list[EditParams], on_step: Callable[[], None] | None = None,
@@ -214,7 +218,7 @@ def compute_edits(model: LoadedModel, scans: list[Scan], ps: list[EditParams], o
     prompt, regenerate under each target prompt. ``preps``: the scans already prepared;
     ``vae_chunk``: items per VAE call (the run's memory plan; None: the whole batch)."""
     for p in ps:
-        _check_edit(p)
+        _check_edit(model, p)
     preps, ys, lat, ts, latent_masks, inv = _run(model, scans, ps, [p.prompt for p in ps], ps[0].guidance, ps[0].eta,
                                             on_step, [p.mask for p in ps], preps, vae_chunk, selector)
     lat.pop("z_out")

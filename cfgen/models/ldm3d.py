@@ -148,6 +148,16 @@ def _network(kind: str, cfg: dict[str, Any], folder: Path, device: str, dtype) -
     return net.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
+def _check_unreliable(entry, fields) -> None:
+    """``[defaults] unreliable_fields`` names fields of this model's conditioning (a misspelt one would
+    never refuse anything)."""
+    names = {f.name for f in fields or ()}
+    for name in entry.defaults.get("unreliable_fields", []):
+        if name not in names:
+            raise ModelError(f"{entry.origin}: [models.{entry.name}.defaults] unreliable_fields names '{name}', "
+                             f"which is not a conditioning field of this model ({', '.join(sorted(names)) or 'none'})")
+
+
 def _conditioner(ucfg: dict[str, Any], folder: Path, device: str, dtype):
     """(fields, TabularEmbedding) of a tabular model; (None, None) for a text model."""
     if "conditioning" not in ucfg:
@@ -204,6 +214,7 @@ def load_ldm3d(entry, folder: Path, device: str, dtype):
     if int(ucfg.get("spatial_dims", 0)) != 3:
         raise ModelError(f"{folder / UNET_DIR / 'config.json'}: spatial_dims must be 3 for a latent-diffusion-3d model")
     fields, conditioner = _conditioner(ucfg, folder / UNET_DIR, device, dtype)
+    _check_unreliable(entry, fields)
     unet = UNet3DAdapter(_network(UNET_DIR, ucfg, folder / UNET_DIR, device, dtype), ucfg, conditioner)
     vae = _autoencoder(folder, entry, ucfg, device, dtype)
     text_encoder = tokenizer = None

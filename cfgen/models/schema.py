@@ -8,6 +8,7 @@ from typing import Any
 from cfgen.errors import ModelError
 
 INT, FLOAT, STR, BOOL, TABLE = "an integer", "a number", "a string", "true or false", "a table"
+NAMES = "a list of names"
 
 #: top-level keys of an entry
 ENTRY = {"family": STR, "source": TABLE, "description": STR, "licence": STR, "resolution": INT, "channels": INT,
@@ -17,7 +18,9 @@ SOURCE = {"kind": STR, "repo_id": STR, "revision": STR, "path": STR}
 #: [defaults]: what `edit`/`invert` take from the model when the command line does not say
 DEFAULTS = {"steps": INT, "guidance": FLOAT, "strength": FLOAT, "eta": FLOAT, "seed": INT, "window": STR,
             "mask": STR, "mask_threshold": FLOAT, "refine_threshold": FLOAT, "refine_change": FLOAT, "negative_prompt": STR, "source_prompt": STR, "max_tokens": INT,
-            "inversion": STR, "solver": STR, "attention": STR, "cross_attention": FLOAT, "self_attention": FLOAT, "select_by": STR}
+            "inversion": STR, "solver": STR, "attention": STR, "cross_attention": FLOAT, "self_attention": FLOAT, "select_by": STR,
+            # a tabular model's fields whose edits are refused (its benchmark measured them wrong)
+            "unreliable_fields": NAMES}
 #: [scheduler]: DDIM (diffusers' DDIMScheduler arguments) or rectified flow (kind = "rflow")
 SCHEDULER = {"kind": STR, "num_train_timesteps": INT, "beta_start": FLOAT, "beta_end": FLOAT, "beta_schedule": STR,
              "clip_sample": BOOL, "clip_sample_range": FLOAT, "set_alpha_to_one": BOOL, "steps_offset": INT,
@@ -30,7 +33,8 @@ RANGES = {"resolution": (8, 8192), "channels": (1, 64), "steps": (1, 500), "num_
 def _is(value: Any, kind: str) -> bool:
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     return {INT: isinstance(value, int) and not isinstance(value, bool), FLOAT: number, STR: isinstance(value, str),
-            BOOL: isinstance(value, bool), TABLE: isinstance(value, dict)}[kind]
+            BOOL: isinstance(value, bool), TABLE: isinstance(value, dict),
+            NAMES: isinstance(value, list) and all(isinstance(x, str) and x for x in value)}[kind]
 
 
 def _check(table: Any, keys: dict[str, str | None], where: str, prefix: str = "") -> None:

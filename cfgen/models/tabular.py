@@ -135,6 +135,24 @@ def parse_prompt(prompt: str, fields: list[Field]) -> dict[str, float]:
     return got
 
 
+def changed_fields(source: str, target: str, fields: list[Field]) -> list[str]:
+    """The fields an edit asks to change: given by the target prompt, with another value than the
+    source prompt's (or one the source prompt does not give)."""
+    before, after = parse_prompt(source, fields), parse_prompt(target, fields)
+    return [name for name, value in after.items() if before.get(name) != value]
+
+
+def check_editable(model_name: str, defaults: dict[str, Any], source: str, target: str, fields: list[Field]) -> None:
+    """A usage error when the edit changes a field the model's ``[defaults] unreliable_fields`` lists:
+    its benchmark found such edits wrong, and a wrong counterfactual that looks plausible is worse than none."""
+    unreliable = set(defaults.get("unreliable_fields", []))
+    asked = [name for name in changed_fields(source, target, fields) if name in unreliable]
+    if asked:
+        raise UsageError(f"prompt '{target}': changes {asked[0]}, which model '{model_name}' does not render faithfully "
+                         f"(its [defaults] unreliable_fields lists it: such edits measured wrong); leave {asked[0]} "
+                         "as the source prompt has it, or use a model validated for it")
+
+
 def encode_values(prompts: list[str], fields: list[Field]) -> torch.Tensor:
     """(B, F, 2): [value, present] rows for the UNet adapter's embedding."""
     rows = []

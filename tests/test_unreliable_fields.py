@@ -1,0 +1,82 @@
+"""A tabular model's `[defaults] unreliable_fields`: edits that change such a field are refused (its
+benchmark measured them wrong), per row in a batch and before anything is computed; the names are
+checked against the model's conditioning fields when it loads."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from cfgen.errors import ModelError, UsageError
+
+SOURCE = "Chest CT of a 60 year old male: no pleural effusion, no emphysema, normal heart size, no pulmonary nodules"
+
+
+def _fields():
+    from cfgen.models.tabular import CT_FIELDS, parse_fields
+
+    return parse_fields(CT_FIELDS, "ct")
+
+
+@pytest.mark.parametrize("target, changed", [
+    (SOURCE, []),
+    (SOURCE.replace("no pulmonary nodules", "3 pulmonary nodules"), ["nodules"]),
+    (SOURCE.replace("no pleural effusion", "large bilateral pleural effusion"), ["effusion"]),
+    ("nodules=0", []),  # the same value, given as field=value
+    ("nodules=2, effusion=small", ["nodules", "effusion"]),
+])
+def test_changed_fields_are_the_target_values_the_source_does_not_have(target, changed):
+    from cfgen.models.tabular import changed_fields
+
+    assert sorted(changed_fields(SOURCE, target, _fields())) == sorted(changed)
+
+
+def test_an_edit_of_an_unreliable_field_is_refused_and_others_are_not():
+    from cfgen.models.tabular import check_editable
+
+    defaults = {"unreliable_fields": ["nodules"]}
+    check_editable("m", defaults, SOURCE, SOURCE.replace("no pleural effusion", "small pleural effusion"), _fields())
+    with pytest.raises(UsageError, match="changes nodules, which model 'm' does not render faithfully"):
+        check_editable("m", defaults, SOURCE, SOURCE.replace("no pulmonary nodules", "3 pulmonary nodules"), _fields())
+    check_editable("m", {}, SOURCE, "nodules=3", _fields())  # a model that lists nothing edits anything
+
+
+def test_demo_ct_refuses_a_nodule_edit_row_and_goes_on(cli, tmp_path):
+    data = tmp_path / "ph"
+    assert cli("phantoms", "ct", "-n", "1", "-o", data, "-q").exit_code == 0
+    rows = [r for r in csv.DictReader((data / "edit_jobs.csv").open()) if r["label"] in ("nodules", "effusion_ml")]
+    assert [r["label"] for r in rows] == ["effusion_ml", "nodules"]
+    with (tmp_path / "jobs.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (str(data / v) if k in ("image", "labels") and v else v) for k, v in r.items()})
+    res = cli("edit", "--batch", tmp_path / "jobs.csv", "-m", "demo-ct", "--steps", "2", "--device", "cpu", "-q",
+              "-o", tmp_path / "out")
+    assert res.exit_code != 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    ok, bad = report["items"]
+    assert ok["status"] == "ok" and bad["status"] == "error"
+    assert "changes nodules, which model 'demo-ct' does not render faithfully" in bad["error"]
+    assert not list((tmp_path / "out").glob(f"{rows[1]['output']}*"))  # nothing written for the refused row
+
+
+def test_an_unreliable_field_the_model_does_not_have_is_refused_at_load(tmp_path, monkeypatch):
+    from cfgen.models.loader import load_model
+    from cfgen.models.registry import load_registry
+
+    reg = tmp_path / "models.toml"
+    entry = load_registry().get("demo-ct")
+    body = (f'[models.ct]\nfamily = "latent-diffusion-3d"\nresolution = 32\nchannels = 1\nspacing = 12.0\n'
+            f'source = {{ kind = "local", path = "{entry.path.as_posix()}" }}\n[models.ct.scheduler]\nkind = "rflow"\n'
+            f'[models.ct.defaults]\nwindow = "-1024,-700,600"\n')
+    synth = ('[models.ct.synth]\nspacing = 12.0\nlabels = ["RUL", "RML", "RLL", "LUL", "LLL", "airway", "vessel", '
+             '"heart", "effusion"]\nlabel_encoding = "bits"\ngiven_labels = "clean"\n')
+    monkeypatch.setenv("CFGEN_MODELS_TOML", str(reg))
+    reg.write_text(body + 'unreliable_fields = ["nodule"]\n' + synth)
+    with pytest.raises(ModelError, match="unreliable_fields names 'nodule', which is not a conditioning field"):
+        load_model("ct", device="cpu")
+    reg.write_text(body + 'unreliable_fields = "nodules"\n' + synth)
+    with pytest.raises(ModelError, match="defaults.unreliable_fields: expected a list of names"):
+        load_model("ct", device="cpu")

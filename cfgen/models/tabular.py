@@ -149,8 +149,8 @@ def check_editable(model_name: str, defaults: dict[str, Any], source: str, targe
     asked = [name for name in changed_fields(source, target, fields) if name in unreliable]
     if asked:
         raise UsageError(f"prompt '{target}': changes {asked[0]}, which model '{model_name}' does not render faithfully "
-                         f"(its [defaults] unreliable_fields lists it: such edits measured wrong); leave {asked[0]} "
-                         "as the source prompt has it, or use a model validated for it")
+                         f"(its [defaults] unreliable_fields lists it: such edits measured wrong); give {asked[0]} the "
+                         "source prompt's value or leave it out of the target prompt, or use a model validated for it")
 
 
 def encode_values(prompts: list[str], fields: list[Field]) -> torch.Tensor:

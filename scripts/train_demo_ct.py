@@ -21,6 +21,8 @@ models.toml. Every step resumes: re-run with the same --work after a kill.
     python scripts/train_demo_ct.py --work runs/demo-ct --recipe cpu-image-bands --export  # the shipped chain
     python scripts/train_demo_ct.py --work runs/demo-ct --recipe cpu --export   # the previous base (no band scales)
     python scripts/train_demo_ct.py --work /tmp/demo-ct --recipe quick     # minutes: checks the recipe runs
+    python scripts/train_demo_ct.py --work /tmp/ct-q --recipe quick-labels --stage base  # 25 s: the phases' options
+    python scripts/train_demo_ct.py --work /tmp/ct-qb --recipe quick-bands --stage base  # the band scales
     python scripts/train_demo_ct.py --work runs/demo-ct --recipe cpu-continue --stage base  # + 2000 steps at lr 2e-4
     python scripts/train_demo_ct.py --work runs/demo-ct --recipe cpu-continue --stage base --first-phase demo-ct
     python scripts/train_demo_ct.py --work runs/ct-bands --recipe cpu-bands --stage base  # detail bands at unit std

@@ -40,6 +40,15 @@ def _label_latents(model, image, labels):
     return (a - b).flatten(2).abs().amax(dim=(0, 2)) > 0, a
 
 
+def ct_training_set(cli, data):
+    """Two 32^3 x 12 mm CT phantoms with their label maps in ``data``/train.csv (caption "CT")."""
+    assert cli("phantoms", "ct", "-n", "2", "--size", "32", "--spacing", "12", "--no-counterfactuals", "-o", data,
+               "-q").exit_code == 0
+    rows = ["image,caption,labels"] + [f"images/ct_0000{i}.nii.gz,CT,anatomy/ct_0000{i}.nii.gz" for i in range(2)]
+    (data / "train.csv").write_text("\n".join(rows) + "\n")
+    return data
+
+
 class _Spy(torch.nn.Module):
     """Records the UNet's inputs; returns a leaf tensor whose gradient shows what the loss counts."""
 
@@ -113,11 +122,7 @@ def test_finetune_records_clean_labels_and_refuses_a_model_without_labels(cli, t
     from cfgen.models.synth import check_synth_table
     from cfgen.errors import ModelError
 
-    data = tmp_path / "ph"
-    assert cli("phantoms", "ct", "-n", "2", "--size", "32", "--spacing", "12", "--no-counterfactuals", "-o", data,
-               "-q").exit_code == 0
-    rows = ["image,caption,labels"] + [f"images/ct_0000{i}.nii.gz,CT,anatomy/ct_0000{i}.nii.gz" for i in range(2)]
-    (data / "train.csv").write_text("\n".join(rows) + "\n")
+    data = ct_training_set(cli, tmp_path / "ph")
     model = _model(tmp_path / "m")
     common = ("finetune", data / "train.csv", "--batch-size", "2", "--max-steps", "1", "--device", "cpu", "-q")
     res = cli(*common, "-m", model, "--label-condition", "0.5", "-o", tmp_path / "run")

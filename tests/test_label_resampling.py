@@ -48,16 +48,21 @@ def test_a_finer_label_map_reaches_the_model_grid_as_the_phantom_drawn_there(tmp
     assert float((back == fine).mean()) >= 0.98
 
 
+def write_jobs(rows: list[dict], data, path) -> None:
+    """Rows of a phantom folder's edit_jobs.csv as a batch CSV elsewhere (image and labels made absolute)."""
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (str(data / v) if k in ("image", "labels") and v else v) for k, v in r.items()})
+
+
 def test_a_labelled_batch_records_a_row_without_its_label_map_and_goes_on(cli, tmp_path):
     data = tmp_path / "ph"
     assert cli("phantoms", "ct", "-n", "1", "-o", data, "-q").exit_code == 0
     rows = list(csv.DictReader((data / "edit_jobs.csv").open()))[:2]
     rows[1]["labels"] = ""
-    with (tmp_path / "jobs.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (str(data / v) if k in ("image", "labels") and v else v) for k, v in r.items()})
+    write_jobs(rows, data, tmp_path / "jobs.csv")
     res = cli("edit", "--batch", tmp_path / "jobs.csv", "-m", "demo-ct", "--steps", "2", "--device", "cpu", "-q",
               "-o", tmp_path / "out")
     report = json.loads((tmp_path / "out" / "report.json").read_text())

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_label_condition import NAMES, _Spy, _model
+from test_label_condition import NAMES, _Spy, _model, ct_training_set
 
 VESSEL = NAMES.index("vessel") + 1
 
@@ -54,11 +54,7 @@ def test_label_weight_scales_the_loss_where_the_label_is(tmp_path):
 
 
 def test_finetune_label_weight_options_and_refusals(cli, tmp_path):
-    data = tmp_path / "ph"
-    assert cli("phantoms", "ct", "-n", "2", "--size", "32", "--spacing", "12", "--no-counterfactuals", "-o", data,
-               "-q").exit_code == 0
-    rows = ["image,caption,labels"] + [f"images/ct_0000{i}.nii.gz,CT,anatomy/ct_0000{i}.nii.gz" for i in range(2)]
-    (data / "train.csv").write_text("\n".join(rows) + "\n")
+    data = ct_training_set(cli, tmp_path / "ph")
     model = _model(tmp_path / "m")
     common = ("finetune", data / "train.csv", "-m", model, "--batch-size", "2", "--device", "cpu", "-q",
               "--checkpoint-every", "1")

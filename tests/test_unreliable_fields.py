@@ -9,6 +9,7 @@ import json
 import pytest
 
 from cfgen.errors import ModelError, UsageError
+from test_label_resampling import write_jobs
 
 SOURCE = "Chest CT of a 60 year old male: no pleural effusion, no emphysema, normal heart size, no pulmonary nodules"
 
@@ -47,11 +48,7 @@ def test_demo_ct_refuses_a_nodule_edit_row_and_goes_on(cli, tmp_path):
     assert cli("phantoms", "ct", "-n", "1", "-o", data, "-q").exit_code == 0
     rows = [r for r in csv.DictReader((data / "edit_jobs.csv").open()) if r["label"] in ("nodules", "effusion_ml")]
     assert [r["label"] for r in rows] == ["effusion_ml", "nodules"]
-    with (tmp_path / "jobs.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (str(data / v) if k in ("image", "labels") and v else v) for k, v in r.items()})
+    write_jobs(rows, data, tmp_path / "jobs.csv")
     res = cli("edit", "--batch", tmp_path / "jobs.csv", "-m", "demo-ct", "--steps", "2", "--device", "cpu", "-q",
               "-o", tmp_path / "out")
     assert res.exit_code != 0

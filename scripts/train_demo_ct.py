@@ -31,7 +31,8 @@ models.toml. Every step resumes: re-run with the same --work after a kill.
         --first-phase runs/ct-ibands/unet/model   # + 2000 steps at lr 2e-4 from the shipped base
     python scripts/train_demo_ct.py --work runs/ct-knee --recipe cpu-lung-window --stage base  # knee window
     python scripts/train_demo_ct.py --work runs/ct-knee --recipe cpu-lung-window-labels --stage base  # + labels given
-    python scripts/train_demo_ct.py --work runs/ct-vw --recipe cpu-lung-window-vessels --stage base --first-phase demo-ct
+    python scripts/train_demo_ct.py --work runs/ct-vw --recipe cpu-lung-window-vessels --stage base \
+        --first-phase runs/ct-knee/unet2/model   # + vessels and airways weighted 50 times in the loss
 
 Status (2026-12-07): demo-ct is the cpu-lung-window-labels base (below), demo-ct-sr the cpu recipe's stage
 (models.toml; figures in the README, from benchmarks/synth3d.py and benchmarks/ct_edits.py). Run 1 (nine
@@ -136,12 +137,13 @@ RECIPES["cpu-lung-window-labels"] = {"base": {**RECIPES["cpu-lung-window"]["base
                                               "continue": {**RECIPES["cpu-continue"]["base"]["continue"],
                                                            "label_condition": 0.3}},
                                      "sr": RECIPES["cpu"]["sr"]}
-# a third phase from the shipped demo-ct (cpu-lung-window-labels; --first-phase demo-ct): labels given in half
-# the volumes and the loss weighted 50 times on the latent positions of vessels and airways (0.19% and 0.09% of
-# the 16^3 latent grid: ~10 vessel voxels per 32^3 volume), so that --mask-from renders the given vessels
+# a third phase from cpu-lung-window-labels' model (--first-phase WORK/unet2/model of that recipe's --work):
+# 1200 steps with the labels given in half the volumes and the loss weighted 50 times on the latent positions
+# of vessels and airways (0.19% and 0.09% of the 16^3 latent grid: ~10 vessel voxels per 32^3 volume), so
+# that --mask-from renders the given vessels
 RECIPES["cpu-lung-window-vessels"] = {"base": {**RECIPES["cpu-lung-window"]["base"],
                                                "continue": {**RECIPES["cpu-continue"]["base"]["continue"],
-                                                            "label_condition": 0.5,
+                                                            "steps": 1200, "label_condition": 0.5,
                                                             "label_weights": {"vessel": 50.0, "airway": 50.0}}},
                                       "sr": RECIPES["cpu"]["sr"]}
 RECIPES["quick-labels"] = {"base": {**RECIPES["quick"]["base"],

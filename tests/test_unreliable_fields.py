@@ -77,3 +77,17 @@ def test_an_unreliable_field_the_model_does_not_have_is_refused_at_load(tmp_path
     reg.write_text(body + 'unreliable_fields = "nodules"\n' + synth)
     with pytest.raises(ModelError, match="defaults.unreliable_fields: expected a list of names"):
         load_model("ct", device="cpu")
+
+
+def test_a_saved_model_keeps_its_unreliable_fields_as_a_list(tmp_path):
+    """A model fine-tuned from demo-ct inherits its [defaults] (the refusal too), written as TOML a
+    registry reads back (tomllib, not cfgen's writer, parses it)."""
+    import tomllib
+    from dataclasses import replace
+
+    from cfgen.models.registry import load_registry
+    from cfgen.training.export import model_toml
+
+    entry = load_registry().get("demo-ct")
+    text = model_toml(replace(entry, defaults={**entry.defaults, "unreliable_fields": ["nodules", "age"]}))
+    assert tomllib.loads(text)["defaults"]["unreliable_fields"] == ["nodules", "age"]

@@ -190,7 +190,7 @@ def print_table(res: dict) -> None:
                   f"{_f(r['mask_recall'], '.2f'):>8}{_f(r['mask_precision'], '.2f'):>6}{r['seconds']:>8.1f}"
                   f"  {Path(r['top_item']).name} ({_f(r['top_share'], '.2f')})")
         for name, r in res.get("refused", {}).get(mode, {}).items():
-            print(f"{name:<30}{r['n']:>3}  refused: {r['reason']}")
+            print(f"{name:<30}{r['n']:>3}  refused: {r['reason'].split(': ', 1)[-1].split(' (')[0]}")
     if res["psnr_reconstruction"]:
         ps = res["psnr_reconstruction"]
         print(f"\ninvert-then-reconstruct PSNR on the scan grid (window -1024..600), {len(ps)} phantoms: "

@@ -64,6 +64,10 @@ cpu-lung-window-labels (2026-12-07, from cpu-lung-window's base with --first-pha
 runs/ct-knee/unet/model, 2150 s alone): the second phase with --label-condition 0.3; %LAA-950 d 1.96,
 effusion d 6.95, CTR d 4.89 (held-out, guidance 2), --mask-from vessels still 0.20; shipped as demo-ct
 (README; exported with cfgen.training.recipes.export from runs/ct-knee/unet2/model, what --export does).
+cpu-lung-window-vessels (2026-12-07, from the shipped demo-ct's weights, 470 + 826 s): --mask-from vessels
+0.45 held-out but free generation 0.44 (it draws vessel-bright voxels where vessels usually run, not where
+the given map says), effusion "large" 373 mL (phantoms 628), %LAA-950 d 3.43, edits worse (emphysema 1.62);
+not shipped (README).
 """
 from __future__ import annotations
 

@@ -49,7 +49,8 @@ def cases(exo, attrs):
 
 
 def run(model_name: str | None, n: int, seed: int, steps: int | None, guidance: float | None,
-        strength: float | None, mask: str | None, spacing: float, device: str = "auto", recon: int = 0) -> dict:
+        strength: float | None, mask: str | None, spacing: float, device: str = "auto", recon: int = 0,
+        kinds: tuple[str, ...] = ("age", "lesion")) -> dict:
     import torch
 
     from cfgen.editing import core
@@ -76,6 +77,8 @@ def run(model_name: str | None, n: int, seed: int, steps: int | None, guidance: 
         if i < recon:
             psnrs.append(reconstruction_psnr(model, scan, caption_of(attrs), steps))
         for name, kind, alt, sign in cases(exo, attrs):
+            if kind not in kinds:
+                continue
             true = brain.render(exo, alt, size, spacing)
             clean_alt = brain.render_clean(exo, alt, size, spacing)
             region = brain.mask_between(brain.render_clean(exo, attrs, size, spacing), clean_alt)
@@ -109,7 +112,7 @@ def run(model_name: str | None, n: int, seed: int, steps: int | None, guidance: 
                       "seconds": float(np.mean([v["seconds"] for v in vals])),
                       **{k: float(np.mean([v[k] for v in vals])) for k in ("age_err", "age_err_true") if k in vals[0]}})
     return {"model": model.report_info(), "seed": seed, "n": n, "size": size, "spacing": spacing,
-            "params": {"steps": steps, "guidance": guidance, "strength": strength, "mask": mask},
+            "params": {"steps": steps, "guidance": guidance, "strength": strength, "mask": mask, "kinds": list(kinds)},
             "seconds": round(time.perf_counter() - t0, 1), "age_regressor_train_mae": age_of.train_mae,
             "psnr_reconstruction": psnrs,
             "table": table}
@@ -157,11 +160,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--strength", type=float, default=None)
     ap.add_argument("--mask", default=None, help="none | auto [default: the model's]")
     ap.add_argument("--recon", type=int, default=2, help="phantoms whose reconstruction PSNR is measured")
+    ap.add_argument("--kinds", nargs="+", choices=("age", "lesion"), default=["age", "lesion"],
+                    help="edit kinds to run (lesion alone: n phantoms give n lesion edits)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
     res = run(args.model, args.n, args.seed, args.steps, args.guidance, args.strength, args.mask, args.spacing,
-              args.device, args.recon)
+              args.device, args.recon, tuple(args.kinds))
     print_table(res)
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from cfgen.cli.common import Device, DeviceOpt, JsonOpt, ModelOpt, QuietOpt, handle_errors, out_option, print_json, seed_option
-from cfgen.training.config import FinetuneConfig, parse_label_weights
+from cfgen.training.config import FinetuneConfig, parse_label_weights, parse_region_weights
 
 D = FinetuneConfig()  # the defaults, defined once in the typed config
 CYCLE_COMMAND, DISTILL_COMMAND, DEFAULT_RULES = "cycle-train", "distill", ["age:10,30,60"]
@@ -47,6 +47,9 @@ def finetune(
                                                        "(not noised, not in the loss), so `synth3d --mask-from` generates the image around given labels (e.g. 0.3)")] = D.label_condition,
     label_weight: Annotated[Optional[list[str]], typer.Option(help="3D models with anatomy label channels: NAME=W (repeatable) weights the loss W times "
                                                                   "where the volume holds that label, e.g. vessel=20 for thin structures")] = None,
+    region_weight: Annotated[Optional[list[str]], typer.Option(help="COLUMN=W (repeatable): weights the loss W times inside the region of the "
+                                                                   "mask file in that CSV column (nonzero = region, on the image's grid; an empty "
+                                                                   "cell: none), e.g. lesion_mask=20 for small findings")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Optimizer steps [default: from --epochs]")] = D.max_steps,
     epochs: Annotated[int, typer.Option(help="Epochs when --max-steps is not given")] = D.epochs,
     checkpoint_every: Annotated[int, typer.Option(help="Save a resumable checkpoint every N steps")] = D.checkpoint_every,
@@ -72,7 +75,8 @@ def finetune(
                          mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing, ema=ema,
                          ema_decay=ema_decay, snr_gamma=snr_gamma, noise_offset=noise_offset,
                          caption_dropout=caption_dropout, label_condition=label_condition,
-                         label_weights=parse_label_weights(label_weight), max_steps=max_steps, epochs=epochs,
+                         label_weights=parse_label_weights(label_weight),
+                         region_weights=parse_region_weights(region_weight), max_steps=max_steps, epochs=epochs,
                          checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
                          validation_prompts=list(validation_prompt or []), validate_every=validate_every, seed=seed,
                          window=window, report_to=report_to)

@@ -54,16 +54,21 @@ def auto_mask(unet, scheduler, z0: torch.Tensor, src: torch.Tensor, tgt: torch.T
 
 def file_mask(path: str, scan: Scan, prep: Prepared, latent_size: int) -> torch.Tensor:
     """A user mask (same size as the scan) -> (1, 1, h, w[, d]) binary latent mask."""
+    on_model = region_on_model(Path(path), scan, prep)
+    if not on_model.any():
+        raise InputError(f"{path}: mask is empty (no nonzero pixel)")
+    pool = F.adaptive_max_pool3d if on_model.ndim == 5 else F.adaptive_max_pool2d
+    return (pool(on_model, latent_size) > 0).float()
+
+
+def region_on_model(path: Path, scan: Scan, prep: Prepared) -> torch.Tensor:
+    """A mask file on ``scan``'s grid -> (1, 1, R, ...) in [0, 1] on the model's grid (``prep``'s way),
+    > 0 wherever a nonzero voxel lands: an edit's --mask, finetune's --region-weight."""
     m = read_scan(Path(path))
     if m.spatial_dims != scan.spatial_dims or m.pixels.shape[1:] != scan.pixels.shape[1:]:
         raise InputError(f"{path}: mask of shape {tuple(m.pixels.shape[1:])} does not match the scan "
                          f"{tuple(scan.pixels.shape[1:])}")
-    binary = region_of(m).astype(np.float32)
-    if not binary.any():
-        raise InputError(f"{path}: mask is empty (no nonzero pixel)")
-    on_model = geometry_to_model(binary, prep)
-    pool = F.adaptive_max_pool3d if on_model.ndim == 5 else F.adaptive_max_pool2d
-    return (pool(on_model, latent_size) > 0).float()
+    return geometry_to_model(region_of(m).astype(np.float32), prep)
 
 
 def feathered_model_mask(latent_mask: torch.Tensor, resolution: int) -> torch.Tensor:

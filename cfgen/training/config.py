@@ -15,6 +15,15 @@ def derived_seed(*parts) -> int:
 
 def parse_label_weights(items: list[str] | None) -> dict[str, float]:
     """``--label-weight NAME=W`` (repeatable) as {name: weight}; a usage error names a malformed item."""
+    return _named_weights(items, "--label-weight", "NAME=WEIGHT, e.g. vessel=20")
+
+
+def parse_region_weights(items: list[str] | None) -> dict[str, float]:
+    """``--region-weight COLUMN=W`` (repeatable) as {column: weight}."""
+    return _named_weights(items, "--region-weight", "COLUMN=WEIGHT, e.g. lesion_mask=20")
+
+
+def _named_weights(items: list[str] | None, option: str, form: str) -> dict[str, float]:
     weights: dict[str, float] = {}
     for item in items or []:
         name, sep, value = item.partition("=")
@@ -23,9 +32,9 @@ def parse_label_weights(items: list[str] | None) -> dict[str, float]:
         except ValueError:
             weight = None
         if not sep or not name.strip() or weight is None:
-            raise UsageError(f"--label-weight {item}: write it as NAME=WEIGHT, e.g. vessel=20")
+            raise UsageError(f"{option} {item}: write it as {form}")
         if name.strip() in weights:
-            raise UsageError(f"--label-weight {item}: {name.strip()} is given twice")
+            raise UsageError(f"{option} {item}: {name.strip()} is given twice")
         weights[name.strip()] = weight
     return weights
 
@@ -61,6 +70,9 @@ class FinetuneConfig:
     # loss weight of the latent positions that hold a voxel of a named anatomy label (the largest weight
     # of the labels there, else 1): thin structures (vessels: ~0.1% of a 12 mm chest volume) get a say
     label_weights: dict[str, float] = field(default_factory=dict)
+    # loss weight inside the region of a CSV column's mask file (nonzero = region; any model, 2D or 3D):
+    # small findings (brain lesions: a few hundred voxels of 262144) get a say; {column: weight}
+    region_weights: dict[str, float] = field(default_factory=dict)
     max_steps: int | None = None
     epochs: int = 1
     checkpoint_every: int = 500
@@ -91,9 +103,10 @@ class FinetuneConfig:
             raise UsageError(f"--caption-dropout {self.caption_dropout}: must be between 0 and 1")
         if not 0.0 <= self.label_condition <= 1.0:
             raise UsageError(f"--label-condition {self.label_condition}: must be between 0 and 1")
-        for name, w in self.label_weights.items():
-            if not (math.isfinite(w) and w > 0):
-                raise UsageError(f"--label-weight {name}={w}: the weight must be a positive number")
+        for option, weights in (("--label-weight", self.label_weights), ("--region-weight", self.region_weights)):
+            for name, w in weights.items():
+                if not (math.isfinite(w) and w > 0):
+                    raise UsageError(f"{option} {name}={w}: the weight must be a positive number")
         if not 0.0 < self.ema_decay < 1.0:
             raise UsageError(f"--ema-decay {self.ema_decay}: must be between 0 and 1")
         if self.snr_gamma is not None and self.snr_gamma <= 0:

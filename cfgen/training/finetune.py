@@ -136,7 +136,8 @@ def _read_data(data_csv: Path, model_name: str | None, caption_column: str, temp
         raise UsageError(f"--model {model_name}: a super-resolution stage trains with its own objective and "
                          "renders no prompts (drop the cycle rules / --validation-prompt)")
     samples, bad = read_training_csv(Path(data_csv), caption_column, template, need_captions=not sr,
-                                     label_column="labels" if label_names(planned) else None)
+                                     label_column="labels" if label_names(planned) else None,
+                                     region_columns=list(cfg.region_weights))
     return samples, bad, sr
 
 
@@ -154,14 +155,15 @@ def _optimisation(unet, cfg: FinetuneConfig, total: int, existing: list[Path]):
 
 
 def _check_label_options(objective, cfg: FinetuneConfig) -> None:
-    """--label-condition and --label-weight shape the denoising loss of a base with label channels; the
-    other objectives (super-resolution, cycle, distillation) would ignore them."""
-    used = [name for name, on in (("--label-condition", cfg.label_condition > 0), ("--label-weight", cfg.label_weights)) if on]
+    """--label-condition, --label-weight and --region-weight shape the denoising loss; the other
+    objectives (super-resolution, cycle, distillation) would ignore them."""
+    used = [name for name, on in (("--label-condition", cfg.label_condition > 0), ("--label-weight", cfg.label_weights),
+                                  ("--region-weight", cfg.region_weights)) if on]
     if used and not isinstance(objective, Denoising):
         what = objective.describe()
         what = what.get("kind") if isinstance(what, dict) else what
-        raise UsageError(f"{used[0]}: applies to `cfgen finetune` on a base model with label channels, not to "
-                         f"the {what} objective")
+        whom = "a model" if used[0] == "--region-weight" else "a base model with label channels"
+        raise UsageError(f"{used[0]}: applies to `cfgen finetune` on {whom}, not to the {what} objective")
 
 
 def _check_tracker(cfg: FinetuneConfig) -> str | None:
@@ -211,7 +213,8 @@ def prepare_run(data_csv: Path, model_name: str | None, out: Path, cfg: Finetune
     unet = _trainable_unet(model, cfg)
     noise_scheduler = noise_schedule(e, cfg)
     dataset = ImageCaptionDataset(samples, ModelGrid.of(e), e.channels, e.value_range, cfg.window,
-                                  labels=len(label_names(e)), label_encoding=label_encoding(e.synth))
+                                  labels=len(label_names(e)), label_encoding=label_encoding(e.synth),
+                                  region_weights=cfg.region_weights)
     schedule = Schedule.plan(len(samples), acc.num_processes, acc.process_index, cfg)
     optimizer, lr_sched, ema, start = _optimisation(unet, cfg, schedule.total, existing)
     unet_p, optimizer_p = acc.prepare(unet, optimizer)
@@ -238,8 +241,9 @@ class Trainer:
 
     def loss(self, net, data: dict, gen: torch.Generator, eval_mode: bool = False) -> torch.Tensor:
         r = self.run
+        extra = {"regions": data["weights"]} if "weights" in data else {}
         return r.objective(r.model, net, r.noise_scheduler, data["pixels"].to(r.acc.device), data["captions"], gen,
-                           self.cfg, eval_mode=eval_mode)
+                           self.cfg, eval_mode=eval_mode, **extra)
 
     def eval_loss(self) -> float | None:
         """The loss on the first four samples with fixed noise (no dropout): comparable across runs."""

@@ -140,8 +140,25 @@ def label_weight_map(model: LoadedModel, pixels: torch.Tensor, latent_shape, wei
     chans = pixels[:, e.channels:].detach().float().cpu().numpy()
     codes = np.stack([decode(c, len(names), label_encoding(e.synth), mid) for c in chans])
     voxel = table[torch.from_numpy(codes.astype(np.int64))].unsqueeze(1)
-    pool = {4: F.adaptive_max_pool2d, 5: F.adaptive_max_pool3d}[voxel.ndim]
-    return pool(voxel, tuple(latent_shape[2:])).to(pixels.device)
+    return to_latent_grid(voxel, latent_shape).to(pixels.device)
+
+
+def to_latent_grid(weights: torch.Tensor, latent_shape) -> torch.Tensor:
+    """(batch, 1, *pixel grid) loss weights -> (batch, 1, *latent grid): each latent position takes the
+    largest weight of the pixels it encodes."""
+    pool = {4: F.adaptive_max_pool2d, 5: F.adaptive_max_pool3d}[weights.ndim]
+    return pool(weights.float(), tuple(latent_shape[2:]))
+
+
+def loss_weights(model: LoadedModel, pixels: torch.Tensor, latent_shape, cfg: FinetuneConfig,
+                 regions: torch.Tensor | None) -> torch.Tensor | None:
+    """--label-weight and --region-weight together: the larger of the two at each latent position."""
+    maps = []
+    if cfg.label_weights:
+        maps.append(label_weight_map(model, pixels, latent_shape, cfg.label_weights))
+    if regions is not None:
+        maps.append(to_latent_grid(regions.to(pixels.device), latent_shape))
+    return torch.maximum(*maps) if len(maps) == 2 else (maps[0] if maps else None)
 
 
 class Denoising:
@@ -164,7 +181,9 @@ class Denoising:
     def describe(self) -> str:
         return "denoising"
 
-    def __call__(self, model: LoadedModel, unet, noise_scheduler, pixels, captions, gen, cfg: FinetuneConfig, eval_mode=False):
+    def __call__(self, model: LoadedModel, unet, noise_scheduler, pixels, captions, gen, cfg: FinetuneConfig, eval_mode=False,
+                 regions: torch.Tensor | None = None):
+        """``regions``: (batch, 1, *pixel grid) loss weights of --region-weight (the dataset's ``weights``)."""
         from cfgen.editing.components import encode_images
 
         latents = encode_images(model, pixels).float()
@@ -176,8 +195,8 @@ class Denoising:
         pred = unet(noisy, t, encoder_hidden_states=cond).sample.float()
         if given is not None:  # the given channels have nothing to predict
             pred = torch.where(given, tgt, pred)
-        where = label_weight_map(model, pixels, latents.shape, cfg.label_weights) if cfg.label_weights else None
-        return weighted_mse(noise_scheduler, pred, tgt, t, cfg, eval_mode, where)
+        return weighted_mse(noise_scheduler, pred, tgt, t, cfg, eval_mode,
+                            loss_weights(model, pixels, latents.shape, cfg, regions))
 
 
 class SuperResObjective:

@@ -129,7 +129,7 @@ class ImageCaptionDataset:
         w = torch.ones((1,) + tuple(x.shape[1:]))
         for column, path in s.regions.items():
             inside = region_on_model(path, scan, prep)[0] > 0
-            w = torch.where(inside, torch.maximum(w, torch.tensor(self.region_weights[column])), w)
+            w = torch.where(inside, w.clamp_min(self.region_weights[column]), w)
         return w
 
 

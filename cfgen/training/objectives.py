@@ -13,6 +13,7 @@ gen, cfg, eval_mode)``.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Protocol, TYPE_CHECKING
 
 import torch
@@ -158,7 +159,7 @@ def loss_weights(model: LoadedModel, pixels: torch.Tensor, latent_shape, cfg: Fi
         maps.append(label_weight_map(model, pixels, latent_shape, cfg.label_weights))
     if regions is not None:
         maps.append(to_latent_grid(regions.to(pixels.device), latent_shape))
-    return torch.maximum(*maps) if len(maps) == 2 else (maps[0] if maps else None)
+    return functools.reduce(torch.maximum, maps) if maps else None
 
 
 class Denoising:

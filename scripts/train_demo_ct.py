@@ -150,6 +150,12 @@ RECIPES["cpu-lung-window-vessels"] = {"base": {**RECIPES["cpu-lung-window"]["bas
                                                             "steps": 1200, "label_condition": 0.5,
                                                             "label_weights": {"vessel": 50.0, "airway": 50.0}}},
                                       "sr": RECIPES["cpu"]["sr"]}
+# the same third phase after the shipped weights were recoded (cfgen/training/recode.py) so that the vessel
+# has a bit of its own (code 16: a fifth label channel set by vessels only; 48 bands at 16^3): in analog
+# bits 1..9 a given vessel was a lobe-dependent pattern on three bits that an airway shares two of
+RECIPES["cpu-lung-window-vessel-bit"] = {"base": {**RECIPES["cpu-lung-window-vessels"]["base"],
+                                                  "label_codes": [1, 2, 3, 4, 5, 6, 16, 8, 9]},
+                                         "sr": RECIPES["cpu"]["sr"]}
 RECIPES["quick-labels"] = {"base": {**RECIPES["quick"]["base"],
                                     "continue": {"steps": 4, "batch": 2, "lr": 2e-4, "ema_decay": 0.9,
                                                  "label_condition": 0.5, "label_weights": {"vessel": 5.0}}},
@@ -173,6 +179,12 @@ def train_base(w: Path, cfg: dict, device: str, first: str | None = None) -> Pat
         band_scales(cfg, data / "train.csv", w / "base")
         finetune_unet(data / "train.csv", w / "base", w / "unet", cfg, device, PROMPTS)
         first = str(w / "unet" / "model")
+    if "label_codes" in cfg:  # a new label code table, warm-started from the first phase's weights
+        from cfgen.training.recode import recode
+
+        if not (w / "recoded" / "model").is_dir():
+            recode(first, w / "recoded", cfg["label_codes"])
+        first = str(w / "recoded" / "model")
     if "continue" not in cfg:
         return Path(first)
     return continue_unet(data / "train.csv", Path(first), w / "unet2", cfg["continue"], device) / "model"

@@ -235,7 +235,11 @@ def test_synth_tables_are_checked_when_the_registry_is_read(tmp_path):
                      ({"labels": ["a", "a"]}, "distinct"), ({"overlap": 1.5}, "overlap"), ({"spacing": "3"}, "wrong type"),
                      ({"residual": True}, "super-resolution stage"), ({"scale": 2, "residual": 1}, "wrong type"),
                      ({"labels": ["a"], "label_encoding": "gray"}, "unknown"), ({"label_encoding": "bits"}, "needs labels"),
-                     ({"guidance": 0.5}, "at least 1"), ({"scale": 2, "guidance": 2.0}, "base stage")):
+                     ({"guidance": 0.5}, "at least 1"), ({"scale": 2, "guidance": 2.0}, "base stage"),
+                     ({"labels": ["a", "b"], "label_codes": [1, 4]}, "needs label_encoding"),
+                     ({"labels": ["a", "b"], "label_encoding": "bits", "label_codes": [1]}, "2 distinct"),
+                     ({"labels": ["a", "b"], "label_encoding": "bits", "label_codes": [4, 4]}, "2 distinct"),
+                     ({"labels": ["a", "b"], "label_encoding": "bits", "label_codes": [0, 4]}, "1..255")):
         with pytest.raises(ModelError, match=msg):
             check_synth_table(bad, "w")
 
@@ -262,6 +266,24 @@ def test_label_codes_give_every_label_back_and_bits_take_log2_channels(count):
     if count < 2 ** count.bit_length() - 1:  # a code above count exists: it is not a label
         high = np.ones((count.bit_length(), 1))
         assert decode(high, count, "bits", 0.5)[0] == 0
+
+
+def test_a_code_table_gives_a_label_a_bit_of_its_own_and_decodes_back():
+    """[synth] label_codes: vessel (label 7) at code 16 sets channel 4 and nothing else; the other labels
+    keep their bits; every label decodes back, and a number that is no label's code (7 now) is background."""
+    from cfgen.models.label_codes import Encoding, channel_count, decode, encode
+    from cfgen.models.synth import label_channel_count, label_encoding
+
+    synth = {"labels": [f"l{k}" for k in range(9)], "label_encoding": "bits", "label_codes": [1, 2, 3, 4, 5, 6, 16, 8, 9]}
+    enc = label_encoding(synth)
+    assert enc == Encoding("bits", (1, 2, 3, 4, 5, 6, 16, 8, 9)) and label_channel_count(synth) == 5
+    labels = np.arange(10).reshape(10, 1)
+    x = encode(labels, 9, enc)[:, :, 0].T  # (label, bit)
+    assert x[7].tolist() == [0, 0, 0, 0, 1] and x[:, 4].tolist() == [0] * 7 + [1, 0, 0]
+    assert np.array_equal(x[[0, 1, 2, 3, 4, 5, 6, 8, 9], :4], encode(labels, 9, "bits")[:, [0, 1, 2, 3, 4, 5, 6, 8, 9], 0].T)
+    assert np.array_equal(decode(2 * encode(labels, 9, enc) - 1, 9, enc, 0.0), labels)
+    assert decode(np.array([1, 1, 1, 0, 0.0]).reshape(5, 1), 9, enc, 0.5)[0] == 0
+    assert channel_count(9, Encoding("bits", (1, 2, 3, 4, 5, 6, 7, 8, 9))) == 4
 
 
 def test_a_residual_stage_starts_from_trilinear_and_needs_x0_prediction(tmp_path):

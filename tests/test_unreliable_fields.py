@@ -43,6 +43,29 @@ def test_an_edit_of_an_unreliable_field_is_refused_and_others_are_not():
     check_editable("m", {}, SOURCE, "nodules=3", _fields())  # a model that lists nothing edits anything
 
 
+@pytest.mark.parametrize("prompt, refused", [
+    (SOURCE, False), ("nodules=0, effusion=large", False), ("CT with a large right pleural effusion", False),
+    (SOURCE.replace("no pulmonary nodules", "3 pulmonary nodules"), True), ("nodules=2", True)])
+def test_synthesis_asking_for_an_unreliable_field_is_refused_at_its_lowest_value_not(prompt, refused):
+    from cfgen.models.tabular import check_synthesizable
+
+    defaults = {"unreliable_fields": ["nodules"]}
+    if not refused:
+        check_synthesizable("m", defaults, prompt, _fields())
+        return
+    with pytest.raises(UsageError, match="asks for nodules, which model 'm' does not render faithfully"):
+        check_synthesizable("m", defaults, prompt, _fields())
+    check_synthesizable("m", {}, prompt, _fields())
+
+
+def test_demo_ct_synth3d_refuses_nodules_before_generating(cli, tmp_path):
+    res = cli("synth3d", "-m", "demo-ct", "-p", "CT of a 60 year old male with 3 pulmonary nodules", "--sr", "none",
+              "--steps", "2", "--device", "cpu", "-q", "-o", tmp_path / "out")
+    assert res.exit_code == 2, res.output
+    assert "asks for nodules, which model 'demo-ct' does not render faithfully" in res.output
+    assert not list((tmp_path / "out").rglob("*.nii.gz"))
+
+
 def test_demo_ct_refuses_a_nodule_edit_row_and_goes_on(cli, tmp_path):
     data = tmp_path / "ph"
     assert cli("phantoms", "ct", "-n", "1", "-o", data, "-q").exit_code == 0

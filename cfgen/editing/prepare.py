@@ -62,7 +62,7 @@ def geometry_to_model(img: np.ndarray, prep: Prepared, fill: float = 0.0) -> tor
 
 
 def label_channels(lab: np.ndarray, path, scan: Scan, prep: Prepared, count: int,
-                   value_range: tuple[float, float], encoding: str = "one-hot") -> torch.Tensor:
+                   value_range: tuple[float, float], encoding="one-hot") -> torch.Tensor:
     """(channels, R, R, R): the integer label volume ``lab`` (read from ``path``, labels 1..count)
     encoded as the model's label channels (cfgen.models.label_codes: one-hot or bits), on the
     model's grid (``scan``'s, prepared as ``prep``) and in the model's range (0: low, 1: high).
@@ -84,7 +84,7 @@ def label_channels(lab: np.ndarray, path, scan: Scan, prep: Prepared, count: int
 
 
 def labels_to_scan(channels: torch.Tensor, prep: Prepared, count: int, value_range: tuple[float, float],
-                   encoding: str) -> np.ndarray:
+                   encoding) -> np.ndarray:
     """The way back: label channels (1, channels, R, R, R) in the model's range -> uint8 label map
     on the scan's grid (decoded on the model's grid, then resampled as one-hot channels)."""
     from cfgen.models.label_codes import decode

@@ -10,6 +10,8 @@ A base stage (text- or tabular-conditioned 3D model)::
   label_encoding = "bits"              # optional: "one-hot" (default, one channel per label) or "bits"
                                        # (analog bits: label k as the binary digits of k, ceil(log2(L + 1))
                                        # channels, so nine labels take 4 channels instead of 9)
+  label_codes = [1, 2, 3, 4, 5, 6, 16, 8, 9]  # optional, bits only: label k's code (default k), e.g. a thin
+                                       # structure on a bit of its own (cfgen/models/label_codes.py)
   super_resolution = "demo-brain-sr"   # optional: the stage synth3d runs next (entry name, or a folder
                                        # relative to this model's folder)
   given_labels = "clean"               # optional: "noised" (default) or "clean": how `--mask-from` gives the
@@ -35,7 +37,7 @@ from cfgen.errors import ModelError
 
 KEYS = {"spacing": (int, float), "labels": list, "super_resolution": str, "scale": int, "patch": int,
         "overlap": (int, float), "residual": bool, "label_encoding": str, "guidance": (int, float),
-        "given_labels": str}
+        "given_labels": str, "label_codes": list}
 LABEL_ENCODINGS = ("one-hot", "bits")
 GIVEN_LABELS = ("noised", "clean")
 
@@ -57,6 +59,7 @@ def check_synth_table(table: Any, where: str) -> dict[str, Any]:
             raise ModelError(f"{where}: [synth] {key} = {table[key]!r} is unknown (known: {', '.join(known)})")
         if key in table and not labels:
             raise ModelError(f"{where}: [synth] {key} needs labels")
+    _check_codes(table, labels, where)
     if "scale" in table and table["scale"] < 2:
         raise ModelError(f"{where}: [synth] scale = {table['scale']} must be at least 2")
     if "scale" in table and labels:
@@ -76,6 +79,18 @@ def check_synth_table(table: Any, where: str) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, list) else v) for k, v in table.items()}
 
 
+def _check_codes(table: dict, labels: list, where: str) -> None:
+    if "label_codes" not in table:
+        return
+    codes = table["label_codes"]
+    if table.get("label_encoding") != "bits":
+        raise ModelError(f"{where}: [synth] label_codes needs label_encoding = \"bits\"")
+    if (len(codes) != len(labels) or len(set(codes)) != len(codes)
+            or not all(isinstance(c, int) and not isinstance(c, bool) and 0 < c < 256 for c in codes)):
+        raise ModelError(f"{where}: [synth] label_codes must be {len(labels)} distinct integers 1..255, one per "
+                         f"label, got {codes!r}")
+
+
 def is_super_resolution(entry) -> bool:
     return "scale" in entry.synth
 
@@ -84,14 +99,19 @@ def label_names(entry) -> list[str]:
     return list(entry.synth.get("labels", []))
 
 
-def label_encoding(synth: dict[str, Any]) -> str:
-    return str(synth.get("label_encoding", "one-hot"))
+def label_encoding(synth: dict[str, Any]):
+    """The ``[synth]`` table's label encoding (cfgen.models.label_codes.Encoding)."""
+    from cfgen.models.label_codes import Encoding
+
+    codes = synth.get("label_codes")
+    return Encoding(str(synth.get("label_encoding", "one-hot")), tuple(codes) if codes else None)
 
 
 def label_channel_count(synth: dict[str, Any]) -> int:
     """How many channels the labels of a ``[synth]`` table take beside the image."""
-    n = len(synth.get("labels", []))
-    return n.bit_length() if label_encoding(synth) == "bits" and n else n
+    from cfgen.models.label_codes import channel_count
+
+    return channel_count(len(synth.get("labels", [])), label_encoding(synth))
 
 
 def labelled_latents(latent_channels: int, image_channels: int, synth: dict[str, Any]) -> list[bool]:

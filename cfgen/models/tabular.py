@@ -153,6 +153,18 @@ def check_editable(model_name: str, defaults: dict[str, Any], source: str, targe
                          "source prompt's value or leave it out of the target prompt, or use a model validated for it")
 
 
+def check_synthesizable(model_name: str, defaults: dict[str, Any], prompt: str, fields: list[Field]) -> None:
+    """A usage error when a synthesis prompt asks for an unreliable field (``[defaults] unreliable_fields``)
+    at a value other than its lowest (numeric min, or the first category: "no nodules" is what such a model
+    draws; "3 nodules" it would silently leave out)."""
+    unreliable = set(defaults.get("unreliable_fields", []))
+    asked = [name for name, value in parse_prompt(prompt, fields).items() if name in unreliable and value != 0.0]
+    if asked:
+        raise UsageError(f"prompt '{prompt}': asks for {asked[0]}, which model '{model_name}' does not render "
+                         f"faithfully (its [defaults] unreliable_fields lists it); leave {asked[0]} out of the "
+                         "prompt or give its lowest value, or use a model validated for it")
+
+
 def encode_values(prompts: list[str], fields: list[Field]) -> torch.Tensor:
     """(B, F, 2): [value, present] rows for the UNet adapter's embedding."""
     rows = []

@@ -107,6 +107,10 @@ def run_synth3d(p: SynthParams, out: Path, model: str | None = None, sr: str | N
     if dicom and window is None:
         raise UsageError(f"--dicom: model '{base.name}' has no fixed [defaults] window, so its volumes are not in "
                          "HU; a DICOM CT series needs HU (write NIfTI, or use a CT model such as demo-ct)")
+    if base.fields:  # a tabular model refuses to be asked for what its benchmark found it cannot draw
+        from cfgen.models.tabular import check_synthesizable
+
+        check_synthesizable(base.name, base.entry.defaults, p.prompt, base.fields)
     params = {**vars(p), "size": size, "model": model, "sr": stage2.name if stage2 else None,
               "mask_from": str(mask_from) if mask_from else None, "device": device, "dtype": dtype,
               "overwrite": overwrite, "dicom": dicom, "labels": labels, "spacing_mm": spacing,

@@ -89,7 +89,7 @@ class ImageCaptionDataset:
 
     def __init__(self, samples: list[Sample], grid, channels: int,
                  value_range: tuple[float, float], window: str = "auto", labels: int = 0,
-                 label_encoding: str = "one-hot", region_weights: dict[str, float] | None = None):
+                 label_encoding="one-hot", region_weights: dict[str, float] | None = None):
         self.samples = samples
         self.grid, self.channels, self.value_range = grid, channels, value_range  # grid: editing.grid.ModelGrid
         self.window, self.labels, self.label_encoding = window, labels, label_encoding

@@ -120,3 +120,28 @@ def test_finetune_region_weight_runs_records_and_refuses(cli, wavelet_model, tmp
     res = cli("cycle-train", csv, "-m", wavelet_model, "--counterfactual", "x=>y", "--region-weight", "lesions=2",
               "--max-steps", "1", "-o", tmp_path / "cyc", "-q")
     assert res.exit_code == 2 and "--region-weight: applies to `cfgen finetune` on a model, not to the" in res.output, res.output
+
+
+def test_a_mask_on_another_grid_is_a_bad_row_before_training(tmp_path):
+    """Headers only: a region PNG or a label NIfTI whose grid is not its image's is reported as a bad row
+    naming the file when the CSV is read (the same-grid rows stay), not found item by item in training."""
+    import nibabel as nib
+
+    from cfgen.training.data import read_training_csv
+
+    csv, _, _ = _training_set(tmp_path / "d")
+    _png(tmp_path / "d" / "square.png", np.zeros((16, 16)))  # row 2's devices mask, now 16 x 16
+    samples, bad = read_training_csv(csv, region_columns=["lesions", "devices"])
+    assert [s.row for s in samples] == [3]
+    assert [b["row"] for b in bad] == [2, 4]
+    assert "line 2: square.png: grid (16, 16) is not the image's (32, 32)" in bad[0]["error"]
+    affine = np.eye(4)
+    rows = ["image,caption,labels"]
+    for i, shape in enumerate([(8, 8, 8), (8, 8, 4)]):
+        nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), affine), tmp_path / f"v{i}.nii.gz")
+        nib.save(nib.Nifti1Image(np.zeros(shape, np.uint8), affine), tmp_path / f"l{i}.nii.gz")
+        rows.append(f"v{i}.nii.gz,CT,l{i}.nii.gz")
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    samples, bad = read_training_csv(tmp_path / "t.csv", label_column="labels")
+    assert [s.row for s in samples] == [2] and [b["row"] for b in bad] == [3]
+    assert "l1.nii.gz: grid (8, 8, 4) is not the image's (8, 8, 8)" in bad[0]["error"]

@@ -115,6 +115,27 @@ def format_of(path: Path) -> str:
                         ".nii/.nii.gz or a DICOM series folder)")
 
 
+def header_shape(path: Path) -> tuple[str, tuple[int, ...]] | None:
+    """(format, grid size without singleton axes) from a NIfTI or PNG header, decoding no pixels;
+    None where that is not known cheaply (other formats, unreadable headers: the full read decides)."""
+    try:
+        fmt = format_of(path)
+        if fmt == "nifti":
+            import nibabel as nib
+
+            shape = tuple(nib.load(str(path)).shape[:3])
+        elif fmt == "png":
+            from PIL import Image
+
+            with Image.open(path) as im:
+                shape = im.size[::-1]
+        else:
+            return None
+    except Exception:  # noqa: BLE001 -- any header problem is left to the full read, which names it
+        return None
+    return fmt, tuple(int(n) for n in shape if n != 1)
+
+
 def _readers() -> dict[str, Callable[[Path], Scan]]:
     from cfgen.io import dicom, nifti, raster
 

@@ -7,7 +7,8 @@ is the k-th name of the model's ``[synth] labels``; with ``template`` the captio
 `cfgen caption` makes them. ``region_columns`` (`finetune --region-weight COLUMN=W`) name columns of
 mask files on the image's grid (nonzero = region; an empty cell: no region in that image) whose
 regions the loss weighs more. Relative paths are resolved against the CSV's folder. Rows with a
-missing file or an empty caption are reported and left out before the first step; an image that
+missing file, an empty caption or a label / mask file whose header shows another grid than its
+image's are reported and left out before the first step; an image that
 fails to decode during training is skipped in its batch and counted, never a crash mid-epoch.
 """
 from __future__ import annotations
@@ -73,6 +74,8 @@ def read_training_csv(csv_path: Path, caption_column: str = "caption", template:
             problem = f"{row[label_column] or 'the labels cell is empty'}: label file not found"
         elif absent:
             problem = f"{absent[0]}: region mask file not found"
+        else:
+            problem = _off_grid(path, {**({label_column: labels} if labels else {}), **regions}, row)
         if problem:
             errors.append({"input": row[image_col], "row": i, "status": "error",
                            "error": f"{csv_path} line {i}: {problem}", "outputs": {}, "metrics": {}})
@@ -81,6 +84,21 @@ def read_training_csv(csv_path: Path, caption_column: str = "caption", template:
     if not samples:
         raise InputError(f"{csv_path}: no usable rows ({len(errors)} bad)")
     return samples, errors
+
+
+def _off_grid(image: Path, masks: dict[str, Path], row: dict) -> str | None:
+    """A row's label / region files whose headers show another grid than its image's (NIfTI and PNG
+    headers only: nothing decoded), so a mask column at the wrong resolution is reported before training."""
+    from cfgen.io.scan import header_shape
+
+    if not masks:
+        return None
+    own = header_shape(image)
+    for column, path in masks.items():
+        other = header_shape(path)
+        if own and other and own[0] == other[0] and own[1] != other[1]:
+            return f"{row[column]}: grid {other[1]} is not the image's {own[1]}"
+    return None
 
 
 class ImageCaptionDataset:

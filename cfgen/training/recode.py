@@ -53,6 +53,24 @@ def latent_map(m: np.ndarray, c: np.ndarray, image: int, bands: int, value_range
     return a, e
 
 
+def _rewrite(state: dict, a: np.ndarray, e: np.ndarray, bands: int, n_old: int, n_new: int,
+             s_old: np.ndarray, s_new: np.ndarray) -> dict:
+    """The UNet's state dict for the new latents: conv_in through the map, conv_out's shared rows copied."""
+    sd = {k: v.double() for k, v in state.items()}
+    w_in = sd["conv_in.conv.weight"]
+    sd["conv_in.conv.weight"] = torch.einsum("oi...,ij->oj...", w_in, torch.from_numpy(a))
+    sd["conv_in.conv.bias"] = sd["conv_in.conv.bias"] + w_in.sum(dim=(2, 3, 4)) @ torch.from_numpy(e)
+    w_out, b_out = sd["out.2.conv.weight"], sd["out.2.conv.bias"]
+    sd["out.2.conv.weight"] = w_out.new_zeros((bands * n_new,) + w_out.shape[1:])
+    sd["out.2.conv.bias"] = b_out.new_zeros(bands * n_new)
+    for band in range(bands):
+        for ch in range(min(n_old, n_new)):
+            i, j = band * n_old + ch, band * n_new + ch
+            sd["out.2.conv.weight"][j] = w_out[i] * s_new[j] / s_old[i]
+            sd["out.2.conv.bias"][j] = b_out[i] * s_new[j] / s_old[i]
+    return {k: v.float() for k, v in sd.items()}
+
+
 def recode(model_ref: str, out: Path, codes: list[int]) -> Path:
     """Write OUT/model: ``model_ref``'s base with label codes ``codes``; returns the folder."""
     from monai.networks.nets import DiffusionModelUNet
@@ -82,20 +100,10 @@ def recode(model_ref: str, out: Path, codes: list[int]) -> Path:
         s_new[band * n_new:band * n_new + shared] = s_old[band * n_old:band * n_old + shared]
     gain = float(haar_forward(torch.ones(1, 1, *(2 ** levels,) * 3, dtype=torch.float64), levels)[0, 0].mean())
     a, e = latent_map(*bit_map(count, old, new), image, bands, entry.value_range, s_old, s_new, gain)
-    sd = {k: v.double() for k, v in net.state_dict().items()}
-    w_in = sd["conv_in.conv.weight"]
-    sd["conv_in.conv.weight"] = torch.einsum("oi...,ij->oj...", w_in, torch.from_numpy(a))
-    sd["conv_in.conv.bias"] = sd["conv_in.conv.bias"] + w_in.sum(dim=(2, 3, 4)) @ torch.from_numpy(e)
-    w_out, b_out = sd["out.2.conv.weight"], sd["out.2.conv.bias"]
-    sd["out.2.conv.weight"] = w_out.new_zeros((bands * n_new,) + w_out.shape[1:])
-    sd["out.2.conv.bias"] = b_out.new_zeros(bands * n_new)
-    for band in range(bands):
-        for ch in range(min(n_old, n_new)):
-            sd["out.2.conv.weight"][band * n_new + ch] = w_out[band * n_old + ch] * s_new[band * n_new + ch] / s_old[band * n_old + ch]
-            sd["out.2.conv.bias"][band * n_new + ch] = b_out[band * n_old + ch] * s_new[band * n_new + ch] / s_old[band * n_old + ch]
+    sd = _rewrite(net.state_dict(), a, e, bands, n_old, n_new, s_old, s_new)
     cfg = {**vars(model.unet.config), "in_channels": bands * n_new, "out_channels": bands * n_new}
     fresh = DiffusionModelUNet(**{k: v for k, v in cfg.items() if k != "conditioning"})
-    fresh.load_state_dict({k: v.float() for k, v in sd.items()})
+    fresh.load_state_dict(sd)
     unet = UNet3DAdapter(fresh, cfg, model.unet.conditioner)
     target = save_model(Path(out), replace(model, entry=replace(entry, synth=synth)), unet,
                         {"recoded_from": str(model_ref), "label_codes": list(codes)})

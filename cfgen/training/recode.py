@@ -85,8 +85,9 @@ def recode(model_ref: str, out: Path, codes: list[int]) -> Path:
     model = load_model(model_ref, device="cpu")
     entry, vae, net = model.entry, model.vae, model.unet.net
     old = label_encoding(entry.synth)
-    if not isinstance(vae, HaarWavelet) or old.kind != "bits" or vae.config.scaling_factor != 1.0:
-        raise UsageError(f"{model_ref}: recoding needs a Haar-wavelet base with bits-encoded labels")
+    if (not isinstance(vae, HaarWavelet) or old.kind != "bits" or vae.config.scaling_factor != 1.0
+            or entry.spatial_dims != 3):
+        raise UsageError(f"{model_ref}: recoding needs a 3D Haar-wavelet base with bits-encoded labels")
     synth = check_synth_table({**entry.synth, "label_codes": list(codes)}, f"{model_ref} with label_codes {codes}")
     count, new = len(label_names(entry)), Encoding("bits", tuple(codes))
     image = entry.channels

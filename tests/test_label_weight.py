@@ -82,3 +82,31 @@ def test_label_options_are_refused_where_the_objective_would_ignore_them(option)
     _check_label_options(Denoising(), cfg)
     with pytest.raises(UsageError, match="not to the super-resolution objective"):
         _check_label_options(SuperResObjective(2, 16), cfg)
+
+
+def test_label_weight_given_counts_only_in_the_volumes_whose_labels_are_given(tmp_path):
+    """--label-weight-given: the weight map of a volume with clean labels is the label weights' map, that of
+    a volume with noised labels all ones (the second volume's vessel voxel counts once)."""
+    from cfgen.models.loader import load_model
+    from cfgen.training.config import FinetuneConfig
+    from cfgen.training.objectives import label_weight_map, loss_weights
+
+    model = load_model(str(_model(tmp_path / "m")), device="cpu")
+    pixels, lab = _labelled_volume()
+    pixels[1, 1:, 3, 3, 3] = torch.tensor([1.0, 1.0, 1.0, -1.0])  # vessel (7 = 0111) in the second volume too
+    shape = (2, 40, 8, 8, 8)
+    given = torch.zeros((2, 40, 1, 1, 1), dtype=torch.bool)
+    given[0, [c for c in range(40) if c % 5]] = True  # the first volume's label channels given clean
+    everywhere = label_weight_map(model, pixels, shape, {"vessel": 20.0})
+    assert everywhere[0].max() == 20 and everywhere[1].max() == 20
+    cfg = FinetuneConfig(label_weights={"vessel": 20.0}, label_condition=0.5, label_weight_given=True)
+    w = loss_weights(model, pixels, shape, cfg, None, given)
+    assert torch.equal(w[0], everywhere[0]) and torch.equal(w[1], torch.ones_like(w[1]))
+    assert torch.equal(loss_weights(model, pixels, shape, FinetuneConfig(label_weights={"vessel": 20.0}), None, given),
+                       everywhere)
+
+
+def test_label_weight_given_needs_both_options(cli, tmp_path):
+    res = cli("finetune", tmp_path / "t.csv", "-m", tmp_path / "m", "--label-weight", "vessel=5", "--label-weight-given",
+              "-o", tmp_path / "o")
+    assert res.exit_code == 2 and "--label-weight-given: needs --label-weight and --label-condition" in res.output

@@ -47,6 +47,9 @@ def finetune(
                                                        "(not noised, not in the loss), so `synth3d --mask-from` generates the image around given labels (e.g. 0.3)")] = D.label_condition,
     label_weight: Annotated[Optional[list[str]], typer.Option(help="3D models with anatomy label channels: NAME=W (repeatable) weights the loss W times "
                                                                   "where the volume holds that label, e.g. vessel=20 for thin structures")] = None,
+    label_weight_given: Annotated[bool, typer.Option(help="Apply --label-weight only in the volumes whose labels are given clean "
+                                                         "(--label-condition): teaches the image to follow given labels without "
+                                                         "pushing free generation towards the weighted structures")] = D.label_weight_given,
     region_weight: Annotated[Optional[list[str]], typer.Option(help="COLUMN=W (repeatable): weights the loss W times inside the region of the "
                                                                    "mask file in that CSV column (nonzero = region, on the image's grid; an empty "
                                                                    "cell: none), e.g. lesion_mask=20 for small findings")] = None,
@@ -75,7 +78,7 @@ def finetune(
                          mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing, ema=ema,
                          ema_decay=ema_decay, snr_gamma=snr_gamma, noise_offset=noise_offset,
                          caption_dropout=caption_dropout, label_condition=label_condition,
-                         label_weights=parse_label_weights(label_weight),
+                         label_weights=parse_label_weights(label_weight), label_weight_given=label_weight_given,
                          region_weights=parse_region_weights(region_weight), max_steps=max_steps, epochs=epochs,
                          checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
                          validation_prompts=list(validation_prompt or []), validate_every=validate_every, seed=seed,

@@ -88,7 +88,7 @@ def load_checkpoint(folder: Path, net, optimizer, lr_scheduler, ema=None) -> dic
 RESUME_KEYS = ("learning_rate", "adam_beta1", "adam_beta2", "weight_decay", "adam_epsilon", "max_grad_norm",
                "lr_scheduler", "lr_warmup_steps", "batch_size", "gradient_accumulation", "mixed_precision", "ema",
                "ema_decay", "snr_gamma", "noise_offset", "caption_dropout", "seed", "window",
-               "label_condition", "label_weights", "region_weights")
+               "label_condition", "label_weights", "label_weight_given", "region_weights")
 
 
 def resume_settings(cfg) -> dict:

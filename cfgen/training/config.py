@@ -70,6 +70,9 @@ class FinetuneConfig:
     # loss weight of the latent positions that hold a voxel of a named anatomy label (the largest weight
     # of the labels there, else 1): thin structures (vessels: ~0.1% of a 12 mm chest volume) get a say
     label_weights: dict[str, float] = field(default_factory=dict)
+    # label_weights only in the volumes whose labels are given clean (label_condition): they teach the
+    # image to follow given labels without pushing free generation towards the weighted structures
+    label_weight_given: bool = False
     # loss weight inside the region of a CSV column's mask file (nonzero = region; any model, 2D or 3D):
     # small findings (brain lesions: a few hundred voxels of 262144) get a say; {column: weight}
     region_weights: dict[str, float] = field(default_factory=dict)
@@ -107,6 +110,9 @@ class FinetuneConfig:
             for name, w in weights.items():
                 if not (math.isfinite(w) and w > 0):
                     raise UsageError(f"{option} {name}={w}: the weight must be a positive number")
+        if self.label_weight_given and not (self.label_weights and self.label_condition > 0):
+            raise UsageError("--label-weight-given: needs --label-weight and --label-condition (it applies the "
+                             "weights in the volumes whose labels are given clean)")
         if not 0.0 < self.ema_decay < 1.0:
             raise UsageError(f"--ema-decay {self.ema_decay}: must be between 0 and 1")
         if self.snr_gamma is not None and self.snr_gamma <= 0:

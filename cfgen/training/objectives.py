@@ -152,11 +152,16 @@ def to_latent_grid(weights: torch.Tensor, latent_shape) -> torch.Tensor:
 
 
 def loss_weights(model: LoadedModel, pixels: torch.Tensor, latent_shape, cfg: FinetuneConfig,
-                 regions: torch.Tensor | None) -> torch.Tensor | None:
-    """--label-weight and --region-weight together: the larger of the two at each latent position."""
+                 regions: torch.Tensor | None, given: torch.Tensor | None = None) -> torch.Tensor | None:
+    """--label-weight and --region-weight together: the larger of the two at each latent position;
+    with --label-weight-given the label weights count only in the volumes whose labels ``given`` has clean."""
     maps = []
     if cfg.label_weights:
-        maps.append(label_weight_map(model, pixels, latent_shape, cfg.label_weights))
+        w = label_weight_map(model, pixels, latent_shape, cfg.label_weights)
+        if cfg.label_weight_given:
+            chosen = given.flatten(1).any(dim=1) if given is not None else torch.zeros(w.shape[0], dtype=torch.bool)
+            w = torch.where(chosen.to(w.device).view((-1,) + (1,) * (w.ndim - 1)), w, torch.ones_like(w))
+        maps.append(w)
     if regions is not None:
         maps.append(to_latent_grid(regions.to(pixels.device), latent_shape))
     return functools.reduce(torch.maximum, maps) if maps else None
@@ -197,7 +202,7 @@ class Denoising:
         if given is not None:  # the given channels have nothing to predict
             pred = torch.where(given, tgt, pred)
         return weighted_mse(noise_scheduler, pred, tgt, t, cfg, eval_mode,
-                            loss_weights(model, pixels, latents.shape, cfg, regions))
+                            loss_weights(model, pixels, latents.shape, cfg, regions, given))
 
 
 class SuperResObjective:

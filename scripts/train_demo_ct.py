@@ -156,6 +156,11 @@ RECIPES["cpu-lung-window-vessels"] = {"base": {**RECIPES["cpu-lung-window"]["bas
 RECIPES["cpu-lung-window-vessel-bit"] = {"base": {**RECIPES["cpu-lung-window-vessels"]["base"],
                                                   "label_codes": [1, 2, 3, 4, 5, 6, 16, 8, 9]},
                                          "sr": RECIPES["cpu"]["sr"]}
+# the same with the weights only in the volumes whose labels are given clean (--label-weight-given)
+RECIPES["cpu-lung-window-vessel-bit-given"] = {
+    "base": {**RECIPES["cpu-lung-window-vessel-bit"]["base"],
+             "continue": {**RECIPES["cpu-lung-window-vessel-bit"]["base"]["continue"], "label_weight_given": True}},
+    "sr": RECIPES["cpu"]["sr"]}
 RECIPES["quick-labels"] = {"base": {**RECIPES["quick"]["base"],
                                     "continue": {"steps": 4, "batch": 2, "lr": 2e-4, "ema_decay": 0.9,
                                                  "label_condition": 0.5, "label_weights": {"vessel": 5.0}}},

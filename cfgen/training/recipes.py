@@ -109,5 +109,6 @@ def continue_unet(train_csv: Path, start: Path, out: Path, c: dict, device: str)
        "--seed", "0", "--checkpoint-every", "50", "--device", device, "-q",
        *(["--label-condition", str(c["label_condition"])] if c.get("label_condition") else []),
        *[a for name, w in c.get("label_weights", {}).items() for a in ("--label-weight", f"{name}={w}")],
+       *(["--label-weight-given"] if c.get("label_weight_given") else []),
        *(["--resume"] if (out / "checkpoints").is_dir() else []))
     return out

@@ -33,6 +33,10 @@ models.toml. Every step resumes: re-run with the same --work after a kill.
     python scripts/train_demo_ct.py --work runs/ct-knee --recipe cpu-lung-window-labels --stage base  # + labels given
     python scripts/train_demo_ct.py --work runs/ct-vw --recipe cpu-lung-window-vessels --stage base \
         --first-phase runs/ct-knee/unet2/model   # + vessels and airways weighted 50 times in the loss
+    python scripts/train_demo_ct.py --work runs/ct-vb --recipe cpu-lung-window-vessel-bit --stage base \
+        --first-phase demo-ct   # vessel on a bit of its own (recode), then the same weighted phase
+    python scripts/train_demo_ct.py --work runs/ct-vbg --recipe cpu-lung-window-vessel-bit-given --stage base \
+        --first-phase demo-ct   # ... with the weights only where the labels are given clean
 
 Status (2026-12-07): demo-ct is the cpu-lung-window-labels base (below), demo-ct-sr the cpu recipe's stage
 (models.toml; figures in the README, from benchmarks/synth3d.py and benchmarks/ct_edits.py). Run 1 (nine

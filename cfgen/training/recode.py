@@ -48,8 +48,7 @@ def latent_map(m: np.ndarray, c: np.ndarray, image: int, bands: int, value_range
     for band in range(bands):
         rows, cols = slice(band * n_old, (band + 1) * n_old), slice(band * n_new, (band + 1) * n_new)
         a[rows, cols] = scales_old[rows, None] * block / scales_new[None, cols]
-        if band == 0:  # a constant is all low band
-            e[band * n_old + image:(band + 1) * n_old] = scales_old[band * n_old + image:(band + 1) * n_old] * d * low_band_gain
+    e[image:n_old] = scales_old[image:n_old] * d * low_band_gain  # a constant is all low band (band 0)
     return a, e
 
 
@@ -96,8 +95,8 @@ def recode(model_ref: str, out: Path, codes: list[int]) -> Path:
     bands = 8 ** levels
     s_old = np.asarray(vae.config.band_scales or [1.0] * bands * n_old)
     s_new = np.ones(bands * n_new)
+    shared = min(n_old, n_new)
     for band in range(bands):
-        shared = min(n_old, n_new)
         s_new[band * n_new:band * n_new + shared] = s_old[band * n_old:band * n_old + shared]
     gain = float(haar_forward(torch.ones(1, 1, *(2 ** levels,) * 3, dtype=torch.float64), levels)[0, 0].mean())
     a, e = latent_map(*bit_map(count, old, new), image, bands, entry.value_range, s_old, s_new, gain)

@@ -25,6 +25,7 @@ def synth3d(
     patch: Annotated[Optional[int], typer.Option(help="Super-resolution window side in voxels (bounds memory) [default: the stage's]")] = None,
     overlap: Annotated[Optional[float], typer.Option(help="Window overlap, 0..1 [default: the stage's, else 0.25]")] = None,
     mask_from: Annotated[Optional[Path], typer.Option("--mask-from", help="Label NIfTI (value k = the model's k-th label): generate the image around this anatomy")] = None,
+    label_guidance: Annotated[Optional[float], typer.Option("--label-guidance", help="With --mask-from: how strongly the image follows the given labels (1 = none; models trained with labels given clean) [default: the model's [synth] label_guidance, else 1]")] = None,
     dicom: Annotated[bool, typer.Option("--dicom", help="Also write each volume as a DICOM CT series (sample-NNN/dicom/); models with a fixed HU window")] = False,
     device: DeviceOpt = Device.auto,
     dtype: DtypeOpt = Dtype.float32,
@@ -40,7 +41,7 @@ def synth3d(
     from cfgen.synthesis.run import run_synth3d
 
     p = SynthParams(prompt=prompt, num=num, seed=seed, steps=steps, guidance=guidance, sr_steps=sr_steps, size=size,
-                    patch=patch, overlap=overlap)
+                    patch=patch, overlap=overlap, label_guidance=label_guidance)
     with simple_progress(None, "sampling steps", quiet) as tick:
         report = run_synth3d(p, out, model, sr, mask_from, device.value, dtype.value, overwrite, on_step=tick,
                              dicom=dicom)

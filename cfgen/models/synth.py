@@ -19,6 +19,10 @@ A base stage (text- or tabular-conditioned 3D model)::
                                        # with `cfgen finetune --label-condition` (labels sometimes clean)
   guidance = 2.0                       # optional: synth3d's default guidance scale (>= 1), where the
                                        # one that calibrates generation differs from the edits' ([defaults])
+  label_guidance = 5.0                 # optional, given_labels = "clean" only: synth3d --mask-from's default
+                                       # label guidance (>= 1; cfgen/synthesis/generate.py LabelGuided)
+  label_guidance_labels = ["airway", "vessel"]  # optional: label guidance only in the latent cells that
+                                       # hold these labels' given voxels [default: everywhere]
 
 A super-resolution stage (voxel space, UNet input = noisy volume + upsampled low-res volume)::
 
@@ -37,7 +41,8 @@ from cfgen.errors import ModelError
 
 KEYS = {"spacing": (int, float), "labels": list, "super_resolution": str, "scale": int, "patch": int,
         "overlap": (int, float), "residual": bool, "label_encoding": str, "guidance": (int, float),
-        "given_labels": str, "label_codes": list}
+        "given_labels": str, "label_codes": list, "label_guidance": (int, float),
+        "label_guidance_labels": list}
 LABEL_ENCODINGS = ("one-hot", "bits")
 GIVEN_LABELS = ("noised", "clean")
 
@@ -60,6 +65,7 @@ def check_synth_table(table: Any, where: str) -> dict[str, Any]:
         if key in table and not labels:
             raise ModelError(f"{where}: [synth] {key} needs labels")
     _check_codes(table, labels, where)
+    _check_label_guidance(table, labels, where)
     if "scale" in table and table["scale"] < 2:
         raise ModelError(f"{where}: [synth] scale = {table['scale']} must be at least 2")
     if "scale" in table and labels:
@@ -77,6 +83,17 @@ def check_synth_table(table: Any, where: str) -> dict[str, Any]:
     if table.get("spacing", 1.0) <= 0:
         raise ModelError(f"{where}: [synth] spacing = {table['spacing']} must be positive")
     return {k: (list(v) if isinstance(v, list) else v) for k, v in table.items()}
+
+
+def _check_label_guidance(table: dict, labels: list, where: str) -> None:
+    if table.get("label_guidance", 1.0) < 1:
+        raise ModelError(f"{where}: [synth] label_guidance = {table['label_guidance']} must be at least 1 (1 = none)")
+    if ("label_guidance" in table or "label_guidance_labels" in table) and table.get("given_labels") != "clean":
+        raise ModelError(f"{where}: [synth] label_guidance needs given_labels = \"clean\" (a model trained with "
+                         "labels given clean)")
+    unknown = [x for x in table.get("label_guidance_labels", []) if x not in labels]
+    if unknown:
+        raise ModelError(f"{where}: [synth] label_guidance_labels names {unknown!r}, not among labels {labels!r}")
 
 
 def _check_codes(table: dict, labels: list, where: str) -> None:

@@ -9,6 +9,7 @@ seed, written atomically, ``volume.nii.gz`` last: a killed run resumes at the fi
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -76,7 +77,7 @@ def run_synth3d(p: SynthParams, out: Path, model: str | None = None, sr: str | N
 
     from cfgen.models.registry import load_registry
     from cfgen.report import RunReport
-    from cfgen.synthesis.generate import read_anatomy
+    from cfgen.synthesis.generate import check_label_guidance, read_anatomy
     from cfgen.models.synth import label_names
 
     p.check()
@@ -84,6 +85,8 @@ def run_synth3d(p: SynthParams, out: Path, model: str | None = None, sr: str | N
         from cfgen.errors import InputError
 
         raise InputError(f"{mask_from}: label file not found (--mask-from)")
+    if p.label_guidance is not None and mask_from is None:
+        raise UsageError("--label-guidance: needs --mask-from (it weighs the given labels)")
     t0 = time.perf_counter()
     if model is None:
         model = load_registry().default_synth3d
@@ -97,6 +100,10 @@ def run_synth3d(p: SynthParams, out: Path, model: str | None = None, sr: str | N
             sr_name = str((base.folder / sr_name).resolve())
     stage2 = None if sr_name in (None, "none") else _load(sr_name, device, dtype, "--sr")
     p = p.resolved(base_defaults(base.entry), stage2.entry.defaults if stage2 else {})
+    if mask_from is None:
+        p = replace(p, label_guidance=None)
+    elif p.label_guidance != 1.0:
+        check_label_guidance(base)
     fixed = read_anatomy(Path(mask_from), base) if mask_from is not None else None
     labels = label_names(base.entry)
     e = base.entry

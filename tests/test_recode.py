@@ -73,3 +73,28 @@ def test_codes_the_old_bits_are_no_affine_function_of_are_refused(base, tmp_path
     with pytest.raises(UsageError, match="not an affine function"):  # label 1 <-> 3: old bit 1 = XOR of new bits
         recode(str(base), tmp_path / "x", [3, 2, 1, 4, 5, 6, 7, 8, 9])
     assert not (tmp_path / "x").exists()
+
+
+def test_a_registry_entry_without_the_recoded_table_is_refused_at_load(base, tmp_path, monkeypatch):
+    """Same bit count, other codes: the default table would decode the vessel bit as nothing (code 16
+    is no label of 1..9) and label 7's bits as a vessel: plausible, wrong label maps."""
+    import json
+
+    from cfgen.errors import ModelError
+    from cfgen.models.loader import load_model
+    from cfgen.phantoms.ct import LABELS
+    from cfgen.training.recode import recode
+
+    recode(str(base), tmp_path / "new", CODES)
+    synth = f'spacing = 12.0\nlabels = {json.dumps(list(LABELS))}\nlabel_encoding = "bits"\n'
+    reg = tmp_path / "reg.toml"
+    for codes in ("", f"label_codes = {json.dumps(CODES)}\n"):
+        reg.write_text('[models.ct]\nfamily = "latent-diffusion-3d"\nresolution = 32\nchannels = 1\n'
+                       'source = { kind = "local", path = "new/model" }\n[models.ct.defaults]\nwindow = "-1024,600"\n'
+                       f'[models.ct.synth]\n{synth}{codes}')
+        monkeypatch.setenv("CFGEN_MODELS_TOML", str(reg))
+        if not codes:
+            with pytest.raises(ModelError, match=r"vessel=16.*registry entry's \[synth\] says bits .*vessel=7"):
+                load_model("ct", device="cpu")
+        else:
+            assert load_model("ct", device="cpu").entry.synth["label_codes"] == CODES

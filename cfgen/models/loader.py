@@ -251,10 +251,21 @@ FAMILY_LOADERS: dict[str, Callable[..., tuple[ModelEntry, dict[str, Any]]]] = {
 }
 
 
+def _label_table(synth: dict) -> str:
+    """Label names with their codes and encoding, defaults spelled out (one-hot; label k's code k)."""
+    from cfgen.models.synth import label_encoding
+
+    enc = label_encoding(synth)
+    names = list(synth.get("labels", []))
+    codes = enc.codes or tuple(range(1, len(names) + 1))
+    return f"{enc.kind} " + ", ".join(f"{n}={c}" for n, c in zip(names, codes))
+
+
 def _check_folder(entry: ModelEntry, folder: Path) -> None:
     """A registry entry against what its folder's cfgen.toml was trained with: the fixed intensity
-    window (a CT model fed another HU map gives plausible, wrong HU) and how --mask-from gives the
-    labels (a model trained to follow clean labels, given noised ones, does not follow them)."""
+    window (a CT model fed another HU map gives plausible, wrong HU), the label table (names, encoding,
+    codes: another table decodes plausible, wrong label maps) and how --mask-from gives the labels (a
+    model trained to follow clean labels, given noised ones, does not follow them)."""
     from cfgen.io.intensity import fixed_window
 
     cfg_file, given = folder / "cfgen.toml", entry.defaults.get("window")
@@ -265,6 +276,11 @@ def _check_folder(entry: ModelEntry, folder: Path) -> None:
     if given is not None and own is not None and fixed_window(own) != fixed_window(given):
         raise ModelError(f"{cfg_file}: model '{entry.name}' was trained in the window {own}, but its registry "
                          f"entry says {given}; make the entry's [defaults] window {own}")
+    mine, theirs = (_label_table(e.synth) for e in (own_entry, entry))
+    if own_entry.synth.get("labels") and mine != theirs:
+        raise ModelError(f"{cfg_file}: model '{entry.name}' was trained with the labels {mine}, but its registry "
+                         f"entry's [synth] says {theirs}; make the entry's labels, label_encoding and label_codes "
+                         "the folder's")
     mine, theirs = (e.synth.get("given_labels", "noised") for e in (own_entry, entry))
     if own_entry.synth.get("labels") and mine != theirs:
         raise ModelError(f"{cfg_file}: model '{entry.name}' was trained with its labels given {mine}, but its "

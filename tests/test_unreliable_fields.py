@@ -92,7 +92,8 @@ def test_an_unreliable_field_the_model_does_not_have_is_refused_at_load(tmp_path
             f'source = {{ kind = "local", path = "{entry.path.as_posix()}" }}\n[models.ct.scheduler]\nkind = "rflow"\n'
             f'[models.ct.defaults]\nwindow = "-1024,-700,600"\n')
     synth = ('[models.ct.synth]\nspacing = 12.0\nlabels = ["RUL", "RML", "RLL", "LUL", "LLL", "airway", "vessel", '
-             '"heart", "effusion"]\nlabel_encoding = "bits"\ngiven_labels = "clean"\n')
+             '"heart", "effusion"]\nlabel_encoding = "bits"\nlabel_codes = [1, 2, 3, 4, 5, 6, 16, 8, 9]\n'
+             'given_labels = "clean"\n')
     monkeypatch.setenv("CFGEN_MODELS_TOML", str(reg))
     reg.write_text(body + 'unreliable_fields = ["nodule"]\n' + synth)
     with pytest.raises(ModelError, match="unreliable_fields names 'nodule', which is not a conditioning field"):

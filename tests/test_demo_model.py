@@ -205,7 +205,7 @@ def test_demo_ct_chain_ships_within_budget_and_synthesizes_ct_in_hu_around_a_giv
     scales = np.reshape(json.loads((base.path / "autoencoder" / "config.json").read_text())["band_scales"], (8, 6))
     # (the knee window's detail bands are scaled x2.9-20.7: a CT's detail is a small share of its range)
     assert scales[0, 0] == 1 and np.all(scales[1:, 0] > 2) and np.all(scales[:, 1:] == 1)
-    exo, attrs = ct.subject(90000, 2)
+    exo, attrs = ct.subject(90000, 3)
     given = ct.label_map(ct.tissue_maps(exo, attrs, 32, 12.0))
     nib.save(nib.Nifti1Image(given, ct.affine(32, 12.0)), tmp_path / "anatomy.nii.gz")
     res = cli("synth3d", "-p", "Chest CT: no pleural effusion", "-m", "demo-ct", "--sr", "none", "--steps", "20",
@@ -219,14 +219,14 @@ def test_demo_ct_chain_ships_within_budget_and_synthesizes_ct_in_hu_around_a_giv
     lung = np.isin(given, [1, 2, 3, 4, 5])
     assert -1024 <= hu.min() and hu.max() <= 600
     assert np.median(hu[lung]) < np.median(hu[given == ct.LABELS["heart"]]) - LUNG_HEART_GAP_HU
-    # the given vessels (8 voxels here) rendered as blood under the default label guidance (5), more than
-    # without it (here 6 of 8 against 2 of 8; held out 0.76 against 0.37, benchmarks/synth3d.py)
+    # the given vessels (12 voxels here) rendered as blood under the default label guidance (5), more than
+    # without it (here 11 of 12 against 1 of 12; held out, 32 maps, 0.76 against 0.40: benchmarks/synth3d.py)
     vessel = given == ct.LABELS["vessel"]
     res = cli("synth3d", "-p", "Chest CT: no pleural effusion", "-m", "demo-ct", "--sr", "none", "--steps", "20",
               "--mask-from", tmp_path / "anatomy.nii.gz", "--label-guidance", "1", "-o", tmp_path / "g1", "-q")
     assert res.exit_code == 0, res.output
     plain = nib.load(tmp_path / "g1" / "sample-000" / "volume.nii.gz").get_fdata()
-    assert (hu[vessel] > VESSEL_HU).mean() >= 0.5 > (plain[vessel] > VESSEL_HU).mean()
+    assert (hu[vessel] > VESSEL_HU).mean() >= 0.75 and (plain[vessel] > VESSEL_HU).mean() < 0.25
     free = cli("synth3d", "-p", "Chest CT: no pleural effusion", "-m", "demo-ct", "--sr", "none", "--steps", "20",
                "-o", tmp_path / "f", "-q")
     assert free.exit_code == 0, free.output

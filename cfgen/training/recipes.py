@@ -106,7 +106,7 @@ def continue_unet(train_csv: Path, start: Path, out: Path, c: dict, device: str)
     """The second UNet phase (resumes from its checkpoints); returns its output folder."""
     sh(*CFGEN, "finetune", str(train_csv), "-m", str(start), "-o", str(out), "--learning-rate", str(c["lr"]),
        "--batch-size", str(c["batch"]), "--max-steps", str(c["steps"]), "--ema", "--ema-decay", str(c["ema_decay"]),
-       "--seed", "0", "--checkpoint-every", "50", "--device", device, "-q",
+       "--seed", str(c.get("seed", 0)), "--checkpoint-every", "50", "--device", device, "-q",
        *(["--label-condition", str(c["label_condition"])] if c.get("label_condition") else []),
        *[a for name, w in c.get("label_weights", {}).items() for a in ("--label-weight", f"{name}={w}")],
        *(["--label-weight-given"] if c.get("label_weight_given") else []),

@@ -42,7 +42,10 @@ models.toml. Every step resumes: re-run with the same --work after a kill.
     python scripts/train_demo_ct.py --work runs/ct-vgm --recipe cpu-lung-window-vessel-bit-given-30-more --stage base \
         --first-phase runs/ct-vg30/unet2/model   # + 2400 more steps of that phase
 
-Status (2026-12-07, evening): demo-ct is the cpu-lung-window-vessel-bit-given-30 base (the
+Status (2026-12-07, night): demo-ct is the cpu-lung-window-vessel-bit-given-30-more base (the base
+below + 2400 more steps of its phase, seed 1, 2080 s alone; exported from runs/ct-vgm/unet2/model):
+held-out airways 0.84, vessels 0.76, effusion d 5.48 ("large" 461 mL), %LAA-950 d 1.97, CTR d 5.18
+(README). Before it, demo-ct was the cpu-lung-window-vessel-bit-given-30 base (the
 cpu-lung-window-labels base below, recoded for the vessel bit, + 1200 steps with labels given in 30% and
 vessel / airway weighted 50 times where given, 1111 s alone; exported from runs/ct-vg30/unet2/model; synth3d
 --mask-from then uses [synth] label_guidance 5 in the vessel and airway cells: held-out vessels 0.76,
@@ -186,6 +189,13 @@ RECIPES["cpu-lung-window-vessel-bit-given-30"] = {
 RECIPES["cpu-lung-window-vessel-bit-given-30-more"] = {
     "base": {**{k: v for k, v in RECIPES["cpu-lung-window-vessel-bit-given-30"]["base"].items() if k != "label_codes"},
              "continue": {**RECIPES["cpu-lung-window-vessel-bit-given-30"]["base"]["continue"], "seed": 1, "steps": 2400}},
+    "sr": RECIPES["cpu"]["sr"]}
+# a trial from that model (--first-phase runs/ct-vgm/unet2/model): the same phase with the labels given in
+# half the volumes (0.90 on 16 tuning phantoms from the base before, at a smaller "large effusion")
+RECIPES["cpu-lung-window-vessel-bit-given-50-more"] = {
+    "base": {**RECIPES["cpu-lung-window-vessel-bit-given-30-more"]["base"],
+             "continue": {**RECIPES["cpu-lung-window-vessel-bit-given-30-more"]["base"]["continue"],
+                          "seed": 2, "steps": 1200, "label_condition": 0.5}},
     "sr": RECIPES["cpu"]["sr"]}
 RECIPES["quick-labels"] = {"base": {**RECIPES["quick"]["base"],
                                     "continue": {"steps": 4, "batch": 2, "lr": 2e-4, "ema_decay": 0.9,

@@ -42,7 +42,10 @@ models.toml. Every step resumes: re-run with the same --work after a kill.
     python scripts/train_demo_ct.py --work runs/ct-vgm --recipe cpu-lung-window-vessel-bit-given-30-more --stage base \
         --first-phase runs/ct-vg30/unet2/model   # + 2400 more steps of that phase
 
-Status (2026-12-07, night): demo-ct is the cpu-lung-window-vessel-bit-given-30-more base (the base
+Status (2026-12-07, late night): demo-ct is the cpu-lung-window-vessel-bit-given-50-more base (1200 steps with
+the labels given in half the volumes from the -30-more model, 1218 s alone; exported from
+runs/ct-vgh/unet2/model): held-out vessels 0.82, airways 0.87, effusion d 6.91 (488 mL), %LAA-950 d 2.29,
+CTR d 4.80 (README). Before it (2026-12-07, night) the cpu-lung-window-vessel-bit-given-30-more base (the base
 below + 2400 more steps of its phase, seed 1, 2080 s alone; exported from runs/ct-vgm/unet2/model):
 held-out airways 0.84, vessels 0.76, effusion d 5.48 ("large" 461 mL), %LAA-950 d 1.97, CTR d 5.18
 (README). Before it, demo-ct was the cpu-lung-window-vessel-bit-given-30 base (the

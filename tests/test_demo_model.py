@@ -220,7 +220,7 @@ def test_demo_ct_chain_ships_within_budget_and_synthesizes_ct_in_hu_around_a_giv
     assert -1024 <= hu.min() and hu.max() <= 600
     assert np.median(hu[lung]) < np.median(hu[given == ct.LABELS["heart"]]) - LUNG_HEART_GAP_HU
     # the given vessels (12 voxels here) rendered as blood under the default label guidance (5), more than
-    # without it (here 11 of 12 against 1 of 12; held out, 32 maps, 0.76 against 0.40: benchmarks/synth3d.py)
+    # without it (held out, 32 maps: 0.82 against 0.47, benchmarks/synth3d.py)
     vessel = given == ct.LABELS["vessel"]
     res = cli("synth3d", "-p", "Chest CT: no pleural effusion", "-m", "demo-ct", "--sr", "none", "--steps", "20",
               "--mask-from", tmp_path / "anatomy.nii.gz", "--label-guidance", "1", "-o", tmp_path / "g1", "-q")

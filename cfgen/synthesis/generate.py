@@ -161,8 +161,8 @@ class LabelGuided(torch.nn.Module):
         joint = z.clone()
         joint[:, self.labelled] = self.noised(t).to(z.dtype).expand(z.shape[0], -1, *z.shape[2:])
         both = self.unet(torch.cat([z, joint]), t, encoder_hidden_states=torch.cat([encoder_hidden_states] * 2)).sample
-        given, free = both.chunk(2)
-        return SimpleNamespace(sample=free + self.weight * (given - free))
+        given, joint = both.chunk(2)
+        return SimpleNamespace(sample=joint + self.weight * (given - joint))
 
 
 @torch.no_grad()

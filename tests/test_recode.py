@@ -98,3 +98,18 @@ def test_a_registry_entry_without_the_recoded_table_is_refused_at_load(base, tmp
                 load_model("ct", device="cpu")
         else:
             assert load_model("ct", device="cpu").entry.synth["label_codes"] == CODES
+
+
+def test_a_recode_killed_while_writing_leaves_no_model_folder(base, tmp_path, monkeypatch):
+    """The new autoencoder config (its band scales) belongs to the recoded weights: it is written inside
+    the atomic folder, so a failure there leaves nothing that loads with the old config."""
+    from cfgen.models.wavelet import HaarWavelet
+    from cfgen.training.recode import recode
+
+    def killed(self, folder, **_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(HaarWavelet, "save_pretrained", killed)
+    with pytest.raises(KeyboardInterrupt):
+        recode(str(base), tmp_path / "new", CODES)
+    assert not (tmp_path / "new" / "model").exists()

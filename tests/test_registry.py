@@ -138,3 +138,20 @@ def test_the_offline_message_command_parses_to_the_files_cfgen_needs(cli, tmp_pa
                 "unet/diffusion_pytorch_model.non_ema.safetensors", "safety_checker/model.safetensors"]
     matches = lambda f: any(fnmatch.fnmatch(f, p) for p in include)  # noqa: E731
     assert all(matches(f) for f in wanted) and not any(matches(f) for f in unwanted)
+
+
+def test_a_shipped_folder_loaded_by_path_uses_its_entrys_defaults_and_synth_role():
+    """`--model <folder>` reads only the folder's cfgen.toml: every [defaults] and [synth] value the
+    registry entry sets must be there too, or a copied demo folder edits and samples differently from
+    `-m NAME` (demo-ct's label guidance 5 read as 1: vessels 0.47 instead of 0.82 held out;
+    demo-cxr-wavelet at strength 1.0, which reconstructs at 22 dB)."""
+    from cfgen.models.loader import entry_for
+
+    reg = load_registry()
+    shipped = [e for e in reg.entries.values() if e.source == "package" and (e.path / "cfgen.toml").is_file()]
+    assert {"demo-ct", "demo-brain", "demo-cxr-wavelet"} <= {e.name for e in shipped}
+    for named in shipped:
+        by_path = entry_for(str(named.path))
+        for table in ("defaults", "synth"):
+            mine, folder = getattr(named, table), getattr(by_path, table)
+            assert {k: folder.get(k) for k in mine} == mine, (named.name, table)

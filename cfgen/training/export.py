@@ -55,9 +55,12 @@ def model_toml(entry) -> str:
     return "\n".join(lines + toml_lines(entry.synth)) + "\n"
 
 
-def save_model(out: Path, model, unet, recipe: dict, defaults: dict | None = None, synth: dict | None = None) -> Path:
+def save_model(out: Path, model, unet, recipe: dict, defaults: dict | None = None, synth: dict | None = None,
+               more=None) -> Path:
     """A model folder that `--model OUT/model` loads: the base's frozen parts + the trained UNet;
-    ``defaults`` (e.g. a distilled student's few steps) over the base's [defaults], ``synth`` over its [synth]."""
+    ``defaults`` (e.g. a distilled student's few steps) over the base's [defaults], ``synth`` over its [synth];
+    ``more(folder)`` writes what else belongs to the model (e.g. recode's new autoencoder config) before the
+    folder is moved into place, so a killed run leaves no half-written model."""
     from dataclasses import replace
 
     target = out / "model"
@@ -74,6 +77,8 @@ def save_model(out: Path, model, unet, recipe: dict, defaults: dict | None = Non
 
             write_model_index(tmp)
         (tmp / "training.json").write_text(json.dumps(recipe, indent=2, default=str))
+        if more is not None:
+            more(tmp)
     return target
 
 

@@ -105,7 +105,7 @@ def recode(model_ref: str, out: Path, codes: list[int]) -> Path:
     fresh = DiffusionModelUNet(**{k: v for k, v in cfg.items() if k != "conditioning"})
     fresh.load_state_dict(sd)
     unet = UNet3DAdapter(fresh, cfg, model.unet.conditioner)
-    target = save_model(Path(out), replace(model, entry=replace(entry, synth=synth)), unet,
-                        {"recoded_from": str(model_ref), "label_codes": list(codes)})
-    HaarWavelet(levels, n_new, 1.0, [float(s) for s in s_new]).save_pretrained(target / AE_DIR)
-    return target
+    haar = HaarWavelet(levels, n_new, 1.0, [float(s) for s in s_new])
+    return save_model(Path(out), replace(model, entry=replace(entry, synth=synth)), unet,
+                      {"recoded_from": str(model_ref), "label_codes": list(codes)},
+                      more=lambda folder: haar.save_pretrained(folder / AE_DIR))

@@ -50,7 +50,7 @@ def cases(exo, attrs):
 
 def run(model_name: str | None, n: int, seed: int, steps: int | None, guidance: float | None,
         strength: float | None, mask: str | None, spacing: float, device: str = "auto", recon: int = 0,
-        kinds: tuple[str, ...] = ("age", "lesion")) -> dict:
+        kinds: tuple[str, ...] = ("age", "lesion"), inversion: str | None = None) -> dict:
     import torch
 
     from cfgen.editing import core
@@ -85,7 +85,7 @@ def run(model_name: str | None, n: int, seed: int, steps: int | None, guidance: 
             ideal = brain.ideal_edit(fact, clean_alt, exo, region, spacing)
             p = EditParams.resolve(model.entry.defaults, prompt=caption_of(alt), source_prompt=caption_of(attrs),
                                    steps=steps, guidance=guidance, strength=strength, mask=mask,
-                                   window="0,1")
+                                   window="0,1", inversion=inversion)
             t1 = time.perf_counter()
             out = np.clip(core.edit(model, scan, p).pixels[0], 0, 1)
             secs = time.perf_counter() - t1
@@ -112,7 +112,8 @@ def run(model_name: str | None, n: int, seed: int, steps: int | None, guidance: 
                       "seconds": float(np.mean([v["seconds"] for v in vals])),
                       **{k: float(np.mean([v[k] for v in vals])) for k in ("age_err", "age_err_true") if k in vals[0]}})
     return {"model": model.report_info(), "seed": seed, "n": n, "size": size, "spacing": spacing,
-            "params": {"steps": steps, "guidance": guidance, "strength": strength, "mask": mask, "kinds": list(kinds)},
+            "params": {"steps": steps, "guidance": guidance, "strength": strength, "mask": mask, "kinds": list(kinds),
+                       "inversion": inversion},
             "seconds": round(time.perf_counter() - t0, 1), "age_regressor_train_mae": age_of.train_mae,
             "psnr_reconstruction": psnrs,
             "table": table}
@@ -162,11 +163,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--recon", type=int, default=2, help="phantoms whose reconstruction PSNR is measured")
     ap.add_argument("--kinds", nargs="+", choices=("age", "lesion"), default=["age", "lesion"],
                     help="edit kinds to run (lesion alone: n phantoms give n lesion edits)")
+    ap.add_argument("--inversion", default=None, help="ddim, negative-prompt or null-text [default: the model's]")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
     res = run(args.model, args.n, args.seed, args.steps, args.guidance, args.strength, args.mask, args.spacing,
-              args.device, args.recon, tuple(args.kinds))
+              args.device, args.recon, tuple(args.kinds), args.inversion)
     print_table(res)
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))

@@ -3,6 +3,7 @@ model through the CLI, with the reconstruction PSNR the report gives for each.""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,3 +104,12 @@ def test_null_text_runs_through_a_3d_model(cli, tmp_path):
     item = json.loads((tmp_path / "o" / "report.json").read_text())["items"][0]
     assert item["inversion"] == {"method": "null-text", "steps": 3, "guidance": 5.0, "solver": "ddim"}
     assert item["metrics"]["inversion_psnr"] > 30
+
+
+def test_a_negative_prompt_against_a_models_negative_prompt_inversion_says_what_to_add(cli, tmp_path):
+    """demo-brain edits with --inversion negative-prompt by default (models.toml): a user's
+    --negative-prompt is refused before any work, naming the option that lets it through."""
+    scan = Path(__file__).resolve().parents[1] / "examples" / "brain_demo.nii.gz"
+    res = cli("edit", scan, "-m", "demo-brain", "-p", "age=85", "--negative-prompt", "age=20", "-o", tmp_path / "o", "-q")
+    assert res.exit_code == 2 and "add --inversion ddim" in res.stderr, res.output
+    assert not (tmp_path / "o").exists()

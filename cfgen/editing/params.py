@@ -117,8 +117,8 @@ class EditParams:
         if self.inversion not in methods:
             raise UsageError(f"{pre}--inversion {self.inversion}: use one of {', '.join(methods)}")
         if self.inversion == "negative-prompt" and self.negative_prompt:
-            raise UsageError(f"{pre}--negative-prompt cannot be used with --inversion negative-prompt, "
-                             "whose unconditional branch is the source prompt")
+            raise UsageError(f"{pre}--negative-prompt cannot be used with --inversion negative-prompt (some "
+                             "models' default), whose unconditional branch is the source prompt; add --inversion ddim")
         if self.solver not in ("ddim", "dpm++"):
             raise UsageError(f"{pre}--solver {self.solver}: use ddim or dpm++")
         if self.solver == "dpm++" and self.eta:

@@ -18,7 +18,8 @@ counterfactual's as target, and prints per edit:
              the Cycle Diffusion paper's Tables 1-2 measure counterfactual age the same way);
              age_err_true is the regressor's own error on the true counterfactuals (the floor)
   seconds    wall time per edit (bar for 64^3 on CPU: < 60 s)
-and the invert-then-reconstruct PSNR (factual caption, the model's steps; bar: >= 32 dB) of the
+``--mask oracle`` edits inside the true-difference region itself (a NIfTI mask per edit): the model's
+error once the mask is right. And the invert-then-reconstruct PSNR (factual caption, the model's steps; bar: >= 32 dB) of the
 first --recon phantoms.
 
     python benchmarks/brain_edits.py --model MODEL --n 50 --seed 90000
@@ -27,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -68,6 +71,7 @@ def run(model_name: str | None, n: int, seed: int, steps: int | None, guidance: 
     t0 = time.perf_counter()
     age_of = age_regressor(size, spacing)
     psnrs = []
+    scratch = Path(tempfile.mkdtemp(prefix="cfgen-oracle-"))
     for i in range(n):
         exo, attrs = brain.subject(seed, i)
         fact = brain.render(exo, attrs, size, spacing)
@@ -84,7 +88,8 @@ def run(model_name: str | None, n: int, seed: int, steps: int | None, guidance: 
             region = brain.mask_between(brain.render_clean(exo, attrs, size, spacing), clean_alt)
             ideal = brain.ideal_edit(fact, clean_alt, exo, region, spacing)
             p = EditParams.resolve(model.entry.defaults, prompt=caption_of(alt), source_prompt=caption_of(attrs),
-                                   steps=steps, guidance=guidance, strength=strength, mask=mask,
+                                   steps=steps, guidance=guidance, strength=strength,
+                                   mask=_oracle_file(scratch, region, spacing) if mask == "oracle" else mask,
                                    window="0,1", inversion=inversion)
             t1 = time.perf_counter()
             out = np.clip(core.edit(model, scan, p).pixels[0], 0, 1)
@@ -111,6 +116,7 @@ def run(model_name: str | None, n: int, seed: int, steps: int | None, guidance: 
                       "outside": float(np.nanmean([v["outside"] if v["outside"] is not None else np.nan for v in vals])),
                       "seconds": float(np.mean([v["seconds"] for v in vals])),
                       **{k: float(np.mean([v[k] for v in vals])) for k in ("age_err", "age_err_true") if k in vals[0]}})
+    shutil.rmtree(scratch, ignore_errors=True)
     return {"model": model.report_info(), "seed": seed, "n": n, "size": size, "spacing": spacing,
             "params": {"steps": steps, "guidance": guidance, "strength": strength, "mask": mask, "kinds": list(kinds),
                        "inversion": inversion},
@@ -150,6 +156,16 @@ def print_table(res: dict) -> None:
     print("bars: direction >= 0.90, ratio <= 0.50 (age +-30: 0.7); reconstruction >= 32 dB; 64^3 edit on CPU < 60 s")
 
 
+def _oracle_file(folder: Path, region: np.ndarray, spacing: float) -> str:
+    """The true-difference region as a NIfTI mask on the phantom's grid, for ``--mask oracle``: the
+    model's error once the mask is right."""
+    import nibabel as nib
+
+    path = folder / "oracle_mask.nii.gz"
+    nib.save(nib.Nifti1Image(region.astype(np.uint8), np.diag([spacing] * 3 + [1.0])), str(path))
+    return str(path)
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="a latent-diffusion-3d entry or folder")
@@ -159,7 +175,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--guidance", type=float, default=None)
     ap.add_argument("--strength", type=float, default=None)
-    ap.add_argument("--mask", default=None, help="none | auto [default: the model's]")
+    ap.add_argument("--mask", default=None, help="none | auto | refine | oracle (the true-difference region) "
+                    "[default: the model's]")
     ap.add_argument("--recon", type=int, default=2, help="phantoms whose reconstruction PSNR is measured")
     ap.add_argument("--kinds", nargs="+", choices=("age", "lesion"), default=["age", "lesion"],
                     help="edit kinds to run (lesion alone: n phantoms give n lesion edits)")

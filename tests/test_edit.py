@@ -209,20 +209,20 @@ def test_mask_file_keeps_the_scan_outside_the_mask(cli, tiny_model, tmp_path):
     src = tmp_path / "scan.png"
     Image.fromarray((40 + xx * 2 + yy).astype(np.uint8)).save(src)
     mask = np.zeros((64, 64), np.uint8)
-    mask[8:40, 8:40] = 255
+    mask[9:37, 11:39] = 255  # not on the latent cells' edges: the mask holds pixel by pixel all the same
     Image.fromarray(mask).save(tmp_path / "mask.png")
     out = tmp_path / "out"
     res = cli("edit", src, "-p", "something else", "-m", tiny_model, "--mask", tmp_path / "mask.png",
               "--guidance", "5", "-o", out, *FAST)
     assert res.exit_code == 0, res.output
     item = json.loads((out / "scan" / "item.json").read_text())
-    assert "mask" in item["outputs"] and 0.2 < item["metrics"]["mask_fraction"] < 0.45
+    assert "mask" in item["outputs"] and 0.15 < item["metrics"]["mask_fraction"] < 0.45
     before = np.asarray(Image.open(src)).astype(int)
     after = np.asarray(Image.open(out / "scan" / "counterfactual.png")).astype(int)
-    assert np.array_equal(after[52:, :], before[52:, :]) and np.array_equal(after[:, 52:], before[:, 52:])
-    assert np.abs(after[12:36, 12:36] - before[12:36, 12:36]).mean() > 2
+    assert np.array_equal(after[mask == 0], before[mask == 0])
+    assert np.abs(after[12:36, 14:38] - before[12:36, 14:38]).mean() > 2
     used = np.asarray(Image.open(out / "scan" / "mask.png"))
-    assert used[20, 20] == 255 and used[60, 60] == 0
+    assert used[20, 20] == 255 and not used[mask == 0].any()
 
 
 def test_auto_mask_is_written_and_bounds_the_change(cli, tiny_model, ct_small, tmp_path):

@@ -11,7 +11,7 @@ from cfgen.editing import ddim, inversion, labelled, masks
 from cfgen.editing.grid import ModelGrid
 from cfgen.editing.components import decode_latents, encode_images, encode_prompts, to_device
 from cfgen.editing.jobs import require_prompt
-from cfgen.editing.params import AUTOMATIC_MASKS, EditParams
+from cfgen.editing.params import AUTOMATIC_MASKS, MASK_MODES, EditParams
 from cfgen.editing.prepare import Prepared, from_model, to_model, unit, window_fraction
 from cfgen.errors import UsageError
 from cfgen.io.scan import Scan
@@ -65,6 +65,7 @@ class Computed:
     attention: dict | None = None  # prompt-to-prompt settings and the sweep's scores (attention.py, sweep.py)
     refine_change: float | None = None  # --mask refine: the change that keeps a pixel in the mask
     label_out: torch.Tensor | None = None  # labelled models: the regenerated label channels, model space
+    file_region: np.ndarray | None = None  # --mask FILE: (1, *scan size) bool, where the user lets the scan change
 
 
 def batch_key(p: EditParams) -> tuple | None:
@@ -225,6 +226,8 @@ def compute_edits(model: LoadedModel, scans: list[Scan], ps: list[EditParams], o
     out = _computed(model, preps, ys, lat, ts, inv, ps[0].guidance, latent_masks)
     for c, p in zip(out, ps):
         c.refine_change = p.change_threshold()
+        if p.mask not in MASK_MODES:
+            c.file_region = masks.scan_region(p.mask)
     return out
 
 
@@ -244,6 +247,8 @@ def finish_edit(model: LoadedModel, scan: Scan, c: Computed) -> Outcome:
         if c.refine_change is not None:
             metrics["mask_first_fraction"] = float((masks.to_scan_mask(first, prep) > 0.5).mean())
         scan_mask = masks.to_scan_mask(model_mask, prep)
+        if c.file_region is not None:  # the user's mask holds voxel by voxel, not per latent cell
+            scan_mask = scan_mask * c.file_region
         pixels = (scan_mask * pixels + (1 - scan_mask) * scan.pixels).astype(np.float32)
         metrics["mask_fraction"] = float((scan_mask > 0.5).mean())
     metrics.update(_identity_metrics(scan, prep, pixels))

@@ -61,6 +61,11 @@ def file_mask(path: str, scan: Scan, prep: Prepared, latent_size: int) -> torch.
     return (pool(on_model, latent_size) > 0).float()
 
 
+def scan_region(path: str) -> np.ndarray:
+    """A mask file on the scan's own grid: (1, *scan size) bool, nonzero = may change."""
+    return region_of(read_scan(Path(path)))
+
+
 def region_on_model(path: Path, scan: Scan, prep: Prepared) -> torch.Tensor:
     """A mask file on ``scan``'s grid -> (1, 1, R, ...) in [0, 1] on the model's grid (``prep``'s way),
     > 0 wherever a nonzero voxel lands: an edit's --mask, finetune's --region-weight."""

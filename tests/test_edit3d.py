@@ -217,7 +217,6 @@ def test_brain_edit_benchmark_runs_on_any_3d_model(tiny3d, capsys):
     assert "direction" in capsys.readouterr().out
 
 
-
 def test_brain_edit_benchmark_oracle_mask_confines_the_edit_to_the_true_region(tiny3d):
     """--mask oracle hands each edit the true-difference region: an untrained model's edit then changes
     less outside it than the same edit without a mask, on every edit type."""
@@ -230,6 +229,7 @@ def test_brain_edit_benchmark_oracle_mask_confines_the_edit_to_the_true_region(t
     assert oracle.keys() == free.keys() and oracle
     for name, r in oracle.items():
         assert r["outside"] < free[name]["outside"], name
+
 
 def test_ct_edit_benchmark_measures_every_edit_type_of_a_ct_phantom(capsys, tmp_path):
     import ct_edits

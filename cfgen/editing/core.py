@@ -75,19 +75,23 @@ def batch_key(p: EditParams) -> tuple | None:
                                p.solver, p.attention, p.cross_attention, p.self_attention, p.sweep)
 
 
-def _latent_mask(model: LoadedModel, sched, z0, src, tgt, scan: Scan, prep: Prepared, p: EditParams, mode: str):
+def _latent_mask(model: LoadedModel, sched, z0, src, tgt, region: np.ndarray | None, prep: Prepared, p: EditParams,
+                 mode: str):
+    """``region``: a mask file's, on the scan's grid (masks.scan_region), read once per item."""
     if mode in AUTOMATIC_MASKS:  # refine: the first pass (finish_edit keeps where it changed the scan)
         return masks.auto_mask(model.unet, sched, z0, src, tgt, int(p.seed), p.diffedit_threshold())
     if mode != "none":
-        return masks.file_mask(mode, scan, prep, z0.shape[-1])
+        return masks.file_mask(mode, region, prep, z0.shape[-1])
     return None
 
 
 def _run(model: LoadedModel, scans: list[Scan], ps: list[EditParams], targets: list[str], guidance: float, eta: float,
          on_step: Callable[[], None] | None, mask_modes: list[str] | None = None,
-         preps: list[Prepared] | None = None, vae_chunk: int | None = None, selector=None) -> tuple:
+         preps: list[Prepared] | None = None, vae_chunk: int | None = None, selector=None,
+         regions: list[np.ndarray | None] | None = None) -> tuple:
     """Invert and regenerate a batch: every UNet forward (guidance included) runs on all items.
-    ``selector``: the loaded clip/classifier model that picks among sweep variants."""
+    ``selector``: the loaded clip/classifier model that picks among sweep variants; ``regions``: the
+    mask files' regions of items whose mask mode is a file."""
     if len(ps) > 1 and len({batch_key(p) for p in ps}) != 1 or (len(ps) > 1 and eta):
         raise ValueError("a batch needs equal steps, strength and guidance and eta 0")
     p0 = ps[0]
@@ -98,7 +102,8 @@ def _run(model: LoadedModel, scans: list[Scan], ps: list[EditParams], targets: l
                                    + [p.negative_prompt for p in ps]).chunk(3)
     step = (lambda: [on_step() for _ in range(n)]) if on_step else None  # progress counts items
     mask_sched = ddim.make_scheduler(model.entry.scheduler, p0.steps)
-    latent_masks = [_latent_mask(model, mask_sched, z0[i:i + 1], src[i:i + 1], tgt[i:i + 1], scans[i], preps[i],
+    regions = regions or [None] * n
+    latent_masks = [_latent_mask(model, mask_sched, z0[i:i + 1], src[i:i + 1], tgt[i:i + 1], regions[i], preps[i],
                                  ps[i], m) for i, m in enumerate(mask_modes or ["none"] * n)]
     inv = _inversion(model, z0, src, neg, p0, guidance, latent_masks, step, vae_chunk, scans)
     sched, ts, traj = inv.sched, inv.ts, inv.traj
@@ -220,14 +225,13 @@ def compute_edits(model: LoadedModel, scans: list[Scan], ps: list[EditParams], o
     ``vae_chunk``: items per VAE call (the run's memory plan; None: the whole batch)."""
     for p in ps:
         _check_edit(model, p)
+    regions = [None if p.mask in MASK_MODES else masks.scan_region(p.mask, sc) for p, sc in zip(ps, scans)]
     preps, ys, lat, ts, latent_masks, inv = _run(model, scans, ps, [p.prompt for p in ps], ps[0].guidance, ps[0].eta,
-                                            on_step, [p.mask for p in ps], preps, vae_chunk, selector)
+                                            on_step, [p.mask for p in ps], preps, vae_chunk, selector, regions)
     lat.pop("z_out")
     out = _computed(model, preps, ys, lat, ts, inv, ps[0].guidance, latent_masks)
-    for c, p in zip(out, ps):
-        c.refine_change = p.change_threshold()
-        if p.mask not in MASK_MODES:
-            c.file_region = masks.scan_region(p.mask)
+    for c, p, region in zip(out, ps, regions):
+        c.refine_change, c.file_region = p.change_threshold(), region
     return out
 
 

@@ -52,28 +52,29 @@ def auto_mask(unet, scheduler, z0: torch.Tensor, src: torch.Tensor, tgt: torch.T
     return (acc > threshold).float()
 
 
-def file_mask(path: str, scan: Scan, prep: Prepared, latent_size: int) -> torch.Tensor:
-    """A user mask (same size as the scan) -> (1, 1, h, w[, d]) binary latent mask."""
-    on_model = region_on_model(Path(path), scan, prep)
+def file_mask(path: str, region: np.ndarray, prep: Prepared, latent_size: int) -> torch.Tensor:
+    """A user mask's ``region`` (scan_region) -> (1, 1, h, w[, d]) binary latent mask."""
+    on_model = geometry_to_model(region.astype(np.float32), prep)
     if not on_model.any():
         raise InputError(f"{path}: mask is empty (no nonzero pixel)")
     pool = F.adaptive_max_pool3d if on_model.ndim == 5 else F.adaptive_max_pool2d
     return (pool(on_model, latent_size) > 0).float()
 
 
-def scan_region(path: str) -> np.ndarray:
-    """A mask file on the scan's own grid: (1, *scan size) bool, nonzero = may change."""
-    return region_of(read_scan(Path(path)))
-
-
-def region_on_model(path: Path, scan: Scan, prep: Prepared) -> torch.Tensor:
-    """A mask file on ``scan``'s grid -> (1, 1, R, ...) in [0, 1] on the model's grid (``prep``'s way),
-    > 0 wherever a nonzero voxel lands: an edit's --mask, finetune's --region-weight."""
+def scan_region(path: str | Path, scan: Scan) -> np.ndarray:
+    """A mask file on ``scan``'s grid: (1, *scan size) bool, nonzero = may change (checked against the
+    scan's size): an edit's --mask keeps the scan outside it pixel by pixel."""
     m = read_scan(Path(path))
     if m.spatial_dims != scan.spatial_dims or m.pixels.shape[1:] != scan.pixels.shape[1:]:
         raise InputError(f"{path}: mask of shape {tuple(m.pixels.shape[1:])} does not match the scan "
                          f"{tuple(scan.pixels.shape[1:])}")
-    return geometry_to_model(region_of(m).astype(np.float32), prep)
+    return region_of(m)
+
+
+def region_on_model(path: Path, scan: Scan, prep: Prepared) -> torch.Tensor:
+    """A mask file on ``scan``'s grid -> (1, 1, R, ...) in [0, 1] on the model's grid (``prep``'s way),
+    > 0 wherever a nonzero voxel lands: finetune's --region-weight."""
+    return geometry_to_model(scan_region(path, scan).astype(np.float32), prep)
 
 
 def feathered_model_mask(latent_mask: torch.Tensor, resolution: int) -> torch.Tensor:

@@ -71,38 +71,42 @@ def run(model_name: str | None, n: int, seed: int, steps: int | None, guidance: 
     t0 = time.perf_counter()
     age_of = age_regressor(size, spacing)
     psnrs = []
-    scratch = Path(tempfile.mkdtemp(prefix="cfgen-oracle-"))
-    for i in range(n):
-        exo, attrs = brain.subject(seed, i)
-        fact = brain.render(exo, attrs, size, spacing)
-        vent_roi, les_roi = regions(exo, attrs, size, spacing)
-        scan = Scan(path=Path(f"brain-{i}.nii.gz"), format="nifti", pixels=fact[None], source_dtype="float32",
-                    spacing=(spacing,) * 3)
-        if i < recon:
-            psnrs.append(reconstruction_psnr(model, scan, caption_of(attrs), steps))
-        for name, kind, alt, sign in cases(exo, attrs):
-            if kind not in kinds:
-                continue
-            true = brain.render(exo, alt, size, spacing)
-            clean_alt = brain.render_clean(exo, alt, size, spacing)
-            region = brain.mask_between(brain.render_clean(exo, attrs, size, spacing), clean_alt)
-            ideal = brain.ideal_edit(fact, clean_alt, exo, region, spacing)
-            p = EditParams.resolve(model.entry.defaults, prompt=caption_of(alt), source_prompt=caption_of(attrs),
-                                   steps=steps, guidance=guidance, strength=strength,
-                                   mask=_oracle_file(scratch, region, spacing) if mask == "oracle" else mask,
-                                   window="0,1", inversion=inversion)
-            t1 = time.perf_counter()
-            out = np.clip(core.edit(model, scan, p).pixels[0], 0, 1)
-            secs = time.perf_counter() - t1
-            m = truth_metrics(t(fact), t(out), t(true), t(region).bool())
-            roi = vent_roi if kind == "age" else les_roi
-            before, after = dark_voxels(fact, roi, kind), dark_voxels(out, roi, kind)
-            rows[name].append({"direction": float(np.sign(after - before) == sign), "err_cf": m["gt_l1"],
-                               "err_none": m["gt_l1_nothing"], "outside": m["change_outside"], "seconds": secs,
-                               "err_floor": floor_metrics(t(fact), t(ideal), t(true))["gt_floor_l1"]})
-            if kind == "age":
-                rows[name][-1].update(age_err=abs(age_of(out, vent_roi) - alt.age),
-                                      age_err_true=abs(age_of(true, vent_roi) - alt.age))
+    scratch = Path(tempfile.mkdtemp(prefix="cfgen-oracle-")) if mask == "oracle" else None
+    try:
+        for i in range(n):
+            exo, attrs = brain.subject(seed, i)
+            fact = brain.render(exo, attrs, size, spacing)
+            vent_roi, les_roi = regions(exo, attrs, size, spacing)
+            scan = Scan(path=Path(f"brain-{i}.nii.gz"), format="nifti", pixels=fact[None], source_dtype="float32",
+                        spacing=(spacing,) * 3)
+            if i < recon:
+                psnrs.append(reconstruction_psnr(model, scan, caption_of(attrs), steps))
+            for name, kind, alt, sign in cases(exo, attrs):
+                if kind not in kinds:
+                    continue
+                true = brain.render(exo, alt, size, spacing)
+                clean_alt = brain.render_clean(exo, alt, size, spacing)
+                region = brain.mask_between(brain.render_clean(exo, attrs, size, spacing), clean_alt)
+                ideal = brain.ideal_edit(fact, clean_alt, exo, region, spacing)
+                p = EditParams.resolve(model.entry.defaults, prompt=caption_of(alt), source_prompt=caption_of(attrs),
+                                       steps=steps, guidance=guidance, strength=strength,
+                                       mask=_oracle_file(scratch, region, spacing) if mask == "oracle" else mask,
+                                       window="0,1", inversion=inversion)
+                t1 = time.perf_counter()
+                out = np.clip(core.edit(model, scan, p).pixels[0], 0, 1)
+                secs = time.perf_counter() - t1
+                m = truth_metrics(t(fact), t(out), t(true), t(region).bool())
+                roi = vent_roi if kind == "age" else les_roi
+                before, after = dark_voxels(fact, roi, kind), dark_voxels(out, roi, kind)
+                rows[name].append({"direction": float(np.sign(after - before) == sign), "err_cf": m["gt_l1"],
+                                   "err_none": m["gt_l1_nothing"], "outside": m["change_outside"], "seconds": secs,
+                                   "err_floor": floor_metrics(t(fact), t(ideal), t(true))["gt_floor_l1"]})
+                if kind == "age":
+                    rows[name][-1].update(age_err=abs(age_of(out, vent_roi) - alt.age),
+                                          age_err_true=abs(age_of(true, vent_roi) - alt.age))
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     from cfgen.metrics.stats import pooled_ratio
 
     table = []
@@ -116,7 +120,6 @@ def run(model_name: str | None, n: int, seed: int, steps: int | None, guidance: 
                       "outside": float(np.nanmean([v["outside"] if v["outside"] is not None else np.nan for v in vals])),
                       "seconds": float(np.mean([v["seconds"] for v in vals])),
                       **{k: float(np.mean([v[k] for v in vals])) for k in ("age_err", "age_err_true") if k in vals[0]}})
-    shutil.rmtree(scratch, ignore_errors=True)
     return {"model": model.report_info(), "seed": seed, "n": n, "size": size, "spacing": spacing,
             "params": {"steps": steps, "guidance": guidance, "strength": strength, "mask": mask, "kinds": list(kinds),
                        "inversion": inversion},

@@ -151,6 +151,31 @@ def test_sweep_scores_the_variants_as_they_will_be_written(cli, tiny_model, ct_s
     assert abs(none[0] - none[1]) < 1e-6 < abs(auto[0] - auto[1])
 
 
+def test_sweep_scores_a_mask_file_on_its_own_pixels(cli, tiny_model, tmp_path):
+    """With --mask FILE only the file's pixels are written, so only they are scored: a one-pixel
+    mask and the whole latent cell around it regenerate alike (same cell) but are delivered, and
+    scored, differently (before: both scored as the whole feathered cell, the same scores)."""
+    from PIL import Image
+
+    yy, xx = np.mgrid[0:32, 0:32]
+    scan = tmp_path / "scan.png"
+    Image.fromarray((40 + xx * 4 + yy * 2).astype(np.uint8)).save(scan)
+    pixel, cell = np.zeros((32, 32), np.uint8), np.zeros((32, 32), np.uint8)
+    pixel[10, 11] = 255
+    cell[10:12, 10:12] = 255  # the model's own grid (32 px), latent cells of 2 px: the one cell of the pixel
+    scores = {}
+    for name, m in (("pixel", pixel), ("cell", cell)):
+        Image.fromarray(m).save(tmp_path / f"{name}.png")
+        res = cli("edit", scan, "-s", "Chest X-ray", "-p", "Chest X-ray showing Pleural Effusion", "-m", tiny_model,
+                  "--mask", tmp_path / f"{name}.png", "--attention", "refine", "--sweep", "self-attention=0,1",
+                  "--select-by", "cxr-classifier", "-o", tmp_path / name, "--figure-format", "none", *FAST)
+        assert res.exit_code == 0, res.output
+        item = json.loads((tmp_path / name / "report.json").read_text())["items"][0]
+        scores[name] = [v["score"] for v in item["attention"]["variants"]]
+    assert scores["pixel"] != scores["cell"]
+    assert abs(scores["pixel"][0] - scores["pixel"][1]) < abs(scores["cell"][0] - scores["cell"][1])
+
+
 def test_sweep_with_a_classifier_takes_the_label_the_prompts_change(cli, tiny_model, ct_small, tmp_path):
     out = tmp_path / "clf"
     res = cli("edit", ct_small, "-s", "Chest X-ray", "-p", "Chest X-ray showing Pleural Effusion", "-m", tiny_model,

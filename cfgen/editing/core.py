@@ -12,7 +12,7 @@ from cfgen.editing.grid import ModelGrid
 from cfgen.editing.components import decode_latents, encode_images, encode_prompts, to_device
 from cfgen.editing.jobs import require_prompt
 from cfgen.editing.params import AUTOMATIC_MASKS, MASK_MODES, EditParams
-from cfgen.editing.prepare import Prepared, from_model, to_model, unit, window_fraction
+from cfgen.editing.prepare import Prepared, from_model, geometry_to_model, to_model, unit, window_fraction
 from cfgen.errors import UsageError
 from cfgen.io.scan import Scan
 
@@ -113,7 +113,7 @@ def _run(model: LoadedModel, scans: list[Scan], ps: list[EditParams], targets: l
                           for i, m in enumerate(latent_masks)])
     if p0.attention != "none":
         z, ys, inv.attention = _controlled(model, inv, src, tgt, guidance, full, ps, preps, scans, step, vae_chunk,
-                                           selector)
+                                           selector, regions)
     else:
         gen = torch.Generator(device=model.device).manual_seed(int(p0.seed))
         blend = None if full is None else masks.trajectory_blend(full, traj)
@@ -132,9 +132,11 @@ def _model_input(prep: Prepared) -> torch.Tensor:
 
 
 def _controlled(model: LoadedModel, inv: inversion.Inverted, src, tgt, guidance: float, mask, ps: list[EditParams],
-                preps: list[Prepared], scans: list[Scan], step, vae_chunk: int | None, selector) -> tuple:
+                preps: list[Prepared], scans: list[Scan], step, vae_chunk: int | None, selector,
+                regions: list[np.ndarray | None]) -> tuple:
     """Prompt-to-prompt regeneration (attention.py), every sweep variant in one batch, and the
-    best variant per item (sweep.py): its latents, its decoded image, the records."""
+    best variant per item (sweep.py): its latents, its decoded image, the records. ``regions``: the
+    mask files' regions on the scans' grids (None where an item's mask is not a file)."""
     from cfgen.editing import attention, sweep
 
     why = attention.supported(model)
@@ -153,20 +155,23 @@ def _controlled(model: LoadedModel, inv: inversion.Inverted, src, tgt, guidance:
     x = unit(torch.cat([pr.x for pr in preps]).float(), vo)
     cands = unit(ys.float().cpu(), vo)
     if mask is not None:  # score what will be written: each variant composited onto the scan
-        cands = _as_delivered(cands, x, mask.float().cpu(), ps, model.entry.resolution)
+        files = [None if r is None else geometry_to_model(r.astype(np.float32), pr) for r, pr in zip(regions, preps)]
+        cands = _as_delivered(cands, x, mask.float().cpu(), ps, model.entry.resolution, files)
     chosen, records = sweep.select(selector, x, cands, ps, selfs, [str(s.path) for s in scans])
     return z[chosen.to(z.device)], ys[chosen.to(ys.device)], [{**base, **r} for r in records]
 
 
 def _as_delivered(cands: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, ps: list[EditParams],
-                  resolution: int) -> torch.Tensor:
+                  resolution: int, files: list[torch.Tensor | None]) -> torch.Tensor:
     """Sweep variants (K * n, variant-major, [0, 1]) composited onto their scans ``x`` (n) inside
-    each item's feathered latent mask, refined for --mask refine, on the model grid: what
-    finish_edit writes, before the resize to the scan's grid."""
+    each item's feathered latent mask, refined for --mask refine, times a mask file's own region
+    (``files``, on the model grid): what finish_edit writes, before the resize to the scan's grid."""
     n, out = len(ps), cands.clone()
     for j in range(cands.shape[0]):
         i = j % n
         _, m = masks.edit_region(mask[i:i + 1], x[i:i + 1], cands[j:j + 1], resolution, ps[i].change_threshold())
+        if files[i] is not None:
+            m = m * files[i].to(m.dtype)
         out[j:j + 1] = m * cands[j:j + 1] + (1 - m) * x[i:i + 1]
     return out
 

@@ -18,6 +18,8 @@ counterfactual's as target, and prints per edit:
              the Cycle Diffusion paper's Tables 1-2 measure counterfactual age the same way);
              age_err_true is the regressor's own error on the true counterfactuals (the floor)
   seconds    wall time per edit (bar for 64^3 on CPU: < 60 s)
+  refused    edits the model refuses (a field its [defaults] unreliable_fields lists, e.g. demo-brain's
+             lesion load), with the reason; ``--measure-refused`` edits them anyway, to re-measure why
 ``--mask oracle`` edits inside the true-difference region itself (a NIfTI mask per edit): the model's
 error once the mask is right. And the invert-then-reconstruct PSNR (factual caption, the model's steps; bar: >= 32 dB) of the
 first --recon phantoms.
@@ -53,7 +55,10 @@ def cases(exo, attrs):
 
 def run(model_name: str | None, n: int, seed: int, steps: int | None, guidance: float | None,
         strength: float | None, mask: str | None, spacing: float, device: str = "auto", recon: int = 0,
-        kinds: tuple[str, ...] = ("age", "lesion"), inversion: str | None = None) -> dict:
+        kinds: tuple[str, ...] = ("age", "lesion"), inversion: str | None = None,
+        measure_refused: bool = False) -> dict:
+    import dataclasses
+
     import torch
 
     from cfgen.editing import core
@@ -64,7 +69,13 @@ def run(model_name: str | None, n: int, seed: int, steps: int | None, guidance: 
     from cfgen.phantoms import brain
     from cfgen.phantoms.brain_dataset import caption_of
 
+    from cfgen.errors import UsageError
+
     model = load_model(model_name, device=device, family="latent-diffusion-3d")
+    if measure_refused:  # the benchmark behind a refusal: edit the unreliable fields all the same
+        kept = {k: v for k, v in model.entry.defaults.items() if k != "unreliable_fields"}
+        model.entry = dataclasses.replace(model.entry, defaults=kept)
+    refused: dict[str, list[str]] = defaultdict(list)
     size = model.entry.resolution
     t = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float32))[None, None]  # noqa: E731
     rows: dict[str, list[dict]] = defaultdict(list)
@@ -93,7 +104,11 @@ def run(model_name: str | None, n: int, seed: int, steps: int | None, guidance: 
                                        mask=_oracle_file(scratch, region, spacing) if mask == "oracle" else mask,
                                        window="0,1", inversion=inversion)
                 t1 = time.perf_counter()
-                out = np.clip(core.edit(model, scan, p).pixels[0], 0, 1)
+                try:
+                    out = np.clip(core.edit(model, scan, p).pixels[0], 0, 1)
+                except UsageError as exc:  # a field the model's [defaults] unreliable_fields lists
+                    refused[name].append(str(exc))
+                    continue
                 secs = time.perf_counter() - t1
                 m = truth_metrics(t(fact), t(out), t(true), t(region).bool())
                 roi = vent_roi if kind == "age" else les_roi
@@ -125,6 +140,7 @@ def run(model_name: str | None, n: int, seed: int, steps: int | None, guidance: 
                        "inversion": inversion},
             "seconds": round(time.perf_counter() - t0, 1), "age_regressor_train_mae": age_of.train_mae,
             "psnr_reconstruction": psnrs,
+            "refused": {k: {"n": len(v), "reason": v[0]} for k, v in sorted(refused.items())},
             "table": table}
 
 
@@ -152,6 +168,8 @@ def print_table(res: dict) -> None:
         ci = f"{r['ratio_ci95'][0]:.2f}..{r['ratio_ci95'][1]:.2f}"
         print(f"{r['edit']:<16}{r['n']:>4}{r['direction']:>10.2f}{r['err_cf']:>9.4f}{r['err_none']:>10.4f}"
               f"{r['ratio']:>7.2f}{ci:>13}{r['floor']:>7.2f}{r['outside']:>9.4f}{r['seconds']:>8.1f}{ages}")
+    for name, r in res.get("refused", {}).items():
+        print(f"{name:<16}{r['n']:>4}  refused: {r['reason'].split(': ', 1)[-1].split(' (')[0]}")
     if res.get("psnr_reconstruction"):
         ps = res["psnr_reconstruction"]
         print(f"invert-then-reconstruct PSNR, {len(ps)} phantoms: {min(ps):.1f}-{max(ps):.1f} dB (mean {np.mean(ps):.1f})")
@@ -184,11 +202,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--kinds", nargs="+", choices=("age", "lesion"), default=["age", "lesion"],
                     help="edit kinds to run (lesion alone: n phantoms give n lesion edits)")
     ap.add_argument("--inversion", default=None, help="ddim, negative-prompt or null-text [default: the model's]")
+    ap.add_argument("--measure-refused", action="store_true",
+                    help="edit the fields the model's [defaults] unreliable_fields lists all the same")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
     res = run(args.model, args.n, args.seed, args.steps, args.guidance, args.strength, args.mask, args.spacing,
-              args.device, args.recon, tuple(args.kinds), args.inversion)
+              args.device, args.recon, tuple(args.kinds), args.inversion, args.measure_refused)
     print_table(res)
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))

@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> dict:
             for key, r in result["mask_from"].items():
                 print(f"  {key:8s} " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()))
     print("cost (CLI, process start included):")
-    prompt = CT_PAIRS[0][1] if ct else "brain MRI of an 85 year old, high lesion load"
+    prompt = CT_PAIRS[0][1] if ct else "brain MRI of an 85 year old"  # demo-brain refuses lesion prompts
     result["cost"] = cost(args.model, args.size, args.device, prompt)
     for label, r in result["cost"].items():
         mem = f", peak GPU memory {r['peak_gpu_memory_gib']:.2f} GiB" if r["peak_gpu_memory_gib"] else ""

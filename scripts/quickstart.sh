@@ -33,7 +33,5 @@ $CFGEN edit examples/brain_demo.nii.gz -m demo-brain -s "$BRAIN" -p "Brain MRI o
   -o "$OUT/brain-85" --overwrite
 end=$(date +%s%N)
 echo "3D edit wall time (64^3, process start and model load included): $(( (end - start) / 1000000 )) ms on CPU"
-$CFGEN edit examples/brain_demo.nii.gz -m demo-brain -s "$BRAIN" -p "Brain MRI of a 48 year old male with high lesion load" \
-  -o "$OUT/brain-lesions" --overwrite
 echo "outputs: $OUT/edit/cxr_demo/{counterfactual.png,difference.png,panel.png}; $OUT/evaluate/{report.json,examples.png};"
-echo "  $OUT/brain-85/brain_demo/{counterfactual.nii.gz,panel.png}; $OUT/brain-lesions/brain_demo/{counterfactual.nii.gz,panel.png}"
+echo "  $OUT/brain-85/brain_demo/{counterfactual.nii.gz,panel.png}"

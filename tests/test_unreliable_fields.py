@@ -115,3 +115,40 @@ def test_a_saved_model_keeps_its_unreliable_fields_as_a_list(tmp_path):
     entry = load_registry().get("demo-ct")
     text = model_toml(replace(entry, defaults={**entry.defaults, "unreliable_fields": ["nodules", "age"]}))
     assert tomllib.loads(text)["defaults"]["unreliable_fields"] == ["nodules", "age"]
+
+
+def test_demo_brain_refuses_lesion_edits_and_synthesis(cli, tmp_path):
+    """demo-brain lists lesion_load (held out: no lesion addition moved the lesion volume the right way):
+    an edit that changes it fails naming the field, with nothing written; age edits go on."""
+    import nibabel as nib
+
+    from pathlib import Path
+
+    volume = Path(__file__).parents[1] / "examples" / "brain_demo.nii.gz"
+    src = "Brain MRI of a 48 year old male with no lesions"
+    res = cli("edit", volume, "-m", "demo-brain", "-s", src, "-p", src.replace("no lesions", "high lesion load"),
+              "--steps", "2", "-q", "--figure-format", "none", "-o", tmp_path / "lesions")
+    assert res.exit_code == 1
+    item = json.loads((tmp_path / "lesions" / "report.json").read_text())["items"][0]
+    assert item["status"] == "error" and "changes lesion_load, which model 'demo-brain'" in item["error"]
+    assert not list((tmp_path / "lesions").rglob("*.nii.gz"))
+    res = cli("edit", volume, "-m", "demo-brain", "-s", src, "-p", src.replace("48", "78"), "--steps", "2", "-q",
+              "--figure-format", "none", "-o", tmp_path / "age")
+    assert res.exit_code == 0, res.output
+    assert nib.load(tmp_path / "age" / "brain_demo" / "counterfactual.nii.gz").shape == nib.load(volume).shape
+    res = cli("synth3d", "-m", "demo-brain", "-p", "brain MRI, high lesion load", "--sr", "none", "--steps", "2",
+              "-q", "-o", tmp_path / "synth")
+    assert res.exit_code == 2 and "asks for lesion_load, which model 'demo-brain'" in res.output
+
+
+def test_brain_benchmark_records_refused_edits_and_measures_them_when_asked():
+    import brain_edits
+
+    args = ["--model", "demo-brain", "--n", "1", "--seed", "90000", "--steps", "2", "--kinds", "lesion", "--recon", "0",
+            "--device", "cpu"]
+    res = brain_edits.main(args)
+    (name, refused), = res["refused"].items()
+    assert name.endswith("lesions") and refused["n"] == 1 and "lesion_load" in refused["reason"]
+    assert res["table"] == []
+    measured = brain_edits.main(args + ["--measure-refused"])
+    assert measured["refused"] == {} and [r["edit"] for r in measured["table"]] == [name]

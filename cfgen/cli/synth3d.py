@@ -12,7 +12,7 @@ from cfgen.cli.common import (Device, DeviceOpt, Dtype, DtypeOpt, JsonOpt, Overw
 
 @handle_errors
 def synth3d(
-    prompt: Annotated[str, typer.Option("--prompt", "-p", help="What to generate, e.g. 'brain MRI of an 85 year old, high lesion load'")],
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="What to generate, e.g. 'brain MRI of an 85 year old male'")],
     out: out_option("Output folder: sample-NNN/volume.nii.gz, labels, base, preview, report.json"),
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Base stage: models.toml entry or folder [default: the registry's default_synth3d]")] = None,
     sr: Annotated[Optional[str], typer.Option("--sr", help="Super-resolution stage: entry or folder, or none [default: the base's [synth] super_resolution]")] = None,

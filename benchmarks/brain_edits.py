@@ -1,13 +1,15 @@
 """Quality of 3D counterfactual edits on held-out brain phantoms, against their true counterfactuals.
 
 For N phantoms (a seed never used in training) it edits age by -60/-30/-10/+10/+30/+60 years
-(skipping edits that leave [0, 100]) and the lesion load (lesions added at the subject's
-alternative load, or removed), with the factual brain caption as source prompt and the
-counterfactual's as target, and prints per edit:
+(skipping edits that leave [0, 100]), the lesion load (lesions added at the subject's
+alternative load, or removed), sex (the other one) and diagnosis (CN -> AD, AD or MCI -> CN),
+with the factual brain caption as source prompt and the counterfactual's as target, and prints
+per edit:
 
-  direction  fraction whose measured volume moves the right way: ventricles (age) or lesions
-             (lesion load), measured in the counterfactual image by thresholding inside the
-             subject's ventricle / lesion region (bar: >= 0.90)
+  direction  fraction whose measured volume moves the right way: ventricles (age, diagnosis:
+             CSF-dark voxels inside the subject's ventricle region), lesions (lesion load:
+             lesion-dark voxels inside its lesion region) or the head (sex: the phantom's head is
+             7% smaller per axis in women; voxels inside the scalp) (bar: >= 0.90)
   ratio      error to the true counterfactual / error of doing nothing, pooled over items, with a
              95% bootstrap interval (bar: <= 0.5)
   floor      the same ratio for the ideal editor (true noise-free change, the subject's bias field,
@@ -41,6 +43,8 @@ import numpy as np
 from cfgen.phantoms.oracle import CSF_THRESHOLD, LESION_THRESHOLD, age_regressor, dark_voxels, regions  # noqa: F401
 
 AGE_DELTAS = (-60, -30, -10, 10, 30, 60)
+KINDS = ("age", "lesion", "sex", "diagnosis")
+HEAD_THRESHOLD = 0.2  # between the background (0) and the scalp (0.72), after a 1-voxel Gaussian
 
 
 def cases(exo, attrs):
@@ -51,11 +55,24 @@ def cases(exo, attrs):
         yield "remove lesions", "lesion", attrs.with_value("lesion_load", 0.0), -1
     else:
         yield "add lesions", "lesion", attrs.with_value("lesion_load", exo.lesion_alt_load), 1
+    other = "M" if attrs.sex == "F" else "F"
+    yield f"sex to {other}", "sex", attrs.with_value("sex", other), 1 if other == "M" else -1
+    dx = "AD" if attrs.diagnosis == "CN" else "CN"
+    yield f"diagnosis to {dx}", "diagnosis", attrs.with_value("diagnosis", dx), 1 if dx == "AD" else -1
+
+
+def measured_volume(img: np.ndarray, kind: str, vent_roi: np.ndarray, les_roi: np.ndarray) -> int:
+    """The volume an edit of ``kind`` should move, in voxels of ``img`` ([0, 1])."""
+    if kind == "sex":  # inside the scalp: the smoothed head above background, holes filled
+        from scipy import ndimage
+
+        return int(ndimage.binary_fill_holes(ndimage.gaussian_filter(img, 1.0) > HEAD_THRESHOLD).sum())
+    return dark_voxels(img, les_roi if kind == "lesion" else vent_roi, "lesion" if kind == "lesion" else "age")
 
 
 def run(model_name: str | None, n: int, seed: int, steps: int | None, guidance: float | None,
         strength: float | None, mask: str | None, spacing: float, device: str = "auto", recon: int = 0,
-        kinds: tuple[str, ...] = ("age", "lesion"), inversion: str | None = None,
+        kinds: tuple[str, ...] = KINDS, inversion: str | None = None,
         measure_refused: bool = False) -> dict:
     import dataclasses
 
@@ -111,8 +128,7 @@ def run(model_name: str | None, n: int, seed: int, steps: int | None, guidance: 
                     continue
                 secs = time.perf_counter() - t1
                 m = truth_metrics(t(fact), t(out), t(true), t(region).bool())
-                roi = vent_roi if kind == "age" else les_roi
-                before, after = dark_voxels(fact, roi, kind), dark_voxels(out, roi, kind)
+                before, after = (measured_volume(v, kind, vent_roi, les_roi) for v in (fact, out))
                 rows[name].append({"direction": float(np.sign(after - before) == sign), "err_cf": m["gt_l1"],
                                    "err_none": m["gt_l1_nothing"], "outside": m["change_outside"], "seconds": secs,
                                    "err_floor": floor_metrics(t(fact), t(ideal), t(true))["gt_floor_l1"]})
@@ -199,8 +215,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--mask", default=None, help="none | auto | refine | oracle (the true-difference region) "
                     "[default: the model's]")
     ap.add_argument("--recon", type=int, default=2, help="phantoms whose reconstruction PSNR is measured")
-    ap.add_argument("--kinds", nargs="+", choices=("age", "lesion"), default=["age", "lesion"],
-                    help="edit kinds to run (lesion alone: n phantoms give n lesion edits)")
+    ap.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS),
+                    help="edit kinds to run (lesion, sex or diagnosis alone: n phantoms give n edits)")
     ap.add_argument("--inversion", default=None, help="ddim, negative-prompt or null-text [default: the model's]")
     ap.add_argument("--measure-refused", action="store_true",
                     help="edit the fields the model's [defaults] unreliable_fields lists all the same")

@@ -43,6 +43,16 @@ def test_an_edit_of_an_unreliable_field_is_refused_and_others_are_not():
     check_editable("m", {}, SOURCE, "nodules=3", _fields())  # a model that lists nothing edits anything
 
 
+def test_unreliable_edits_refuse_edits_and_leave_synthesis_alone():
+    from cfgen.models.tabular import check_editable, check_synthesizable
+
+    defaults = {"unreliable_edits": ["effusion"]}
+    target = SOURCE.replace("no pleural effusion", "large bilateral pleural effusion")
+    with pytest.raises(UsageError, match="changes effusion, .* unreliable_edits lists it"):
+        check_editable("m", defaults, SOURCE, target, _fields())
+    check_synthesizable("m", defaults, target, _fields())
+
+
 @pytest.mark.parametrize("prompt, refused", [
     (SOURCE, False), ("nodules=0, effusion=large", False), ("CT with a large right pleural effusion", False),
     (SOURCE.replace("no pulmonary nodules", "3 pulmonary nodules"), True), ("nodules=2", True)])
@@ -118,8 +128,9 @@ def test_a_saved_model_keeps_its_unreliable_fields_as_a_list(tmp_path):
 
 
 def test_demo_brain_refuses_lesion_edits_and_synthesis(cli, tmp_path):
-    """demo-brain lists lesion_load (held out: no lesion addition moved the lesion volume the right way):
-    an edit that changes it fails naming the field, with nothing written; age edits go on."""
+    """demo-brain lists lesion_load (held out: no lesion addition moved the lesion volume the right way) and,
+    for edits, diagnosis (its AD is an old brain's at any age): an edit that changes either fails naming
+    the field, with nothing written; age edits go on; synthesis refuses lesions."""
     import nibabel as nib
 
     from pathlib import Path
@@ -136,6 +147,10 @@ def test_demo_brain_refuses_lesion_edits_and_synthesis(cli, tmp_path):
               "--figure-format", "none", "-o", tmp_path / "age")
     assert res.exit_code == 0, res.output
     assert nib.load(tmp_path / "age" / "brain_demo" / "counterfactual.nii.gz").shape == nib.load(volume).shape
+    res = cli("edit", volume, "-m", "demo-brain", "-s", src, "-p", src.replace("male", "male with Alzheimer's disease"),
+              "--steps", "2", "-q", "--figure-format", "none", "-o", tmp_path / "dx")
+    item = json.loads((tmp_path / "dx" / "report.json").read_text())["items"][0]
+    assert res.exit_code == 1 and "changes diagnosis, which model 'demo-brain'" in item["error"]
     res = cli("synth3d", "-m", "demo-brain", "-p", "brain MRI, high lesion load", "--sr", "none", "--steps", "2",
               "-q", "-o", tmp_path / "synth")
     assert res.exit_code == 2 and "asks for lesion_load, which model 'demo-brain'" in res.output

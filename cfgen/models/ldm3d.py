@@ -149,13 +149,14 @@ def _network(kind: str, cfg: dict[str, Any], folder: Path, device: str, dtype) -
 
 
 def _check_unreliable(entry, fields) -> None:
-    """``[defaults] unreliable_fields`` names fields of this model's conditioning (a misspelt one would
-    never refuse anything)."""
+    """``[defaults] unreliable_fields`` and ``unreliable_edits`` name fields of this model's conditioning (a
+    misspelt one would never refuse anything)."""
     names = {f.name for f in fields or ()}
-    for name in entry.defaults.get("unreliable_fields", []):
-        if name not in names:
-            raise ModelError(f"{entry.origin}: [models.{entry.name}.defaults] unreliable_fields names '{name}', "
-                             f"which is not a conditioning field of this model ({', '.join(sorted(names)) or 'none'})")
+    for key in ("unreliable_fields", "unreliable_edits"):
+        for name in entry.defaults.get(key, []):
+            if name not in names:
+                raise ModelError(f"{entry.origin}: [models.{entry.name}.defaults] {key} names '{name}', which is "
+                                 f"not a conditioning field of this model ({', '.join(sorted(names)) or 'none'})")
 
 
 def _conditioner(ucfg: dict[str, Any], folder: Path, device: str, dtype):

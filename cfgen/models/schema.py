@@ -19,8 +19,9 @@ SOURCE = {"kind": STR, "repo_id": STR, "revision": STR, "path": STR}
 DEFAULTS = {"steps": INT, "guidance": FLOAT, "strength": FLOAT, "eta": FLOAT, "seed": INT, "window": STR,
             "mask": STR, "mask_threshold": FLOAT, "refine_threshold": FLOAT, "refine_change": FLOAT, "negative_prompt": STR, "source_prompt": STR, "max_tokens": INT,
             "inversion": STR, "solver": STR, "attention": STR, "cross_attention": FLOAT, "self_attention": FLOAT, "select_by": STR,
-            # a tabular model's fields whose edits are refused (its benchmark measured them wrong)
-            "unreliable_fields": NAMES}
+            # a tabular model's fields whose edits and synthesis prompts are refused (its benchmark measured
+            # them wrong), and fields whose edits alone are
+            "unreliable_fields": NAMES, "unreliable_edits": NAMES}
 #: [scheduler]: DDIM (diffusers' DDIMScheduler arguments) or rectified flow (kind = "rflow")
 SCHEDULER = {"kind": STR, "num_train_timesteps": INT, "beta_start": FLOAT, "beta_end": FLOAT, "beta_schedule": STR,
              "clip_sample": BOOL, "clip_sample_range": FLOAT, "set_alpha_to_one": BOOL, "steps_offset": INT,

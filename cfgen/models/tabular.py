@@ -143,13 +143,14 @@ def changed_fields(source: str, target: str, fields: list[Field]) -> list[str]:
 
 
 def check_editable(model_name: str, defaults: dict[str, Any], source: str, target: str, fields: list[Field]) -> None:
-    """A usage error when the edit changes a field the model's ``[defaults] unreliable_fields`` lists:
-    its benchmark found such edits wrong, and a wrong counterfactual that looks plausible is worse than none."""
-    unreliable = set(defaults.get("unreliable_fields", []))
-    asked = [name for name in changed_fields(source, target, fields) if name in unreliable]
+    """A usage error when the edit changes a field the model's ``[defaults] unreliable_fields`` or
+    ``unreliable_edits`` lists: its benchmark found such edits wrong, and a wrong counterfactual that looks
+    plausible is worse than none."""
+    lists = {name: key for key in ("unreliable_edits", "unreliable_fields") for name in defaults.get(key, [])}
+    asked = [name for name in changed_fields(source, target, fields) if name in lists]
     if asked:
         raise UsageError(f"prompt '{target}': changes {asked[0]}, which model '{model_name}' does not render faithfully "
-                         f"(its [defaults] unreliable_fields lists it: such edits measured wrong); give {asked[0]} the "
+                         f"(its [defaults] {lists[asked[0]]} lists it: such edits measured wrong); give {asked[0]} the "
                          "source prompt's value or leave it out of the target prompt, or use a model validated for it")
 
 

@@ -20,8 +20,8 @@ per edit:
              the Cycle Diffusion paper's Tables 1-2 measure counterfactual age the same way);
              age_err_true is the regressor's own error on the true counterfactuals (the floor)
   seconds    wall time per edit (bar for 64^3 on CPU: < 60 s)
-  refused    edits the model refuses (a field its [defaults] unreliable_fields lists, e.g. demo-brain's
-             lesion load), with the reason; ``--measure-refused`` edits them anyway, to re-measure why
+  refused    edits the model refuses (a field its [defaults] unreliable_fields or unreliable_edits
+             lists, e.g. demo-brain's lesion load and diagnosis), with the reason; ``--measure-refused`` edits them anyway, to re-measure why
 ``--mask oracle`` edits inside the true-difference region itself (a NIfTI mask per edit): the model's
 error once the mask is right. And the invert-then-reconstruct PSNR (factual caption, the model's steps; bar: >= 32 dB) of the
 first --recon phantoms.
@@ -80,17 +80,16 @@ def run(model_name: str | None, n: int, seed: int, steps: int | None, guidance: 
 
     from cfgen.editing import core
     from cfgen.editing.params import EditParams
+    from cfgen.errors import UsageError
     from cfgen.evaluation.pairwise import floor_metrics, truth_metrics
     from cfgen.io.scan import Scan
     from cfgen.models.loader import load_model
     from cfgen.phantoms import brain
     from cfgen.phantoms.brain_dataset import caption_of
 
-    from cfgen.errors import UsageError
-
     model = load_model(model_name, device=device, family="latent-diffusion-3d")
     if measure_refused:  # the benchmark behind a refusal: edit the unreliable fields all the same
-        kept = {k: v for k, v in model.entry.defaults.items() if k != "unreliable_fields"}
+        kept = {k: v for k, v in model.entry.defaults.items() if k not in ("unreliable_fields", "unreliable_edits")}
         model.entry = dataclasses.replace(model.entry, defaults=kept)
     refused: dict[str, list[str]] = defaultdict(list)
     size = model.entry.resolution
@@ -123,7 +122,7 @@ def run(model_name: str | None, n: int, seed: int, steps: int | None, guidance: 
                 t1 = time.perf_counter()
                 try:
                     out = np.clip(core.edit(model, scan, p).pixels[0], 0, 1)
-                except UsageError as exc:  # a field the model's [defaults] unreliable_fields lists
+                except UsageError as exc:  # a field the model's [defaults] unreliable_fields / _edits lists
                     refused[name].append(str(exc))
                     continue
                 secs = time.perf_counter() - t1
@@ -219,7 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="edit kinds to run (lesion, sex or diagnosis alone: n phantoms give n edits)")
     ap.add_argument("--inversion", default=None, help="ddim, negative-prompt or null-text [default: the model's]")
     ap.add_argument("--measure-refused", action="store_true",
-                    help="edit the fields the model's [defaults] unreliable_fields lists all the same")
+                    help="edit the fields the model's [defaults] unreliable_fields / unreliable_edits list all the same")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)

@@ -159,11 +159,11 @@ def test_demo_brain_refuses_lesion_edits_and_synthesis(cli, tmp_path):
 def test_brain_benchmark_records_refused_edits_and_measures_them_when_asked():
     import brain_edits
 
-    args = ["--model", "demo-brain", "--n", "1", "--seed", "90000", "--steps", "2", "--kinds", "lesion", "--recon", "0",
-            "--device", "cpu"]
+    args = ["--model", "demo-brain", "--n", "1", "--seed", "90000", "--steps", "2", "--kinds", "lesion", "diagnosis",
+            "--recon", "0", "--device", "cpu"]
     res = brain_edits.main(args)
-    (name, refused), = res["refused"].items()
-    assert name.endswith("lesions") and refused["n"] == 1 and "lesion_load" in refused["reason"]
-    assert res["table"] == []
+    assert res["table"] == [] and sorted(res["refused"]) == ["add lesions", "diagnosis to AD"]  # subject 0: CN, none
+    assert "lesion_load" in res["refused"]["add lesions"]["reason"]
+    assert "unreliable_edits" in res["refused"]["diagnosis to AD"]["reason"]
     measured = brain_edits.main(args + ["--measure-refused"])
-    assert measured["refused"] == {} and [r["edit"] for r in measured["table"]] == [name]
+    assert measured["refused"] == {} and sorted(r["edit"] for r in measured["table"]) == sorted(res["refused"])

@@ -74,27 +74,17 @@ def run(model_name: str | None, n: int, seed: int, steps: int | None, guidance: 
         strength: float | None, mask: str | None, spacing: float, device: str = "auto", recon: int = 0,
         kinds: tuple[str, ...] = KINDS, inversion: str | None = None,
         measure_refused: bool = False) -> dict:
-    import dataclasses
-
-    import torch
-
     from cfgen.editing import core
     from cfgen.editing.params import EditParams
     from cfgen.errors import UsageError
-    from cfgen.evaluation.pairwise import floor_metrics, truth_metrics
     from cfgen.io.scan import Scan
-    from cfgen.models.loader import load_model
     from cfgen.phantoms import brain
     from cfgen.phantoms.brain_dataset import caption_of
 
-    model = load_model(model_name, device=device, family="latent-diffusion-3d")
-    if measure_refused:  # the benchmark behind a refusal: edit the unreliable fields all the same
-        kept = {k: v for k, v in model.entry.defaults.items() if k not in ("unreliable_fields", "unreliable_edits")}
-        model.entry = dataclasses.replace(model.entry, defaults=kept)
-    refused: dict[str, list[str]] = defaultdict(list)
+    model = _load(model_name, device, measure_refused)
     size = model.entry.resolution
-    t = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float32))[None, None]  # noqa: E731
     rows: dict[str, list[dict]] = defaultdict(list)
+    refused: dict[str, list[str]] = defaultdict(list)
     t0 = time.perf_counter()
     age_of = age_regressor(size, spacing)
     psnrs = []
@@ -103,7 +93,7 @@ def run(model_name: str | None, n: int, seed: int, steps: int | None, guidance: 
         for i in range(n):
             exo, attrs = brain.subject(seed, i)
             fact = brain.render(exo, attrs, size, spacing)
-            vent_roi, les_roi = regions(exo, attrs, size, spacing)
+            rois = regions(exo, attrs, size, spacing)
             scan = Scan(path=Path(f"brain-{i}.nii.gz"), format="nifti", pixels=fact[None], source_dtype="float32",
                         spacing=(spacing,) * 3)
             if i < recon:
@@ -111,10 +101,8 @@ def run(model_name: str | None, n: int, seed: int, steps: int | None, guidance: 
             for name, kind, alt, sign in cases(exo, attrs):
                 if kind not in kinds:
                     continue
-                true = brain.render(exo, alt, size, spacing)
                 clean_alt = brain.render_clean(exo, alt, size, spacing)
                 region = brain.mask_between(brain.render_clean(exo, attrs, size, spacing), clean_alt)
-                ideal = brain.ideal_edit(fact, clean_alt, exo, region, spacing)
                 p = EditParams.resolve(model.entry.defaults, prompt=caption_of(alt), source_prompt=caption_of(attrs),
                                        steps=steps, guidance=guidance, strength=strength,
                                        mask=_oracle_file(scratch, region, spacing) if mask == "oracle" else mask,
@@ -125,18 +113,56 @@ def run(model_name: str | None, n: int, seed: int, steps: int | None, guidance: 
                 except UsageError as exc:  # a field the model's [defaults] unreliable_fields / _edits lists
                     refused[name].append(str(exc))
                     continue
-                secs = time.perf_counter() - t1
-                m = truth_metrics(t(fact), t(out), t(true), t(region).bool())
-                before, after = (measured_volume(v, kind, vent_roi, les_roi) for v in (fact, out))
-                rows[name].append({"direction": float(np.sign(after - before) == sign), "err_cf": m["gt_l1"],
-                                   "err_none": m["gt_l1_nothing"], "outside": m["change_outside"], "seconds": secs,
-                                   "err_floor": floor_metrics(t(fact), t(ideal), t(true))["gt_floor_l1"]})
+                truth = (brain.render(exo, alt, size, spacing), brain.ideal_edit(fact, clean_alt, exo, region, spacing))
+                rows[name].append({**_score(fact, out, truth, region, kind, sign, rois),
+                                   "seconds": time.perf_counter() - t1})
                 if kind == "age":
-                    rows[name][-1].update(age_err=abs(age_of(out, vent_roi) - alt.age),
-                                          age_err_true=abs(age_of(true, vent_roi) - alt.age))
+                    rows[name][-1].update(age_err=abs(age_of(out, rois[0]) - alt.age),
+                                          age_err_true=abs(age_of(truth[0], rois[0]) - alt.age))
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+    return {"model": model.report_info(), "seed": seed, "n": n, "size": size, "spacing": spacing,
+            "params": {"steps": steps, "guidance": guidance, "strength": strength, "mask": mask, "kinds": list(kinds),
+                       "inversion": inversion},
+            "seconds": round(time.perf_counter() - t0, 1), "age_regressor_train_mae": age_of.train_mae,
+            "psnr_reconstruction": psnrs,
+            "refused": {k: {"n": len(v), "reason": v[0]} for k, v in sorted(refused.items())},
+            "table": _table(rows)}
+
+
+def _load(model_name: str | None, device: str, measure_refused: bool):
+    """The model; with ``measure_refused`` without its unreliable_fields / unreliable_edits (the benchmark
+    behind a refusal edits those fields all the same)."""
+    import dataclasses
+
+    from cfgen.models.loader import load_model
+
+    model = load_model(model_name, device=device, family="latent-diffusion-3d")
+    if measure_refused:
+        kept = {k: v for k, v in model.entry.defaults.items() if k not in ("unreliable_fields", "unreliable_edits")}
+        model.entry = dataclasses.replace(model.entry, defaults=kept)
+    return model
+
+
+def _score(fact: np.ndarray, out: np.ndarray, truth: tuple[np.ndarray, np.ndarray], region: np.ndarray, kind: str,
+           sign: int, rois: tuple[np.ndarray, np.ndarray]) -> dict:
+    """One edit against the phantom truth: ``truth`` = (true counterfactual, the ideal editor's output),
+    ``rois`` = (ventricle region, lesion region)."""
+    import torch
+
+    from cfgen.evaluation.pairwise import floor_metrics, truth_metrics
+
+    t = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float32))[None, None]  # noqa: E731
+    true, ideal = truth
+    m = truth_metrics(t(fact), t(out), t(true), t(region).bool())
+    before, after = (measured_volume(v, kind, *rois) for v in (fact, out))
+    return {"direction": float(np.sign(after - before) == sign), "err_cf": m["gt_l1"], "err_none": m["gt_l1_nothing"],
+            "outside": m["change_outside"], "err_floor": floor_metrics(t(fact), t(ideal), t(true))["gt_floor_l1"]}
+
+
+def _table(rows: dict[str, list[dict]]) -> list[dict]:
+    """Per edit type: direction, mean errors, pooled ratio with its interval, floor, outside, seconds."""
     from cfgen.metrics.stats import pooled_ratio
 
     table = []
@@ -150,13 +176,7 @@ def run(model_name: str | None, n: int, seed: int, steps: int | None, guidance: 
                       "outside": float(np.nanmean([v["outside"] if v["outside"] is not None else np.nan for v in vals])),
                       "seconds": float(np.mean([v["seconds"] for v in vals])),
                       **{k: float(np.mean([v[k] for v in vals])) for k in ("age_err", "age_err_true") if k in vals[0]}})
-    return {"model": model.report_info(), "seed": seed, "n": n, "size": size, "spacing": spacing,
-            "params": {"steps": steps, "guidance": guidance, "strength": strength, "mask": mask, "kinds": list(kinds),
-                       "inversion": inversion},
-            "seconds": round(time.perf_counter() - t0, 1), "age_regressor_train_mae": age_of.train_mae,
-            "psnr_reconstruction": psnrs,
-            "refused": {k: {"n": len(v), "reason": v[0]} for k, v in sorted(refused.items())},
-            "table": table}
+    return table
 
 
 def reconstruction_psnr(model, scan, caption: str, steps: int | None) -> float:

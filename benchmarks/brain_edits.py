@@ -137,10 +137,11 @@ def _load(model_name: str | None, device: str, measure_refused: bool):
     import dataclasses
 
     from cfgen.models.loader import load_model
+    from cfgen.models.tabular import UNRELIABLE_KEYS
 
     model = load_model(model_name, device=device, family="latent-diffusion-3d")
     if measure_refused:
-        kept = {k: v for k, v in model.entry.defaults.items() if k not in ("unreliable_fields", "unreliable_edits")}
+        kept = {k: v for k, v in model.entry.defaults.items() if k not in UNRELIABLE_KEYS}
         model.entry = dataclasses.replace(model.entry, defaults=kept)
     return model
 

@@ -75,13 +75,12 @@ def batch_key(p: EditParams) -> tuple | None:
                                p.solver, p.attention, p.cross_attention, p.self_attention, p.sweep)
 
 
-def _latent_mask(model: LoadedModel, sched, z0, src, tgt, region: np.ndarray | None, prep: Prepared, p: EditParams,
-                 mode: str):
-    """``region``: a mask file's, on the scan's grid (masks.scan_region), read once per item."""
+def _latent_mask(model: LoadedModel, sched, z0, src, tgt, on_model: torch.Tensor | None, p: EditParams, mode: str):
+    """``on_model``: a mask file's region on the model's grid (read once per item, resampled once)."""
     if mode in AUTOMATIC_MASKS:  # refine: the first pass (finish_edit keeps where it changed the scan)
         return masks.auto_mask(model.unet, sched, z0, src, tgt, int(p.seed), p.diffedit_threshold())
     if mode != "none":
-        return masks.file_mask(mode, region, prep, z0.shape[-1])
+        return masks.file_mask(mode, on_model, z0.shape[-1])
     return None
 
 
@@ -102,9 +101,10 @@ def _run(model: LoadedModel, scans: list[Scan], ps: list[EditParams], targets: l
                                    + [p.negative_prompt for p in ps]).chunk(3)
     step = (lambda: [on_step() for _ in range(n)]) if on_step else None  # progress counts items
     mask_sched = ddim.make_scheduler(model.entry.scheduler, p0.steps)
-    regions = regions or [None] * n
-    latent_masks = [_latent_mask(model, mask_sched, z0[i:i + 1], src[i:i + 1], tgt[i:i + 1], regions[i], preps[i],
-                                 ps[i], m) for i, m in enumerate(mask_modes or ["none"] * n)]
+    files = [None if r is None else geometry_to_model(r.astype(np.float32), pr)
+             for r, pr in zip(regions or [None] * n, preps)]  # mask files' regions on the model grid
+    latent_masks = [_latent_mask(model, mask_sched, z0[i:i + 1], src[i:i + 1], tgt[i:i + 1], files[i], ps[i], m)
+                    for i, m in enumerate(mask_modes or ["none"] * n)]
     inv = _inversion(model, z0, src, neg, p0, guidance, latent_masks, step, vae_chunk, scans)
     sched, ts, traj = inv.sched, inv.ts, inv.traj
     full = None
@@ -113,7 +113,7 @@ def _run(model: LoadedModel, scans: list[Scan], ps: list[EditParams], targets: l
                           for i, m in enumerate(latent_masks)])
     if p0.attention != "none":
         z, ys, inv.attention = _controlled(model, inv, src, tgt, guidance, full, ps, preps, scans, step, vae_chunk,
-                                           selector, regions)
+                                           selector, files)
     else:
         gen = torch.Generator(device=model.device).manual_seed(int(p0.seed))
         blend = None if full is None else masks.trajectory_blend(full, traj)
@@ -133,10 +133,10 @@ def _model_input(prep: Prepared) -> torch.Tensor:
 
 def _controlled(model: LoadedModel, inv: inversion.Inverted, src, tgt, guidance: float, mask, ps: list[EditParams],
                 preps: list[Prepared], scans: list[Scan], step, vae_chunk: int | None, selector,
-                regions: list[np.ndarray | None]) -> tuple:
+                files: list[torch.Tensor | None]) -> tuple:
     """Prompt-to-prompt regeneration (attention.py), every sweep variant in one batch, and the
-    best variant per item (sweep.py): its latents, its decoded image, the records. ``regions``: the
-    mask files' regions on the scans' grids (None where an item's mask is not a file)."""
+    best variant per item (sweep.py): its latents, its decoded image, the records. ``files``: the
+    mask files' regions on the model's grid (None where an item's mask is not a file)."""
     from cfgen.editing import attention, sweep
 
     why = attention.supported(model)
@@ -155,7 +155,6 @@ def _controlled(model: LoadedModel, inv: inversion.Inverted, src, tgt, guidance:
     x = unit(torch.cat([pr.x for pr in preps]).float(), vo)
     cands = unit(ys.float().cpu(), vo)
     if mask is not None:  # score what will be written: each variant composited onto the scan
-        files = [None if r is None else geometry_to_model(r.astype(np.float32), pr) for r, pr in zip(regions, preps)]
         cands = _as_delivered(cands, x, mask.float().cpu(), ps, model.entry.resolution, files)
     chosen, records = sweep.select(selector, x, cands, ps, selfs, [str(s.path) for s in scans])
     return z[chosen.to(z.device)], ys[chosen.to(ys.device)], [{**base, **r} for r in records]

@@ -52,9 +52,9 @@ def auto_mask(unet, scheduler, z0: torch.Tensor, src: torch.Tensor, tgt: torch.T
     return (acc > threshold).float()
 
 
-def file_mask(path: str, region: np.ndarray, prep: Prepared, latent_size: int) -> torch.Tensor:
-    """A user mask's ``region`` (scan_region) -> (1, 1, h, w[, d]) binary latent mask."""
-    on_model = geometry_to_model(region.astype(np.float32), prep)
+def file_mask(path: str, on_model: torch.Tensor, latent_size: int) -> torch.Tensor:
+    """A user mask's region on the model's grid (scan_region, then geometry_to_model) -> (1, 1, h, w[, d])
+    binary latent mask."""
     if not on_model.any():
         raise InputError(f"{path}: mask is empty (no nonzero pixel)")
     pool = F.adaptive_max_pool3d if on_model.ndim == 5 else F.adaptive_max_pool2d

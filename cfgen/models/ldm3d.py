@@ -151,8 +151,10 @@ def _network(kind: str, cfg: dict[str, Any], folder: Path, device: str, dtype) -
 def _check_unreliable(entry, fields) -> None:
     """``[defaults] unreliable_fields`` and ``unreliable_edits`` name fields of this model's conditioning (a
     misspelt one would never refuse anything)."""
+    from cfgen.models.tabular import UNRELIABLE_KEYS
+
     names = {f.name for f in fields or ()}
-    for key in ("unreliable_fields", "unreliable_edits"):
+    for key in UNRELIABLE_KEYS:
         for name in entry.defaults.get(key, []):
             if name not in names:
                 raise ModelError(f"{entry.origin}: [models.{entry.name}.defaults] {key} names '{name}', which is "

@@ -142,11 +142,15 @@ def changed_fields(source: str, target: str, fields: list[Field]) -> list[str]:
     return [name for name, value in after.items() if before.get(name) != value]
 
 
+#: [defaults] keys listing fields a model does not render faithfully: edits and synthesis refused, edits alone
+UNRELIABLE_KEYS = ("unreliable_fields", "unreliable_edits")
+
+
 def check_editable(model_name: str, defaults: dict[str, Any], source: str, target: str, fields: list[Field]) -> None:
     """A usage error when the edit changes a field the model's ``[defaults] unreliable_fields`` or
     ``unreliable_edits`` lists: its benchmark found such edits wrong, and a wrong counterfactual that looks
     plausible is worse than none."""
-    lists = {name: key for key in ("unreliable_edits", "unreliable_fields") for name in defaults.get(key, [])}
+    lists = {name: key for key in UNRELIABLE_KEYS for name in defaults.get(key, [])}
     asked = [name for name in changed_fields(source, target, fields) if name in lists]
     if asked:
         raise UsageError(f"prompt '{target}': changes {asked[0]}, which model '{model_name}' does not render faithfully "
